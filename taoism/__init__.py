@@ -1,0 +1,31 @@
+"""taoism: TEE-shielded partitioned deployment of PyTorch models.
+
+Put chosen layers of any ``nn.Module`` inside an enclave (a separate process behind an
+authenticated, encrypted boundary) and the rest on the untrusted device, get the same outputs,
+and measure what each split costs and leaks.
+
+    import taoism
+    with taoism.shield(model, x, placement={"layer1": "ENCLAVE", "_default": "GPU"}) as sm:
+        y = sm(x)
+        print(sm.plan)
+        print(sm.profile(x, repeats=20))
+"""
+
+from taoism.backends import EnclaveBackend, available_backends, get_backend
+from taoism.config import EnclaveConfig
+from taoism.errors import (BackendUnavailable, BoundaryError, BoundaryTimeout, CaptureError,
+                           ConfigError, EnclaveCrashed, EnclaveError, EnclaveRemoteError,
+                           FrameError, HandshakeError, InputError, IntegrityError,
+                           MemoryBudgetError, PlacementError, TaoismError)
+from taoism.placement import EnclaveMode, Plan, PlacementRules
+from taoism.runtime import Profile, ShieldedModel, shield
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable", "BoundaryError", "BoundaryTimeout", "CaptureError", "ConfigError",
+    "EnclaveBackend", "EnclaveConfig", "EnclaveCrashed", "EnclaveError", "EnclaveMode",
+    "EnclaveRemoteError", "FrameError", "HandshakeError", "InputError", "IntegrityError",
+    "MemoryBudgetError", "PlacementError", "PlacementRules", "Plan", "Profile", "ShieldedModel",
+    "TaoismError", "available_backends", "get_backend", "shield", "__version__",
+]

@@ -1,0 +1,238 @@
+"""An enclave that is a separate OS process, reached over the encrypted shared-memory channel.
+
+The host starts the process, hands it a one-time launch token out of band (its stdin), and
+opens the authenticated session over a private socket pair. The process dies with the host:
+it exits when the socket closes, and the host kills it when the backend is closed, garbage
+collected, or the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from taoism.backends.base import EnclaveBackend, RunReply
+from taoism.boundary import Channel, ChannelConfig, open_host_channel
+from taoism.config import EnclaveConfig
+from taoism.enclave.protocol import Kind
+from taoism.errors import (BoundaryError, BoundaryTimeout, EnclaveCrashed, EnclaveError,
+                           EnclaveRemoteError, TaoismError)
+from taoism import errors as _errors
+
+
+def _stop_process(proc: subprocess.Popen, sock: socket.socket, log: Any) -> None:
+    """Finalizer: close the session socket and make sure the enclave process is gone."""
+    try:
+        sock.close()
+    except OSError:
+        pass
+    if proc.poll() is None:
+        try:
+            proc.wait(timeout=2.0)  # it exits by itself once the socket closes
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5.0)
+    try:
+        log.close()
+    except OSError:
+        pass
+
+
+class ProcessBackend(EnclaveBackend):
+    """Base for backends whose enclave runs as a child process speaking the taoism protocol."""
+
+    name = "process"
+
+    def command(self, sock_fd: int) -> list[str]:
+        """The command line that starts the enclave server."""
+        return [sys.executable, "-m", "taoism.enclave.server", "--sock-fd", str(sock_fd),
+                "--threads", str(self.config.threads), "--spin-us", str(self.config.spin_us),
+                "--max-frame-bytes", str(self.config.max_frame_bytes)]
+
+    @classmethod
+    def check_platform(cls, config: EnclaveConfig) -> None:
+        return None
+
+    def __init__(self, config: EnclaveConfig) -> None:
+        super().__init__(config)
+        self._proc: subprocess.Popen | None = None
+        self._chan: Channel | None = None
+        self._log: Any = None
+        self._finalizer: weakref.finalize | None = None
+        self._dead_reason: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._proc is not None:
+            raise EnclaveError("this enclave backend was already started; create a new one")
+        host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        token = secrets.token_bytes(32)
+        self._log = tempfile.TemporaryFile(prefix="taoism-enclave-", suffix=".log")
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(self.config.threads)
+        try:
+            self._proc = subprocess.Popen(
+                self.command(child_sock.fileno()), stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=self._log, pass_fds=(child_sock.fileno(),),
+                env=env, close_fds=True)
+        except OSError as exc:
+            host_sock.close()
+            child_sock.close()
+            raise EnclaveError(f"could not start the enclave process: {exc}") from exc
+        finally:
+            child_sock.close()
+        self._finalizer = weakref.finalize(self, _stop_process, self._proc, host_sock, self._log)
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(token)
+            self._proc.stdin.close()
+            self._chan = open_host_channel(host_sock, token, config=ChannelConfig(
+                spin_us=self.config.spin_us, timeout_s=self.config.timeout_s,
+                handshake_timeout_s=self.config.start_timeout_s,
+                max_frame_bytes=self.config.max_frame_bytes))
+        except (BoundaryError, OSError) as exc:
+            self._fail(f"the enclave process did not complete the key exchange: {exc}")
+            raise self._crash_error("start") from exc
+
+    def close(self) -> None:
+        if self._chan is not None and self.alive:
+            try:
+                self._chan.send(Kind.CLOSE, 0)
+                self._chan.recv(timeout=5.0)
+            except TaoismError:
+                pass
+        if self._chan is not None:
+            try:
+                self._chan.close()
+            except TaoismError:
+                pass
+        if self._finalizer is not None:
+            self._finalizer()
+        self._chan = None
+        self._dead_reason = self._dead_reason or "closed"
+
+    @property
+    def alive(self) -> bool:
+        return (self._dead_reason is None and self._proc is not None and self._chan is not None
+                and self._proc.poll() is None)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # -- requests ----------------------------------------------------------------------------
+    def load(self, description: Mapping[str, Any], tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
+        reply = self._request(Kind.LOAD, 0, tensors, json.dumps(description).encode(), what="load")
+        return json.loads(reply.blob or b"{}")
+
+    def run(self, segment: int, tensors: Sequence[torch.Tensor], *, profile: bool = False) -> RunReply:
+        kind = Kind.RUN_PROFILE if profile else Kind.RUN
+        reply = self._request(kind, segment, tensors, b"", what=f"segment {segment}")
+        *outs, timing = reply.tensors
+        t = timing.tolist()
+        return RunReply(tensors=outs, enclave_compute_s=t[0], enclave_crypto_s=t[1],
+                        node_times=tuple(t[2:]) if profile else None)
+
+    def stats(self) -> dict[str, Any]:
+        reply = self._request(Kind.STATS, 0, (), b"", what="stats")
+        remote = json.loads(reply.blob or b"{}")
+        local = self._chan.stats.snapshot() if self._chan is not None else None
+        return {"enclave": remote, "host_channel": _asdict(local), "pid": self.pid}
+
+    def channel_stats(self) -> Any:
+        """Host-side channel counters (a frozen snapshot)."""
+        if self._chan is None:
+            raise EnclaveError("the enclave is not running")
+        return self._chan.stats.snapshot()
+
+    def _request(self, kind: Kind, tag: int, tensors: Sequence[torch.Tensor], blob: bytes,
+                 *, what: str) -> Any:
+        if not self.alive:
+            raise self._crash_error(what)
+        chan = self._chan
+        assert chan is not None
+        try:
+            chan.send(kind, tag, tensors, blob)
+            reply = chan.recv(timeout=self.config.timeout_s)
+        except BoundaryTimeout as exc:
+            self._fail(f"no answer to {what} within {self.config.timeout_s:g} s")
+            raise BoundaryTimeout(
+                f"the enclave did not answer {what} within {self.config.timeout_s:g} s and was "
+                "stopped; raise EnclaveConfig(timeout_s=...) for very large models or batches") from exc
+        except (EnclaveCrashed, BoundaryError, OSError) as exc:
+            self._fail(str(exc))
+            raise self._crash_error(what) from exc
+        if reply.kind == Kind.ERROR:
+            info = json.loads(reply.blob or b"{}")
+            cls = getattr(_errors, str(info.get("type", "")), None)
+            if not (isinstance(cls, type) and issubclass(cls, TaoismError)):
+                cls = EnclaveRemoteError
+            raise cls(f"enclave, {what}: {info.get('message', 'unknown error')}")
+        return reply
+
+    # -- failure reporting -------------------------------------------------------------------
+    def _fail(self, reason: str) -> None:
+        self._dead_reason = reason
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            try:
+                self._proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _log_tail(self, limit: int = 1200) -> str:
+        if self._log is None or self._log.closed:
+            return ""
+        try:
+            self._log.flush()
+            self._log.seek(0, os.SEEK_END)
+            size = self._log.tell()
+            self._log.seek(max(0, size - limit))
+            return self._log.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def _crash_error(self, what: str) -> EnclaveCrashed:
+        code = self._proc.poll() if self._proc is not None else None
+        tail = self._log_tail()
+        status = ("was never started" if self._proc is None
+                  else f"exited with code {code}" if code is not None else "stopped answering")
+        msg = (f"the enclave process {status} ({self._dead_reason or 'unknown reason'}) during {what}. "
+               "Its shielded weights died with it and the host holds no copy by design: call "
+               "ShieldedModel.reload(model) with the original model to start a fresh enclave.")
+        if tail:
+            msg += f"\n--- enclave log (tail) ---\n{tail}"
+        return EnclaveCrashed(msg)
+
+
+def _asdict(snapshot: Any) -> dict[str, Any] | None:
+    if snapshot is None:
+        return None
+    from dataclasses import asdict, is_dataclass
+    return asdict(snapshot) if is_dataclass(snapshot) else dict(vars(snapshot))
+
+
+def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    """True once process ``pid`` no longer exists (a helper for tests and the CLI)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        time.sleep(0.02)
+    return False

@@ -1,0 +1,36 @@
+"""Typed, frozen configuration objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from taoism.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EnclaveConfig:
+    """How the enclave is started and talked to.
+
+    ``threads``: torch threads inside the enclave process. ``spin_us``: how long a waiting side
+    busy-polls shared memory before blocking (0 = block at once). ``timeout_s``: the longest a
+    request may take before the enclave is declared hung and stopped. ``start_timeout_s``: the
+    longest the enclave may take to start and finish the key exchange.
+    """
+
+    backend: str = "sim"
+    threads: int = 1
+    spin_us: int = 200
+    timeout_s: float = 120.0
+    start_timeout_s: float = 60.0
+    max_frame_bytes: int = 1 << 30
+    gramine_manifest: str | None = None  # backend "gramine": the signed .manifest.sgx to run
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError(f"EnclaveConfig.threads must be an int >= 1, got {self.threads!r}")
+        if self.spin_us < 0:
+            raise ConfigError(f"EnclaveConfig.spin_us must be >= 0, got {self.spin_us!r}")
+        if self.timeout_s <= 0 or self.start_timeout_s <= 0:
+            raise ConfigError("EnclaveConfig timeouts must be > 0 seconds")
+        if self.max_frame_bytes < 1 << 16:
+            raise ConfigError("EnclaveConfig.max_frame_bytes must be at least 64 KiB")

@@ -1,0 +1,141 @@
+"""Rebuild enclave segments from their JSON description and run them (inside the enclave)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from taoism.enclave.ops import FUNCTIONS, METHODS, MODULE_KINDS, decode_arg
+from taoism.errors import FrameError
+
+
+@dataclass
+class SegmentProgram:
+    """One enclave segment, compiled to a GraphModule over the enclave's private modules."""
+
+    index: int
+    inputs: tuple[str, ...]  # every value the segment reads, in call order
+    send_in: tuple[str, ...]  # the subset the host sends with each run request
+    returns: tuple[str, ...]  # values sent back to the host
+    keep: tuple[str, ...]  # values kept in the enclave for later segments
+    free: tuple[str, ...]  # enclave values dropped after this segment
+    gm: fx.GraphModule
+    node_names: tuple[str, ...]
+
+    def run(self, args: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+        return self.gm(*args)
+
+    def run_timed(self, args: Sequence[torch.Tensor]) -> tuple[tuple[Any, ...], list[float]]:
+        """Run node by node, returning outputs and per-node seconds (in ``node_names`` order)."""
+        interp = _TimingInterpreter(self.gm)
+        out = interp.run(*args)
+        return out, [interp.times.get(n, 0.0) for n in self.node_names]
+
+
+class _TimingInterpreter(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.times: dict[str, float] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        t0 = time.perf_counter()
+        out = super().run_node(n)
+        if n.op not in ("placeholder", "output"):
+            self.times[n.name] = time.perf_counter() - t0
+        return out
+
+
+def _names(v: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise FrameError(f"segment description: {what} must be a list of names")
+    return tuple(v)
+
+
+def build_modules(desc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Instantiate the whitelisted modules of a program description and load their tensors."""
+    root = nn.Module()
+    mods = desc.get("modules", {})
+    if not isinstance(mods, dict):
+        raise FrameError("segment description: 'modules' must be an object")
+    for key, spec in mods.items():
+        if not key.isidentifier():
+            raise FrameError(f"segment description: module key {key!r} is not an identifier")
+        kind = MODULE_KINDS.get(spec.get("type"))
+        if kind is None:
+            raise FrameError(f"segment description: module type {spec.get('type')!r} is not one the "
+                             "enclave can run")
+        m = kind.build(spec.get("config", {}))
+        state = {name: tensors[f"{key}.{name}"] for name in _names(spec.get("tensors", []), "tensors")
+                 if f"{key}.{name}" in tensors}
+        missing, unexpected = m.load_state_dict(state, strict=False)
+        if unexpected or set(missing) != set(spec.get("absent", [])):
+            raise FrameError(f"segment description: module {key} ({spec.get('type')}) got tensors "
+                             f"missing={missing} unexpected={unexpected}")
+        m.eval()
+        root.add_module(key, m)
+    consts = desc.get("constants", [])
+    for name in _names(consts, "constants"):
+        root.register_buffer(name, tensors[name])
+    return root
+
+
+def build_program(desc: Mapping[str, Any], root: nn.Module) -> list[SegmentProgram]:
+    """Compile every segment of the description into a GraphModule over ``root``."""
+    programs = []
+    for seg in desc.get("segments", []):
+        graph = fx.Graph()
+        env: dict[str, fx.Node] = {}
+        inputs = _names(seg["inputs"], "inputs")
+        for name in inputs:
+            env[name] = graph.placeholder(name)
+
+        def lookup(name: str) -> fx.Node:
+            if name not in env:
+                raise FrameError(f"segment {seg.get('id')}: reference to unknown value {name!r}")
+            return env[name]
+
+        node_names = []
+        for nd in seg["nodes"]:
+            name, op = nd["name"], nd["op"]
+            args = decode_arg(nd.get("args", []), lookup)
+            raw_kwargs = nd.get("kwargs", {})
+            if not isinstance(raw_kwargs, dict):
+                raise FrameError(f"segment {seg.get('id')}: node {name}: kwargs must be an object")
+            kwargs = {str(k): decode_arg(v, lookup) for k, v in raw_kwargs.items()}
+            if op == "call_module":
+                if not hasattr(root, nd["module"]):
+                    raise FrameError(f"segment {seg.get('id')}: node {name}: unknown module {nd['module']!r}")
+                n = graph.call_module(nd["module"], tuple(args), kwargs)
+            elif op == "call_function":
+                fn = FUNCTIONS.get(nd["fn"])
+                if fn is None:
+                    raise FrameError(f"segment {seg.get('id')}: node {name}: function {nd['fn']!r} "
+                                     "is not on the enclave's whitelist")
+                n = graph.call_function(fn, tuple(args), kwargs)
+            elif op == "call_method":
+                if nd["method"] not in METHODS:
+                    raise FrameError(f"segment {seg.get('id')}: node {name}: method {nd['method']!r} "
+                                     "is not on the enclave's whitelist")
+                n = graph.call_method(nd["method"], tuple(args), kwargs)
+            elif op == "get_attr":
+                if not hasattr(root, nd["tensor"]):
+                    raise FrameError(f"segment {seg.get('id')}: node {name}: unknown constant")
+                n = graph.get_attr(nd["tensor"])
+            else:
+                raise FrameError(f"segment {seg.get('id')}: node {name}: unknown op {op!r}")
+            n.name = name
+            env[name] = n
+            node_names.append(name)
+        returns, keep = _names(seg["returns"], "returns"), _names(seg["keep"], "keep")
+        graph.output(tuple(lookup(v) for v in returns + keep))
+        gm = fx.GraphModule(root, graph, f"EnclaveSegment{seg['id']}")
+        programs.append(SegmentProgram(
+            index=int(seg["id"]), inputs=inputs, send_in=_names(seg["send_in"], "send_in"),
+            returns=returns, keep=keep, free=_names(seg["free"], "free"), gm=gm,
+            node_names=tuple(node_names)))
+    return programs

@@ -1,0 +1,18 @@
+"""Message kinds exchanged over the boundary channel between the host and the enclave."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Kind(enum.IntEnum):
+    """Request and reply kinds (the channel's ``kind`` field)."""
+
+    LOAD = 1  # blob: program description (JSON); tensors: weights in description order
+    RUN = 2  # tag: segment index; tensors: the segment's send_in values
+    RUN_PROFILE = 3  # as RUN, and the reply carries per-node times
+    STATS = 4  # reply blob: JSON statistics of the enclave
+    CLOSE = 5  # reply OK, then the enclave exits
+    OK = 10  # reply: blob may hold JSON
+    RESULT = 11  # reply to RUN: tensors = returns + [float64 timing vector]
+    ERROR = 12  # reply: blob = JSON {"type": ..., "message": ...}

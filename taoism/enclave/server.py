@@ -1,0 +1,165 @@
+"""The enclave process: decrypt requests, run shielded segments, encrypt replies.
+
+Started by the host as ``python -m taoism.enclave.server --sock-fd N``; reads its one-time
+launch token from stdin, opens the session, then serves until the host closes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import resource
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import torch
+
+from taoism.boundary import ChannelConfig, open_enclave_channel
+from taoism.enclave.program import SegmentProgram, build_modules, build_program
+from taoism.enclave.protocol import Kind
+from taoism.errors import BoundaryError, EnclaveCrashed, FrameError, TaoismError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this process if the host dies (belt and braces)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class EnclaveServer:
+    """State of one enclave session: the loaded program and the live values between segments."""
+
+    def __init__(self) -> None:
+        self.programs: dict[int, SegmentProgram] = {}
+        self.first_segment: int | None = None
+        self.env: dict[str, torch.Tensor] = {}
+        self.params = 0
+        self.runs = 0
+
+    def load(self, blob: bytes, tensors: list[torch.Tensor]) -> dict[str, Any]:
+        try:
+            desc = json.loads(blob)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FrameError(f"program description is not JSON: {exc}") from None
+        names = desc.get("tensors", [])
+        if not isinstance(names, list) or len(names) != len(tensors):
+            raise FrameError(f"program description names {len(names) if isinstance(names, list) else '?'} "
+                             f"tensors but {len(tensors)} arrived")
+        named = dict(zip(names, tensors))
+        root = build_modules(desc, named)
+        programs = build_program(desc, root)
+        self.programs = {p.index: p for p in programs}
+        self.first_segment = min(self.programs) if self.programs else None
+        self.params = sum(t.numel() for t in tensors)
+        return {"segments": len(programs), "tensors": len(tensors), "elements": self.params}
+
+    def run(self, seg: int, tensors: list[torch.Tensor], profile: bool) -> tuple[list[torch.Tensor], list[float]]:
+        prog = self.programs.get(seg)
+        if prog is None:
+            raise FrameError(f"no enclave segment {seg} is loaded (have {sorted(self.programs)})")
+        if len(tensors) != len(prog.send_in):
+            raise FrameError(f"segment {seg} expects {len(prog.send_in)} input tensor(s), got {len(tensors)}")
+        if seg == self.first_segment:
+            self.env.clear()  # a new inference starts; drop anything a failed one left behind
+        self.env.update(zip(prog.send_in, tensors))
+        try:
+            args = [self.env[v] for v in prog.inputs]
+        except KeyError as exc:
+            raise FrameError(f"segment {seg} needs value {exc.args[0]!r}, which the enclave does not "
+                             "hold (segments must run in plan order)") from None
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if profile:
+                outs, node_times = prog.run_timed(args)
+            else:
+                outs, node_times = prog.run(args), []
+        compute = time.perf_counter() - t0
+        n_ret = len(prog.returns)
+        self.env.update(zip(prog.keep, outs[n_ret:]))
+        for v in prog.free:
+            self.env.pop(v, None)
+        self.runs += 1
+        return list(outs[:n_ret]), [compute, *node_times]
+
+
+def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
+    chan = open_enclave_channel(sock, token, config=config)
+    server = EnclaveServer()
+    while True:
+        try:
+            msg = chan.recv(timeout=None)
+        except EnclaveCrashed:
+            return 0  # the host went away: nothing left to serve
+        except BoundaryError as exc:
+            # A tampered, replayed or malformed frame: the session cannot be trusted any more.
+            print(f"taoism enclave: closing the session: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 3
+        try:
+            if msg.kind in (Kind.RUN, Kind.RUN_PROFILE):
+                c0 = chan.stats.crypto_s
+                outs, times = server.run(msg.tag, msg.tensors, msg.kind == Kind.RUN_PROFILE)
+                crypto = chan.stats.crypto_s - c0
+                timing = torch.tensor([times[0], crypto, *times[1:]], dtype=torch.float64)
+                chan.send(Kind.RESULT, msg.tag, [*outs, timing])
+            elif msg.kind == Kind.LOAD:
+                info = server.load(msg.blob, msg.tensors)
+                chan.send(Kind.OK, 0, (), json.dumps(info).encode())
+            elif msg.kind == Kind.STATS:
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                info = {"max_rss_bytes": usage.ru_maxrss * 1024, "runs": server.runs,
+                        "segments": len(server.programs), "weight_elements": server.params,
+                        "threads": torch.get_num_threads(),
+                        "channel": {k: v for k, v in vars(chan.stats.snapshot()).items()}
+                        if not hasattr(chan.stats.snapshot(), "__dataclass_fields__")
+                        else _dc(chan.stats.snapshot())}
+                chan.send(Kind.OK, 0, (), json.dumps(info).encode())
+            elif msg.kind == Kind.CLOSE:
+                chan.send(Kind.OK, 0)
+                return 0
+            else:
+                raise FrameError(f"unknown request kind {msg.kind}")
+        except TaoismError as exc:
+            chan.send(Kind.ERROR, msg.tag, (), json.dumps(
+                {"type": type(exc).__name__, "message": str(exc)}).encode())
+        except Exception as exc:  # a torch error in a segment: report it, keep serving
+            chan.send(Kind.ERROR, msg.tag, (), json.dumps(
+                {"type": "EnclaveRemoteError", "message": f"{type(exc).__name__}: {exc}"}).encode())
+
+
+def _dc(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+    return asdict(obj)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="taoism-enclave", description=__doc__)
+    parser.add_argument("--sock-fd", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--spin-us", type=int, default=200)
+    parser.add_argument("--max-frame-bytes", type=int, default=1 << 30)
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    torch.set_num_threads(args.threads)
+    token = sys.stdin.buffer.read(32)
+    if len(token) != 32:
+        print("taoism enclave: no launch token on stdin", file=sys.stderr)
+        return 2
+    sock = socket.socket(fileno=args.sock_fd)
+    try:
+        return serve(sock, token, ChannelConfig(spin_us=args.spin_us, timeout_s=None,
+                                                max_frame_bytes=args.max_frame_bytes))
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""The shielded model: runs device segments locally and enclave segments through the backend."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.node import map_aggregate
+
+from taoism.backends import EnclaveBackend, get_backend
+from taoism.bench.stats import Stat
+from taoism.capture import capture
+from taoism.config import EnclaveConfig
+from taoism.errors import ConfigError, EnclaveCrashed, InputError
+from taoism.placement import EnclaveMode, Plan, PlacementRules, PlacementSpec, build_plan
+from taoism.runtime.lowering import device_segment, enclave_program
+from taoism.runtime.profile import LayerTiming, Profile, SegmentTiming
+
+
+@dataclass(frozen=True)
+class _Ref:
+    name: str
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ShieldedModel:
+    """A model split between the untrusted device and the enclave; call it like the model.
+
+    The host side holds the device segments and the plan; the enclave's weights live only in the
+    enclave. Use it as a context manager, or call :meth:`close`, to stop the enclave.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
+                 placement: PlacementSpec = None, *, device: str | torch.device | None = None,
+                 enclave: EnclaveConfig | None = None,
+                 leaf_modules: Iterable[str | type[nn.Module]] = ()) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device='cuda' was asked for but torch sees no CUDA device; "
+                              "use device='cpu' or leave it unset")
+        self.enclave_config = enclave or EnclaveConfig()
+        self._leaf_modules = tuple(leaf_modules)
+        self._rules = (placement if isinstance(placement, PlacementRules)
+                       else PlacementRules.from_spec(placement))
+        examples = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
+        self._input_specs = tuple((t.dtype, tuple(t.shape[1:])) for t in examples)
+        self._backend: EnclaveBackend | None = None
+        self._build(model, examples)
+
+    # -- construction ------------------------------------------------------------------------
+    def _build(self, model: nn.Module, examples: tuple[torch.Tensor, ...]) -> None:
+        captured = capture(model, examples, leaf_modules=self._leaf_modules)
+        plan = build_plan(captured, self._rules)
+        segments: dict[int, fx.GraphModule] = {}
+        for seg in plan.segments:
+            if seg.side is EnclaveMode.GPU:
+                segments[seg.index] = device_segment(captured, seg, self.device)
+        backend = None
+        if plan.enclave_segments:
+            desc, tensors = enclave_program(captured, plan)
+            cls = get_backend(self.enclave_config.backend, self.enclave_config)
+            backend = cls(self.enclave_config)
+            try:
+                backend.start()
+                backend.load(desc, tensors)
+            except BaseException:
+                backend.close()
+                raise
+            del desc, tensors
+        out_node = next(n for n in captured.gm.graph.nodes if n.op == "output")
+        self._out_template = map_aggregate(
+            out_node.args[0], lambda a: _Ref(a.name) if isinstance(a, fx.Node) else a)
+        self.plan: Plan = plan
+        self._segments = segments
+        self._backend = backend
+        del captured  # the traced module shares the caller's parameters: keep none of it
+
+    def reload(self, model: nn.Module) -> None:
+        """Start a fresh enclave from ``model`` (after a crash), keeping the same placement."""
+        self.close()
+        examples = tuple(torch.zeros((1, *shape), dtype=dt) for dt, shape in self._input_specs)
+        self._build(model, examples)
+
+    # -- inference ---------------------------------------------------------------------------
+    def _check_inputs(self, inputs: tuple[Any, ...]) -> None:
+        if len(inputs) != len(self._input_specs):
+            raise InputError(f"the shielded model takes {len(self._input_specs)} input tensor(s), "
+                             f"got {len(inputs)}")
+        for i, (x, (dtype, shape)) in enumerate(zip(inputs, self._input_specs)):
+            if not isinstance(x, torch.Tensor):
+                raise InputError(f"input {i} must be a torch.Tensor, got {type(x).__name__}")
+            if x.dtype != dtype:
+                raise InputError(f"input {i} has dtype {x.dtype}, the model was shielded for {dtype}; "
+                                 f"convert it with x.to({dtype})")
+            if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+                raise InputError(f"input {i} has shape {tuple(x.shape)}, expected (batch, "
+                                 f"{', '.join(map(str, shape))}) as in the example input")
+            if x.shape[0] < 1:
+                raise InputError(f"input {i} has an empty batch; pass at least one sample")
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        self._check_inputs(inputs)
+        with torch.inference_mode():
+            env = self._forward(inputs)
+        out_device = inputs[0].device
+        return map_aggregate(self._out_template,
+                             lambda a: env[a.name].to(out_device) if isinstance(a, _Ref) else a)
+
+    forward = __call__
+
+    def _forward(self, inputs: Sequence[torch.Tensor],
+                 observe: Callable[[Any, float, Any], None] | None = None) -> dict[str, Any]:
+        """Run every segment in plan order; returns the host values the output needs."""
+        plan, backend = self.plan, self._backend
+        if plan.enclave_segments and (backend is None or not backend.alive):
+            raise EnclaveCrashed(
+                "the enclave is not running (it crashed, timed out or was closed); call "
+                "reload(model) with the original model to start a fresh one")
+        dev = self.device
+        env: dict[str, Any] = {n: x.to(dev) for n, x in zip(plan.input_names, inputs)}
+        for seg in plan.segments:
+            t0 = time.perf_counter() if observe else 0.0
+            if seg.side is EnclaveMode.GPU:
+                outs = self._segments[seg.index](*[env[v] for v in seg.inputs])
+                env.update(zip(seg.outputs, outs))
+                reply = None
+                if observe and dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+            else:
+                assert backend is not None
+                reply = backend.run(seg.index, [env[v] for v in seg.send_in])
+                for v, t in zip(seg.returns, reply.tensors):
+                    env[v] = t.to(dev, non_blocking=True) if dev.type != "cpu" else t
+            if observe:
+                observe(seg, time.perf_counter() - t0, reply)
+            for v in seg.host_free:
+                env.pop(v, None)
+        return env
+
+    # -- measurement -------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def profile(self, *inputs: torch.Tensor, repeats: int = 20, warmup: int = 3) -> Profile:
+        """Measure end-to-end latency and its per-segment and per-layer breakdown."""
+        if repeats < 1 or warmup < 0:
+            raise ConfigError("profile() needs repeats >= 1 and warmup >= 0")
+        self._check_inputs(inputs)
+        plan, backend = self.plan, self._backend
+        with torch.inference_mode():
+            for _ in range(warmup):
+                self._forward(inputs)
+            self._sync()
+            e2e = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                self._forward(inputs)
+                self._sync()
+                e2e.append(time.perf_counter() - t0)
+            # Pass 2: per-segment breakdown.
+            per_seg: dict[int, dict[str, list[float]]] = {
+                s.index: {k: [] for k in ("total", "enclave", "crypto", "copy")} for s in plan.segments}
+            chan = getattr(backend, "channel_stats", None)
+
+            def observe(seg: Any, dt: float, reply: Any) -> None:
+                rec = per_seg[seg.index]
+                rec["total"].append(dt)
+                if reply is not None:
+                    rec["enclave"].append(reply.enclave_compute_s)
+                    rec["crypto"].append(reply.enclave_crypto_s)
+
+            for _ in range(repeats):
+                before = chan() if chan else None
+                self._forward_observed(inputs, observe, per_seg, chan)
+                del before
+            # Pass 3: per-layer times.
+            layer_times: dict[str, list[float]] = {l.info.name: [] for l in plan.layers}
+            for _ in range(repeats):
+                self._forward_layers(inputs, layer_times)
+        seg_rows = []
+        for s in plan.segments:
+            rec = per_seg[s.index]
+            total = Stat.of(rec["total"])
+            med = lambda k: Stat.of(rec[k]).median if rec[k] else 0.0  # noqa: E731
+            crossings = len(s.send_in) + len(s.returns)
+            nbytes = sum(plan.value_bytes.get(v, 0) for v in s.send_in + s.returns)
+            if s.side is EnclaveMode.GPU:
+                seg_rows.append(SegmentTiming(s.index, s.side.value, len(s.nodes), total,
+                                              device_compute=total.median))
+            else:
+                enc, crypto, copy_ = med("enclave"), med("crypto"), med("copy")
+                wait = max(0.0, total.median - enc - crypto - copy_)
+                seg_rows.append(SegmentTiming(s.index, s.side.value, len(s.nodes), total,
+                                              enclave_compute=enc, crypto=crypto, copy=copy_,
+                                              wait=wait, crossings=crossings,
+                                              bytes=nbytes * inputs[0].shape[0] // max(plan.batch, 1)))
+        layers = tuple(LayerTiming(l.info.name, l.info.module_type or l.info.target.rsplit(".", 1)[-1],
+                                   l.placement.value, l.segment, Stat.of(layer_times[l.info.name]))
+                       for l in plan.layers)
+        return Profile(batch=int(inputs[0].shape[0]), repeats=repeats, warmup=warmup,
+                       device=str(self.device), end_to_end=Stat.of(e2e), segments=tuple(seg_rows),
+                       layers=layers, meta={"threads": torch.get_num_threads(),
+                                            "enclave_threads": self.enclave_config.threads,
+                                            "backend": self.enclave_config.backend if backend else None})
+
+    def _forward_observed(self, inputs: Sequence[torch.Tensor], observe: Callable[..., None],
+                          per_seg: dict[int, dict[str, list[float]]], chan: Any) -> None:
+        """One run recording host-side crypto and copy time per enclave segment."""
+        last = [chan() if chan else None]
+
+        def wrapped(seg: Any, dt: float, reply: Any) -> None:
+            observe(seg, dt, reply)
+            if reply is not None and chan:
+                now = chan()
+                rec = per_seg[seg.index]
+                rec["crypto"][-1] += now.crypto_s - last[0].crypto_s
+                rec["copy"].append(now.copy_s - last[0].copy_s)
+                last[0] = now
+            elif chan:
+                last[0] = chan()
+
+        self._forward(inputs, observe=wrapped)
+
+    def _forward_layers(self, inputs: Sequence[torch.Tensor], times: dict[str, list[float]]) -> None:
+        """One run timing every node: device nodes one by one, enclave nodes inside the enclave."""
+        plan, backend, dev = self.plan, self._backend, self.device
+        env: dict[str, Any] = {n: x.to(dev) for n, x in zip(plan.input_names, inputs)}
+        for seg in plan.segments:
+            if seg.side is EnclaveMode.GPU:
+                interp = _TimedInterpreter(self._segments[seg.index], self._sync)
+                outs = interp.run(*[env[v] for v in seg.inputs])
+                env.update(zip(seg.outputs, outs))
+                for name, dt in interp.times.items():
+                    times[name].append(dt)
+            else:
+                assert backend is not None
+                reply = backend.run(seg.index, [env[v] for v in seg.send_in], profile=True)
+                for v, t in zip(seg.returns, reply.tensors):
+                    env[v] = t.to(dev)
+                for name, dt in zip(seg.nodes, reply.node_times or ()):
+                    times[name].append(dt)
+            for v in seg.host_free:
+                env.pop(v, None)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def backend(self) -> EnclaveBackend | None:
+        """The enclave backend (None when nothing is placed in the enclave)."""
+        return self._backend
+
+    def stats(self) -> dict[str, Any]:
+        """Boundary and enclave counters (empty when nothing runs in the enclave)."""
+        return self._backend.stats() if self._backend is not None and self._backend.alive else {}
+
+    def close(self) -> None:
+        """Stop the enclave; idempotent."""
+        if self._backend is not None:
+            self._backend.close()
+
+    def __enter__(self) -> "ShieldedModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        t = self.plan.totals()
+        return (f"ShieldedModel({t['nodes']} nodes, {t['segments']} segments, "
+                f"{t['enclave_nodes']} in the enclave, device={self.device})")
+
+
+class _TimedInterpreter(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, sync: Callable[[], None]) -> None:
+        super().__init__(gm)
+        self.sync = sync
+        self.times: dict[str, float] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op in ("placeholder", "output"):
+            return super().run_node(n)
+        t0 = time.perf_counter()
+        out = super().run_node(n)
+        self.sync()
+        self.times[n.name] = time.perf_counter() - t0
+        return out
+
+
+def shield(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
+           placement: PlacementSpec = None, *, strategy: Any = None, backend: str | None = None,
+           device: str | torch.device | None = None, threads: int | None = None,
+           enclave: EnclaveConfig | None = None,
+           leaf_modules: Iterable[str | type[nn.Module]] = ()) -> ShieldedModel:
+    """Deploy ``model`` with the placement (or TSDP ``strategy``) given; returns a ShieldedModel.
+
+    ``placement`` maps module names, node names or ``"re:<regex>"`` to GPU/ENCLAVE/AUTO, with
+    ``"_default"`` for the rest; it may also be a path to a JSON plan. ``backend`` and
+    ``threads`` override the fields of ``enclave`` (an :class:`EnclaveConfig`).
+    """
+    cfg = enclave or EnclaveConfig()
+    overrides = {k: v for k, v in (("backend", backend), ("threads", threads)) if v is not None}
+    if overrides:
+        cfg = EnclaveConfig(**{**cfg.__dict__, **overrides})
+    if strategy is not None:
+        if placement is not None:
+            raise ConfigError("give either placement= or strategy=, not both")
+        from taoism.strategies import apply_strategy
+
+        model, placement = apply_strategy(model, strategy)
+    return ShieldedModel(model, example_input, placement, device=device, enclave=cfg,
+                         leaf_modules=leaf_modules)
