@@ -9,8 +9,12 @@ STAMP  := $(VENV)/.installed
 .PHONY: venv demo test bench clean
 
 $(STAMP): pyproject.toml Makefile
+	@# Offline data for the security evaluation (Debian's Fashion-MNIST), where we may install it.
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || \
+	  echo "note: could not install dataset-fashion-mnist; Fashion-MNIST runs will say how to get it"; fi
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test,plot,data]"
 	touch $(STAMP)

@@ -257,6 +257,18 @@ class ShieldedModel:
         """The enclave backend (None when nothing is placed in the enclave)."""
         return self._backend
 
+    def host_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer the untrusted host holds, by its path in the model.
+
+        This is exactly what an attacker who controls the host can read; shielded weights never
+        appear here.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for gm in self._segments.values():
+            for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
+                out[name] = t.detach()
+        return out
+
     def stats(self) -> dict[str, Any]:
         """Boundary and enclave counters (empty when nothing runs in the enclave)."""
         return self._backend.stats() if self._backend is not None and self._backend.alive else {}
