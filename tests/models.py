@@ -33,7 +33,7 @@ class AllLayers(nn.Module):
         self.flatten = nn.Flatten()
         self.drop = nn.Dropout(0.5)
         self.ident = nn.Identity()
-        self.fc1 = nn.Linear(24, 16)
+        self.fc1 = nn.Linear(36, 16)
         self.bn1d = nn.BatchNorm1d(16)
         self.ln = nn.LayerNorm(16)
         self.conv1d = nn.Conv1d(1, 2, 3, padding=1)

@@ -121,8 +121,21 @@ _FUNCTION_LIST: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("F.linear", F.linear), ("F.conv2d", F.conv2d), ("F.batch_norm", F.batch_norm),
     ("F.layer_norm", F.layer_norm), ("F.pad", F.pad),
 )
-FUNCTIONS: Mapping[str, Callable[..., Any]] = MappingProxyType(dict(_FUNCTION_LIST))
-_FUNCTION_NAMES: Mapping[Any, str] = MappingProxyType({fn: name for name, fn in _FUNCTION_LIST})
+_SAFE_ATTRIBUTES = frozenset({"shape", "ndim", "T", "mT"})
+
+
+def _safe_getattr(obj: Any, name: str) -> Any:
+    """``getattr`` limited to harmless tensor attributes (``x.shape[0]`` in a traced forward)."""
+    if name not in _SAFE_ATTRIBUTES:
+        raise FrameError(f"attribute {name!r} is not readable inside the enclave "
+                         f"(allowed: {sorted(_SAFE_ATTRIBUTES)})")
+    return getattr(obj, name)
+
+
+FUNCTIONS: Mapping[str, Callable[..., Any]] = MappingProxyType(
+    {**dict(_FUNCTION_LIST), "getattr": _safe_getattr})
+_FUNCTION_NAMES: Mapping[Any, str] = MappingProxyType(
+    {**{fn: name for name, fn in _FUNCTION_LIST}, getattr: "getattr"})
 
 METHODS: frozenset[str] = frozenset({
     "view", "reshape", "flatten", "size", "dim", "mean", "sum", "relu", "sigmoid", "tanh",

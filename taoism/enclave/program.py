@@ -139,3 +139,27 @@ def build_program(desc: Mapping[str, Any], root: nn.Module) -> list[SegmentProgr
             returns=returns, keep=keep, free=_names(seg["free"], "free"), gm=gm,
             node_names=tuple(node_names)))
     return programs
+
+
+def build_meta_modules(desc: Mapping[str, Any], tensor_specs: Mapping[str, tuple[tuple[int, ...], torch.dtype]]
+                       ) -> nn.Module:
+    """As :func:`build_modules`, on the meta device: shapes only, for memory planning."""
+    root = nn.Module()
+    for key, spec in desc.get("modules", {}).items():
+        kind = MODULE_KINDS.get(spec.get("type"))
+        if kind is None:
+            raise FrameError(f"segment description: module type {spec.get('type')!r} is not one the "
+                             "enclave can run")
+        with torch.device("meta"):
+            m = kind.build(spec.get("config", {}))
+        for name in spec.get("absent", []):
+            if name in m._parameters:
+                m._parameters[name] = None
+            elif name in m._buffers:
+                m._buffers[name] = None
+        m.eval()
+        root.add_module(key, m)
+    for name in _names(desc.get("constants", []), "constants"):
+        shape, dtype = tensor_specs[name]
+        root.register_buffer(name, torch.empty(shape, dtype=dtype, device="meta"))
+    return root

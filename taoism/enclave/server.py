@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from taoism.boundary import ChannelConfig, open_enclave_channel
+from taoism.enclave.chunking import EnclaveMemory
 from taoism.enclave.program import SegmentProgram, build_modules, build_program
 from taoism.enclave.protocol import Kind
 from taoism.errors import BoundaryError, EnclaveCrashed, FrameError, TaoismError
@@ -44,8 +45,14 @@ class EnclaveServer:
         self.env: dict[str, torch.Tensor] = {}
         self.params = 0
         self.runs = 0
+        # memory budget, accounting, chunking and sealed paging (None: a description without a
+        # "memory" section runs every segment as one GraphModule, unaccounted)
+        self.memory: EnclaveMemory | None = None
 
     def load(self, blob: bytes, tensors: list[torch.Tensor]) -> dict[str, Any]:
+        if self.programs:
+            raise FrameError("a program is already loaded in this enclave session; the program is "
+                             "fixed at load time (start a new session to change it)")
         try:
             desc = json.loads(blob)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -60,6 +67,10 @@ class EnclaveServer:
         self.programs = {p.index: p for p in programs}
         self.first_segment = min(self.programs) if self.programs else None
         self.params = sum(t.numel() for t in tensors)
+        if desc.get("memory") is not None:
+            if not isinstance(desc["memory"], dict):
+                raise FrameError("program description: 'memory' must be an object")
+            self.memory = EnclaveMemory(root, self.programs, desc["memory"], desc.get("constants", []))
         return {"segments": len(programs), "tensors": len(tensors), "elements": self.params}
 
     def run(self, seg: int, tensors: list[torch.Tensor], profile: bool) -> tuple[list[torch.Tensor], list[float]]:
@@ -68,6 +79,12 @@ class EnclaveServer:
             raise FrameError(f"no enclave segment {seg} is loaded (have {sorted(self.programs)})")
         if len(tensors) != len(prog.send_in):
             raise FrameError(f"segment {seg} expects {len(prog.send_in)} input tensor(s), got {len(tensors)}")
+        if self.memory is not None:  # budgeted / accounted path (fast when everything fits)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                outs, node_times = self.memory.run(prog, tensors, profile)
+            self.runs += 1
+            return outs, [time.perf_counter() - t0, *node_times]
         if seg == self.first_segment:
             self.env.clear()  # a new inference starts; drop anything a failed one left behind
         self.env.update(zip(prog.send_in, tensors))
@@ -106,10 +123,16 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
         try:
             if msg.kind in (Kind.RUN, Kind.RUN_PROFILE):
                 c0 = chan.stats.crypto_s
+                if server.memory is not None:
+                    server.memory.set_boundary_bytes(len(getattr(chan, "_staging", b"")))
                 outs, times = server.run(msg.tag, msg.tensors, msg.kind == Kind.RUN_PROFILE)
                 crypto = chan.stats.crypto_s - c0
                 timing = torch.tensor([times[0], crypto, *times[1:]], dtype=torch.float64)
-                chan.send(Kind.RESULT, msg.tag, [*outs, timing])
+                mem_blob = b""
+                if msg.kind == Kind.RUN_PROFILE and server.memory is not None \
+                        and server.memory.last_report is not None:
+                    mem_blob = json.dumps({"memory": server.memory.last_report.to_json()}).encode()
+                chan.send(Kind.RESULT, msg.tag, [*outs, timing], mem_blob)
             elif msg.kind == Kind.LOAD:
                 info = server.load(msg.blob, msg.tensors)
                 chan.send(Kind.OK, 0, (), json.dumps(info).encode())
@@ -121,6 +144,8 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
                         "channel": {k: v for k, v in vars(chan.stats.snapshot()).items()}
                         if not hasattr(chan.stats.snapshot(), "__dataclass_fields__")
                         else _dc(chan.stats.snapshot())}
+                if server.memory is not None:
+                    info["memory"] = server.memory.stats()
                 chan.send(Kind.OK, 0, (), json.dumps(info).encode())
             elif msg.kind == Kind.CLOSE:
                 chan.send(Kind.OK, 0)

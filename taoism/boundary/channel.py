@@ -1,0 +1,388 @@
+"""The encrypted, authenticated channel used by both sides of the trust boundary."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import numpy as np
+import torch
+from cryptography.exceptions import InvalidTag
+
+from taoism.boundary import crypto, frame
+from taoism.boundary.frame import HEADER_SIZE
+from taoism.boundary.transport import CTL_BYTES, ShmTransport
+from taoism.errors import BoundaryError, BoundaryTimeout, ConfigError, EnclaveCrashed, FrameError, TaoismError
+
+_TAG = crypto.TAG_SIZE
+_OVERHEAD = HEADER_SIZE + _TAG
+_perf = time.perf_counter
+_Tensor = torch.Tensor
+_HEADER_PACK = frame.HEADER.pack
+_HEADER_UNPACK = frame.HEADER.unpack
+_MAGIC, _VERSION, _MAX_TENSORS = frame.MAGIC, frame.VERSION, frame.MAX_TENSORS
+_stage_body = frame.stage_body
+_decode_body = frame.decode_body_parts
+_np_empty = np.empty
+_NONCE_PACK = crypto.NONCE.pack
+_uint8 = np.uint8
+
+
+class _Closed(Exception):
+    """Marker: the channel was closed by its owner."""
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Tunables of a channel (both sides should use the same ``max_frame_bytes``).
+
+    ``initial_capacity``: bytes of the first shared slot per direction (clamped
+    to ``max_frame_bytes``); bigger frames grow it to the next power of two.
+
+    ``spin_us``: how long a waiting side busy-polls shared memory before it
+    blocks (0 = block at once; spinning costs a CPU core but gives ~µs latency).
+    ``block_slice_s``: longest single block before the counter is re-checked.
+    ``timeout_s``: default timeout of ``recv`` and of ``send`` waiting for a free
+    slot (None = wait forever). ``stream_threshold_bytes``: bodies at least this
+    large are encrypted part by part straight from the tensors into shared
+    memory instead of being gathered into a private staging buffer first.
+    """
+
+    initial_capacity: int = 4 << 20
+    max_frame_bytes: int = 1 << 30
+    spin_us: float = 200.0
+    block_slice_s: float = 0.005
+    timeout_s: float | None = None
+    handshake_timeout_s: float = 10.0
+    stream_threshold_bytes: int = 512 << 10
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: object, allow_zero: bool = False) -> None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                value >= 0 if allow_zero else value > 0)
+            if not ok:
+                raise ConfigError(f"ChannelConfig.{name}={value!r} must be a {'non-negative' if allow_zero else 'positive'} number")
+
+        positive("initial_capacity", self.initial_capacity)
+        positive("max_frame_bytes", self.max_frame_bytes)
+        positive("spin_us", self.spin_us, allow_zero=True)
+        positive("block_slice_s", self.block_slice_s)
+        positive("handshake_timeout_s", self.handshake_timeout_s)
+        positive("stream_threshold_bytes", self.stream_threshold_bytes, allow_zero=True)
+        if self.timeout_s is not None:
+            positive("timeout_s", self.timeout_s)
+        if self.max_frame_bytes < 4096:
+            raise ConfigError(f"ChannelConfig.max_frame_bytes={self.max_frame_bytes} is below the 4096-byte minimum")
+
+
+@dataclass(frozen=True)
+class ChannelStatsSnapshot:
+    """Immutable copy of a channel's counters."""
+
+    frames_sent: int
+    frames_recv: int
+    bytes_sent: int
+    bytes_recv: int
+    crypto_s: float
+    copy_s: float
+    wait_s: float
+
+
+@dataclass(slots=True)
+class ChannelStats:
+    """Mutable boundary counters of one channel end.
+
+    Bytes are frame bytes on the wire (header + ciphertext + tag). ``crypto_s``
+    is encrypt + decrypt time, ``copy_s`` device->host, contiguity and staging
+    copies, ``wait_s`` time spent waiting for the peer (spinning or blocked).
+    """
+
+    frames_sent: int = 0
+    frames_recv: int = 0
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    crypto_s: float = 0.0
+    copy_s: float = 0.0
+    wait_s: float = 0.0
+
+    def snapshot(self) -> ChannelStatsSnapshot:
+        """Frozen copy of the current values."""
+        return ChannelStatsSnapshot(*(getattr(self, f.name) for f in fields(self)))
+
+    def reset(self) -> None:
+        """Zero every counter."""
+        for f in fields(self):
+            setattr(self, f.name, type(getattr(self, f.name))())
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message; ``tensors`` live in a private buffer owned by this message."""
+
+    kind: int
+    tag: int
+    tensors: list[torch.Tensor]
+    blob: bytes
+
+
+class Channel:
+    """One end of an open boundary session. Not thread-safe; use one channel per thread.
+
+    Create with :func:`open_host_channel` / :func:`open_enclave_channel`.
+    After an integrity, frame or peer-death error the channel is unusable.
+    """
+
+    def __init__(self, transport: ShmTransport, sealer: crypto.Sealer, opener: crypto.Opener,
+                 config: ChannelConfig, stats: ChannelStats, peer_closed_error: type[Exception]) -> None:
+        self._tr = transport
+        self._sealer = sealer
+        self._opener = opener
+        self._config = config
+        self.stats = stats
+        self._peer_closed_error = peer_closed_error
+        self._max_body = config.max_frame_bytes - _OVERHEAD
+        self._stream_threshold = config.stream_threshold_bytes
+        self._timeout = config.timeout_s
+        self._staging = bytearray(64 << 10)
+        self._staging_len = len(self._staging)
+        self._staging_mv = memoryview(self._staging)
+        # None while usable; else the error that made the channel unusable (or a closed marker).
+        self._unusable: BaseException | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    def send(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"") -> None:
+        """Encrypt and send one message; waits only while the peer still holds the previous one.
+
+        Tensors may be non-contiguous or on an accelerator (copied to contiguous
+        CPU memory first; counted in ``stats.copy_s``). ``kind`` is a u16,
+        ``tag`` a u32 chosen by the caller; ``blob`` small opaque bytes.
+        """
+        if self._unusable:
+            self._raise_unusable()
+        t_start = _perf()
+        for t in tensors:
+            if type(t) is not _Tensor or not t.is_cpu or not t.is_contiguous():
+                tensors = [frame.prepare_tensor(t, i) for i, t in enumerate(tensors)]
+                break
+        blob_len = len(blob)
+        body_len = _stage_body(tensors, blob, self._staging)
+        streamed = False
+        if body_len < 0:  # does not fit the staging buffer
+            body_len = -body_len
+            if body_len >= self._stream_threshold and tensors:
+                streamed = True
+            elif body_len <= self._max_body:
+                self._grow_staging(body_len)
+                _stage_body(tensors, blob, self._staging)
+        t_copied = _perf()
+        frame_len = body_len + _OVERHEAD
+        if body_len > self._max_body:
+            raise FrameError(f"message of {frame_len} bytes exceeds max_frame_bytes={self._config.max_frame_bytes}; "
+                             "raise ChannelConfig.max_frame_bytes (both sides) or split the tensors")
+        sealer = self._sealer
+        try:
+            header = _HEADER_PACK(_MAGIC, _VERSION, kind, tag, len(tensors), sealer.next_seq, blob_len, body_len)
+        except struct.error:
+            header = frame.pack_header(kind, tag, len(tensors), sealer.next_seq, blob_len, body_len)  # raises
+        timeout = self._timeout
+        try:
+            out = self._tr.reserve(frame_len, None if timeout is None else _perf() + timeout)
+        except BoundaryTimeout:
+            raise
+        except TaoismError as exc:
+            self._unusable = exc
+            raise
+        seq = sealer.next_seq
+        sealer.next_seq = seq + 1  # taken before encrypting: a nonce is never reused
+        out[:HEADER_SIZE] = header
+        t_crypto = _perf()
+        if streamed:
+            self._seal_streamed(seq, header, tensors, blob, body_len, out[HEADER_SIZE:])
+        else:
+            sealer.aead.encrypt_into(_NONCE_PACK(sealer.prefix, seq), self._staging_mv[:body_len], header,
+                                     out[HEADER_SIZE:])
+        t_end = _perf()
+        del out
+        try:
+            self._tr.publish(frame_len)
+        except TaoismError as exc:
+            self._unusable = exc
+            raise
+        stats = self.stats
+        stats.frames_sent += 1
+        stats.bytes_sent += frame_len
+        stats.crypto_s += t_end - t_crypto
+        stats.copy_s += t_copied - t_start
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """Wait for, authenticate and decode the next message.
+
+        ``timeout`` in seconds; None uses ``ChannelConfig.timeout_s`` (None there
+        = wait forever). Raises BoundaryTimeout (the channel stays usable),
+        IntegrityError, FrameError, or the peer-closed error.
+        """
+        if self._unusable:
+            self._raise_unusable()
+        if timeout is None:
+            timeout = self._timeout
+        tr = self._tr
+        try:
+            frame_len = tr.wait_frame(None if timeout is None else _perf() + timeout)
+        except BoundaryTimeout:
+            raise
+        except TaoismError as exc:
+            self._unusable = exc
+            raise
+        region = tr.inbound
+        try:
+            hb = region.mm[CTL_BYTES:CTL_BYTES + HEADER_SIZE]
+            magic, version, kind, tag, n, seq, blob_len, body_len = _HEADER_UNPACK(hb)
+            if (magic != _MAGIC or version != _VERSION or body_len > self._max_body or n > _MAX_TENSORS
+                    or n * 16 + blob_len > body_len or body_len + _OVERHEAD != frame_len):
+                self._bad_header(hb, frame_len)
+            opener = self._opener
+            if seq != opener.next_seq:
+                opener.check_seq(seq)  # raises IntegrityError
+            body = _np_empty(body_len, _uint8)
+            t0 = _perf()
+            try:
+                opener.aead.decrypt_into(_NONCE_PACK(opener.prefix, seq), region.data[HEADER_SIZE:frame_len], hb, body)
+            except InvalidTag:
+                raise crypto.auth_failure(seq) from None
+            t1 = _perf()
+            opener.next_seq = seq + 1
+            tr.release()
+            tensors, blob = _decode_body(n, blob_len, body_len, body)
+        except TaoismError as exc:
+            self._unusable = exc
+            raise
+        stats = self.stats
+        stats.frames_recv += 1
+        stats.bytes_recv += frame_len
+        stats.crypto_s += t1 - t0
+        return Message(kind, tag, tensors, blob)
+
+    def close(self) -> None:
+        """Close the session: unmap shared memory and close the socket (the peer sees EOF)."""
+        if not isinstance(self._unusable, _Closed):
+            self._unusable = _Closed("the channel is closed; open a new session")
+            self._tr.close()
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _raise_unusable(self) -> None:
+        reason = self._unusable
+        if isinstance(reason, _Closed):
+            raise BoundaryError(str(reason))
+        if isinstance(reason, self._peer_closed_error):
+            raise self._peer_closed_error(f"the channel is unusable: {reason}")
+        raise BoundaryError(f"the channel is unusable after an earlier failure ({type(reason).__name__}: "
+                            f"{reason}); close it and open a new session")
+
+    def _bad_header(self, hb: bytes, frame_len: int) -> None:
+        if frame_len < _OVERHEAD:
+            raise FrameError(f"truncated frame: {frame_len} bytes, shorter than the {HEADER_SIZE}-byte header "
+                             f"plus the {_TAG}-byte tag")
+        header = frame.decode_header(hb, self._max_body)  # raises for a bad field
+        raise FrameError(f"frame is {frame_len} bytes but its header announces {header.body_len + _OVERHEAD} "
+                         f"({HEADER_SIZE} header + body_len={header.body_len} + {_TAG} tag): truncated or padded")
+
+    def _seal_streamed(self, seq: int, header: bytes, tensors: Sequence[torch.Tensor], blob: bytes, body_len: int,
+                       out: memoryview) -> None:
+        """Encrypt a large body part by part straight from the tensors into shared memory."""
+        plan = frame.plan_body(tensors, len(blob))
+        head_len = plan.desc_len + len(blob)
+        if head_len > self._staging_len:
+            self._grow_staging(head_len)
+        frame.write_head(plan, blob, self._staging)
+        parts = [(0, self._staging_mv[:head_len])]
+        parts += [(e[4], frame.tensor_bytes(e[0])) for e in plan.entries]
+        self._sealer.seal_parts_into(seq, header, parts, body_len, out)
+
+    def _grow_staging(self, n: int) -> None:
+        self._staging_mv.release()
+        self._staging = bytearray(1 << (n - 1).bit_length())
+        self._staging_len = len(self._staging)
+        self._staging_mv = memoryview(self._staging)
+
+    # ------------------------------------------------------------------ test-only hooks (attacker's view)
+
+    def _seal_body(self, kind: int, tag: int, body: bytes, n_tensors: int, blob_len: int) -> bytes:
+        """Encrypt an arbitrary body under this session's keys; returns raw frame bytes (consumes a seq)."""
+        seq = self._sealer.take_seq()
+        header = frame.HEADER.pack(frame.MAGIC, frame.VERSION, kind, tag, n_tensors, seq, blob_len, len(body))
+        out = bytearray(HEADER_SIZE + len(body) + _TAG)
+        out[:HEADER_SIZE] = header
+        self._sealer.seal_into(seq, header, body, memoryview(out)[HEADER_SIZE:])
+        return bytes(out)
+
+    def _seal_frame(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"") -> bytes:
+        """Encrypt a well-formed message without sending it; returns raw frame bytes (consumes a seq)."""
+        plain = frame.encode_frame(kind, tag, 0, tensors, blob)
+        n_tensors = frame.HEADER.unpack_from(plain)[4]
+        return self._seal_body(kind, tag, bytes(plain[HEADER_SIZE:]), n_tensors, len(blob))
+
+    def _send_raw(self, raw: bytes) -> None:
+        """Write raw bytes into the outbound slot and publish them as a frame."""
+        out = self._tr.reserve(len(raw), None if self._timeout is None else _perf() + self._timeout)
+        out[:] = raw
+        del out
+        self._tr.publish(len(raw))
+
+
+def _open(sock: socket.socket, launch_token: bytes, config: ChannelConfig, is_host: bool) -> Channel:
+    if not isinstance(config, ChannelConfig):
+        raise ConfigError(f"config must be a ChannelConfig, got {type(config).__name__}")
+    if not isinstance(sock, socket.socket) or sock.family != socket.AF_UNIX:
+        raise ConfigError("sock must be an AF_UNIX socket (one end of socket.socketpair())")
+    if is_host:
+        keys = crypto.host_handshake(sock, launch_token, config.handshake_timeout_s)
+        sealer = crypto.Sealer(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
+        opener = crypto.Opener(keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST)
+        peer_closed: type[Exception] = EnclaveCrashed
+    else:
+        keys = crypto.enclave_handshake(sock, launch_token, config.handshake_timeout_s)
+        sealer = crypto.Sealer(keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST)
+        opener = crypto.Opener(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
+        peer_closed = BoundaryError
+    stats = ChannelStats()
+    transport = ShmTransport(sock, initial_capacity=config.initial_capacity, max_frame_bytes=config.max_frame_bytes,
+                             spin_s=config.spin_us * 1e-6, block_slice_s=config.block_slice_s,
+                             peer_closed_error=peer_closed, stats=stats)
+    try:
+        transport.establish(_perf() + config.handshake_timeout_s)
+    except BaseException:
+        transport.close()
+        raise
+    return Channel(transport, sealer, opener, config, stats, peer_closed)
+
+
+def open_host_channel(sock: socket.socket, launch_token: bytes, *, config: ChannelConfig = ChannelConfig()) -> Channel:
+    """Open the host end over ``sock`` (handshake + shared memory).
+
+    The host created ``launch_token`` (``new_launch_token()``) and handed it to
+    the enclave process out of band. Close the enclave's end of the socket pair
+    in the host after spawning, or a crash of the enclave cannot be detected.
+    Peer death raises ``EnclaveCrashed``.
+    """
+    return _open(sock, launch_token, config, is_host=True)
+
+
+def open_enclave_channel(sock: socket.socket, launch_token: bytes, *,
+                         config: ChannelConfig = ChannelConfig()) -> Channel:
+    """Open the enclave end over ``sock``; peer (host) death raises ``BoundaryError``."""
+    return _open(sock, launch_token, config, is_host=False)
+
+
+__all__ = ["Channel", "ChannelConfig", "ChannelStats", "ChannelStatsSnapshot", "Message",
+           "open_enclave_channel", "open_host_channel"]

@@ -1,0 +1,364 @@
+"""Sealed paging: tensors that do not fit the enclave budget live outside it, encrypted.
+
+A :class:`PagedTensor` is a tensor cut into a grid of blocks; each block is sealed with
+AES-256-GCM under a key generated inside the enclave process (never leaves it) and stored in
+a :class:`PageStore`, which stands for untrusted host memory (it is outside the memory budget
+and an attacker may read or rewrite it). The associated data of every block binds
+
+    the object id (value or weight name), its version, the block's grid index, dtype and shape
+
+so a tampered block, a block moved to another index or another tensor (swapped), or a block
+from an older version of the same tensor (stale, replayed) fails authentication and raises
+:class:`taoism.errors.IntegrityError`. Blocks are streamed in and out one at a time: reading a
+region unseals only the blocks that overlap it.
+
+The same classes run in *meta* mode (``Sealer(meta=True)``) for planning: nothing is encrypted,
+but every byte that would be sealed or unsealed is counted the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from taoism.errors import IntegrityError
+
+_TAG = 16
+_NONCE = struct.Struct(">4sQ")
+_NONCE_PREFIX = b"SEAL"
+
+Region = tuple[slice, ...]
+
+
+@dataclass(frozen=True)
+class SealedPage:
+    """One sealed block as stored in untrusted memory: nonce and ciphertext (+ GCM tag)."""
+
+    nonce: bytes
+    data: bytearray
+
+
+class PageStore:
+    """Untrusted memory holding sealed pages, keyed by (object id, block index).
+
+    Nothing stored here is trusted: the enclave authenticates every page it reads back.
+    """
+
+    def __init__(self) -> None:
+        self.pages: dict[tuple[str, tuple[int, ...]], SealedPage] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(p.data) for p in self.pages.values())
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+
+@dataclass
+class SealStats:
+    """Sealing counters (bytes are plaintext bytes)."""
+
+    sealed_bytes: int = 0
+    unsealed_bytes: int = 0
+    pages_sealed: int = 0
+    pages_unsealed: int = 0
+    seal_s: float = 0.0
+    unseal_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def _byte_view(t: torch.Tensor) -> Any:
+    """A writable/readable flat uint8 buffer over a contiguous CPU tensor's memory."""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+class Sealer:
+    """Seals and unseals blocks under an enclave-only key (generated here, never exported).
+
+    ``on_bytes(kind, n)`` is called for every page sealed (``"sealed"``) or unsealed
+    (``"unsealed"``), for per-layer accounting. ``meta=True``: count only, no crypto.
+    """
+
+    def __init__(self, *, meta: bool = False, store: PageStore | None = None) -> None:
+        self.meta = meta
+        self._aead = None if meta else AESGCM(AESGCM.generate_key(bit_length=256))
+        self._counter = 0
+        self._version = 0
+        self.store = store if store is not None else PageStore()
+        self.stats = SealStats()
+        self.on_bytes: Callable[[str, int], None] | None = None
+        # called with +n / -n around a temporary contiguous copy of a strided block being sealed
+        self.on_temp: Callable[[int], None] | None = None
+
+    def next_version(self) -> int:
+        """A fresh version number (monotonic for the life of the enclave)."""
+        self._version += 1
+        return self._version
+
+    @staticmethod
+    def associated_data(obj: str, version: int, block: tuple[int, ...], dtype: torch.dtype,
+                        shape: Sequence[int]) -> bytes:
+        return (f"taoism-page/1|{obj}|v{version}|b{','.join(map(str, block))}|"
+                f"{str(dtype).removeprefix('torch.')}|{'x'.join(map(str, shape))}").encode()
+
+    def seal(self, obj: str, version: int, block: tuple[int, ...], t: torch.Tensor) -> None:
+        """Encrypt ``t`` (one block) into the store under (obj, block)."""
+        n = t.numel() * t.element_size()
+        temp = 0
+        if not t.is_contiguous():
+            temp = n
+            if self.on_temp is not None:
+                self.on_temp(temp)
+        try:
+            self._seal(obj, version, block, t, n)
+        finally:
+            if temp and self.on_temp is not None:
+                self.on_temp(-temp)
+
+    def _seal(self, obj: str, version: int, block: tuple[int, ...], t: torch.Tensor, n: int) -> None:
+        if not self.meta:
+            t0 = time.perf_counter()
+            if not t.is_contiguous():
+                t = t.contiguous()
+            self._counter += 1
+            nonce = _NONCE.pack(_NONCE_PREFIX, self._counter)  # never repeats under this key
+            buf = bytearray(n + _TAG)
+            aad = self.associated_data(obj, version, block, t.dtype, t.shape)
+            assert self._aead is not None
+            self._aead.encrypt_into(nonce, _byte_view(t) if n else b"", aad, buf)
+            self.store.pages[(obj, block)] = SealedPage(nonce, buf)
+            self.stats.seal_s += time.perf_counter() - t0
+        self.stats.sealed_bytes += n
+        self.stats.pages_sealed += 1
+        if self.on_bytes is not None:
+            self.on_bytes("sealed", n)
+
+    def unseal_into(self, obj: str, version: int, block: tuple[int, ...], out: torch.Tensor) -> None:
+        """Authenticate and decrypt block (obj, block) into the contiguous tensor ``out``."""
+        n = out.numel() * out.element_size()
+        if not self.meta:
+            t0 = time.perf_counter()
+            page = self.store.pages.get((obj, block))
+            if page is None:
+                raise IntegrityError(f"sealed page {obj}{list(block)} is missing from untrusted memory")
+            if len(page.data) != n + _TAG:
+                raise IntegrityError(f"sealed page {obj}{list(block)} has the wrong length "
+                                     f"({len(page.data)} bytes, expected {n + _TAG})")
+            aad = self.associated_data(obj, version, block, out.dtype, out.shape)
+            assert self._aead is not None
+            try:
+                if n:
+                    self._aead.decrypt_into(page.nonce, page.data, aad, _byte_view(out))
+                else:
+                    self._aead.decrypt(page.nonce, bytes(page.data), aad)
+            except InvalidTag:
+                out.zero_()  # never leave unauthenticated plaintext behind
+                raise IntegrityError(
+                    f"sealed page {obj}{list(block)} (version {version}) failed authentication: it "
+                    "was tampered with, swapped with another page, or is a stale copy") from None
+            self.stats.unseal_s += time.perf_counter() - t0
+        self.stats.unsealed_bytes += n
+        self.stats.pages_unsealed += 1
+        if self.on_bytes is not None:
+            self.on_bytes("unsealed", n)
+
+    def drop(self, obj: str, blocks: Any) -> None:
+        if not self.meta:
+            for b in blocks:
+                self.store.pages.pop((obj, b), None)
+
+
+def even_cuts(size: int, chunk: int) -> tuple[int, ...]:
+    """Cut points 0, chunk, 2*chunk, ..., size (the last piece may be shorter)."""
+    chunk = max(1, min(chunk, size)) if size else 1
+    return tuple(range(0, size, chunk)) + (size,) if size else (0, 0)
+
+
+def block_cuts(shape: Sequence[int], itemsize: int, target_bytes: int,
+               order: Sequence[int] | None = None) -> tuple[tuple[int, ...], ...]:
+    """A block grid over ``shape`` whose blocks hold at most ``target_bytes`` where possible.
+
+    Dimensions are cut in ``order`` (default: dim 0, then dim 2 (rows), then the others):
+    a dimension is cut only when one slice of the remaining inner dims already exceeds the
+    target, so blocks stay large and contiguous.
+    """
+    nd = len(shape)
+    if order is None:
+        order = [0] + ([2] if nd > 2 else []) + [d for d in range(1, nd) if d != 2]
+    sizes = list(shape)
+    cuts: list[tuple[int, ...] | None] = [None] * nd
+    per = math.prod(shape) * itemsize
+    for d in order:
+        if per <= target_bytes or shape[d] == 0:
+            break
+        slice_bytes = per // shape[d]
+        take = max(1, target_bytes // max(slice_bytes, 1))
+        sizes[d] = min(shape[d], take)
+        per = slice_bytes * sizes[d]
+    for d in range(nd):
+        cuts[d] = even_cuts(shape[d], sizes[d]) if shape[d] else (0, 0)
+    return tuple(c for c in cuts if c is not None)
+
+
+def _overlap(cuts: tuple[int, ...], start: int, stop: int) -> range:
+    """Indices of the pieces of ``cuts`` that overlap [start, stop)."""
+    import bisect
+    if stop <= start:
+        return range(0)
+    first = bisect.bisect_right(cuts, start) - 1
+    last = bisect.bisect_left(cuts, stop) - 1
+    return range(max(first, 0), min(last, len(cuts) - 2) + 1)
+
+
+class PagedTensor:
+    """A tensor stored outside the budget as sealed blocks on a grid (``cuts`` per dim).
+
+    Trusted metadata (name, version, shape, dtype, grid) stays in the enclave; the pages live in
+    the sealer's :class:`PageStore`. ``read(region)`` unseals the overlapping blocks into a new
+    tensor; ``put(block, t)`` seals one block. ``charge(kind, n)``, if set, is called with the
+    bytes of any block-sized temporary a read needs (for the memory accounting).
+    """
+
+    __slots__ = ("name", "version", "shape", "dtype", "cuts", "sealer", "meta", "_present",
+                 "itemsize", "max_block_bytes")
+
+    def __init__(self, name: str, shape: Sequence[int], dtype: torch.dtype,
+                 cuts: Sequence[Sequence[int]], sealer: Sealer) -> None:
+        self.name = name
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = dtype
+        self.cuts = tuple(tuple(int(c) for c in cs) for cs in cuts)
+        if len(self.cuts) != len(self.shape) or any(
+                c[0] != 0 or c[-1] != s for c, s in zip(self.cuts, self.shape)):
+            raise ValueError(f"bad block grid {self.cuts} for shape {self.shape}")
+        self.sealer = sealer
+        self.meta = sealer.meta
+        self.version = sealer.next_version()
+        self._present: set[tuple[int, ...]] = set()
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        self.max_block_bytes = self.itemsize * math.prod(
+            max((b - a for a, b in zip(c, c[1:])), default=0) for c in self.cuts)
+
+    # -- geometry --------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.itemsize
+
+    def blocks(self) -> Iterator[tuple[int, ...]]:
+        return itertools.product(*(range(len(c) - 1) for c in self.cuts))
+
+    def block_region(self, idx: tuple[int, ...]) -> Region:
+        return tuple(slice(c[i], c[i + 1]) for c, i in zip(self.cuts, idx))
+
+    def block_index(self, region: Region) -> tuple[int, ...]:
+        """The grid index of the block that exactly covers ``region`` (ValueError otherwise)."""
+        idx = []
+        for c, sl in zip(self.cuts, region):
+            try:
+                i = c.index(sl.start)
+            except ValueError:
+                raise ValueError(f"region {region} is not a block of {self.name}") from None
+            if c[i + 1] != sl.stop:
+                raise ValueError(f"region {region} is not a block of {self.name}")
+            idx.append(i)
+        return tuple(idx)
+
+    # -- writing ---------------------------------------------------------------------------
+    def put(self, idx: tuple[int, ...], t: torch.Tensor) -> None:
+        reg = self.block_region(idx)
+        want = tuple(s.stop - s.start for s in reg)
+        if tuple(t.shape) != want:
+            raise ValueError(f"block {idx} of {self.name} must have shape {want}, got {tuple(t.shape)}")
+        self.sealer.seal(self.name, self.version, idx, t)
+        self._present.add(idx)
+
+    def put_region(self, region: Region, t: torch.Tensor) -> None:
+        self.put(self.block_index(region), t)
+
+    @classmethod
+    def seal_tensor(cls, name: str, t: torch.Tensor, sealer: Sealer, target_bytes: int,
+                    cuts: Sequence[Sequence[int]] | None = None) -> "PagedTensor":
+        """Seal a whole resident tensor block by block (blocks of at most ``target_bytes``)."""
+        if cuts is None:
+            cuts = block_cuts(t.shape, t.element_size(), target_bytes)
+        pt = cls(name, t.shape, t.dtype, cuts, sealer)
+        for idx in pt.blocks():
+            pt.put(idx, t[pt.block_region(idx)])
+        return pt
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(self, region: Region | None = None, charge: Callable[[int], None] | None = None,
+             release: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Unseal ``region`` (a tuple of unit-step slices, one per dim) into a new tensor.
+
+        A block that the region covers exactly is decrypted straight into the result; any other
+        overlapping block is decrypted into a block-sized temporary, announced to ``charge`` and
+        ``release`` (crypto working memory).
+        """
+        if region is None:
+            region = tuple(slice(0, s) for s in self.shape)
+        region = tuple(slice(*sl.indices(s)[:2]) for sl, s in zip(region, self.shape))
+        out_shape = tuple(max(0, sl.stop - sl.start) for sl in region)
+        device = "meta" if self.meta else "cpu"
+        out = torch.empty(out_shape, dtype=self.dtype, device=device)
+        if out.numel() == 0:
+            return out
+        ranges = [_overlap(c, sl.start, sl.stop) for c, sl in zip(self.cuts, region)]
+        exact = len(ranges) > 0 and all(len(r) == 1 for r in ranges) and all(
+            c[r[0]] == sl.start and c[r[0] + 1] == sl.stop for c, r, sl in zip(self.cuts, ranges, region))
+        if exact:
+            idx = tuple(r[0] for r in ranges)
+            self._check_present(idx)
+            self.sealer.unseal_into(self.name, self.version, idx, out)
+            return out
+        for idx in itertools.product(*ranges):
+            self._check_present(idx)
+            breg = self.block_region(idx)
+            bshape = tuple(s.stop - s.start for s in breg)
+            nbytes = math.prod(bshape) * self.itemsize
+            if charge is not None:
+                charge(nbytes)
+            try:
+                tmp = torch.empty(bshape, dtype=self.dtype, device=device)
+                self.sealer.unseal_into(self.name, self.version, idx, tmp)
+                src = tuple(slice(max(sl.start, b.start) - b.start, min(sl.stop, b.stop) - b.start)
+                            for sl, b in zip(region, breg))
+                dst = tuple(slice(max(sl.start, b.start) - sl.start, min(sl.stop, b.stop) - sl.start)
+                            for sl, b in zip(region, breg))
+                out[dst].copy_(tmp[src])
+                del tmp
+            finally:
+                if release is not None:
+                    release(nbytes)
+        return out
+
+    def _check_present(self, idx: tuple[int, ...]) -> None:
+        if idx not in self._present:
+            raise IntegrityError(f"block {list(idx)} of sealed tensor {self.name} was never written")
+
+    def read_cost(self, region_bytes: int, exact: bool = False) -> int:
+        """Enclave bytes a read of ``region_bytes`` needs: the result plus one block temporary."""
+        return region_bytes + (0 if exact else self.max_block_bytes)
+
+    def free(self) -> None:
+        """Drop the pages (the value is dead)."""
+        self.sealer.drop(self.name, list(self._present))
+        self._present.clear()
+
+    def __repr__(self) -> str:
+        return (f"PagedTensor({self.name!r} v{self.version}, shape={self.shape}, "
+                f"dtype={str(self.dtype).removeprefix('torch.')}, blocks={math.prod(len(c) - 1 for c in self.cuts)})")
+
+
+__all__ = ["PageStore", "PagedTensor", "SealStats", "SealedPage", "Sealer", "block_cuts", "even_cuts"]
