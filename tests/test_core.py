@@ -391,3 +391,24 @@ def test_profile_breakdown(resnet):
         assert t["crossings"] == sm.plan.crossings()
         json.dumps(prof.to_json())
         assert "end-to-end" in prof.table()
+
+
+def test_reload_reapplies_the_strategy():
+    """After a crash, reload() must deploy the strategy again, never the unprotected model."""
+    model = get_model("small_cnn", dataset_shape="digits")
+    x = example_input("small_cnn", "digits", batch=2)
+    sm = taoism.shield(model, x, strategy="intermediate:0.8")
+    try:
+        os.kill(sm.backend.pid, signal.SIGKILL)
+        with pytest.raises(taoism.EnclaveCrashed):
+            sm(x)
+        sm.reload(model)
+        assert_same(sm(x), model(x))
+        original = model.state_dict()
+        host = sm.host_state_dict()
+        morphed = [k for k in host if k.endswith("weight") and k in original
+                   and host[k].shape == original[k].shape and host[k].dim() > 1]
+        assert morphed, "intermediate offloads at least the last layer to the device"
+        assert all(not torch.equal(host[k].cpu(), original[k]) for k in morphed)
+    finally:
+        sm.close()

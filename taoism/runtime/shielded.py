@@ -17,6 +17,7 @@ from taoism.capture import capture
 from taoism.config import EnclaveConfig
 from taoism.errors import ConfigError, EnclaveCrashed, InputError
 from taoism.placement import EnclaveMode, Plan, PlacementRules, PlacementSpec, build_plan
+from taoism.placement.memory import attach_memory_plan
 from taoism.runtime.lowering import device_segment, enclave_program
 from taoism.runtime.profile import LayerTiming, Profile, SegmentTiming
 
@@ -39,8 +40,8 @@ class ShieldedModel:
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
-                 placement: PlacementSpec = None, *, device: str | torch.device | None = None,
-                 enclave: EnclaveConfig | None = None,
+                 placement: PlacementSpec = None, *, strategy: Any = None,
+                 device: str | torch.device | None = None, enclave: EnclaveConfig | None = None,
                  leaf_modules: Iterable[str | type[nn.Module]] = ()) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -48,6 +49,9 @@ class ShieldedModel:
                               "use device='cpu' or leave it unset")
         self.enclave_config = enclave or EnclaveConfig()
         self._leaf_modules = tuple(leaf_modules)
+        if strategy is not None and placement is not None:
+            raise ConfigError("give either placement= or strategy=, not both")
+        self.strategy = strategy
         self._rules = (placement if isinstance(placement, PlacementRules)
                        else PlacementRules.from_spec(placement))
         examples = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
@@ -57,6 +61,12 @@ class ShieldedModel:
 
     # -- construction ------------------------------------------------------------------------
     def _build(self, model: nn.Module, examples: tuple[torch.Tensor, ...]) -> None:
+        if self.strategy is not None:
+            # Re-applied on every build (reload too): fresh secrets, never the unprotected model.
+            from taoism.strategies import apply_strategy
+
+            model, placement = apply_strategy(model, self.strategy)
+            self._rules = PlacementRules.from_spec(placement)
         captured = capture(model, examples, leaf_modules=self._leaf_modules)
         plan = build_plan(captured, self._rules)
         segments: dict[int, fx.GraphModule] = {}
@@ -64,8 +74,11 @@ class ShieldedModel:
             if seg.side is EnclaveMode.GPU:
                 segments[seg.index] = device_segment(captured, seg, self.device)
         backend = None
+        self.memory_plan = None  # a taoism.placement.memory.MemoryPlan under a TEE memory budget
         if plan.enclave_segments:
             desc, tensors = enclave_program(captured, plan)
+            # refuses (MemoryBudgetError) before the enclave starts if a layer cannot fit
+            self.memory_plan = attach_memory_plan(desc, tensors, plan, self.enclave_config, captured)
             cls = get_backend(self.enclave_config.backend, self.enclave_config)
             backend = cls(self.enclave_config)
             try:
@@ -83,11 +96,17 @@ class ShieldedModel:
         self._backend = backend
         del captured  # the traced module shares the caller's parameters: keep none of it
 
+    def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
+        """Zero tensors shaped like the inputs this model was shielded for."""
+        return tuple(torch.zeros((batch, *shape), dtype=dt) for dt, shape in self._input_specs)
+
     def reload(self, model: nn.Module) -> None:
-        """Start a fresh enclave from ``model`` (after a crash), keeping the same placement."""
+        """Start a fresh enclave from ``model`` (after a crash), keeping the same placement.
+
+        With a strategy, the strategy is applied again (fresh secrets).
+        """
         self.close()
-        examples = tuple(torch.zeros((1, *shape), dtype=dt) for dt, shape in self._input_specs)
-        self._build(model, examples)
+        self._build(model, self.example_inputs(1))
 
     # -- inference ---------------------------------------------------------------------------
     def _check_inputs(self, inputs: tuple[Any, ...]) -> None:
@@ -310,22 +329,19 @@ def shield(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor
            placement: PlacementSpec = None, *, strategy: Any = None, backend: str | None = None,
            device: str | torch.device | None = None, threads: int | None = None,
            enclave: EnclaveConfig | None = None,
-           leaf_modules: Iterable[str | type[nn.Module]] = ()) -> ShieldedModel:
+           leaf_modules: Iterable[str | type[nn.Module]] = (), tee: str | None = None) -> ShieldedModel:
     """Deploy ``model`` with the placement (or TSDP ``strategy``) given; returns a ShieldedModel.
 
     ``placement`` maps module names, node names or ``"re:<regex>"`` to GPU/ENCLAVE/AUTO, with
     ``"_default"`` for the rest; it may also be a path to a JSON plan. ``backend`` and
-    ``threads`` override the fields of ``enclave`` (an :class:`EnclaveConfig`).
+    ``threads`` override the fields of ``enclave`` (an :class:`EnclaveConfig`), and so does
+    ``tee`` (a TEE profile of :mod:`taoism.tee`, e.g. ``"sgx1-client"``: the enclave then keeps
+    its working set within that profile's memory budget by chunking and sealed paging).
     """
     cfg = enclave or EnclaveConfig()
-    overrides = {k: v for k, v in (("backend", backend), ("threads", threads)) if v is not None}
+    overrides = {k: v for k, v in (("backend", backend), ("threads", threads), ("tee", tee))
+                 if v is not None}
     if overrides:
         cfg = EnclaveConfig(**{**cfg.__dict__, **overrides})
-    if strategy is not None:
-        if placement is not None:
-            raise ConfigError("give either placement= or strategy=, not both")
-        from taoism.strategies import apply_strategy
-
-        model, placement = apply_strategy(model, strategy)
-    return ShieldedModel(model, example_input, placement, device=device, enclave=cfg,
-                         leaf_modules=leaf_modules)
+    return ShieldedModel(model, example_input, placement, strategy=strategy, device=device,
+                         enclave=cfg, leaf_modules=leaf_modules)

@@ -1,0 +1,88 @@
+"""Core benchmark: whole model in the enclave vs plain PyTorch, split placements vs their parts.
+
+One run measures, side by side, on the same machine and thread counts:
+* ResNet-18 CIFAR whole model in the enclave (1 enclave thread) vs plain PyTorch on the CPU
+  (1 host thread), batch 1 and 64;
+* split placements (first half of the blocks in the enclave; every ReLU in the enclave):
+  end-to-end latency vs the sum of the parts measured alone (device segments, enclave compute)
+  plus their encryption time, and the per-crossing overhead.
+
+Usage: python benchmarks/bench_core.py [--repeats 20] [--batches 1,64] [--device cpu] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import torch
+
+import taoism
+from taoism.bench import time_plain
+from taoism.cli import default_split
+from taoism.zoo import example_input, get_model
+
+
+def run(batches: list[int], repeats: int, warmup: int, device: str, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    model = get_model("resnet18", dataset_shape="cifar")
+    results: dict = {"machine": platform.platform(), "python": sys.version.split()[0],
+                     "torch": torch.__version__, "device": device, "host_threads": threads,
+                     "enclave_threads": 1, "repeats": repeats, "warmup": warmup, "rows": []}
+    placements = {
+        "enclave (whole model)": {"_default": "ENCLAVE"},
+        "split: first half in enclave": default_split(model),
+        "split: every ReLU in enclave": {"re:.*relu.*": "ENCLAVE", "_default": "GPU"},
+    }
+    for batch in batches:
+        x = example_input("resnet18", "cifar", batch=batch)
+        plain_cpu = time_plain(model, x, device="cpu", repeats=repeats, warmup=warmup)
+        row_base = {"batch": batch, "plain_cpu": plain_cpu.to_json()}
+        if device != "cpu":
+            row_base["plain_device"] = time_plain(model, x, device=device, repeats=repeats,
+                                                  warmup=warmup).to_json()
+        print(f"batch {batch}: plain PyTorch CPU {plain_cpu.ms()}", flush=True)
+        for label, placement in placements.items():
+            with taoism.shield(model, x, placement, device=device, threads=1) as sm:
+                torch.testing.assert_close(sm(x), model(x).to(sm(x).device), rtol=1e-4, atol=1e-5)
+                prof = sm.profile(x, repeats=repeats, warmup=warmup)
+            t = prof.totals()
+            parts = t["device_compute_s"] + t["enclave_compute_s"] + t["crypto_s"]
+            crossings = int(t["crossings"])
+            overhead = (prof.end_to_end.median - parts) / crossings if crossings else 0.0
+            row = {**row_base, "placement": label, "end_to_end": prof.end_to_end.to_json(),
+                   "totals": t, "sum_of_parts_s": parts,
+                   "ratio_to_parts": prof.end_to_end.median / parts if parts else None,
+                   "ratio_to_plain_cpu": prof.end_to_end.median / plain_cpu.median,
+                   "overhead_per_crossing_s": overhead}
+            results["rows"].append(row)
+            print(f"  {label:<32} {prof.end_to_end.ms()}  x plain CPU "
+                  f"{row['ratio_to_plain_cpu']:.3f}  x parts {row['ratio_to_parts']:.3f}  "
+                  f"crossings {crossings}  overhead/crossing {overhead * 1e6:.1f} us", flush=True)
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    t0 = time.time()
+    res = run([int(b) for b in args.batches.split(",")], args.repeats, args.warmup, args.device,
+              args.threads)
+    res["wall_s"] = time.time() - t0
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
