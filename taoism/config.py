@@ -14,7 +14,10 @@ class EnclaveConfig:
     ``threads``: torch threads inside the enclave process. ``spin_us``: how long a waiting side
     busy-polls shared memory before blocking (0 = block at once). ``timeout_s``: the longest a
     request may take before the enclave is declared hung and stopped. ``start_timeout_s``: the
-    longest the enclave may take to start and finish the key exchange.
+    longest the enclave may take to start and finish the key exchange. ``tee``: the TEE profile
+    (:data:`taoism.tee.PROFILES`: ``sgx1-client``, ``sgx2-server``, ``trustzone``, ``unlimited``)
+    whose memory budget the enclave keeps to, by chunking layers and sealing what does not fit;
+    ``memory_budget``: that budget in bytes (None = the profile's).
     """
 
     backend: str = "sim"
@@ -24,6 +27,8 @@ class EnclaveConfig:
     start_timeout_s: float = 60.0
     max_frame_bytes: int = 1 << 30
     gramine_manifest: str | None = None  # backend "gramine": the signed .manifest.sgx to run
+    tee: str = "unlimited"
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.threads, int) or self.threads < 1:
@@ -34,3 +39,13 @@ class EnclaveConfig:
             raise ConfigError("EnclaveConfig timeouts must be > 0 seconds")
         if self.max_frame_bytes < 1 << 16:
             raise ConfigError("EnclaveConfig.max_frame_bytes must be at least 64 KiB")
+        from taoism.tee import resolve_budget
+
+        resolve_budget(self.tee, self.memory_budget)  # raises ConfigError on a bad tee or budget
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """The enclave memory budget in bytes (None = unlimited)."""
+        from taoism.tee import resolve_budget
+
+        return resolve_budget(self.tee, self.memory_budget)

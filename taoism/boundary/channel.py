@@ -23,7 +23,7 @@ _perf = time.perf_counter
 _Tensor = torch.Tensor
 _HEADER_PACK = frame.HEADER.pack
 _HEADER_UNPACK = frame.HEADER.unpack
-_MAGIC, _VERSION, _MAX_TENSORS = frame.MAGIC, frame.VERSION, frame.MAX_TENSORS
+_MAGIC, _VERSION, _MAX_TENSORS, _DESC = frame.MAGIC, frame.VERSION, frame.MAX_TENSORS, frame.DESC_FIXED_SIZE
 _stage_body = frame.stage_body
 _decode_body = frame.decode_body_parts
 _np_empty = np.empty
@@ -33,6 +33,12 @@ _uint8 = np.uint8
 
 class _Closed(Exception):
     """Marker: the channel was closed by its owner."""
+
+
+def _as_blob(blob: object) -> bytes:
+    if isinstance(blob, (bytearray, memoryview)):
+        return bytes(blob)
+    raise FrameError(f"blob must be bytes (e.g. json.dumps(...).encode()), got {type(blob).__name__}")
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,16 @@ class ChannelConfig:
     blocks (0 = block at once; spinning costs a CPU core but gives ~µs latency).
     ``block_slice_s``: longest single block before the counter is re-checked.
     ``timeout_s``: default timeout of ``recv`` and of ``send`` waiting for a free
-    slot (None = wait forever). ``stream_threshold_bytes``: bodies at least this
-    large are encrypted part by part straight from the tensors into shared
+    slot (None = wait forever). ``handshake_timeout_s``: bound on key agreement
+    and region setup in ``open_*``. ``stream_threshold_bytes``: bodies at least
+    this large are encrypted part by part straight from the tensors into shared
     memory instead of being gathered into a private staging buffer first.
+    ``snapshot_ciphertext``: copy each incoming frame out of shared memory
+    before decrypting it. By default the frame is authenticated and decrypted
+    straight from shared memory; a writer that rewrites the slot *during* the
+    decryption can at worst make it fail, unless the AES-GCM implementation reads
+    a ciphertext block twice (once for GHASH, once for CTR) - the snapshot
+    (one extra memcpy) closes that window for deployments that need it.
     """
 
     initial_capacity: int = 4 << 20
@@ -58,13 +71,15 @@ class ChannelConfig:
     timeout_s: float | None = None
     handshake_timeout_s: float = 10.0
     stream_threshold_bytes: int = 512 << 10
+    snapshot_ciphertext: bool = False
 
     def __post_init__(self) -> None:
         def positive(name: str, value: object, allow_zero: bool = False) -> None:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
                 value >= 0 if allow_zero else value > 0)
             if not ok:
-                raise ConfigError(f"ChannelConfig.{name}={value!r} must be a {'non-negative' if allow_zero else 'positive'} number")
+                need = "a non-negative" if allow_zero else "a positive"
+                raise ConfigError(f"ChannelConfig.{name}={value!r} must be {need} number")
 
         positive("initial_capacity", self.initial_capacity)
         positive("max_frame_bytes", self.max_frame_bytes)
@@ -146,6 +161,7 @@ class Channel:
         self._max_body = config.max_frame_bytes - _OVERHEAD
         self._stream_threshold = config.stream_threshold_bytes
         self._timeout = config.timeout_s
+        self._snapshot = config.snapshot_ciphertext
         self._staging = bytearray(64 << 10)
         self._staging_len = len(self._staging)
         self._staging_mv = memoryview(self._staging)
@@ -161,9 +177,13 @@ class Channel:
         CPU memory first; counted in ``stats.copy_s``). ``kind`` is a u16,
         ``tag`` a u32 chosen by the caller; ``blob`` small opaque bytes.
         """
-        if self._unusable:
+        if self._unusable is not None:
             self._raise_unusable()
         t_start = _perf()
+        if type(blob) is not bytes:
+            blob = _as_blob(blob)
+        if type(tensors) is not list and type(tensors) is not tuple:
+            tensors = list(tensors)
         for t in tensors:
             if type(t) is not _Tensor or not t.is_cpu or not t.is_contiguous():
                 tensors = [frame.prepare_tensor(t, i) for i, t in enumerate(tensors)]
@@ -225,7 +245,7 @@ class Channel:
         = wait forever). Raises BoundaryTimeout (the channel stays usable),
         IntegrityError, FrameError, or the peer-closed error.
         """
-        if self._unusable:
+        if self._unusable is not None:
             self._raise_unusable()
         if timeout is None:
             timeout = self._timeout
@@ -242,15 +262,18 @@ class Channel:
             hb = region.mm[CTL_BYTES:CTL_BYTES + HEADER_SIZE]
             magic, version, kind, tag, n, seq, blob_len, body_len = _HEADER_UNPACK(hb)
             if (magic != _MAGIC or version != _VERSION or body_len > self._max_body or n > _MAX_TENSORS
-                    or n * 16 + blob_len > body_len or body_len + _OVERHEAD != frame_len):
+                    or n * _DESC + blob_len > body_len or body_len + _OVERHEAD != frame_len):
                 self._bad_header(hb, frame_len)
             opener = self._opener
             if seq != opener.next_seq:
                 opener.check_seq(seq)  # raises IntegrityError
             body = _np_empty(body_len, _uint8)
             t0 = _perf()
+            ciphertext = region.data[HEADER_SIZE:frame_len]
+            if self._snapshot:
+                ciphertext = bytes(ciphertext)
             try:
-                opener.aead.decrypt_into(_NONCE_PACK(opener.prefix, seq), region.data[HEADER_SIZE:frame_len], hb, body)
+                opener.aead.decrypt_into(_NONCE_PACK(opener.prefix, seq), ciphertext, hb, body)
             except InvalidTag:
                 raise crypto.auth_failure(seq) from None
             t1 = _perf()
@@ -345,42 +368,49 @@ def _open(sock: socket.socket, launch_token: bytes, config: ChannelConfig, is_ho
         raise ConfigError(f"config must be a ChannelConfig, got {type(config).__name__}")
     if not isinstance(sock, socket.socket) or sock.family != socket.AF_UNIX:
         raise ConfigError("sock must be an AF_UNIX socket (one end of socket.socketpair())")
-    if is_host:
-        keys = crypto.host_handshake(sock, launch_token, config.handshake_timeout_s)
-        sealer = crypto.Sealer(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
-        opener = crypto.Opener(keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST)
-        peer_closed: type[Exception] = EnclaveCrashed
-    else:
-        keys = crypto.enclave_handshake(sock, launch_token, config.handshake_timeout_s)
-        sealer = crypto.Sealer(keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST)
-        opener = crypto.Opener(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
-        peer_closed = BoundaryError
+    crypto.check_launch_token(launch_token)
     stats = ChannelStats()
-    transport = ShmTransport(sock, initial_capacity=config.initial_capacity, max_frame_bytes=config.max_frame_bytes,
-                             spin_s=config.spin_us * 1e-6, block_slice_s=config.block_slice_s,
-                             peer_closed_error=peer_closed, stats=stats)
+    transport = None
     try:
+        if is_host:
+            keys = crypto.host_handshake(sock, launch_token, config.handshake_timeout_s)
+            sealer = crypto.Sealer(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
+            opener = crypto.Opener(keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST)
+            peer_closed: type[Exception] = EnclaveCrashed
+        else:
+            keys = crypto.enclave_handshake(sock, launch_token, config.handshake_timeout_s)
+            sealer = crypto.Sealer(keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST)
+            opener = crypto.Opener(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
+            peer_closed = BoundaryError
+        transport = ShmTransport(sock, initial_capacity=config.initial_capacity,
+                                 max_frame_bytes=config.max_frame_bytes, spin_s=config.spin_us * 1e-6,
+                                 block_slice_s=config.block_slice_s, peer_closed_error=peer_closed, stats=stats)
         transport.establish(_perf() + config.handshake_timeout_s)
     except BaseException:
-        transport.close()
+        # A failed session is useless: release everything, the socket included (the peer sees EOF).
+        if transport is not None:
+            transport.close()
+        else:
+            sock.close()
         raise
     return Channel(transport, sealer, opener, config, stats, peer_closed)
 
 
 def open_host_channel(sock: socket.socket, launch_token: bytes, *, config: ChannelConfig = ChannelConfig()) -> Channel:
-    """Open the host end over ``sock`` (handshake + shared memory).
+    """Open the host end over ``sock`` (handshake + shared memory); the channel then owns ``sock``.
 
     The host created ``launch_token`` (``new_launch_token()``) and handed it to
     the enclave process out of band. Close the enclave's end of the socket pair
     in the host after spawning, or a crash of the enclave cannot be detected.
-    Peer death raises ``EnclaveCrashed``.
+    Peer death raises ``EnclaveCrashed``. On failure (HandshakeError, timeout)
+    ``sock`` is closed.
     """
     return _open(sock, launch_token, config, is_host=True)
 
 
 def open_enclave_channel(sock: socket.socket, launch_token: bytes, *,
                          config: ChannelConfig = ChannelConfig()) -> Channel:
-    """Open the enclave end over ``sock``; peer (host) death raises ``BoundaryError``."""
+    """Open the enclave end over ``sock`` (which the channel then owns); host death raises ``BoundaryError``."""
     return _open(sock, launch_token, config, is_host=False)
 
 

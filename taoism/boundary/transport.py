@@ -10,7 +10,10 @@ with SCM_RIGHTS. A region is a 4 KiB control block followed by one frame slot::
     u64[16] reader_sleeping   u64[24] writer_sleeping
     u64[32] region magic      u64[33] data capacity
 
-(fields written by different sides sit on different cache lines). Waiting is
+(fields written by different sides sit on different cache lines). Regions are
+sealed memfds (F_SEAL_SHRINK|GROW|SEAL) where the kernel allows, and a reader
+that can seal refuses unsealed regions, so a peer cannot truncate a region
+under the other's mapping. Waiting is
 spin-then-block: spin on the counter for ``spin_s``, then set the sleeping flag,
 re-check, and block in ``poll()`` on the socket for a doorbell record the other
 side sends only when it sees the flag. Blocks last at most ``block_slice_s`` and
@@ -31,6 +34,7 @@ from __future__ import annotations
 import array
 import collections
 import errno
+import fcntl
 import mmap
 import os
 import select
@@ -80,18 +84,41 @@ class _Region:
             pass
 
 
-def _create_fd(size: int) -> int:
+_SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0) | getattr(fcntl, "F_SEAL_SEAL", 0)
+
+
+def _create_fd(size: int) -> tuple[int, bool]:
+    """A shared-memory fd of ``size`` bytes, and whether its size is sealed.
+
+    A memfd is sealed against shrinking/growing, so the peer cannot truncate it
+    under our mapping (which would crash us with SIGBUS); the fallback is an
+    unlinked file in /dev/shm.
+    """
+    sealed = False
     try:
-        fd = os.memfd_create("taoism-boundary", os.MFD_CLOEXEC)
+        fd = os.memfd_create("taoism-boundary", os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 0))
     except (AttributeError, OSError):
         fd, path = tempfile.mkstemp(prefix="taoism-boundary-", dir="/dev/shm")
         os.unlink(path)
     try:
         os.ftruncate(fd, size)
+        if _SEALS and hasattr(fcntl, "F_ADD_SEALS"):
+            try:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+                sealed = True
+            except OSError:
+                pass
     except OSError:
         os.close(fd)
         raise
-    return fd
+    return fd, sealed
+
+
+def _is_size_sealed(fd: int) -> bool:
+    try:
+        return bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK)
+    except (AttributeError, OSError):
+        return False
 
 
 def region_size_for(frame_len: int, max_frame_bytes: int) -> int:
@@ -128,6 +155,7 @@ class ShmTransport:
         self._out_pub = 0
         self._in_seen = 0
         self._closed = False
+        self._require_seals = False
 
     # ------------------------------------------------------------------ setup
 
@@ -137,7 +165,8 @@ class ShmTransport:
         self.inbound = self._map_next_region(0, deadline)
 
     def _new_out_region(self, size: int, gen: int) -> _Region:
-        fd = _create_fd(size)
+        fd, sealed = _create_fd(size)
+        self._require_seals = self._require_seals or sealed  # this kernel can seal: demand it of the peer
         try:
             region = _Region(fd, size, gen)
             region.ctl[_MAGIC] = _REGION_MAGIC
@@ -168,6 +197,9 @@ class ShmTransport:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size != size:
                 raise BoundaryError(f"shared-memory region fd is {st.st_size} bytes, announced {size}")
+            if self._require_seals and not _is_size_sealed(fd):
+                raise BoundaryError("the peer's shared-memory region is not sealed against shrinking "
+                                    "(F_SEAL_SHRINK): it could be truncated under our mapping")
             region = _Region(fd, size, gen)
         finally:
             os.close(fd)
@@ -355,10 +387,9 @@ class ShmTransport:
             if frame_len != MOVED:
                 break
             # The writer moved to a bigger region: its REGION record is already in the socket.
+            new = self._map_next_region(region.gen + 1, deadline)
             region.close()
-            self.inbound = None
-            region = self._map_next_region(region.gen + 1, deadline)
-            self.inbound = region
+            self.inbound = region = new
             self._in_seen = 0
         self._in_seen = pub
         if frame_len > region.capacity:

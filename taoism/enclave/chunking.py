@@ -40,6 +40,7 @@ from taoism.errors import FrameError, MemoryBudgetError
 Region = tuple[slice, ...]
 CHUNK_PENALTY_BYTES = 256 << 10  # a chunk's fixed overhead (~50 us) expressed as bytes of crypto
 DEFAULT_PAGE_BYTES = 1 << 20
+DEFAULT_BOUNDARY_BYTES = 64 << 10  # the channel's initial staging buffer
 
 
 def _cands(n: int) -> list[int]:
@@ -163,9 +164,10 @@ class Sink:
         self.out: torch.Tensor | None = None
         self.paged: PagedTensor | None = None
         if sealed:
-            self.paged = PagedTensor(f"a:{name}", shape, dtype, cuts, ctx.sealer)
+            self.paged = PagedTensor(f"a:{name}", shape, dtype, refine_cuts(shape, dtype.itemsize, cuts,
+                                                                             ctx.page_bytes), ctx.sealer)
         elif not self.single:
-            self.charged = _nbytes(shape, torch.empty((), dtype=dtype).element_size())
+            self.charged = _nbytes(shape, dtype.itemsize)
             ctx.acct.alloc("activations", self.charged)
             self.out = torch.empty(self.shape, dtype=dtype, device=ctx.device)
 
@@ -183,6 +185,36 @@ class Sink:
         return (self.paged if self.paged is not None else self.out), self.charged
 
 
+def refine_cuts(shape: Sequence[int], itemsize: int, cuts: Sequence[Sequence[int]],
+                target: int) -> tuple[tuple[int, ...], ...]:
+    """Cut a chunk grid finer (batch, then rows) so sealed blocks hold about ``target`` bytes.
+
+    Readers unseal whole blocks; small blocks along the batch and row dims keep what a reader
+    with a different chunking decrypts close to what it needs.
+    """
+    cuts = [tuple(c) for c in cuts]
+    nd = len(shape)
+    if nd == 0:
+        return tuple(cuts)
+
+    def widest(c: Sequence[int]) -> int:
+        return max((b - a for a, b in zip(c, c[1:])), default=0)
+
+    inner = itemsize * math.prod(widest(c) for c in cuts[1:])
+    if widest(cuts[0]) > 1 and widest(cuts[0]) * inner > target:  # one sample per block
+        cuts[0] = tuple(range(0, shape[0])) + (shape[0],)
+    if nd >= 3:
+        row = itemsize * math.prod(widest(c) for i, c in enumerate(cuts) if i not in (0, 2)) * (
+            1 if widest(cuts[0]) <= 1 else widest(cuts[0]))
+        r = max(1, target // max(row, 1))
+        if widest(cuts[2]) > r:
+            new = []
+            for a, b in zip(cuts[2], cuts[2][1:]):
+                new.extend(range(a, b, r))
+            cuts[2] = tuple(new) + (shape[2],)
+    return tuple(cuts)
+
+
 @dataclass
 class ChunkPlan:
     """How a layer runs: its output grid (cuts per output dim) and the bytes one chunk holds."""
@@ -190,7 +222,8 @@ class ChunkPlan:
     grid: tuple[tuple[int, ...], ...]
     cost: int
     out_sealed: bool
-    inner: tuple[tuple[int, ...], ...] = ()  # executor-specific extra cuts
+    traffic: int = 0  # bytes the layer unseals (re-reads included) and seals, estimated
+    order: str = ""  # conv/linear loop order: "oc" (output channels outer) or "xy" (batch/rows outer)
 
     @property
     def chunks(self) -> int:
@@ -216,7 +249,7 @@ class Executor:
 
     @property
     def out_itemsize(self) -> int:
-        return torch.empty((), dtype=self.out_dtype).element_size()
+        return self.out_dtype.itemsize
 
     @property
     def out_bytes(self) -> int:
@@ -283,7 +316,8 @@ class RegionExecutor(Executor):
 
     def _mk(self, sizes: Sequence[int], out_sealed: bool) -> ChunkPlan:
         grid = tuple(even_cuts(n, s) if n else (0, 0) for n, s in zip(self.out_shape, sizes))
-        return ChunkPlan(grid, self._total(sizes, out_sealed), out_sealed)
+        traffic = sum(o.nbytes for o in self.operands() if o.paged) + (self.out_bytes if out_sealed else 0)
+        return ChunkPlan(grid, self._total(sizes, out_sealed), out_sealed, traffic)
 
     def run(self, plan: ChunkPlan, sink: Sink, ctx: ExecContext) -> None:
         acct = ctx.acct
@@ -587,7 +621,12 @@ class FlattenExecutor(RegionExecutor):
 # ----------------------------------------------------------------------------------------------
 
 class ConvExecutor(Executor):
-    """Conv1d/Conv2d by batch rows x output channels x output rows (input halo included)."""
+    """Conv1d/Conv2d by batch rows x output channels x output rows (input halo included).
+
+    Two loop orders: ``oc`` (output-channel chunks outer: each weight chunk is unsealed once,
+    the input is re-read per chunk) and ``xy`` (batch/row chunks outer: each input chunk is read
+    once, the weights are re-read per chunk); the planner picks the one that moves fewer bytes.
+    """
 
     kind = "conv"
 
@@ -616,6 +655,9 @@ class ConvExecutor(Executor):
         self.rows_ok = not self.str_pad and not self.pre_pad and self.Hout > 1
         self.pointwise = (self.kprod == 1 and all(v == 1 for v in self.s)
                           and not self.str_pad and not any(self.padding))
+        self.osz = out_dtype.itemsize
+        self.w_bytes = w.nbytes + (b.nbytes if b is not None else 0)
+        self.w_paged = w.paged or (b is not None and b.paged)
 
     def operands(self) -> list[Operand]:
         return [o for o in (self.x, self.w, self.b) if o is not None]
@@ -647,29 +689,45 @@ class ConvExecutor(Executor):
     def _rows_in(self, rh: int) -> int:
         return (rh - 1) * self.s[0] + self.d[0] * (self.k[0] - 1) + 1
 
-    def _cost(self, nb: int, oc: int, rh: int, out_sealed: bool) -> int:
-        x, w, b = self.x, self.w, self.b
-        cin = self._cin_used(oc)
-        isz = x.itemsize
-        whole_rows = rh == self.Hout
-        if whole_rows:
-            in_b = x.read_cost((nb, cin, self.H, self.W)[:2 + self.nd], copy=cin != self.Cin)
+    def _in_bytes(self, nb: int, cin: int, rh: int) -> int:
+        """Enclave bytes one input chunk holds (the materialised chunk and its read)."""
+        x, isz = self.x, self.x.itemsize
+        if rh == self.Hout:
+            c = x.read_cost((nb, cin, self.H, self.W)[:2 + self.nd], copy=cin != self.Cin)
             if self.pre_pad:
                 hin = self.H + 2 * self.padding[0]
                 win = self.W + (2 * self.padding[1] if self.nd == 2 else 0)
-                in_b += nb * cin * hin * win * isz
-        else:
-            rows = self._rows_in(rh)
-            in_b = nb * cin * rows * self.W * isz
-            if x.paged:
-                in_b += x.read_cost((nb, cin, min(rows, self.H), self.W)[:2 + self.nd])
+                c += nb * cin * hin * win * isz
+            return c
+        rows = self._rows_in(rh)
+        c = nb * cin * rows * self.W * isz
+        if x.paged:
+            c += x.read_cost((nb, cin, min(rows, self.H), self.W)[:2 + self.nd])
+        return c
+
+    def _cost(self, nb: int, oc: int, rh: int, out_sealed: bool, order: str = "oc") -> int:
+        cin = self._cin_used(oc) if order == "oc" else self.Cin
+        w, b = self.w, self.b
         w_b = w.read_cost((oc,) + tuple(w.shape[1:])) if w.paged else 0
         if b is not None and b.paged:
             w_b += b.read_cost((oc,))
-        out_b = nb * oc * rh * self.Wout * _nbytes((), torch.empty((), dtype=self.out_dtype).element_size())
-        scratch = 0 if self.pointwise else nb * cin * self.kprod * rh * self.Wout * isz
+        out_b = nb * oc * rh * self.Wout * self.osz
+        scratch = 0 if self.pointwise else nb * self._cin_used(oc) * self.kprod * rh * self.Wout * self.x.itemsize
         multi = (nb, oc, rh) != (self.N, self.Cout, self.Hout)
-        return in_b + w_b + out_b + scratch + (self.out_bytes if multi and not out_sealed else 0)
+        return (self._in_bytes(nb, cin, rh) + w_b + out_b + scratch
+                + (self.out_bytes if multi and not out_sealed else 0))
+
+    def _traffic(self, nb: int, oc: int, rh: int, order: str, out_sealed: bool) -> int:
+        n_oc = len(self._oc_cuts(oc)) - 1
+        n_xy = math.ceil(self.N / nb) * math.ceil(self.Hout / rh)
+        t = self.out_bytes if out_sealed else 0
+        if self.x.paged:
+            rows = self.H if rh == self.Hout else min(self.H, self._rows_in(rh)) * math.ceil(self.Hout / rh)
+            one = self.N * self.Cin * rows * self.W * self.x.itemsize
+            t += one * (n_oc if (order == "oc" and self.groups == 1) else 1)
+        if self.w_paged:
+            t += self.w_bytes * (1 if order == "oc" else n_xy)
+        return t
 
     def scratch_bytes(self, nb: int, oc: int, rh: int) -> int:
         return 0 if self.pointwise else nb * self._cin_used(oc) * self.kprod * rh * self.Wout * self.x.itemsize
@@ -678,34 +736,38 @@ class ConvExecutor(Executor):
         N, Cout, Hout = self.N, self.Cout, self.Hout
         if smallest:
             oc = min(self._oc_cands())
-            return self._mk(1, oc, 1 if self.rows_ok else Hout, out_sealed)
+            return self._mk(1, oc, 1 if self.rows_ok else Hout, out_sealed, "oc")
         if self._cost(N, Cout, Hout, out_sealed) <= avail:
-            return self._mk(N, Cout, Hout, out_sealed)
-        best: tuple[int, int, int, int] | None = None
+            return self._mk(N, Cout, Hout, out_sealed, "oc")
+        best: tuple[tuple[int, int], int, int, int, str] | None = None
         for oc in self._oc_cands():
-            for nb in _cands(N):
-                if best is not None and nb * oc * Hout < best[0]:
-                    break
-                if self.rows_ok:
-                    rh = _largest(1, Hout, lambda r: self._cost(nb, oc, r, out_sealed) <= avail)
-                else:
-                    rh = Hout if self._cost(nb, oc, Hout, out_sealed) <= avail else None
-                if rh is None:
-                    continue
-                key = (nb * oc * rh, oc, nb, rh)
-                if best is None or key > best:
-                    best = key
-                break  # smaller nb only lowers the volume for this oc
+            for order in ("oc", "xy"):
+                if order == "xy" and oc == Cout:
+                    continue  # one output-channel chunk: the orders coincide
+                for nb in _cands(N):
+                    if self.rows_ok:
+                        rh = _largest(1, Hout, lambda r: self._cost(nb, oc, r, out_sealed, order) <= avail)
+                    else:
+                        rh = Hout if self._cost(nb, oc, Hout, out_sealed, order) <= avail else None
+                    if rh is None:
+                        continue
+                    chunks = math.ceil(N / nb) * (len(self._oc_cuts(oc)) - 1) * math.ceil(Hout / rh)
+                    score = (self._traffic(nb, oc, rh, order, out_sealed) + chunks * CHUNK_PENALTY_BYTES,
+                             -nb * oc * rh)
+                    if best is None or score < best[0]:
+                        best = (score, nb, oc, rh, order)
+                    break  # the largest feasible batch chunk for this (oc, order) is the best one
         if best is None:
             return None
-        _, oc, nb, rh = best
-        return self._mk(nb, oc, rh, out_sealed)
+        _, nb, oc, rh, order = best
+        return self._mk(nb, oc, rh, out_sealed, order)
 
-    def _mk(self, nb: int, oc: int, rh: int, out_sealed: bool) -> ChunkPlan:
+    def _mk(self, nb: int, oc: int, rh: int, out_sealed: bool, order: str) -> ChunkPlan:
         grid = [even_cuts(self.N, nb), self._oc_cuts(oc), even_cuts(self.Hout, rh)]
         if self.nd == 2:
             grid.append((0, self.Wout))
-        return ChunkPlan(tuple(grid), self._cost(nb, oc, rh, out_sealed), out_sealed)
+        return ChunkPlan(tuple(grid), self._cost(nb, oc, rh, out_sealed, order), out_sealed,
+                         self._traffic(nb, oc, rh, order, out_sealed), order)
 
     # -- execution -------------------------------------------------------------------------
     def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int,
@@ -722,60 +784,94 @@ class ConvExecutor(Executor):
         pad = ((0,) + tuple(self.padding[1:])) if row_explicit else self.padding
         return fn(x, w, b, self.s, pad, self.d, groups)
 
+    def _groups_of(self, o0: int, o1: int) -> tuple[int, int, int]:
+        """(first input channel, end input channel, groups) of output channels [o0, o1)."""
+        if self.groups == 1:
+            return 0, self.Cin, 1
+        if o0 % self.opg == 0 and o1 % self.opg == 0:
+            return (o0 // self.opg) * self.ipg, (o1 // self.opg) * self.ipg, (o1 - o0) // self.opg
+        grp = o0 // self.opg
+        return grp * self.ipg, (grp + 1) * self.ipg, 1
+
+    def _weights(self, o0: int, o1: int, ctx: ExecContext) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Weight and bias rows [o0, o1): views, or unsealed (charged to ``weights``)."""
+        acct = ctx.acct
+        wreg = (slice(o0, o1),) + tuple(slice(0, n) for n in self.w.shape[1:])
+        wt, wn = self.w.read(wreg, ctx) if self.w.paged else (self.w.value[wreg], 0)
+        bt, bn = None, 0
+        if self.b is not None:
+            bt, bn = self.b.read((slice(o0, o1),), ctx) if self.b.paged else (self.b.value[o0:o1], 0)
+        if wn + bn:  # unsealed weights are counted as weights, not activations
+            acct.free("activations", wn + bn)
+            acct.alloc("weights", wn + bn)
+        return wt, bt, wn + bn
+
+    def _input(self, n0: int, n1: int, c0: int, c1: int, r0: int, r1: int, full_rows: bool,
+               ctx: ExecContext) -> tuple[torch.Tensor, int]:
+        if full_rows:
+            reg = (slice(n0, n1), slice(c0, c1)) + tuple(slice(0, n) for n in self.x.shape[2:])
+            return self.x.read(reg, ctx, copy=(c1 - c0) != self.Cin)
+        return self._rows(n0, n1, c0, c1, r0, r1, ctx)
+
+    def _step(self, xc: torch.Tensor, wt: torch.Tensor, bt: torch.Tensor | None, g: int,
+              explicit: bool, n0: int, n1: int, o0: int, o1: int, r0: int, r1: int,
+              sink: Sink, ctx: ExecContext) -> None:
+        acct = ctx.acct
+        sb = self.scratch_bytes(n1 - n0, o1 - o0, r1 - r0)
+        acct.alloc("scratch", sb)
+        try:
+            y = self._conv(xc, wt, bt, g, explicit)
+        finally:
+            acct.free("scratch", sb)
+        yn = tensor_bytes(y)
+        acct.alloc("activations", yn)
+        try:
+            region = (slice(n0, n1), slice(o0, o1), slice(r0, r1))
+            if self.nd == 2:
+                region += (slice(0, self.Wout),)
+            sink.put(region, y)
+        finally:
+            del y
+            acct.free("activations", yn)
+
     def run(self, plan: ChunkPlan, sink: Sink, ctx: ExecContext) -> None:
         acct = ctx.acct
         ncuts, occuts, rcuts = plan.grid[0], plan.grid[1], plan.grid[2]
         full_rows = len(rcuts) == 2
-        for o0, o1 in zip(occuts, occuts[1:]):
-            if self.groups == 1:
-                c0, c1, g = 0, self.Cin, 1
-            elif o0 % self.opg == 0 and o1 % self.opg == 0:
-                c0, c1, g = (o0 // self.opg) * self.ipg, (o1 // self.opg) * self.ipg, (o1 - o0) // self.opg
-            else:
-                grp = o0 // self.opg
-                c0, c1, g = grp * self.ipg, (grp + 1) * self.ipg, 1
-            wreg = (slice(o0, o1),) + tuple(slice(0, n) for n in self.w.shape[1:])
-            wt, wn = self.w.read(wreg, ctx) if self.w.paged else (self.w.value[wreg], 0)
-            if wn:  # unsealed weights are counted as weights, not activations
-                acct.free("activations", wn)
-                acct.alloc("weights", wn)
-            bt, bn = (None, 0)
-            if self.b is not None:
-                bt, bn = self.b.read((slice(o0, o1),), ctx) if self.b.paged else (self.b.value[o0:o1], 0)
-                if bn:
-                    acct.free("activations", bn)
-                    acct.alloc("weights", bn)
-            try:
-                for n0, n1 in zip(ncuts, ncuts[1:]):
-                    for r0, r1 in zip(rcuts, rcuts[1:]):
-                        if full_rows:
-                            reg = (slice(n0, n1), slice(c0, c1)) + tuple(slice(0, n) for n in self.x.shape[2:])
-                            xc, charged = self.x.read(reg, ctx, copy=(c1 - c0) != self.Cin)
-                            explicit = False
-                        else:
-                            xc, charged = self._rows(n0, n1, c0, c1, r0, r1, ctx)
-                            explicit = True
-                        sb = self.scratch_bytes(n1 - n0, o1 - o0, r1 - r0)
+        ocs = list(zip(occuts, occuts[1:]))
+        xys = [(n0, n1, r0, r1) for n0, n1 in zip(ncuts, ncuts[1:]) for r0, r1 in zip(rcuts, rcuts[1:])]
+        if plan.order != "xy":
+            for o0, o1 in ocs:
+                c0, c1, g = self._groups_of(o0, o1)
+                wt, bt, wn = self._weights(o0, o1, ctx)
+                try:
+                    for n0, n1, r0, r1 in xys:
+                        xc, charged = self._input(n0, n1, c0, c1, r0, r1, full_rows, ctx)
                         try:
-                            acct.alloc("scratch", sb)
-                            y = self._conv(xc, wt, bt, g, explicit)
-                            acct.free("scratch", sb)
-                            yn = tensor_bytes(y)
-                            acct.alloc("activations", yn)
+                            self._step(xc, wt, bt, g, not full_rows, n0, n1, o0, o1, r0, r1, sink, ctx)
+                        finally:
                             del xc
                             acct.free("activations", charged)
-                            charged = 0
-                            region = (slice(n0, n1), slice(o0, o1), slice(r0, r1))
-                            if self.nd == 2:
-                                region += (slice(0, self.Wout),)
-                            sink.put(region, y)
-                            del y
-                            acct.free("activations", yn)
-                        finally:
-                            acct.free("activations", charged)
+                finally:
+                    del wt, bt
+                    acct.free("weights", wn)
+            return
+        for n0, n1, r0, r1 in xys:
+            xc, charged = self._input(n0, n1, 0, self.Cin, r0, r1, full_rows, ctx)
+            try:
+                for o0, o1 in ocs:
+                    c0, c1, g = self._groups_of(o0, o1)
+                    wt, bt, wn = self._weights(o0, o1, ctx)
+                    try:
+                        xg = xc if (c0, c1) == (0, self.Cin) else xc[:, c0:c1]
+                        self._step(xg, wt, bt, g, not full_rows, n0, n1, o0, o1, r0, r1, sink, ctx)
+                        del xg
+                    finally:
+                        del wt, bt
+                        acct.free("weights", wn)
             finally:
-                acct.free("weights", wn + bn)
-                del wt, bt
+                del xc
+                acct.free("activations", charged)
 
     def _rows(self, n0: int, n1: int, c0: int, c1: int, r0: int, r1: int,
               ctx: ExecContext) -> tuple[torch.Tensor, int]:
@@ -798,7 +894,7 @@ class ConvExecutor(Executor):
 
 
 class LinearExecutor(Executor):
-    """Linear by batch rows (dim 0) x output features."""
+    """Linear by batch rows (dim 0) x output features; loop order as for convolutions."""
 
     kind = "linear"
 
@@ -810,6 +906,8 @@ class LinearExecutor(Executor):
         self.rest = math.prod(x.shape[1:-1])
         self.K = x.shape[-1]
         self.O = w.shape[0]
+        self.w_bytes = w.nbytes + (b.nbytes if b is not None else 0)
+        self.w_paged = w.paged or (b is not None and b.paged)
 
     def operands(self) -> list[Operand]:
         return [o for o in (self.x, self.w, self.b) if o is not None]
@@ -825,61 +923,97 @@ class LinearExecutor(Executor):
         multi = (nb, of) != (self.N, self.O)
         return c + (self.out_bytes if multi and not out_sealed else 0)
 
+    def _traffic(self, nb: int, of: int, order: str, out_sealed: bool) -> int:
+        t = self.out_bytes if out_sealed else 0
+        if self.x.paged:
+            t += self.x.nbytes * (math.ceil(self.O / of) if order == "oc" else 1)
+        if self.w_paged:
+            t += self.w_bytes * (1 if order == "oc" else math.ceil(self.N / nb))
+        return t
+
     def plan(self, avail: float, out_sealed: bool, smallest: bool = False) -> ChunkPlan | None:
         if smallest:
-            return self._mk(1, 1, out_sealed)
+            return self._mk(1, 1, out_sealed, "oc")
         if self._cost(self.N, self.O, out_sealed) <= avail:
-            return self._mk(self.N, self.O, out_sealed)
+            return self._mk(self.N, self.O, out_sealed, "oc")
         best = None
         for of in _cands(self.O):
             nb = _largest(1, self.N, lambda v: self._cost(v, of, out_sealed) <= avail)
             if nb is None:
                 continue
-            key = (nb * of, of, nb)
-            if best is None or key > best:
-                best = key
+            chunks = math.ceil(self.N / nb) * math.ceil(self.O / of)
+            for order in ("oc", "xy"):
+                score = (self._traffic(nb, of, order, out_sealed) + chunks * CHUNK_PENALTY_BYTES, -nb * of)
+                if best is None or score < best[0]:
+                    best = (score, nb, of, order)
         if best is None:
             return None
-        return self._mk(best[2], best[1], out_sealed)
+        return self._mk(best[1], best[2], out_sealed, best[3])
 
-    def _mk(self, nb: int, of: int, out_sealed: bool) -> ChunkPlan:
+    def _mk(self, nb: int, of: int, out_sealed: bool, order: str) -> ChunkPlan:
         mid = tuple((0, n) for n in self.out_shape[1:-1])
         grid = (even_cuts(self.N, nb),) + mid + (even_cuts(self.O, of),)
-        return ChunkPlan(grid, self._cost(nb, of, out_sealed), out_sealed)
+        return ChunkPlan(grid, self._cost(nb, of, out_sealed), out_sealed,
+                         self._traffic(nb, of, order, out_sealed), order)
+
+    def _weights(self, o0: int, o1: int, ctx: ExecContext) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        acct = ctx.acct
+        wreg = (slice(o0, o1), slice(0, self.K))
+        wt, wn = self.w.read(wreg, ctx) if self.w.paged else (self.w.value[wreg], 0)
+        bt, bn = None, 0
+        if self.b is not None:
+            bt, bn = self.b.read((slice(o0, o1),), ctx) if self.b.paged else (self.b.value[o0:o1], 0)
+        if wn + bn:
+            acct.free("activations", wn + bn)
+            acct.alloc("weights", wn + bn)
+        return wt, bt, wn + bn
+
+    def _step(self, xc: torch.Tensor, wt: torch.Tensor, bt: torch.Tensor | None, n0: int, n1: int,
+              o0: int, o1: int, sink: Sink, ctx: ExecContext) -> None:
+        y = F.linear(xc, wt, bt)
+        yn = tensor_bytes(y)
+        ctx.acct.alloc("activations", yn)
+        try:
+            mid = tuple(slice(0, n) for n in self.out_shape[1:-1])
+            sink.put((slice(n0, n1),) + mid + (slice(o0, o1),), y)
+        finally:
+            del y
+            ctx.acct.free("activations", yn)
 
     def run(self, plan: ChunkPlan, sink: Sink, ctx: ExecContext) -> None:
         acct = ctx.acct
         ncuts, ocuts = plan.grid[0], plan.grid[-1]
-        mid = tuple(slice(0, n) for n in self.out_shape[1:-1])
         xrest = tuple(slice(0, n) for n in self.x.shape[1:])
-        for o0, o1 in zip(ocuts, ocuts[1:]):
-            wreg = (slice(o0, o1), slice(0, self.K))
-            wt, wn = self.w.read(wreg, ctx) if self.w.paged else (self.w.value[wreg], 0)
-            if wn:
-                acct.free("activations", wn)
-                acct.alloc("weights", wn)
-            bt, bn = (None, 0)
-            if self.b is not None:
-                bt, bn = self.b.read((slice(o0, o1),), ctx) if self.b.paged else (self.b.value[o0:o1], 0)
-                if bn:
-                    acct.free("activations", bn)
-                    acct.alloc("weights", bn)
+        ns = list(zip(ncuts, ncuts[1:]))
+        os_ = list(zip(ocuts, ocuts[1:]))
+        if plan.order != "xy":
+            for o0, o1 in os_:
+                wt, bt, wn = self._weights(o0, o1, ctx)
+                try:
+                    for n0, n1 in ns:
+                        xc, charged = self.x.read((slice(n0, n1),) + xrest, ctx)
+                        try:
+                            self._step(xc, wt, bt, n0, n1, o0, o1, sink, ctx)
+                        finally:
+                            del xc
+                            acct.free("activations", charged)
+                finally:
+                    del wt, bt
+                    acct.free("weights", wn)
+            return
+        for n0, n1 in ns:
+            xc, charged = self.x.read((slice(n0, n1),) + xrest, ctx)
             try:
-                for n0, n1 in zip(ncuts, ncuts[1:]):
-                    xc, charged = self.x.read((slice(n0, n1),) + xrest, ctx)
+                for o0, o1 in os_:
+                    wt, bt, wn = self._weights(o0, o1, ctx)
                     try:
-                        y = F.linear(xc, wt, bt)
-                        yn = tensor_bytes(y)
-                        acct.alloc("activations", yn)
-                        del xc
-                        sink.put((slice(n0, n1),) + mid + (slice(o0, o1),), y)
-                        del y
-                        acct.free("activations", yn)
+                        self._step(xc, wt, bt, n0, n1, o0, o1, sink, ctx)
                     finally:
-                        acct.free("activations", charged)
+                        del wt, bt
+                        acct.free("weights", wn)
             finally:
-                acct.free("weights", wn + bn)
-                del wt, bt
+                del xc
+                acct.free("activations", charged)
 
 
 def run_chunked(ex: Executor, ctx: ExecContext, name: str, out_sealed: bool | None = None,
@@ -1185,8 +1319,11 @@ class BudgetedRunner:
                 nm.evicted.append(e.name)
 
     def make_room(self, need: int, protect: set[str], next_use: Mapping[str, int],
-                  weights_in_use: set[str], nm: NodeMemory) -> bool:
-        """Evict (seal) values, then weights, until ``need`` bytes are free."""
+                  weights_in_use: set[str], nm: NodeMemory, partial: bool = False) -> bool:
+        """Evict (seal) values, then weights, until ``need`` bytes are free.
+
+        Without ``partial``, nothing is evicted unless that reaches ``need``.
+        """
         acct = self.ctx.acct
         need += self.ctx.reserve
         if acct.free_bytes() >= need:
@@ -1198,7 +1335,7 @@ class BudgetedRunner:
                 break
             chosen.append(e)
             freed += e.nbytes
-        if acct.free_bytes() + freed < need:
+        if acct.free_bytes() + freed < need and not partial:
             return False
         self._evict(chosen, nm)
         return acct.free_bytes() >= need
@@ -1229,11 +1366,18 @@ class BudgetedRunner:
             acct.begin_node(nm)
             strict, acct.strict = acct.strict, False
             try:
-                self.make_room(0, set(), self._next_uses(uses, -1, keep_ret, len(nodes)), set(), nm)
+                self.make_room(0, set(), self._next_uses(uses, -1, keep_ret, len(nodes)), set(), nm,
+                               partial=True)
             finally:
                 acct.strict = strict
                 acct.end_node()
             report_nodes.append(nm)
+            if acct.total > acct.budget:
+                raise MemoryBudgetError(
+                    f"segment {prog.index}: the inputs received from the host "
+                    f"({sum(tensor_bytes(t) for t in inputs):,} bytes) do not fit the enclave memory "
+                    f"budget of {acct.budget:,} bytes next to what must stay resident "
+                    f"({acct.current}), even after sealing everything that can be sealed")
         for i, node in enumerate(nodes):
             t0 = time.perf_counter()
             nm = NodeMemory(node.name)
@@ -1386,23 +1530,28 @@ class BudgetedRunner:
     def _choose_uncached(self, ex: Executor, evs: list[_Evictable], free0: float
                          ) -> tuple[list[_Evictable], bool, ChunkPlan] | None:
         best: tuple[float, list[_Evictable], bool, ChunkPlan] | None = None
-        cum, ecost = 0, 0
         out_b = ex.out_bytes
-        for k in range(len(evs) + 1):
-            if k:
-                cum += evs[k - 1].nbytes
-                ecost += evs[k - 1].cost
+        prefix = [0]
+        for e in evs:
+            prefix.append(prefix[-1] + e.nbytes)
+        ecosts = [0]
+        for e in evs:
+            ecosts.append(ecosts[-1] + e.cost)
+        ks = sorted({k for k in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, len(evs)) if k <= len(evs)})
+        for k in ks:
+            ecost = ecosts[k]
             if best is not None and ecost >= best[0]:
                 break
             for sealed in (False, True):
-                p = ex.plan(free0 + cum, sealed)
+                p = ex.plan(free0 + prefix[k], sealed)
                 if p is None:
                     continue
-                c = ecost + (2 * out_b if sealed else 0) + (p.chunks - 1) * CHUNK_PENALTY_BYTES
+                # bytes moved: evictions (seal + later unseal), the layer's own traffic (its sealed
+                # inputs and weights, re-reads included, and sealing its output), the later read
+                # of a sealed output, and a per-chunk overhead
+                c = ecost + p.traffic + (out_b if sealed else 0) + (p.chunks - 1) * CHUNK_PENALTY_BYTES
                 if best is None or c < best[0]:
                     best = (c, evs[:k], sealed, p)
-            if free0 == float("inf"):
-                break
         if best is None:
             return None
         return best[1], best[2], best[3]
@@ -1436,20 +1585,7 @@ class BudgetedRunner:
         nm.kind = _kind_name(node, mod)
         nm.mode = "generic"
         paged = self._paged_inputs(args, kwargs)
-        meta_out = self._meta_call(node, mod, args, kwargs)
-        in_roots = set()
-        fx.node.map_aggregate((args, kwargs), lambda v: in_roots.add(id(_root(v))) if isinstance(v, torch.Tensor) else v)
-        out_b = 0
-
-        def count(v: Any) -> Any:
-            nonlocal out_b
-            if isinstance(v, torch.Tensor) and id(_root(v)) not in in_roots:
-                out_b += tensor_bytes(v)
-            return v
-        if not self.ctx.meta:
-            fx.node.map_aggregate(meta_out, count)
-        else:
-            out_b = _meta_new_bytes(meta_out, args, kwargs)
+        out_b = _generic_out_estimate(node, mod, args, kwargs)
         sealed_w = self.weights.sealed.get(str(node.target)) if mod is not None else None
         w_need = sum(p.nbytes + p.max_block_bytes for p in sealed_w.values()) if sealed_w else 0
         need = sum(p.nbytes + p.max_block_bytes for p in paged) + out_b + w_need
@@ -1517,6 +1653,8 @@ class BudgetedRunner:
         return getattr(self_obj, node.target)(*rest, **mkwargs)
 
     # -- executors for chunkable nodes -----------------------------------------------------
+    # Output shapes are computed from the layer's own parameters (no meta tensors: importing
+    # torch's meta kernels costs seconds, and the enclave must not pay that on a first run).
     def _executor(self, node: fx.Node, mod: nn.Module | None, args: Any, kwargs: Any) -> Executor | None:
         if node.op == "call_module":
             return self._module_executor(node, mod, args, kwargs)
@@ -1526,76 +1664,80 @@ class BudgetedRunner:
             return self._method_executor(node, args, kwargs)
         return None
 
-    def _out_meta(self, node: fx.Node, mod: nn.Module | None, args: Any, kwargs: Any) -> torch.Tensor:
-        out = self._meta_call(node, mod, args, kwargs)
-        if not isinstance(out, torch.Tensor):
-            raise _NotChunkable
-        return out
-
     def _module_executor(self, node: fx.Node, mod: Any, args: Any, kwargs: Any) -> Executor | None:
-        if kwargs or not args or not _is_val(args[0]) or len(args) != 1:
+        if kwargs or len(args) != 1 or not _is_val(args[0]):
             return None
         x = Operand(args[0])
         key = str(node.target)
+        fp = x.dtype.is_floating_point
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-            om = self._out_meta(node, mod, args, kwargs)
+            nd = 2 if isinstance(mod, nn.Conv2d) else 1
             w = Operand(self.weights.get(key, "weight"))
+            if len(x.shape) != nd + 2 or not fp or w.dtype != x.dtype:
+                return None
             bv = self.weights.get(key, "bias")
+            shape = _conv_shape(x.shape, w.shape, mod.stride, mod.padding, mod.dilation)
             return ConvExecutor(x, w, Operand(bv) if bv is not None else None, mod.stride,
                                 mod.padding, mod.dilation, mod.groups, mod.padding_mode,
-                                om.shape, om.dtype)
+                                shape, x.dtype)
         if isinstance(mod, nn.Linear):
-            if len(x.shape) < 2:
+            w = Operand(self.weights.get(key, "weight"))
+            if len(x.shape) < 2 or not fp or w.dtype != x.dtype:
                 return None
-            om = self._out_meta(node, mod, args, kwargs)
             bv = self.weights.get(key, "bias")
-            return LinearExecutor(x, Operand(self.weights.get(key, "weight")),
-                                  Operand(bv) if bv is not None else None, om.shape, om.dtype)
+            return LinearExecutor(x, w, Operand(bv) if bv is not None else None,
+                                  x.shape[:-1] + (w.shape[0],), x.dtype)
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if mod.training or len(x.shape) < 2:
+            if mod.training or len(x.shape) < 2 or not fp:
                 return None
-            om = self._out_meta(node, mod, args, kwargs)
             params = {}
             for k in ("running_mean", "running_var", "weight", "bias"):
                 v = self.weights.get(key, k)
                 params[k] = Operand(v) if v is not None and (isinstance(v, PagedTensor) or v.numel()) else None
             if not mod.track_running_stats:
                 params["running_mean"] = params["running_var"] = None
-            return BatchNormExecutor(x, params, mod.eps, om.shape, om.dtype)
+            if any(p is not None and p.dtype != x.dtype for p in params.values()):
+                return None
+            return BatchNormExecutor(x, params, mod.eps, x.shape, x.dtype)
         if isinstance(mod, _UNARY_MODULES):
-            om = self._out_meta(node, mod, args, kwargs)
-            return UnaryExecutor(mod, x, (), {}, om.shape, om.dtype)
+            if not fp:
+                return None
+            return UnaryExecutor(mod, x, (), {}, x.shape, x.dtype)
         if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)):
-            if getattr(mod, "return_indices", False):
+            if getattr(mod, "return_indices", False) or not fp:
                 return None
             nd = 2 if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)) else 1
-            om = self._out_meta(node, mod, args, kwargs)
             is_max = isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d))
-            return PoolExecutor(x, nd, is_max, mod.kernel_size, mod.stride, mod.padding,
-                                getattr(mod, "dilation", 1), mod.ceil_mode,
-                                getattr(mod, "count_include_pad", True),
-                                getattr(mod, "divisor_override", None), om.shape, om.dtype)
+            dil = getattr(mod, "dilation", 1)
+            shape = _pool_shape(x.shape, nd, mod.kernel_size, mod.stride, mod.padding, dil, mod.ceil_mode)
+            if shape is None:
+                return None
+            return PoolExecutor(x, nd, is_max, mod.kernel_size, mod.stride, mod.padding, dil,
+                                mod.ceil_mode, getattr(mod, "count_include_pad", True),
+                                getattr(mod, "divisor_override", None), shape, x.dtype)
         if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            if getattr(mod, "return_indices", False):
+            if getattr(mod, "return_indices", False) or not fp:
                 return None
             nd = 1 if isinstance(mod, nn.AdaptiveAvgPool1d) else 2
             fn = {nn.AdaptiveAvgPool1d: F.adaptive_avg_pool1d, nn.AdaptiveAvgPool2d: F.adaptive_avg_pool2d,
                   nn.AdaptiveMaxPool2d: F.adaptive_max_pool2d}[type(mod)]
-            om = self._out_meta(node, mod, args, kwargs)
-            return AdaptivePoolExecutor(fn, x, mod.output_size, nd, om.shape, om.dtype)
+            shape = _adaptive_shape(x.shape, nd, mod.output_size)
+            if shape is None:
+                return None
+            return AdaptivePoolExecutor(fn, x, mod.output_size, nd, shape, x.dtype)
         if isinstance(mod, nn.Flatten):
-            return self._flatten(node, mod, args, kwargs, x, mod.start_dim, mod.end_dim)
+            return self._flatten(x, mod.start_dim, mod.end_dim)
         return None
 
-    def _flatten(self, node: fx.Node, mod: Any, args: Any, kwargs: Any, x: Operand, start: int,
-                 end: int) -> Executor | None:
+    def _flatten(self, x: Operand, start: int, end: int) -> Executor | None:
         nd = len(x.shape)
-        if nd < 2 or start % nd == 0:
-            return None
-        if not x.paged:
+        if nd < 2 or not x.paged:
             return None  # a view of a resident tensor: run it whole (free)
-        om = self._out_meta(node, mod, args, kwargs)
-        return FlattenExecutor(x, start, end, om.shape, om.dtype)
+        s, e = start % nd, end % nd
+        if s == 0 or e < s:
+            return None
+        shape = x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:]
+        return FlattenExecutor(x, start, end, shape, x.dtype)
 
     def _function_executor(self, node: fx.Node, args: Any, kwargs: Any) -> Executor | None:
         fn = node.target
@@ -1603,51 +1745,74 @@ class BudgetedRunner:
             if not args or not _is_val(args[0]) or kwargs.get("inplace") or any(
                     _is_val(a) for a in list(args[1:]) + list(kwargs.values())):
                 return None
-            om = self._out_meta(node, None, args, kwargs)
-            return UnaryExecutor(fn, Operand(args[0]), tuple(args[1:]), kwargs, om.shape, om.dtype)
+            x = Operand(args[0])
+            if not x.dtype.is_floating_point:
+                return None
+            return UnaryExecutor(fn, x, tuple(args[1:]), kwargs, x.shape, x.dtype)
         if fn in _BINARY_FUNCTIONS:
-            if kwargs or len(args) != 2 or not any(_is_val(a) for a in args):
+            if kwargs or len(args) != 2:
                 return None
-            if not all(_is_val(a) or isinstance(a, (int, float, bool)) for a in args):
-                return None
-            if fn in _INPLACE and isinstance(args[0], torch.Tensor) and len(node.args[0].users) > 1:
+            if fn in _INPLACE and len(node.args[0].users) > 1 if isinstance(node.args[0], fx.Node) else False:
                 return None  # in-place on a value others still read: keep torch's semantics
-            om = self._out_meta(node, None, args, kwargs)
-            if any(_is_val(a) and len(a.shape) > len(om.shape) for a in args):
-                return None
-            return BinaryExecutor(_INPLACE.get(fn, fn), [Operand(a) if _is_val(a) else a for a in args],
-                                  om.shape, om.dtype)
+            return self._binary(_INPLACE.get(fn, fn), args, fn in (operator.truediv, torch.div))
         if fn is torch.cat:
             seq = args[0] if args else kwargs.get("tensors")
             dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
             if not isinstance(seq, (list, tuple)) or not seq or not all(_is_val(t) for t in seq):
                 return None
-            if set(kwargs) - {"tensors", "dim"} or len({t.dtype for t in seq}) != 1:
+            if set(kwargs) - {"tensors", "dim"} or len({t.dtype for t in seq}) != 1 or not isinstance(dim, int):
                 return None
-            om = self._out_meta(node, None, args, kwargs)
-            return CatExecutor([Operand(t) for t in seq], dim, om.shape, om.dtype)
+            shapes = [tuple(t.shape) for t in seq]
+            nd = len(shapes[0])
+            if nd == 0 or any(len(sh) != nd for sh in shapes):
+                return None
+            d = dim % nd
+            if any(sh[:d] + sh[d + 1:] != shapes[0][:d] + shapes[0][d + 1:] for sh in shapes):
+                return None
+            shape = shapes[0][:d] + (sum(sh[d] for sh in shapes),) + shapes[0][d + 1:]
+            return CatExecutor([Operand(t) for t in seq], d, shape, seq[0].dtype)
         if fn is torch.flatten:
             if not args or not _is_val(args[0]):
                 return None
             start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
             end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
-            return self._flatten(node, None, args, kwargs, Operand(args[0]), start, end)
+            return self._flatten(Operand(args[0]), start, end)
         if fn in (F.conv2d, F.linear):
-            if not args or not _is_val(args[0]):
-                return None
-            return self._functional_wb(node, fn, args, kwargs)
+            return self._functional_wb(fn, args, kwargs)
         if fn in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
-            if not args or not _is_val(args[0]) or kwargs.get("return_indices"):
+            if not args or not _is_val(args[0]) or kwargs.get("return_indices") or set(kwargs) - {
+                    "output_size", "return_indices"}:
                 return None
             osz = args[1] if len(args) > 1 else kwargs.get("output_size")
-            om = self._out_meta(node, None, args, kwargs)
+            x = Operand(args[0])
+            shape = _adaptive_shape(x.shape, 2, osz)
+            if shape is None or not x.dtype.is_floating_point:
+                return None
             pure = F.adaptive_avg_pool2d if fn is F.adaptive_avg_pool2d else F.adaptive_max_pool2d
-            return AdaptivePoolExecutor(pure, Operand(args[0]), osz, 2, om.shape, om.dtype)
+            return AdaptivePoolExecutor(pure, x, osz, 2, shape, x.dtype)
         if fn in (F.max_pool2d, F.avg_pool2d):
-            return self._functional_pool(node, fn, args, kwargs)
+            return self._functional_pool(fn, args, kwargs)
         return None
 
-    def _functional_wb(self, node: fx.Node, fn: Any, args: Any, kwargs: Any) -> Executor | None:
+    def _binary(self, fn: Any, args: Sequence[Any], true_div: bool) -> Executor | None:
+        if not any(_is_val(a) for a in args):
+            return None
+        if not all(_is_val(a) or (isinstance(a, (int, float)) and not isinstance(a, bool)) for a in args):
+            return None
+        tens = [a for a in args if _is_val(a)]
+        try:
+            shape = tuple(torch.broadcast_shapes(*[tuple(t.shape) for t in tens]))
+        except RuntimeError:
+            return None
+        if any(len(t.shape) > len(shape) for t in tens) or not shape:
+            return None
+        probes = [torch.empty((1,) * len(a.shape), dtype=a.dtype) if _is_val(a) else a for a in args]
+        dtype = torch.result_type(probes[0], probes[1])
+        if true_div and not (dtype.is_floating_point or dtype.is_complex):
+            dtype = torch.get_default_dtype()
+        return BinaryExecutor(fn, [Operand(a) if _is_val(a) else a for a in args], shape, dtype)
+
+    def _functional_wb(self, fn: Any, args: Any, kwargs: Any) -> Executor | None:
         names = (["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
                  if fn is F.conv2d else ["input", "weight", "bias"])
         bound = dict(zip(names, args))
@@ -1658,17 +1823,21 @@ class BudgetedRunner:
         x, w, b = bound.get("input"), bound.get("weight"), bound.get("bias")
         if not (_is_val(x) and _is_val(w)) or (b is not None and not _is_val(b)):
             return None
-        om = self._out_meta(node, None, args, kwargs)
+        if not x.dtype.is_floating_point or w.dtype != x.dtype:
+            return None
         if fn is F.linear:
-            if len(x.shape) < 2:
+            if len(x.shape) < 2 or len(w.shape) != 2:
                 return None
             return LinearExecutor(Operand(x), Operand(w), Operand(b) if b is not None else None,
-                                  om.shape, om.dtype)
+                                  tuple(x.shape[:-1]) + (w.shape[0],), x.dtype)
+        if len(x.shape) != 4 or len(w.shape) != 4:
+            return None
+        stride, padding, dil = bound.get("stride", 1), bound.get("padding", 0), bound.get("dilation", 1)
+        shape = _conv_shape(tuple(x.shape), tuple(w.shape), stride, padding, dil)
         return ConvExecutor(Operand(x), Operand(w), Operand(b) if b is not None else None,
-                            bound.get("stride", 1), bound.get("padding", 0), bound.get("dilation", 1),
-                            bound.get("groups", 1), "zeros", om.shape, om.dtype)
+                            stride, padding, dil, bound.get("groups", 1), "zeros", shape, x.dtype)
 
-    def _functional_pool(self, node: fx.Node, fn: Any, args: Any, kwargs: Any) -> Executor | None:
+    def _functional_pool(self, fn: Any, args: Any, kwargs: Any) -> Executor | None:
         if fn is F.max_pool2d:
             names = ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
         else:
@@ -1679,13 +1848,20 @@ class BudgetedRunner:
             if k not in names or k in bound:
                 return None
             bound[k] = v
-        if not _is_val(bound.get("input")) or bound.get("return_indices"):
+        x = bound.get("input")
+        if not _is_val(x) or bound.get("return_indices") or not x.dtype.is_floating_point:
             return None
-        om = self._out_meta(node, None, args, kwargs)
-        return PoolExecutor(Operand(bound["input"]), 2, fn is F.max_pool2d, bound["kernel_size"],
-                            bound.get("stride"), bound.get("padding", 0), bound.get("dilation", 1),
-                            bool(bound.get("ceil_mode", False)), bool(bound.get("count_include_pad", True)),
-                            bound.get("divisor_override"), om.shape, om.dtype)
+        stride = bound.get("stride")
+        stride = bound["kernel_size"] if stride in (None, (), []) else stride
+        dil = bound.get("dilation", 1)
+        shape = _pool_shape(tuple(x.shape), 2, bound["kernel_size"], stride, bound.get("padding", 0),
+                            dil, bool(bound.get("ceil_mode", False)))
+        if shape is None:
+            return None
+        return PoolExecutor(Operand(x), 2, fn is F.max_pool2d, bound["kernel_size"], stride,
+                            bound.get("padding", 0), dil, bool(bound.get("ceil_mode", False)),
+                            bool(bound.get("count_include_pad", True)), bound.get("divisor_override"),
+                            shape, x.dtype)
 
     def _method_executor(self, node: fx.Node, args: Any, kwargs: Any) -> Executor | None:
         name = node.target
@@ -1694,23 +1870,101 @@ class BudgetedRunner:
         if name in _UNARY_METHODS:
             if any(_is_val(a) for a in list(args[1:]) + list(kwargs.values())):
                 return None
-            om = self._out_meta(node, None, args, kwargs)
+            x = Operand(args[0])
+            if name == "float":
+                if args[1:] or kwargs:
+                    return None
+                dtype = torch.float32
+            elif not x.dtype.is_floating_point:
+                return None
+            else:
+                dtype = x.dtype
             extra, kw = tuple(args[1:]), dict(kwargs)
-            return UnaryExecutor(lambda t, *a, **k: getattr(t, name)(*a, **k), Operand(args[0]),
-                                 extra, kw, om.shape, om.dtype)
+            return UnaryExecutor(lambda t, *a, **k: getattr(t, name)(*a, **k), x, extra, kw, x.shape, dtype)
         if name in _BINARY_METHODS:
-            if kwargs or len(args) != 2 or not (_is_val(args[1]) or isinstance(args[1], (int, float))):
+            if kwargs or len(args) != 2:
                 return None
-            om = self._out_meta(node, None, args, kwargs)
-            if any(_is_val(a) and len(a.shape) > len(om.shape) for a in args):
-                return None
-            return BinaryExecutor(_BINARY_METHODS[name], [Operand(a) if _is_val(a) else a for a in args],
-                                  om.shape, om.dtype)
+            return self._binary(_BINARY_METHODS[name], args, name == "div")
         if name == "flatten":
             start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
             end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
-            return self._flatten(node, None, args, kwargs, Operand(args[0]), start, end)
+            return self._flatten(Operand(args[0]), start, end)
         return None
+
+
+def _conv_shape(xs: Sequence[int], ws: Sequence[int], stride: Any, padding: Any,
+                dilation: Any) -> tuple[int, ...]:
+    nd = len(xs) - 2
+    s, d, k = _tup(stride, nd), _tup(dilation, nd), tuple(ws[2:])
+    if isinstance(padding, str):
+        if padding == "same":
+            return (xs[0], ws[0]) + tuple(xs[2:])
+        padding = 0
+    p = _tup(padding, nd)
+    sp = tuple((xs[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(nd))
+    return (xs[0], ws[0]) + sp
+
+
+def _pool_shape(xs: Sequence[int], nd: int, kernel: Any, stride: Any, padding: Any, dilation: Any,
+                ceil_mode: bool) -> tuple[int, ...] | None:
+    if len(xs) < nd + 1:
+        return None
+    k = _tup(kernel, nd)
+    s = _tup(stride if stride not in (None, (), []) else kernel, nd)
+    p, d = _tup(padding, nd), _tup(dilation, nd)
+    sp = []
+    for i in range(nd):
+        n = xs[len(xs) - nd + i]
+        num = n + 2 * p[i] - d[i] * (k[i] - 1) - 1 + ((s[i] - 1) if ceil_mode else 0)
+        o = num // s[i] + 1
+        if ceil_mode and (o - 1) * s[i] >= n + p[i]:
+            o -= 1
+        if o < 1:
+            return None
+        sp.append(o)
+    return tuple(xs[:len(xs) - nd]) + tuple(sp)
+
+
+def _adaptive_shape(xs: Sequence[int], nd: int, output_size: Any) -> tuple[int, ...] | None:
+    if len(xs) < nd + 1:
+        return None
+    osz = _tup(output_size, nd)
+    lead = tuple(xs[:len(xs) - nd])
+    return lead + tuple(xs[len(xs) - nd + i] if o is None else int(o) for i, o in enumerate(osz))
+
+
+_VIEW_METHODS = frozenset({"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute",
+                           "transpose", "t", "expand", "contiguous", "view_as", "reshape_as",
+                           "expand_as", "size", "dim", "chunk", "split", "__getitem__"})
+_VIEW_FUNCTIONS = frozenset({operator.getitem, torch.flatten, torch.reshape, torch.squeeze,
+                             torch.unsqueeze, torch.transpose, torch.permute, torch.chunk,
+                             torch.split})
+
+
+def _generic_out_estimate(node: fx.Node, mod: nn.Module | None, args: Any, kwargs: Any) -> int:
+    """Bytes a whole-run node's new output may need, before running it (both modes alike).
+
+    Views (reshape, flatten, getitem, ...) need nothing new; anything else is assumed to need
+    at most as much as all its tensor inputs together (exact for stack/cat, an upper bound for
+    reductions, softmax and norms). The real output is charged after the node runs.
+    """
+    from taoism.enclave.ops import FUNCTIONS
+    if (node.op == "call_method" and node.target in _VIEW_METHODS) or (
+            node.op == "call_function" and (node.target in _VIEW_FUNCTIONS
+                                            or node.target is FUNCTIONS.get("getattr"))) or (
+            isinstance(mod, nn.Flatten)):
+        return 0
+    total = 0
+
+    def add(v: Any) -> Any:
+        nonlocal total
+        if isinstance(v, PagedTensor):
+            total += v.nbytes
+        elif isinstance(v, torch.Tensor):
+            total += tensor_bytes(v)
+        return v
+    fx.node.map_aggregate((args, kwargs), add)
+    return total
 
 
 class _NotChunkable(Exception):
@@ -1722,21 +1976,6 @@ _MISSING = object()
 
 def _root(t: torch.Tensor) -> torch.Tensor:
     return t._base if t._base is not None else t
-
-
-def _meta_new_bytes(out: Any, args: Any, kwargs: Any) -> int:
-    """Bytes of a meta output that do not alias a (meta) input."""
-    roots: set[int] = set()
-    fx.node.map_aggregate((args, kwargs), lambda v: roots.add(id(_root(v))) if isinstance(v, torch.Tensor) else v)
-    total = 0
-
-    def count(v: Any) -> Any:
-        nonlocal total
-        if isinstance(v, torch.Tensor) and id(_root(v)) not in roots:
-            total += tensor_bytes(v)
-        return v
-    fx.node.map_aggregate(out, count)
-    return total
 
 
 def _kind_name(node: fx.Node, mod: nn.Module | None) -> str:
@@ -1822,11 +2061,20 @@ class EnclaveMemory:
                                             float(spec.get("resident_weight_fraction", 0.5)))
         for k in to_seal:
             self.weights.seal_module(k)
-        if budget is not None and self.acct.total > budget:
-            raise MemoryBudgetError(
-                f"the enclave's weights that cannot be sealed ({self.acct.total:,} bytes: constants and "
-                f"layers without a chunked form) exceed the memory budget of {budget:,} bytes")
         self.load_peak = self.acct.peak
+        # the boundary's reply staging buffer; the server reports the real size before each run
+        self.set_boundary_bytes(int(spec.get("boundary_bytes", DEFAULT_BOUNDARY_BYTES)))
+        if budget is not None and self.acct.total + self.ctx.reserve > budget:
+            paths = dict(spec.get("module_paths") or {})
+            fixed = sorted(((self.weights.module_bytes(k), paths.get(k, k), type(m).__name__)
+                            for k, m in self.weights.modules.items()
+                            if k not in self.weights.sealed and self.weights.module_bytes(k)), reverse=True)
+            names = ", ".join(f"{p!r} ({t}, {n:,} bytes)" for n, p, t in fixed[:5])
+            raise MemoryBudgetError(
+                f"what the enclave must keep resident ({self.acct.total:,} bytes: {self.acct.current}; "
+                f"weights of layers without a chunked form: {names or 'none'}; the boundary's "
+                f"{self.boundary_bytes:,}-byte staging buffer) plus {self.ctx.reserve:,} bytes of "
+                f"sealing headroom exceeds the memory budget of {budget:,} bytes")
 
     # -- boundary staging ------------------------------------------------------------------
     def set_boundary_bytes(self, n: int) -> None:
@@ -1855,13 +2103,13 @@ class EnclaveMemory:
                              "not hold (segments must run in plan order)")
         acct.reset_peak()
         sig = None
-        if self.weights.all_resident and not profile:
+        if self.weights.all_resident:
             sig = (prog.index, tuple((tuple(t.shape), t.dtype) for t in tensors),
                    tuple(sorted((k, tuple(v.shape), isinstance(v, PagedTensor))
                                 for k, v in self.env.items() if _is_val(v))))
             fast = self._fast.get(sig)
             if fast is not None:
-                return self._run_fast(prog, tensors, fast), []
+                return self._run_fast(prog, tensors, fast, profile)
         nodes: list[NodeMemory] = []
         times: list[float] | None = [] if profile else None
         self.runner.arrival_overflow = 0
@@ -1883,11 +2131,17 @@ class EnclaveMemory:
         return all(n.chunks == 1 and not n.out_sealed and not n.evicted and not n.sealed_bytes
                    and not n.unsealed_bytes for n in nodes)
 
-    def _run_fast(self, prog: Any, tensors: Sequence[torch.Tensor], fast: _FastEntry) -> list[torch.Tensor]:
+    def _run_fast(self, prog: Any, tensors: Sequence[torch.Tensor], fast: _FastEntry,
+                  profile: bool) -> tuple[list[torch.Tensor], list[float]]:
         runner = self.runner
         for v, t in zip(prog.send_in, tensors):
             runner.bind(v, t, strict=False)
-        outs = prog.gm(*[self.env[v] for v in prog.inputs])
+        args = [self.env[v] for v in prog.inputs]
+        times: list[float] = []
+        if profile:
+            outs, times = prog.run_timed(args)
+        else:
+            outs = prog.gm(*args)
         n_ret = len(prog.returns)
         for v, t in zip(prog.keep, outs[n_ret:]):
             runner.bind(v, t, strict=False)
@@ -1899,7 +2153,7 @@ class EnclaveMemory:
         if fast.peak >= self.acct.peak:
             self.acct.peak_breakdown = dict(fast.peak_breakdown)
         self._finish(prog, fast.nodes, fast_path=True)
-        return list(outs[:n_ret])
+        return list(outs[:n_ret]), times
 
     def _finish(self, prog: Any, nodes: list[NodeMemory], *, fast_path: bool) -> MemoryReport:
         acct = self.acct

@@ -246,7 +246,7 @@ class PagedTensor:
         self.meta = sealer.meta
         self.version = sealer.next_version()
         self._present: set[tuple[int, ...]] = set()
-        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        self.itemsize = dtype.itemsize
         self.max_block_bytes = self.itemsize * math.prod(
             max((b - a for a, b in zip(c, c[1:])), default=0) for c in self.cuts)
 
@@ -284,7 +284,17 @@ class PagedTensor:
         self._present.add(idx)
 
     def put_region(self, region: Region, t: torch.Tensor) -> None:
-        self.put(self.block_index(region), t)
+        """Seal ``t`` as the region it covers: one block, or a union of whole blocks."""
+        ranges = [_overlap(c, sl.start, sl.stop) for c, sl in zip(self.cuts, region)]
+        for c, sl, r in zip(self.cuts, region, ranges):
+            if not r or c[r[0]] != sl.start or c[r[-1] + 1] != sl.stop:
+                raise ValueError(f"region {region} is not a union of blocks of {self.name}")
+        if all(len(r) == 1 for r in ranges):
+            self.put(tuple(r[0] for r in ranges), t)
+            return
+        for idx in itertools.product(*ranges):
+            breg = self.block_region(idx)
+            self.put(idx, t[tuple(slice(b.start - sl.start, b.stop - sl.start) for b, sl in zip(breg, region))])
 
     @classmethod
     def seal_tensor(cls, name: str, t: torch.Tensor, sealer: Sealer, target_bytes: int,
