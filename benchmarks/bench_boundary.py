@@ -6,7 +6,12 @@ Measures, after warm-up, over ``--repeats`` repeats:
   tensor with spin-then-block waits (default spin) and with pure blocking (spin 0);
 * round trips of a 256 KiB and a 4 MiB tensor (default spin);
 * AES-256-GCM seal and open throughput of a 1 MiB tensor body (the channel's own
-  Sealer/Opener, in one process).
+  Sealer/Opener, in one process);
+* the CPU cost of one send and one recv of a 1 KiB tensor (both ends in one
+  process, no waiting): the per-message Python overhead.
+
+Latency needs two otherwise idle cores: on an oversubscribed machine spinning
+cannot help and the spin figures approach the blocking ones.
 
 Usage: python benchmarks/bench_boundary.py [--repeats 5] [--json OUT]
 """

@@ -139,22 +139,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = build_plan(captured, PlacementRules.from_spec(placement))
     enclave_program(captured, plan)  # fails here if the enclave cannot run a placed node
     print(plan.table())
-    memory = _memory_table(plan, args)
-    if memory:
+    if plan.enclave_segments:
+        from taoism.placement.memory import format_memory_plan, memory_plan
+
         print()
-        print(memory)
+        print(format_memory_plan(memory_plan(plan, args.tee or "unlimited", captured)))
     if args.save:
         plan.save(args.save)
         print(f"wrote {args.save}", file=sys.stderr)
     return 0
-
-
-def _memory_table(plan: Any, args: argparse.Namespace) -> str:
-    try:
-        from taoism.placement.memory import format_memory_plan
-    except ImportError:
-        return ""
-    return format_memory_plan(plan, tee=args.tee or "unlimited")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -203,13 +196,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from taoism.bench.strategies import run_strategy_bench, write_outputs
+    from taoism.bench.strategies import format_table, run_strategy_bench, write_outputs
 
     torch.set_num_threads(args.threads)
     strategies = [s.strip() for s in args.strategies.split(",")] if args.strategies != "all" else ["all"]
     result = run_strategy_bench(args.model, args.dataset_shape, args.batch, strategies,
-                                repeats=args.repeats, warmup=args.warmup, threads=args.threads)
-    write_outputs(result, args.out)
+                                repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+                                **({"device": args.device} if args.device else {}))
+    print(format_table(result))
+    for kind, path in write_outputs(result, args.out).items():
+        print(f"wrote {kind}: {path}", file=sys.stderr)
     return 0
 
 
@@ -252,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default=None, help="untrusted device (default: cuda if present, else cpu)")
     p.add_argument("--out", default="results/bench", help="directory for JSON, CSV and PNG")
     p.set_defaults(func=cmd_bench)
 

@@ -13,13 +13,18 @@ with SCM_RIGHTS. A region is a 4 KiB control block followed by one frame slot::
 (fields written by different sides sit on different cache lines). Regions are
 sealed memfds (F_SEAL_SHRINK|GROW|SEAL) where the kernel allows, and a reader
 that can seal refuses unsealed regions, so a peer cannot truncate a region
-under the other's mapping. Waiting is
-spin-then-block: spin on the counter for ``spin_s``, then set the sleeping flag,
-re-check, and block in ``poll()`` on the socket for a doorbell record the other
-side sends only when it sees the flag. Blocks last at most ``block_slice_s`` and
-re-check the counter, so a doorbell lost to store/load reordering costs one slice
-and never hangs. The protocol relies on x86-64 total store order (stores become
-visible in program order); a port to a weaker memory model needs fences.
+under the other's mapping.
+
+Waiting is spin-then-block: spin on the counter for ``spin_s`` (calling
+``sched_yield`` every ~128 polls, so a peer sharing an oversubscribed CPU still
+gets to run), then set the sleeping flag, re-check, and block in ``poll()`` on
+the socket (``select`` semantics, without its fd-number limit) for a doorbell
+record the other side sends only when it sees the flag. Blocks last at most
+``block_slice_s`` and re-check the counter, so a doorbell lost to store/load
+reordering costs one slice and never hangs. The protocol relies on x86-64 total
+store order (stores become visible in program order); a port to a weaker memory
+model needs fences. Only one frame per direction is in flight: the writer waits
+(same spin-then-block) until the reader has consumed the previous one.
 
 Socket records after the handshake are 16 bytes, typed: DOORBELL, or REGION
 (generation, size; carries the region's fd). A frame larger than the slot makes
@@ -317,8 +322,14 @@ class ShmTransport:
 
     # ------------------------------------------------------------------ writer
 
-    def reserve(self, frame_len: int, deadline: float | None) -> memoryview:
+    def reserve(self, frame_len: int, timeout: float | None) -> memoryview:
         """Wait until the slot is free (reader consumed the last frame) and return ``frame_len`` bytes of it."""
+        out = self.outbound
+        if out is not None and out.ctl[_CONSUMED] == self._out_pub and frame_len <= out.capacity:
+            return out.data[:frame_len]  # fast path: free and big enough
+        return self._reserve_slow(frame_len, None if timeout is None else time.perf_counter() + timeout)
+
+    def _reserve_slow(self, frame_len: int, deadline: float | None) -> memoryview:
         if frame_len > self._max:
             raise FrameError(f"frame of {frame_len} bytes exceeds max_frame_bytes={self._max}; raise "
                              "ChannelConfig.max_frame_bytes (both sides) or send fewer/smaller tensors")
@@ -368,8 +379,20 @@ class ShmTransport:
 
     # ------------------------------------------------------------------ reader
 
-    def wait_frame(self, deadline: float | None) -> int:
+    def wait_frame(self, timeout: float | None) -> int:
         """Wait for the next frame; returns its length. It lies at ``inbound.data[:len]`` until ``release``."""
+        region = self.inbound
+        if region is not None:
+            ctl = region.ctl
+            pub = ctl[_PUB]
+            if pub == self._in_seen + 1:
+                frame_len = ctl[_LEN]
+                if frame_len <= region.capacity:  # fast path: a frame is there (MOVED fails this test)
+                    self._in_seen = pub
+                    return frame_len
+        return self._wait_frame_slow(None if timeout is None else time.perf_counter() + timeout)
+
+    def _wait_frame_slow(self, deadline: float | None) -> int:
         region = self.inbound
         if region is None:
             raise BoundaryError("transport is closed")
