@@ -21,6 +21,7 @@ the host uses it for the up-front refusal and the ``taoism plan`` memory table.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import time
@@ -43,6 +44,7 @@ DEFAULT_PAGE_BYTES = 1 << 20
 DEFAULT_BOUNDARY_BYTES = 64 << 10  # the channel's initial staging buffer
 
 
+@functools.lru_cache(maxsize=4096)
 def _cands(n: int) -> list[int]:
     """Candidate chunk sizes for a dimension of size ``n``, largest first (no divisibility)."""
     if n <= 1:
@@ -285,6 +287,13 @@ class RegionExecutor(Executor):
     def compute(self, region: Region, ctx: ExecContext) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
 
+    def _y(self, ctx: ExecContext, region: Region, thunk: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The chunk's output; when planning (meta), its shape only, without calling the op."""
+        if ctx.meta:
+            return torch.empty(tuple(sl.stop - sl.start for sl in region), dtype=self.out_dtype,
+                               device="meta")
+        return thunk()
+
     def _total(self, sizes: Sequence[int], out_sealed: bool) -> int:
         multi = list(sizes) != list(self.out_shape)
         return self.chunk_cost(sizes) + (self.out_bytes if (multi and not out_sealed) else 0)
@@ -360,7 +369,7 @@ class UnaryExecutor(RegionExecutor):
 
     def compute(self, region: Region, ctx: ExecContext) -> tuple[torch.Tensor, int]:
         x, charged = self.x.read(region, ctx)
-        return self.fn(x, *self.extra, **self.kwargs), charged
+        return self._y(ctx, region, lambda: self.fn(x, *self.extra, **self.kwargs)), charged
 
 
 class BinaryExecutor(RegionExecutor):
@@ -394,7 +403,7 @@ class BinaryExecutor(RegionExecutor):
                     vals.append(t)
                 else:
                     vals.append(a)
-            y = self.fn(*vals)
+            y = self._y(ctx, region, lambda: self.fn(*vals))
         except BaseException:
             ctx.acct.free("activations", charged)
             raise
@@ -439,8 +448,9 @@ class BatchNormExecutor(RegionExecutor):
                 t, n = p.read((region[1],), ctx)
                 charged += n
                 ps[k] = t
-        y = F.batch_norm(x, ps.get("running_mean"), ps.get("running_var"), ps.get("weight"),
-                         ps.get("bias"), not self.stats, 0.0, self.eps)
+        y = self._y(ctx, region, lambda: F.batch_norm(
+            x, ps.get("running_mean"), ps.get("running_var"), ps.get("weight"), ps.get("bias"),
+            not self.stats, 0.0, self.eps))
         return y, charged
 
 
@@ -504,7 +514,7 @@ class PoolExecutor(RegionExecutor):
             reg = tuple(region[:lead]) + tuple(slice(0, n) for n in xs[lead:])
             sliced = any(sl.stop - sl.start != n for sl, n in zip(region[1:lead], xs[1:lead]))
             x, charged = self.x.read(reg, ctx, copy=sliced)
-            return self._call(x, False), charged
+            return self._y(ctx, region, lambda: self._call(x, False)), charged
         a = r.start * self.s[0] - self.p[0]
         b = (r.stop - 1) * self.s[0] - self.p[0] + self.d[0] * (self.k[0] - 1) + 1
         a2, b2 = max(a, 0), min(b, xs[lead])
@@ -519,7 +529,7 @@ class PoolExecutor(RegionExecutor):
         buf.narrow(lead, a2 - a, b2 - a2).copy_(part)
         ctx.acct.free("activations", charged)
         del part
-        return self._call(buf, True), n
+        return self._y(ctx, region, lambda: self._call(buf, True)), n
 
 
 class AdaptivePoolExecutor(RegionExecutor):
@@ -544,7 +554,7 @@ class AdaptivePoolExecutor(RegionExecutor):
         reg = tuple(region[:self.lead]) + tuple(slice(0, n) for n in self.x.shape[self.lead:])
         sliced = any(sl.stop - sl.start != n for sl, n in zip(region[1:self.lead], self.x.shape[1:self.lead]))
         x, charged = self.x.read(reg, ctx, copy=sliced)
-        return self.fn(x, self.output_size), charged
+        return self._y(ctx, region, lambda: self.fn(x, self.output_size)), charged
 
 
 class CatExecutor(RegionExecutor):
@@ -591,7 +601,7 @@ class CatExecutor(RegionExecutor):
             t, n = p.read(r, ctx)
             vals.append(t)
             charged += n
-        return torch.cat(vals, self.dim), charged
+        return self._y(ctx, region, lambda: torch.cat(vals, self.dim)), charged
 
 
 class FlattenExecutor(RegionExecutor):
@@ -613,7 +623,7 @@ class FlattenExecutor(RegionExecutor):
     def compute(self, region: Region, ctx: ExecContext) -> tuple[torch.Tensor, int]:
         reg = (region[0],) + tuple(slice(0, n) for n in self.x.shape[1:])
         x, charged = self.x.read(reg, ctx)
-        return torch.flatten(x, self.start, self.end), charged
+        return self._y(ctx, region, lambda: torch.flatten(x, self.start, self.end)), charged
 
 
 # ----------------------------------------------------------------------------------------------
@@ -820,7 +830,11 @@ class ConvExecutor(Executor):
         sb = self.scratch_bytes(n1 - n0, o1 - o0, r1 - r0)
         acct.alloc("scratch", sb)
         try:
-            y = self._conv(xc, wt, bt, g, explicit)
+            if ctx.meta:
+                shape = (n1 - n0, o1 - o0, r1 - r0) + ((self.Wout,) if self.nd == 2 else ())
+                y = torch.empty(shape, dtype=self.out_dtype, device="meta")
+            else:
+                y = self._conv(xc, wt, bt, g, explicit)
         finally:
             acct.free("scratch", sb)
         yn = tensor_bytes(y)
@@ -970,7 +984,10 @@ class LinearExecutor(Executor):
 
     def _step(self, xc: torch.Tensor, wt: torch.Tensor, bt: torch.Tensor | None, n0: int, n1: int,
               o0: int, o1: int, sink: Sink, ctx: ExecContext) -> None:
-        y = F.linear(xc, wt, bt)
+        if ctx.meta:
+            y = torch.empty(tuple(xc.shape[:-1]) + (o1 - o0,), dtype=self.out_dtype, device="meta")
+        else:
+            y = F.linear(xc, wt, bt)
         yn = tensor_bytes(y)
         ctx.acct.alloc("activations", yn)
         try:
@@ -1062,6 +1079,9 @@ class WeightStore:
         self.sealed_bytes = 0
         self.epoch = 0
         self.constants = list(constants)
+        self._bytes: dict[str, int] = {}
+        self._sealable: list[str] | None = None
+        self._tensors: dict[str, dict[str, torch.Tensor]] = {}
         self.shapes: dict[str, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {
             key: {n: (tuple(t.shape), t.dtype) for n, t in _module_tensors(m).items()}
             for key, m in self.modules.items()}
@@ -1076,11 +1096,18 @@ class WeightStore:
         ctx.acct.alloc("weights", self.resident_bytes, strict=False)
 
     def module_bytes(self, key: str) -> int:
-        return sum(tensor_bytes(t) for t in _module_tensors(self.modules[key]).values())
+        """Bytes of ``key``'s tensors (resident or sealed)."""
+        n = self._bytes.get(key)
+        if n is None:
+            n = self._bytes[key] = sum(math.prod(sh) * dt.itemsize for sh, dt in self.shapes[key].values())
+        return n
 
     def sealable(self) -> list[str]:
-        return [k for k, m in self.modules.items() if isinstance(m, SEALABLE_MODULES)
-                and k not in self.sealed and self.module_bytes(k) > 0]
+        """Modules whose weights could still be sealed (a chunked form streams them)."""
+        if self._sealable is None:
+            self._sealable = [k for k, m in self.modules.items() if isinstance(m, SEALABLE_MODULES)
+                              and k not in self.sealed and self.module_bytes(k) > 0]
+        return self._sealable
 
     @property
     def all_resident(self) -> bool:
@@ -1104,6 +1131,8 @@ class WeightStore:
             self.values.disown_weights(t)
             _drop_tensor(m, name)
         self.sealed[key] = pages
+        self._sealable = None
+        self._tensors.pop(key, None)
         self.resident_bytes -= freed
         self.sealed_bytes += freed
         self.ctx.acct.free("weights", freed)
@@ -1118,7 +1147,10 @@ class WeightStore:
         pages = self.sealed.get(key)
         if pages is not None and name in pages:
             return pages[name]
-        return _module_tensors(self.modules[key]).get(name)
+        ts = self._tensors.get(key)
+        if ts is None:
+            ts = self._tensors[key] = _module_tensors(self.modules[key])
+        return ts.get(name)
 
     def report(self) -> dict[str, Any]:
         return {"resident_bytes": self.resident_bytes, "sealed_bytes": self.sealed_bytes,
@@ -1205,13 +1237,28 @@ def _is_val(v: Any) -> bool:
     return isinstance(v, (torch.Tensor, PagedTensor))
 
 
-def _module_unary(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    return m  # element-wise modules without weights: call them on the chunk
-
-
 # ----------------------------------------------------------------------------------------------
 # The budgeted segment runner
 # ----------------------------------------------------------------------------------------------
+
+class _NextUse:
+    """Position of each value's next use after node ``i`` (computed on demand)."""
+
+    __slots__ = ("uses", "i", "keep_ret", "end")
+
+    def __init__(self, uses: Mapping[str, list[int]], i: int, keep_ret: set[str], end: int) -> None:
+        self.uses, self.i, self.keep_ret, self.end = uses, i, keep_ret, end
+
+    def get(self, k: str, default: int | None = None) -> int | None:
+        import bisect
+        v = self.uses.get(k)
+        if v is None:
+            return default
+        j = bisect.bisect_right(v, self.i)
+        if j < len(v):
+            return v[j]
+        return self.end + 1 if k in self.keep_ret else 1 << 30
+
 
 @dataclass
 class _Evictable:
@@ -1233,6 +1280,7 @@ class BudgetedRunner:
         self._paged_refs: dict[int, int] = {}
         self._meta_states: dict[str, dict[str, torch.Tensor]] = {}
         self._choices: dict[Any, Any] = {}
+        self._prog_info: dict[int, Any] = {}
         self.arrival_overflow = 0
 
     # -- env bookkeeping -------------------------------------------------------------------
@@ -1345,20 +1393,35 @@ class BudgetedRunner:
                     times: list[float] | None = None) -> list[torch.Tensor]:
         """Bind the segment's host inputs, run its nodes, and return its ``returns`` resident."""
         env, acct = self.env, self.ctx.acct
-        nodes = [n for n in prog.gm.graph.nodes if n.op not in ("placeholder", "output")]
-        out_node = next(n for n in prog.gm.graph.nodes if n.op == "output")
-        # uses: value name -> sorted node positions (the end counts as len(nodes))
-        uses: dict[str, list[int]] = {}
-        for i, n in enumerate(nodes):
-            for a in n.all_input_nodes:
-                uses.setdefault(a.name, []).append(i)
-        keep_ret = set(prog.keep) | set(prog.returns)
-        for a in out_node.all_input_nodes:
-            uses.setdefault(a.name, []).append(len(nodes))
-        last = {k: v[-1] for k, v in uses.items()}
-        free_inputs = set(prog.free)
+        info = self._prog_info.get(id(prog))
+        if info is None:
+            nodes = [n for n in prog.gm.graph.nodes if n.op not in ("placeholder", "output")]
+            out_node = next(n for n in prog.gm.graph.nodes if n.op == "output")
+            # uses: value name -> sorted node positions (the end counts as len(nodes))
+            uses: dict[str, list[int]] = {}
+            for i, n in enumerate(nodes):
+                for a in n.all_input_nodes:
+                    uses.setdefault(a.name, []).append(i)
+            for a in out_node.all_input_nodes:
+                uses.setdefault(a.name, []).append(len(nodes))
+            keep_ret = set(prog.keep) | set(prog.returns)
+            free_inputs = set(prog.free)
+            dead: list[list[str]] = [[] for _ in nodes]  # values to drop after each node
+            last = {k: v[-1] for k, v in uses.items()}
+            for i, n in enumerate(nodes):
+                for a in n.all_input_nodes:
+                    if last.get(a.name) == i and a.name not in keep_ret and (
+                            a.name in free_inputs or a.name not in prog.inputs):
+                        dead[i].append(a.name)
+                if n.name not in uses and n.name not in keep_ret:
+                    dead[i].append(n.name)
+            info = self._prog_info[id(prog)] = (prog, nodes, uses, keep_ret, dead)
+        _, nodes, uses, keep_ret, dead = info
         for v, t in zip(prog.send_in, inputs):
             self.bind(v, t, strict=False)
+        arrived = sum(tensor_bytes(t) for t in inputs)
+        if isinstance(inputs, list):
+            inputs.clear()  # the env holds them now, and drops each after its last use
         if acct.budget is not None and acct.total > acct.budget:
             over = acct.total - acct.budget
             self.arrival_overflow = max(self.arrival_overflow, over)
@@ -1375,7 +1438,7 @@ class BudgetedRunner:
             if acct.total > acct.budget:
                 raise MemoryBudgetError(
                     f"segment {prog.index}: the inputs received from the host "
-                    f"({sum(tensor_bytes(t) for t in inputs):,} bytes) do not fit the enclave memory "
+                    f"({arrived:,} bytes) do not fit the enclave memory "
                     f"budget of {acct.budget:,} bytes next to what must stay resident "
                     f"({acct.current}), even after sealing everything that can be sealed")
         for i, node in enumerate(nodes):
@@ -1386,13 +1449,8 @@ class BudgetedRunner:
                 self._run_node(node, i, uses, keep_ret, len(nodes), nm)
             finally:
                 acct.end_node()
-            # free what is dead after this node
-            for a in node.all_input_nodes:
-                nm_ = a.name
-                if last.get(nm_) == i and nm_ not in keep_ret and (nm_ in free_inputs or nm_ not in prog.inputs):
-                    self.unbind(nm_)
-            if node.name not in uses and node.name not in keep_ret:
-                self.unbind(node.name)
+            for v in dead[i]:  # free what is dead after this node
+                self.unbind(v)
             report_nodes.append(nm)
             if times is not None:
                 times.append(time.perf_counter() - t0)
@@ -1428,12 +1486,8 @@ class BudgetedRunner:
         return outs
 
     @staticmethod
-    def _next_uses(uses: Mapping[str, list[int]], i: int, keep_ret: set[str], end: int) -> dict[str, int]:
-        out = {}
-        for k, v in uses.items():
-            nxt = next((p for p in v if p > i), None)
-            out[k] = nxt if nxt is not None else (end + 1 if k in keep_ret else 1 << 30)
-        return out
+    def _next_uses(uses: Mapping[str, list[int]], i: int, keep_ret: set[str], end: int) -> "_NextUse":
+        return _NextUse(uses, i, keep_ret, end)
 
     # -- one node --------------------------------------------------------------------------
     def _lookup(self, n: fx.Node) -> Any:
@@ -1464,11 +1518,7 @@ class BudgetedRunner:
         next_use = self._next_uses(uses, i, keep_ret, end)
         protect = {a.name for a in node.all_input_nodes}
         w_in_use = {node.target} if mod is not None else set()
-        ex = None
-        try:
-            ex = self._executor(node, mod, args, kwargs)
-        except _NotChunkable:
-            ex = None
+        ex = self._executor(node, mod, args, kwargs)
         if ex is None:
             self._run_generic(node, mod, args, kwargs, protect, next_use, w_in_use, nm)
             return
@@ -1537,7 +1587,7 @@ class BudgetedRunner:
         ecosts = [0]
         for e in evs:
             ecosts.append(ecosts[-1] + e.cost)
-        ks = sorted({k for k in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, len(evs)) if k <= len(evs)})
+        ks = sorted({k for k in (0, 1, 2, 4, 8, 16, len(evs)) if k <= len(evs)})
         for k in ks:
             ecost = ecosts[k]
             if best is not None and ecost >= best[0]:
@@ -1967,10 +2017,6 @@ def _generic_out_estimate(node: fx.Node, mod: nn.Module | None, args: Any, kwarg
     return total
 
 
-class _NotChunkable(Exception):
-    pass
-
-
 _MISSING = object()
 
 
@@ -2026,8 +2072,15 @@ class EnclaveMemory:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
             raise FrameError(f"memory section: budget_bytes must be a positive int or null, got {budget!r}")
         self.budget: int | None = budget
-        page = int(spec.get("page_bytes") or (min(DEFAULT_PAGE_BYTES, max(4096, budget // 32))
-                                               if budget else DEFAULT_PAGE_BYTES))
+        page = spec.get("page_bytes") or (min(DEFAULT_PAGE_BYTES, max(4096, budget // 32))
+                                          if budget else DEFAULT_PAGE_BYTES)
+        frac = spec.get("resident_weight_fraction", 0.5)
+        if isinstance(page, bool) or not isinstance(page, int) or page < 256:
+            raise FrameError(f"memory section: page_bytes must be an int >= 256, got {page!r}")
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac <= 1.0:
+            raise FrameError(f"memory section: resident_weight_fraction must be in [0, 1], got {frac!r}")
+        if not isinstance(spec.get("module_paths") or {}, dict):
+            raise FrameError("memory section: module_paths must be an object")
         self.acct = Accountant(budget)
         self.sealer = Sealer(meta=meta)
         self.sealer.on_bytes = self.acct.on_sealed
@@ -2057,8 +2110,7 @@ class EnclaveMemory:
                 raise FrameError("memory section: sealed_modules must list sealable module keys")
             to_seal = list(names)
         else:
-            to_seal = choose_sealed_weights(sizes, sealable, budget,
-                                            float(spec.get("resident_weight_fraction", 0.5)))
+            to_seal = choose_sealed_weights(sizes, sealable, budget, float(frac))
         for k in to_seal:
             self.weights.seal_module(k)
         self.load_peak = self.acct.peak
@@ -2088,6 +2140,14 @@ class EnclaveMemory:
             self.acct.strict = s
             self.boundary_bytes = n
 
+    def _rebase(self) -> None:
+        """Reset the counters to what is resident between inferences (after a failed run too)."""
+        acct = self.acct
+        acct.current = {"weights": self.weights.resident_bytes, "activations": 0, "scratch": 0,
+                        "crypto": self.boundary_bytes}
+        acct.total = sum(acct.current.values())
+        acct.node = None
+
     # -- running ---------------------------------------------------------------------------
     def run(self, prog: Any, tensors: Sequence[torch.Tensor], profile: bool = False
             ) -> tuple[list[torch.Tensor], list[float]]:
@@ -2095,6 +2155,7 @@ class EnclaveMemory:
         acct = self.acct
         if prog.index == self.first_segment:
             self.runner.clear()
+            self._rebase()
             self.last_inference = self.inference
             self.inference = InferenceStats()
         missing = [v for v in prog.inputs if v not in prog.send_in and v not in self.env]
@@ -2113,7 +2174,10 @@ class EnclaveMemory:
         nodes: list[NodeMemory] = []
         times: list[float] | None = [] if profile else None
         self.runner.arrival_overflow = 0
-        outs = self.runner.run_segment(prog, list(tensors), nodes, times)
+        inputs = list(tensors)
+        if isinstance(tensors, list):
+            tensors.clear()  # the caller's list (the request message) must not keep them alive
+        outs = self.runner.run_segment(prog, inputs, nodes, times)
         report = self._finish(prog, nodes, fast_path=False)
         if sig is not None and self._cacheable(nodes):
             self._fast[sig] = _FastEntry(report.peak_bytes, dict(report.peak_breakdown), nodes)
@@ -2152,10 +2216,11 @@ class EnclaveMemory:
         self.acct.peak = max(self.acct.peak, fast.peak)
         if fast.peak >= self.acct.peak:
             self.acct.peak_breakdown = dict(fast.peak_breakdown)
-        self._finish(prog, fast.nodes, fast_path=True)
+        self._finish(prog, fast.nodes, fast_path=True, merge=False)
         return list(outs[:n_ret]), times
 
-    def _finish(self, prog: Any, nodes: list[NodeMemory], *, fast_path: bool) -> MemoryReport:
+    def _finish(self, prog: Any, nodes: list[NodeMemory], *, fast_path: bool,
+                merge: bool = True) -> MemoryReport:
         acct = self.acct
         self.runs += 1
         inf = self.inference
@@ -2166,7 +2231,7 @@ class EnclaveMemory:
         inf.unsealed_bytes += acct.unsealed_bytes
         if acct.peak >= self.overall_peak:
             self.overall_peak, self.overall_breakdown = acct.peak, dict(acct.peak_breakdown)
-        for nm in nodes:
+        for nm in (nodes if merge else ()):
             cur = self.node_peaks.get(nm.name)
             if cur is None:
                 cur = self.node_peaks[nm.name] = NodeMemory(nm.name)

@@ -144,6 +144,17 @@ class Sealer:
         if self.on_bytes is not None:
             self.on_bytes("sealed", n)
 
+    def count(self, kind: str, n: int, pages: int) -> None:
+        """Count bytes as sealed/unsealed without crypto (planning, meta mode)."""
+        if kind == "sealed":
+            self.stats.sealed_bytes += n
+            self.stats.pages_sealed += pages
+        else:
+            self.stats.unsealed_bytes += n
+            self.stats.pages_unsealed += pages
+        if self.on_bytes is not None:
+            self.on_bytes(kind, n)
+
     def unseal_into(self, obj: str, version: int, block: tuple[int, ...], out: torch.Tensor) -> None:
         """Authenticate and decrypt block (obj, block) into the contiguous tensor ``out``."""
         n = out.numel() * out.element_size()
@@ -292,6 +303,18 @@ class PagedTensor:
         if all(len(r) == 1 for r in ranges):
             self.put(tuple(r[0] for r in ranges), t)
             return
+        if self.meta:  # planning: count the blocks a real put seals (strided ones need a copy)
+            widths = [[c[i + 1] - c[i] for i in r] for c, r in zip(self.cuts, ranges)]
+            first = self.block_region(tuple(r[0] for r in ranges))
+            strided = not t[tuple(slice(b.start - sl.start, b.stop - sl.start)
+                                  for b, sl in zip(first, region))].is_contiguous()
+            if strided and self.sealer.on_temp is not None:
+                biggest = self.itemsize * math.prod(max(w) for w in widths)
+                self.sealer.on_temp(biggest)
+                self.sealer.on_temp(-biggest)
+            self.sealer.count("sealed", t.numel() * self.itemsize, math.prod(len(w) for w in widths))
+            self._present.update(itertools.product(*ranges))
+            return
         for idx in itertools.product(*ranges):
             breg = self.block_region(idx)
             self.put(idx, t[tuple(slice(b.start - sl.start, b.stop - sl.start) for b, sl in zip(breg, region))])
@@ -327,10 +350,32 @@ class PagedTensor:
         ranges = [_overlap(c, sl.start, sl.stop) for c, sl in zip(self.cuts, region)]
         exact = len(ranges) > 0 and all(len(r) == 1 for r in ranges) and all(
             c[r[0]] == sl.start and c[r[0] + 1] == sl.stop for c, r, sl in zip(self.cuts, ranges, region))
+        direct = exact or self._direct(ranges, region)
+        if self.meta:  # planning: count what a real read would unseal, block by block
+            if direct:
+                self.sealer.count("unsealed", out.numel() * self.itemsize,
+                                  math.prod(len(r) for r in ranges))
+                return out
+            widths = [[c[i + 1] - c[i] for i in r] for c, r in zip(self.cuts, ranges)]
+            biggest = self.itemsize * math.prod(max(w) for w in widths)
+            if charge is not None:
+                charge(biggest)
+            if release is not None:
+                release(biggest)
+            self.sealer.count("unsealed", self.itemsize * math.prod(sum(w) for w in widths),
+                              math.prod(len(w) for w in widths))
+            return out
         if exact:
             idx = tuple(r[0] for r in ranges)
             self._check_present(idx)
             self.sealer.unseal_into(self.name, self.version, idx, out)
+            return out
+        if direct:  # every block lands on a contiguous slice of the result: no temporaries
+            for idx in itertools.product(*ranges):
+                self._check_present(idx)
+                breg = self.block_region(idx)
+                dst = tuple(slice(b.start - sl.start, b.stop - sl.start) for sl, b in zip(region, breg))
+                self.sealer.unseal_into(self.name, self.version, idx, out[dst])
             return out
         for idx in itertools.product(*ranges):
             self._check_present(idx)
@@ -353,8 +398,19 @@ class PagedTensor:
                     release(nbytes)
         return out
 
+    def _direct(self, ranges: Sequence[range], region: Region) -> bool:
+        """True if the region is a union of whole blocks that are contiguous slices of it."""
+        split = [d for d, r in enumerate(ranges) if len(r) > 1]
+        if not split:
+            return False
+        for c, r, sl in zip(self.cuts, ranges, region):
+            if c[r[0]] != sl.start or c[r[-1] + 1] != sl.stop:
+                return False
+        last = split[-1]
+        return all(sl.stop - sl.start == 1 for sl in region[:last])
+
     def _check_present(self, idx: tuple[int, ...]) -> None:
-        if idx not in self._present:
+        if not self.meta and idx not in self._present:
             raise IntegrityError(f"block {list(idx)} of sealed tensor {self.name} was never written")
 
     def read_cost(self, region_bytes: int, exact: bool = False) -> int:

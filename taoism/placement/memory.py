@@ -20,8 +20,6 @@ import torch
 from taoism.errors import ConfigError, MemoryBudgetError
 from taoism.tee import TeeProfile, format_bytes, get_profile
 
-# resident-weight allowances tried (fractions of the budget), best first on ties
-_FRACTIONS = (0.75, 0.5, 0.25, 0.1, 0.0)
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,8 @@ class MemoryPlan:
         """The ``memory`` section of the enclave program description."""
         return {"tee": self.tee, "budget_bytes": self.budget_bytes, "page_bytes": self.page_bytes,
                 "sealed_modules": list(self.sealed_modules),
-                "resident_weight_fraction": self.resident_weight_fraction}
+                "resident_weight_fraction": self.resident_weight_fraction,
+                "module_paths": dict(self.module_paths)}
 
     def to_json(self) -> dict[str, Any]:
         return {"format": "taoism-memory-plan/1", "tee": self.tee, "budget_bytes": self.budget_bytes,
@@ -171,21 +170,35 @@ def memory_plan(plan: Any, budget: Any = "unlimited", captured: Any = None, *,
     desc, tensors = program
     specs = {n: (tuple(t.shape), t.dtype) for n, t in zip(desc.get("tensors", []), tensors)}
     values = _value_specs(plan, captured, desc)
-    fractions = (resident_weight_fraction,) if resident_weight_fraction is not None else (
-        _FRACTIONS if nbytes is not None else (1.0,))
+    # The resident-weight allowance is searched: half the budget first, then more if the run left
+    # headroom, less if it had to seal; the plan moving the fewest bytes wins.
+    queue = [resident_weight_fraction] if resident_weight_fraction is not None else (
+        [0.5] if nbytes is not None else [1.0])
+    tried: set[float] = set()
     best: tuple[tuple[int, int, int], MemoryPlan] | None = None
     first_error: MemoryBudgetError | None = None
-    for frac in fractions:
+    while queue and len(tried) < 6:
+        frac = round(queue.pop(0), 4)
+        if frac in tried:
+            continue
+        tried.add(frac)
         try:
             mp = _simulate(desc, specs, values, tee, nbytes, frac, plan.batch)
         except MemoryBudgetError as exc:
             first_error = first_error or exc
+            if resident_weight_fraction is None and nbytes is not None:
+                queue += [f for f in (0.25, 0.0) if f < frac]
             continue
-        score = (mp.sealed_bytes + mp.unsealed_bytes, sum(n.chunks for n in mp.nodes), -int(100 * frac))
+        moved = mp.sealed_bytes + mp.unsealed_bytes
+        score = (moved, sum(n.chunks for n in mp.nodes), -int(100 * frac))
         if best is None or score < best[0]:
             best = (score, mp)
-        if mp.sealed_bytes + mp.unsealed_bytes == 0 and not mp.chunked_nodes:
+        if moved == 0 or resident_weight_fraction is not None or nbytes is None:
             break
+        headroom = nbytes - mp.peak_bytes
+        if mp.weights_sealed_bytes and headroom > nbytes // 20:
+            queue.append(min(1.0, (mp.weights_resident_bytes + 0.9 * headroom) / nbytes))
+        queue += [f for f in (0.25, 0.0) if f < frac]
     if best is None:
         assert first_error is not None
         raise first_error
