@@ -19,6 +19,7 @@ class RunReply:
     enclave_compute_s: float  # time spent computing inside the enclave
     enclave_crypto_s: float  # time the enclave spent decrypting the request and encrypting the reply
     node_times: tuple[float, ...] | None = None  # per node, when profiling
+    memory: dict[str, Any] | None = None  # the enclave's memory accounting, when profiling
 
 
 class EnclaveBackend(abc.ABC):

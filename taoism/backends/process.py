@@ -142,8 +142,9 @@ class ProcessBackend(EnclaveBackend):
         reply = self._request(kind, segment, tensors, b"", what=f"segment {segment}")
         *outs, timing = reply.tensors
         t = timing.tolist()
+        memory = json.loads(reply.blob).get("memory") if profile and reply.blob else None
         return RunReply(tensors=outs, enclave_compute_s=t[0], enclave_crypto_s=t[1],
-                        node_times=tuple(t[2:]) if profile else None)
+                        node_times=tuple(t[2:]) if profile else None, memory=memory)
 
     def stats(self) -> dict[str, Any]:
         reply = self._request(Kind.STATS, 0, (), b"", what="stats")

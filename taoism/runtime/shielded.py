@@ -203,8 +203,9 @@ class ShieldedModel:
                 del before
             # Pass 3: per-layer times.
             layer_times: dict[str, list[float]] = {l.info.name: [] for l in plan.layers}
+            memory: dict[int, Any] = {}
             for _ in range(repeats):
-                self._forward_layers(inputs, layer_times)
+                self._forward_layers(inputs, layer_times, memory)
         seg_rows = []
         for s in plan.segments:
             rec = per_seg[s.index]
@@ -229,7 +230,9 @@ class ShieldedModel:
                        device=str(self.device), end_to_end=Stat.of(e2e), segments=tuple(seg_rows),
                        layers=layers, meta={"threads": torch.get_num_threads(),
                                             "enclave_threads": self.enclave_config.threads,
-                                            "backend": self.enclave_config.backend if backend else None})
+                                            "backend": self.enclave_config.backend if backend else None,
+                                            "tee": self.enclave_config.tee,
+                                            "enclave_memory": {str(k): v for k, v in memory.items()}})
 
     def _forward_observed(self, inputs: Sequence[torch.Tensor], observe: Callable[..., None],
                           per_seg: dict[int, dict[str, list[float]]], chan: Any) -> None:
@@ -249,7 +252,8 @@ class ShieldedModel:
 
         self._forward(inputs, observe=wrapped)
 
-    def _forward_layers(self, inputs: Sequence[torch.Tensor], times: dict[str, list[float]]) -> None:
+    def _forward_layers(self, inputs: Sequence[torch.Tensor], times: dict[str, list[float]],
+                        memory: dict[int, Any]) -> None:
         """One run timing every node: device nodes one by one, enclave nodes inside the enclave."""
         plan, backend, dev = self.plan, self._backend, self.device
         env: dict[str, Any] = {n: x.to(dev) for n, x in zip(plan.input_names, inputs)}
@@ -267,6 +271,8 @@ class ShieldedModel:
                     env[v] = t.to(dev)
                 for name, dt in zip(seg.nodes, reply.node_times or ()):
                     times[name].append(dt)
+                if reply.memory is not None:
+                    memory[seg.index] = reply.memory
             for v in seg.host_free:
                 env.pop(v, None)
 
