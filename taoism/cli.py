@@ -210,13 +210,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from taoism.security import run_attack_table
+    from taoism.security import format_table, run_attack_table, sweep
 
     strategies = [s.strip() for s in args.strategies.split(",")]
     queries = [int(q) for q in args.queries.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    run_attack_table(args.model, args.dataset, strategies, queries, seeds, jobs=args.jobs,
-                     ray=args.ray, out_dir=args.out, sweep=args.sweep)
+    common = {"jobs": args.jobs, "ray": args.ray, "out_dir": args.out, "epochs": args.epochs,
+              "data_root": args.data_root, "smoke": args.smoke}
+    result = run_attack_table(args.model, args.dataset, strategies, queries, seeds, **common)
+    print(format_table(result))
+    if args.sweep:
+        found = sweep(args.model, args.dataset, queries=queries[0], seeds=seeds, **common)
+        for family, info in found.get("families", {}).items():
+            print(f"sweet spot {family}: C* = {info.get('c_star')}, "
+                  f"%FLOPs(C*) = {info.get('c_star_flops_tee_pct')}")
+    print(f"results in {args.out}", file=sys.stderr)
     return 0
 
 
@@ -262,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", nargs="?", const=True, default=False,
                    help="run jobs on Ray (local when no address is given)")
     p.add_argument("--sweep", action="store_true", help="also find each strategy's sweet spot C*")
+    p.add_argument("--epochs", type=int, default=None, help="surrogate fine-tuning epochs")
+    p.add_argument("--data-root", default=None, help="dataset directory (default: the system's)")
+    p.add_argument("--smoke", action="store_true", help="tiny, fast configuration (for checks)")
     p.add_argument("--out", default="results/attack")
     p.set_defaults(func=cmd_attack)
 
