@@ -1,0 +1,322 @@
+"""Security evaluation (taoism.security): attacks, de-obfuscation, the table, the sweep, caching.
+
+Everything runs on real (small) trained models: the sklearn digits smoke configuration trains a
+public model and a victim in seconds. Nothing here is hard-coded: thresholds are the ones the
+attacks must clear.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import taoism
+from taoism import data, zoo
+from taoism.errors import ConfigError
+from taoism.security import (AttackConfig, Cache, JobSpec, black_box_view, build_surrogate,
+                             config_hash, default_cache_dir, format_table, membership_inference, pgd,
+                             reconstruct_state, run_attack_table, run_job, sweep, threshold_attack,
+                             white_box_view)
+from taoism.security.experiment import dataset_for, prepare_models, torch_threads
+from taoism.security.training import accuracy, predict_logits, train_classifier
+from taoism.security.views import exposed_param, match_rows
+from taoism.strategies import attacker_view
+
+MODEL, DATASET = "small_cnn", "digits"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is fastest, and robust when the machine is busy."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return dataset_for(DATASET, None)
+
+
+@pytest.fixture(scope="module")
+def smoke_cfg():
+    return AttackConfig.preset(DATASET, smoke=True)
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    """The smoke table, computed once from an empty cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    out = tmp_path_factory.mktemp("out")
+    t0 = time.perf_counter()
+    res = run_attack_table(MODEL, DATASET, None, queries=[50], seeds=[0], cache_dir=cache,
+                           out_dir=out, progress=False, smoke=True)
+    return res, cache, out, time.perf_counter() - t0
+
+
+def _row(res, strategy, q=50):
+    return next(r for r in res["rows"] if r["strategy"] == strategy and r["queries"] == q)
+
+
+# -- pure pieces -------------------------------------------------------------------------------
+
+def test_cache_key_and_default_location(tmp_path):
+    a = config_hash({"x": 1, "y": [1.0, "z"]})
+    assert a == config_hash({"y": [1.0, "z"], "x": 1})
+    assert a != config_hash({"x": 2, "y": [1.0, "z"]})
+    d = default_cache_dir()
+    assert d.is_absolute() and d == Path.home() / ".cache" / "taoism"
+    c = Cache(tmp_path / "c")
+    assert c.get_json("jobs", "k") is None and c.misses == 1
+    c.put_json("jobs", "k", {"v": 1})
+    assert c.get_json("jobs", "k") == {"v": 1} and c.hits == 1
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError):
+        Cache(tmp_path / "f")
+
+
+def test_attack_config_validates():
+    with pytest.raises(ConfigError):
+        AttackConfig(public_task="imagenet")
+    with pytest.raises(ConfigError):
+        AttackConfig(ms_epochs=-1)
+    with pytest.raises(ConfigError):
+        AttackConfig(threads=0)
+    assert AttackConfig.preset("fashion_mnist").split_size == 2500
+
+
+def test_threshold_attack_separates():
+    members = torch.tensor([0.9, 0.95, 0.99, 0.97])
+    non = torch.tensor([0.2, 0.5, 0.6, 0.1])
+    tau = threshold_attack(members, non)
+    assert 0.6 < tau < 0.9
+    assert threshold_attack(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])) == float("inf")
+
+
+def test_match_rows_and_reconstruction_rules():
+    g = torch.Generator().manual_seed(0)
+    pub = torch.randn(6, 5, generator=g)
+    victim = pub + 0.05 * torch.randn(6, 5, generator=g)
+    perm = torch.randperm(6, generator=g)
+    order = match_rows(victim[perm], pub)
+    assert torch.equal(victim[perm][order], victim)
+
+    # A synthetic view of each kind, checked against the rules of the published attacks.
+    template = {"a.weight": torch.zeros(6, 5), "a.bias": torch.zeros(6), "b.weight": torch.zeros(6, 5),
+                "c.weight": torch.zeros(6, 5), "d.weight": torch.zeros(6, 5)}
+    public = {"a.weight": pub, "a.bias": torch.zeros(6), "b.weight": pub, "c.weight": pub, "d.weight": pub}
+    zeroed = victim.clone()
+    zeroed[0, 0] = 0.0
+    noise = (torch.rand(2, 5, generator=g) * 2 - 1) * 10
+    rows = torch.cat([victim, noise])
+    shuffle = torch.randperm(8, generator=g)
+    view = {
+        "a.weight": exposed_param("obfuscated", rows[shuffle]),
+        "a.bias": exposed_param("obfuscated", torch.cat([torch.arange(6.0), torch.tensor([7.0, 8.0])])[shuffle]),
+        "b.weight": exposed_param("morphed", 3.5 * victim),
+        "c.weight": exposed_param("zeroed", zeroed),
+        "d.weight": exposed_param("absent", None),
+    }
+    rec = reconstruct_state(view, public, template)
+    assert torch.allclose(rec.state["a.weight"], victim)  # noise dropped, rows un-shuffled
+    assert torch.equal(rec.state["a.bias"], torch.arange(6.0))  # bias follows its weight's rows
+    ratio = rec.state["b.weight"] / victim
+    assert float(ratio.std()) < 1e-5 and 0.9 < float(ratio.mean()) < 1.1  # scalar divided out
+    assert rec.state["c.weight"][0, 0] == pub[0, 0] and torch.equal(rec.state["c.weight"][1:], victim[1:])
+    assert torch.equal(rec.state["d.weight"], pub)
+
+
+def test_white_and_black_box_views_without_deployment(digits):
+    net = zoo.get_model(MODEL, dataset_shape="digits", seed=1)
+    pub = zoo.get_model(MODEL, dataset_shape="digits", seed=2).state_dict()
+    sur, _ = build_surrogate(net, white_box_view(net), pub)
+    assert all(torch.equal(a, b) for a, b in zip(sur.state_dict().values(), net.state_dict().values()))
+    sur, _ = build_surrogate(net, black_box_view(net), pub)
+    assert all(torch.equal(sur.state_dict()[k], v) for k, v in pub.items())
+
+
+def test_pgd_fools_its_own_model(digits):
+    net = zoo.get_model(MODEL, dataset_shape="digits", seed=0)
+    train_classifier(net, digits.x_train, digits.y_train, epochs=15, lr=0.05, seed=0, batch_size=64)
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    lo, hi = digits.pixel_bounds()
+    s = digits.pixel_scale()
+    xa = pgd(net, x, y, eps=0.3 * s, alpha=0.05 * s, steps=10, lo=lo, hi=hi)
+    assert float((xa - x).abs().max()) <= float((0.3 * s).max()) + 1e-5
+    assert accuracy(net, xa, y) < accuracy(net, x, y) - 0.3
+
+
+def test_mia_on_deliberately_overfit_victim(digits):
+    """White-box MIA (surrogate = the victim) against a victim memorising 150 samples."""
+    sp = data.attack_splits(len(digits.y_train), seed=0)
+    tr, te, sh_in, sh_out = (sp.target_train[:150], sp.target_test[:150], sp.shadow_train[:150],
+                             sp.shadow_test[:150])
+    x, y = digits.x_train, digits.y_train
+    victim = zoo.get_model(MODEL, dataset_shape="digits", seed=5)
+    train_classifier(victim, x[tr], y[tr], epochs=100, lr=0.05, seed=1, batch_size=32)
+    assert accuracy(victim, x[tr], y[tr]) == 1.0
+    res = membership_inference(victim, x[tr], y[tr], x[te], y[te], (x[sh_in], y[sh_in]),
+                               (x[sh_out], y[sh_out]), shadow_epochs=100, shadow_lr=0.05,
+                               shadow_batch=32, seed=2)
+    assert res["mia_accuracy"] > 0.58, res
+    assert res["generalization_gap"] > 0.03 and res["confidence_gap"] > 0.05
+
+
+# -- through the deployment --------------------------------------------------------------------
+
+def test_magnitude_view_lacks_the_shielded_weights(digits, smoke_cfg, tmp_path):
+    public_sd, victim_sd, _ = prepare_models(MODEL, digits, 0, smoke_cfg, Cache(tmp_path))
+    victim = zoo.get_model(MODEL, dataset_shape="digits")
+    victim.load_state_dict(victim_sd)
+    r = 0.1
+    with taoism.shield(victim, digits.x_test[:1], strategy=f"magnitude:{r}") as sm:
+        view = attacker_view(sm, victim)
+        host = sm.host_state_dict()
+    # Independent ranking: the top-r |w| over every conv/BN/linear weight and bias.
+    params = {n: p.detach() for n, p in victim.named_parameters()}
+    flat = torch.cat([p.abs().flatten() for p in params.values()])
+    k = round(r * flat.numel())
+    cut = torch.topk(flat, k).values.min()
+    shielded = 0
+    for name, p in params.items():
+        top = p.abs() > cut  # strictly above the cut: certainly shielded
+        shielded += int(top.sum())
+        e = view[name]
+        if bool(top.any()):
+            assert e.status == "zeroed", name
+            assert bool((e.tensor[top] == 0).all()), f"{name}: a shielded weight is on the host"
+            assert torch.equal(host[name][top], torch.zeros_like(host[name][top]))
+        # everything the host holds for this tensor is either 0 or the victim's exact value
+        if e.tensor is not None:
+            assert bool(((e.tensor == 0) | (e.tensor == p)).all())
+    assert shielded >= k - 5
+    # ... and the attacker's surrogate holds the public values there, not the victim's.
+    sur, _ = build_surrogate(victim, view, public_sd)
+    for name, p in sur.named_parameters():
+        top = params[name].abs() > cut
+        assert torch.equal(p.detach()[top], public_sd[name][top])
+
+
+def test_nonlinear_deobfuscation_recovers_the_rows(digits, smoke_cfg, tmp_path):
+    public_sd, victim_sd, _ = prepare_models(MODEL, digits, 0, smoke_cfg, Cache(tmp_path))
+    victim = zoo.get_model(MODEL, dataset_shape="digits")
+    victim.load_state_dict(victim_sd)
+    with taoism.shield(victim, digits.x_test[:1], strategy="nonlinear") as sm:
+        view = attacker_view(sm, victim)
+    assert view["features.4.weight"].status == "obfuscated"
+    assert view["features.4.weight"].tensor.shape[0] > victim_sd["features.4.weight"].shape[0]
+    sur, rec = build_surrogate(victim, view, public_sd)
+    # Un-shuffled by L2 match to the public model: the conv the victim fine-tuned from it is exact.
+    assert torch.equal(sur.state_dict()["features.4.weight"], victim_sd["features.4.weight"])
+    assert "features.4" in rec.row_orders
+
+
+def test_queries_beyond_the_attacker_pool_are_refused(digits, smoke_cfg, tmp_path):
+    spec = JobSpec(MODEL, digits.name, "none", 0, 10_000, smoke_cfg, None, digits.fingerprint)
+    with pytest.raises(ConfigError, match="queries"):
+        run_job(spec, Cache(tmp_path))
+
+
+def test_ray_missing_is_a_config_error(tmp_path):
+    pytest.importorskip("taoism")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("ray is installed")
+    with pytest.raises(ConfigError, match=r"pip install 'taoism\[ray\]'"):
+        run_attack_table(MODEL, DATASET, ["deep:1"], seeds=[0], ray=True, cache_dir=tmp_path,
+                         progress=False, smoke=True)
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+def test_table_white_box_vs_black_box(table_run):
+    res, _, _, _ = table_run
+    strategies = [r["strategy"] for r in res["rows"]]
+    assert strategies[0] == "none" and strategies[-1] == "all"
+    for s in ("deep:1", "shallow:1", "magnitude:0.01", "intermediate:0.8", "nonlinear"):
+        assert s in strategies
+    assert "teeslice" in res["skipped"]  # a plain CNN has no public backbone / private slices
+    assert not res["errors"]
+    wb, bb = _row(res, "none"), _row(res, "all")
+    assert wb["metrics"]["fidelity"]["mean"] >= 0.90
+    assert wb["metrics"]["fidelity"]["mean"] > bb["metrics"]["fidelity"]["mean"] + 0.2
+    assert wb["metrics"]["ms_accuracy"]["mean"] > bb["metrics"]["ms_accuracy"]["mean"] + 0.2
+    assert wb["metrics"]["mia_accuracy"]["mean"] > bb["metrics"]["mia_accuracy"]["mean"]
+    assert abs(bb["x_black_box"]["ms_accuracy"]["mean"] - 1.0) < 1e-12
+    assert wb["x_black_box"]["ms_accuracy"]["mean"] > 1.3
+    assert wb["flops_tee_pct"] == 0.0 and bb["flops_tee_pct"] == 100.0
+    for r in res["rows"]:
+        assert r["latency_ms"]["mean"] > 0
+        for m in ("ms_accuracy", "fidelity", "adv_success", "mia_accuracy", "generalization_gap",
+                  "confidence_gap"):
+            assert r["metrics"][m]["mean"] is not None, (r["strategy"], m)
+    # Every job attacked what the deployment exposed, labelled by the deployed oracle.
+    for j in res["jobs"]:
+        assert j["attacker"]["oracle_matches_plain_victim"] == 1.0
+    views = {j["job"]["strategy"]: j["attacker"]["view"] for j in res["jobs"]}
+    assert views["all"]["absent"]["tensors"] == sum(v["tensors"] for v in views["all"].values())
+    assert views["magnitude:0.01"]["zeroed"]["tensors"] > 0
+    assert views["intermediate:0.8"]["morphed"]["tensors"] > 0
+    assert views["nonlinear"]["obfuscated"]["tensors"] > 0
+    assert "MS acc" in format_table(res)
+
+
+def test_table_files(table_run):
+    res, _, out, _ = table_run
+    files = {k: Path(v) for k, v in res["files"].items()}
+    assert set(files) == {"json", "csv", "png"}
+    assert all(p.parent == out and p.stat().st_size > 0 for p in files.values())
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = json.loads(files["json"].read_text())
+    assert [r["strategy"] for r in loaded["rows"]] == [r["strategy"] for r in res["rows"]]
+    header = files["csv"].read_text().splitlines()[0].split(",")
+    assert {"strategy", "flops_tee_pct", "ms_accuracy_mean", "ms_accuracy_x_bb_mean",
+            "mia_accuracy_std", "latency_ms_mean"} <= set(header)
+
+
+def test_second_run_hits_the_cache_in_worker_processes(table_run, tmp_path):
+    res, cache, _, first_s = table_run
+    t0 = time.perf_counter()
+    again = run_attack_table(MODEL, DATASET, None, queries=[50], seeds=[0], cache_dir=cache,
+                             progress=False, smoke=True, jobs=2)
+    n = len(res["jobs"])
+    assert again["cache"]["job_hits"] == n and again["cache"]["job_misses"] == 0
+    assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in res["rows"]]
+    assert time.perf_counter() - t0 < first_s
+
+
+def test_same_seed_same_table(table_run, tmp_path):
+    """Recomputed from scratch (fresh cache: public model, victim, attacks) -> identical metrics."""
+    res, _, _, _ = table_run
+    fresh = run_attack_table(MODEL, DATASET, ["deep:1"], queries=[50], seeds=[0], cache_dir=tmp_path,
+                             progress=False, smoke=True)
+    assert fresh["cache"]["job_hits"] == 0
+    for r in fresh["rows"]:
+        assert r["metrics"] == _row(res, r["strategy"])["metrics"], r["strategy"]
+        assert r["flops_tee_pct"] == _row(res, r["strategy"])["flops_tee_pct"]
+
+
+def test_sweep_finds_the_sweet_spot(table_run):
+    _, cache, _, _ = table_run
+    res = sweep(MODEL, DATASET, strategies=("deep",), queries=50, seeds=[0], cache_dir=cache,
+                progress=False, smoke=True)
+    fam = res["families"]["deep"]
+    n_units = len(zoo.units(zoo.get_model(MODEL, dataset_shape="digits")))
+    assert [p["config"] for p in fam["points"]] == [f"deep:{k}" for k in range(n_units + 1)]
+    flops = [p["flops_tee_pct"] for p in fam["points"]]
+    assert flops == sorted(flops) and flops[0] == 0.0
+    bb = res["black_box"]["mean"]
+    if fam["c_star"] is None:
+        assert fam["c_star_flops_tee_pct"] == 100.0
+    else:
+        first = next(p for p in fam["points"] if p["ms_accuracy"]["mean"] <= 1.05 * bb)
+        assert fam["c_star"] == first["config"]
+        assert fam["c_star_flops_tee_pct"] == first["flops_tee_pct"]
+    assert res["cache"]["job_hits"] >= 2  # deep:1 and all come from the table's cache
