@@ -8,6 +8,7 @@ collected, or the interpreter exits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -219,10 +220,7 @@ class ProcessBackend(EnclaveBackend):
 
 
 def _asdict(snapshot: Any) -> dict[str, Any] | None:
-    if snapshot is None:
-        return None
-    from dataclasses import asdict, is_dataclass
-    return asdict(snapshot) if is_dataclass(snapshot) else dict(vars(snapshot))
+    return None if snapshot is None else dataclasses.asdict(snapshot)
 
 
 def wait_gone(pid: int, timeout: float = 5.0) -> bool:

@@ -7,6 +7,7 @@ launch token from stdin, opens the session, then serves until the host closes it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ctypes
 import json
 import resource
@@ -141,9 +142,7 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
                 info = {"max_rss_bytes": usage.ru_maxrss * 1024, "runs": server.runs,
                         "segments": len(server.programs), "weight_elements": server.params,
                         "threads": torch.get_num_threads(),
-                        "channel": {k: v for k, v in vars(chan.stats.snapshot()).items()}
-                        if not hasattr(chan.stats.snapshot(), "__dataclass_fields__")
-                        else _dc(chan.stats.snapshot())}
+                        "channel": dataclasses.asdict(chan.stats.snapshot())}
                 if server.memory is not None:
                     info["memory"] = server.memory.stats()
                 chan.send(Kind.OK, 0, (), json.dumps(info).encode())
@@ -158,11 +157,6 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
         except Exception as exc:  # a torch error in a segment: report it, keep serving
             chan.send(Kind.ERROR, msg.tag, (), json.dumps(
                 {"type": "EnclaveRemoteError", "message": f"{type(exc).__name__}: {exc}"}).encode())
-
-
-def _dc(obj: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-    return asdict(obj)
 
 
 def main(argv: list[str] | None = None) -> int:
