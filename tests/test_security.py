@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from taoism.security import (AttackConfig, Cache, JobSpec, black_box_view, build
                              config_hash, default_cache_dir, format_table, membership_inference, pgd,
                              reconstruct_state, run_attack_table, run_job, sweep, threshold_attack,
                              white_box_view)
-from taoism.security.experiment import dataset_for, prepare_models, torch_threads
+from taoism.security.experiment import dataset_for, prepare_models, sliced_counterpart, torch_threads
 from taoism.security.training import accuracy, predict_logits, train_classifier
 from taoism.security.views import exposed_param, match_rows
 from taoism.strategies import attacker_view
@@ -242,7 +243,7 @@ def test_table_white_box_vs_black_box(table_run):
     assert strategies[0] == "none" and strategies[-1] == "all"
     for s in ("deep:1", "shallow:1", "magnitude:0.01", "intermediate:0.8", "nonlinear"):
         assert s in strategies
-    assert "teeslice" in res["skipped"]  # a plain CNN has no public backbone / private slices
+    assert not res["skipped"]  # teeslice runs on the zoo's teeslice_small_cnn
     assert not res["errors"]
     wb, bb = _row(res, "none"), _row(res, "all")
     assert wb["metrics"]["fidelity"]["mean"] >= 0.90
@@ -266,6 +267,41 @@ def test_table_white_box_vs_black_box(table_run):
     assert views["intermediate:0.8"]["morphed"]["tensors"] > 0
     assert views["nonlinear"]["obfuscated"]["tensors"] > 0
     assert "MS acc" in format_table(res)
+
+
+def test_table_teeslice_row_is_measured_on_the_sliced_model(table_run):
+    res, _, _, _ = table_run
+    assert "teeslice" not in res["skipped"]
+    row = _row(res, "teeslice")
+    assert row["model"] == "teeslice_small_cnn"
+    for m in ("ms_accuracy", "fidelity", "adv_success", "mia_accuracy", "mia_auc", "victim_accuracy"):
+        v = row["metrics"][m]["mean"]
+        assert v is not None and math.isfinite(v), m
+    assert row["metrics"]["victim_accuracy"]["mean"] > 0.5  # slices + fc learnt the private task
+    job = next(j for j in res["jobs"] if j["job"]["strategy"] == "teeslice")
+    assert job["job"]["model"] == "teeslice_small_cnn"
+    rep = job["report"]
+    # Shares relative to the plain small_cnn (the "none" job's totals), not to the sliced model.
+    plain = next(j for j in res["jobs"] if j["job"]["strategy"] == "none")["report"]
+    assert rep["relative_to"]["model"] == MODEL
+    assert rep["relative_to"]["params_total"] == plain["params_total"]
+    assert row["params_tee_pct"] == pytest.approx(100 * rep["params_tee"] / plain["params_total"])
+    assert row["flops_tee_pct"] == pytest.approx(100 * rep["flops_tee"] / plain["flops_total"])
+    assert 0 < row["params_tee_pct"] < 100 and 0 < row["flops_tee_pct"] < 100
+    # The attacker holds the public backbone in plaintext; slices and fc are absent.
+    view = job["attacker"]["view"]
+    assert view["plaintext"]["tensors"] > 0 and view["absent"]["tensors"] > 0
+    assert job["attacker"]["oracle_matches_plain_victim"] == 1.0
+
+
+def test_sliced_counterpart_and_job_keys(smoke_cfg):
+    assert sliced_counterpart("small_cnn") == "teeslice_small_cnn"
+    assert sliced_counterpart("SmallCNN") == "teeslice_small_cnn"
+    assert sliced_counterpart("teeslice_small_cnn") is None
+    assert sliced_counterpart("vgg16_bn") is None
+    a = JobSpec("small_cnn", "digits", "teeslice", 0, 50, smoke_cfg)
+    b = JobSpec("teeslice_small_cnn", "digits", "teeslice", 0, 50, smoke_cfg)
+    assert a.key() != b.key()
 
 
 def test_table_files(table_run):

@@ -470,12 +470,16 @@ def test_bad_strategy_objects_and_models(models):
 def test_strategy_bench_and_outputs(tmp_path):
     from taoism.bench.strategies import format_table, run_strategy_bench, write_outputs
 
-    result = run_strategy_bench("small_cnn", "digits", 2, ["deep:1", "magnitude:0.05", "teeslice"],
+    result = run_strategy_bench("small_cnn", "digits", 2, ["deep:1", "magnitude:0.05", "teeslice", "deep:99"],
                                 repeats=2, warmup=1, progress=False)
     rows = {r["name"]: r for r in result["rows"]}
     assert list(rows) == ["plain-device", "plain-cpu", "none", "all", "deep:1", "magnitude:0.05",
-                          "teeslice"]
-    assert "TEESlice variant" in rows["teeslice"]["error"]  # small_cnn has no sliced variant
+                          "teeslice", "deep:99"]
+    assert "partition units" in rows["deep:99"]["error"]  # a failing strategy is recorded, run goes on
+    # small_cnn's teeslice row runs the zoo's teeslice_small_cnn
+    assert rows["teeslice"]["error"] is None, rows["teeslice"]["error"]
+    assert rows["teeslice"]["model"] == "teeslice_small_cnn"
+    assert 0 < rows["teeslice"]["victim_params_pct"] < 100
     for name in ("none", "all", "deep:1", "magnitude:0.05"):
         r = rows[name]
         assert r["error"] is None, r["error"]
@@ -495,7 +499,7 @@ def test_strategy_bench_and_outputs(tmp_path):
     assert "magnitude:0.05" in table and "error" in table
     paths = write_outputs(result, tmp_path / "out")
     data = json.loads(paths["json"].read_text())
-    assert data["meta"]["model"] == "small_cnn" and len(data["rows"]) == 7
+    assert data["meta"]["model"] == "small_cnn" and len(data["rows"]) == 8
     with paths["csv"].open() as f:
         csv_rows = list(csv.DictReader(f))
     assert [r["name"] for r in csv_rows] == list(rows)

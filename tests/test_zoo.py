@@ -14,7 +14,7 @@ from taoism.errors import ConfigError
 
 EXPECTED_MODELS = {
     "resnet18", "resnet34", "resnet50", "vgg16_bn", "alexnet", "small_cnn",
-    "teeslice_resnet18", "teeslice_resnet34", "teeslice_resnet50",
+    "teeslice_resnet18", "teeslice_resnet34", "teeslice_resnet50", "teeslice_small_cnn",
 }
 CASES = [(name, shape) for name in sorted(EXPECTED_MODELS) for shape in zoo.supported_shapes(name)]
 
@@ -298,3 +298,62 @@ class TestTEESlice:
             torch.testing.assert_close(torch.fx.symbolic_trace(low)(x), low(x), rtol=1e-4, atol=1e-5)
         with pytest.raises(ConfigError, match="max_proxies"):
             zoo.TEESliceResNet(zoo.ResNet(zoo.BasicBlock, (1, 1, 1, 1)), max_proxies=4)
+
+
+class TestTEESliceSmallCNN:
+    def test_structure_and_units(self) -> None:
+        model = zoo.get_model("teeslice_small_cnn", dataset_shape="mnist")
+        assert isinstance(model.backbone, zoo.SmallCNN)
+        assert isinstance(model.backbone.fc, nn.Identity)
+        groups = dict(model.slices.items())
+        assert list(groups) == ["group0", "group1"]
+        assert [g.offsets for g in groups.values()] == [(1,), (1, 2)]
+        # group1 (14x14 -> 7x7, 16 -> 32 ch) fed by group0's output (14x14) and the image (28x28)
+        convs = [p.conv for p in groups["group1"].proxies]
+        assert [c.stride for c in convs] == [(2, 2), (4, 4)]
+        assert [c.in_channels for c in convs] == [16, 1]
+        assert all(c.kernel_size == (1, 1) and c.out_channels == 32 for c in convs)
+        assert zoo.units(model) == [
+            ("backbone.features.0", "backbone.features.1", "backbone.features.2", "backbone.features.3",
+             "slices.group0"),
+            ("backbone.features.4", "backbone.features.5", "backbone.features.6", "backbone.features.7",
+             "slices.group1"),
+            ("fc",),
+        ]
+        for name, p in model.named_parameters():
+            assert p.requires_grad == (not name.startswith("backbone.")), name
+        model.train()
+        assert model.training and model.slices.training and not model.backbone.training
+        assert model.public_modules() == ("backbone",)
+        assert model.private_modules() == ("slices", "fc")
+
+    @pytest.mark.parametrize("shape", ["mnist", "digits", "cifar"])
+    def test_slices_feed_the_output_and_trace(self, shape: str) -> None:
+        model = zoo.get_model("teeslice_small_cnn", dataset_shape=shape)
+        x = zoo.example_input("teeslice_small_cnn", shape, batch=2)
+        with torch.no_grad():
+            base = model(x)
+            torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), base, rtol=1e-4, atol=1e-5)
+            model.slices["group1"].alphas.copy_(torch.tensor([5.0, -5.0]))
+            assert not torch.allclose(model(x), base)
+            for g in model.slices.values():
+                for p in g.proxies:
+                    p.bn.weight.zero_()
+                    p.bn.bias.zero_()
+            torch.testing.assert_close(model(x), model.fc(model.backbone(x)))
+
+    def test_load_backbone_from_plain_small_cnn(self, tmp_path) -> None:
+        public = zoo.get_model("small_cnn", dataset_shape="digits", seed=11)
+        model = zoo.get_model("teeslice_small_cnn", dataset_shape="digits")
+        model.load_backbone(public.state_dict())
+        assert model.backbone.state_dict().keys() == {k for k in public.state_dict() if not k.startswith("fc.")}
+        for k, v in model.backbone.state_dict().items():
+            assert torch.equal(v, public.state_dict()[k]), k
+        x = zoo.example_input("small_cnn", "digits", batch=2)
+        with torch.no_grad():
+            torch.testing.assert_close(model.backbone(x), torch.flatten(public.features(x), 1))
+        src = zoo.get_model("teeslice_small_cnn", dataset_shape="digits", seed=3)
+        _assert_same_state(src, zoo.get_model("teeslice_small_cnn", dataset_shape="digits",
+                                              weights=src.state_dict()))
+        with pytest.raises(ConfigError, match="missing keys"):
+            model.load_backbone({"features.0.weight": public.features[0].weight})

@@ -168,7 +168,7 @@ def run_strategy_bench(model_name: str, dataset_shape: str, batch: int,
                         if variant is None:
                             raise ConfigError(
                                 f"'teeslice' needs a sliced model and the zoo has no TEESlice "
-                                f"variant of {model_name!r} (available: teeslice_resnet18/34/50)")
+                                f"variant of {model_name!r} (available: teeslice_resnet18/34/50, teeslice_small_cnn)")
                         target_name = variant
                         target = zoo.get_model(variant, dataset_shape=dataset_shape)
                         vict = victim

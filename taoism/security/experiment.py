@@ -46,7 +46,7 @@ from taoism.security.training import (accuracy, classifier_head, predict_logits,
                                       reset_head, seeded, train_classifier)
 from taoism.security.views import view_summary
 
-__all__ = ["AttackConfig", "JobSpec", "prepare_models", "run_job"]
+__all__ = ["AttackConfig", "JobSpec", "prepare_models", "run_job", "sliced_counterpart"]
 
 _SHAPES = {"fashion_mnist": "mnist", "digits": "digits", "cifar10": "cifar", "cifar100": "cifar"}
 
@@ -198,7 +198,24 @@ def _plain_backbone(model: str) -> str:
     if not key.startswith("teeslice"):
         raise ConfigError(f"model {model!r} is sliced but not named teeslice_<backbone>; cannot "
                           "tell which plain architecture to pretrain as its public backbone")
-    return key[len("teeslice"):]
+    from taoism.zoo import _resolve
+
+    return _resolve(key[len("teeslice"):])
+
+
+def sliced_counterpart(model: str) -> str | None:
+    """``small_cnn`` -> ``teeslice_small_cnn``: the zoo's TEESlice model over plain ``model``
+    (None when the zoo has none, or ``model`` is itself sliced or unknown)."""
+    from taoism.zoo import _resolve, list_models
+
+    try:
+        key = _resolve(model)
+    except ConfigError:
+        return None
+    if key.startswith("teeslice_"):
+        return None
+    name = f"teeslice_{key}"
+    return name if name in list_models() else None
 
 
 @contextlib.contextmanager
@@ -223,33 +240,45 @@ def prepare_models(model: str, ds: ImageDataset, seed: int, config: AttackConfig
         return _prepare_models(model, ds, seed, config, cache, progress=progress)
 
 
+def _public_state(model: str, ds: ImageDataset, seed: int, config: AttackConfig, cache: Cache,
+                  *, progress: bool = False) -> dict[str, torch.Tensor]:
+    """The public model's state dict (trained, or read from the cache).
+
+    A sliced (TEESlice) model takes the public model of its plain backbone architecture (the
+    same cache entry the plain model's experiments use) as its frozen backbone; its slices and
+    head keep their fresh initialisation (they are private and trained later).
+    """
+    base = {"model": model, "dataset": ds.name, "data": ds.fingerprint, "seed": seed}
+    pkey = config_hash({"kind": "public", **base, **config.public_key()})
+    public_sd = cache.get_tensors("public", pkey)
+    if public_sd is not None:
+        return public_sd
+    net = _build(model, ds, _subseed(seed, "public-init"))
+    if _is_sliced(net):
+        net.load_backbone(_public_state(_plain_backbone(model), ds, seed, config, cache, progress=progress))
+    else:
+        sp = attack_splits(len(ds.y_train), seed, split_size=config.split_size, public_size=config.public_size)
+        xp = ds.x_train[sp.public]
+        if config.public_task == "rotation":
+            pretrain_rotation(net, xp, epochs=config.public_epochs, lr=config.public_lr,
+                              batch_size=config.public_batch, seed=_subseed(seed, "public"),
+                              progress=progress, desc=f"public model (rotation, seed {seed})")
+        else:
+            train_classifier(net, xp, ds.y_train[sp.public], epochs=config.public_epochs,
+                             lr=config.public_lr, batch_size=config.public_batch, weight_decay=5e-4,
+                             seed=_subseed(seed, "public"), progress=progress,
+                             desc=f"public model (supervised, seed {seed})")
+        reset_head(net, _subseed(seed, "public-head"))
+    public_sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    cache.put_tensors("public", pkey, public_sd)
+    return public_sd
+
+
 def _prepare_models(model: str, ds: ImageDataset, seed: int, config: AttackConfig, cache: Cache,
                     *, progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     sp = attack_splits(len(ds.y_train), seed, split_size=config.split_size, public_size=config.public_size)
     base = {"model": model, "dataset": ds.name, "data": ds.fingerprint, "seed": seed}
-    pkey = config_hash({"kind": "public", **base, **config.public_key()})
-    public_sd = cache.get_tensors("public", pkey)
-    if public_sd is None:
-        net = _build(model, ds, _subseed(seed, "public-init"))
-        # A sliced (TEESlice) model: pretrain the plain backbone architecture; the slices and
-        # the head keep their fresh initialisation (they are private and trained later).
-        pre = _build(_plain_backbone(model), ds, _subseed(seed, "public-init")) if _is_sliced(net) else net
-        xp = ds.x_train[sp.public]
-        if config.public_task == "rotation":
-            pretrain_rotation(pre, xp, epochs=config.public_epochs, lr=config.public_lr,
-                              batch_size=config.public_batch, seed=_subseed(seed, "public"),
-                              progress=progress, desc=f"public model (rotation, seed {seed})")
-        else:
-            train_classifier(pre, xp, ds.y_train[sp.public], epochs=config.public_epochs,
-                             lr=config.public_lr, batch_size=config.public_batch, weight_decay=5e-4,
-                             seed=_subseed(seed, "public"), progress=progress,
-                             desc=f"public model (supervised, seed {seed})")
-        if pre is not net:
-            net.load_backbone(pre.state_dict())
-        else:
-            reset_head(net, _subseed(seed, "public-head"))
-        public_sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        cache.put_tensors("public", pkey, public_sd)
+    public_sd = _public_state(model, ds, seed, config, cache, progress=progress)
     vkey = config_hash({"kind": "victim", **base, **config.victim_key()})
     victim_sd = cache.get_tensors("victim", vkey)
     info = cache.get_json("victim", vkey)

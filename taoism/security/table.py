@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from taoism.errors import ConfigError, TaoismError
 from taoism.security.cache import Cache
-from taoism.security.experiment import AttackConfig, JobSpec, dataset_for, prepare_models, run_job
+from taoism.security.experiment import (AttackConfig, JobSpec, dataset_for, prepare_models, run_job,
+                                        sliced_counterpart)
 
 __all__ = [
     "METRICS",
@@ -139,17 +140,63 @@ def _execute(model: str, dataset: str, strategies: list[str], queries: list[int]
              *, jobs: int, ray: str | bool | None, cache: Cache, progress: bool, data_root: str | None,
              config: AttackConfig) -> tuple[list[dict[str, Any]], dict[str, str], Any]:
     ds = dataset_for(dataset, data_root)
-    skipped = _applicable(model, ds.shape, ds.num_classes, strategies)
+    # ``teeslice`` partitions before training, so it needs a sliced model: on a plain model M
+    # whose sliced version teeslice_M is in the zoo, the teeslice row attacks a teeslice_M
+    # victim (backbone = M's public model, frozen; slices + fc trained on the private data).
+    sliced = sliced_counterpart(model) if "teeslice" in strategies else None
+    skipped = _applicable(model, ds.shape, ds.num_classes,
+                          [s for s in strategies if not (sliced and s == "teeslice")])
+    if sliced:
+        skipped.update(_applicable(sliced, ds.shape, ds.num_classes, ["teeslice"]))
+    use_sliced = sliced is not None and "teeslice" not in skipped
+
+    def model_for(strategy: str) -> str:
+        return sliced if use_sliced and strategy == "teeslice" else model
+
     root = str(cache.root)
-    # Phase 1: the public model and the victim of every seed (shared by all of that seed's jobs).
-    _run_all([(_prepare_worker, (model, dataset, data_root, s, config, root, progress and jobs == 1 and not ray))
-              for s in seeds], jobs=min(jobs, len(seeds)), ray=ray, desc="models", progress=progress)
+    # Phase 1: the public model and the victim of every seed (shared by all of that seed's jobs);
+    # the sliced victims after the plain ones, as they reuse the plain public models.
+    for m in [model] + ([sliced] if use_sliced else []):
+        _run_all([(_prepare_worker, (m, dataset, data_root, s, config, root, progress and jobs == 1 and not ray))
+                  for s in seeds], jobs=min(jobs, len(seeds)), ray=ray, desc="models", progress=progress)
     # Phase 2: one job per (strategy, queries, seed).
-    specs = [JobSpec(model, ds.name, s, seed, q, config, data_root, ds.fingerprint)
+    specs = [JobSpec(model_for(s), ds.name, s, seed, q, config, data_root, ds.fingerprint)
              for s in strategies if s not in skipped for q in queries for seed in seeds]
     results = _run_all([(_job_worker, (spec, root, False)) for spec in specs], jobs=jobs, ray=ray,
                        desc=f"attacks ({model}, {ds.name})", progress=progress)
+    if use_sliced:
+        _relative_to_plain(results, model, sliced, ds)
     return results, skipped, ds
+
+
+def _relative_to_plain(results: list[dict[str, Any]], model: str, sliced: str, ds: Any) -> None:
+    """Express the sliced jobs' TEE shares relative to the plain ``model`` (in place).
+
+    The plain model's totals come from its ``none`` job of the same seed and query budget
+    (the same deployment accounting); the sliced model's own percentages are kept as
+    ``*_pct_sliced``.
+    """
+    from taoism.zoo import get_model
+
+    plain_totals: dict[tuple[int, int], dict[str, Any]] = {}
+    for r in results:
+        if "error" not in r and r["job"]["model"] == model and r["job"]["strategy"] == "none":
+            plain_totals[(r["job"]["seed"], r["job"]["queries"])] = r["report"]
+    n_plain = sum(p.numel() for p in get_model(model, dataset_shape=ds.shape,
+                                               num_classes=ds.num_classes).parameters())
+    for r in results:
+        if "error" in r or r["job"]["model"] != sliced:
+            continue
+        rep = r["report"]
+        ref = plain_totals.get((r["job"]["seed"], r["job"]["queries"]), {})
+        p_total = ref.get("params_total", n_plain)
+        f_total = ref.get("flops_total")
+        rep["params_tee_pct_sliced"] = rep.get("params_tee_pct")
+        rep["flops_tee_pct_sliced"] = rep.get("flops_tee_pct")
+        rep["params_tee_pct"] = 100.0 * rep["params_tee"] / p_total if p_total else None
+        rep["flops_tee_pct"] = 100.0 * rep["flops_tee"] / f_total if f_total else None
+        rep["relative_to"] = {"model": model, "params_total": p_total, "flops_total": f_total}
+        rep["sliced_model"] = sliced
 
 
 # -- aggregation -------------------------------------------------------------------------------
@@ -195,6 +242,7 @@ def _aggregate(results: list[dict[str, Any]], strategies: list[str], queries: li
             row["params_tee"] = rep.get("params_tee")
             row["flops_tee"] = rep.get("flops_tee")
             row["latency_ms"] = _stats([r["latency_ms"]["median"] for _, r in runs])
+            row["model"] = runs[0][1]["job"]["model"]
             rows.append(row)
     return rows
 
@@ -324,8 +372,12 @@ def run_attack_table(model: str, dataset: str, strategies: Sequence[str] | str |
 
     ``strategies``: strategy strings (see :mod:`taoism.strategies`); None or ``"all"`` alone means
     the six reference configurations. The baselines ``none`` (white-box) and ``all``
-    (black-box) are always added. Strategies that do not apply to the model (e.g. ``teeslice``
-    on a plain CNN) are listed under ``skipped``.
+    (black-box) are always added. ``teeslice`` on a plain model M whose sliced version
+    ``teeslice_M`` is in the zoo (e.g. ``small_cnn``) attacks a ``teeslice_M`` victim (M's public
+    model as its frozen backbone, private slices and head trained on the private data); its row
+    (``row["model"]`` says which victim) gives ``params_tee_pct`` / ``flops_tee_pct`` relative to
+    the plain M. Strategies that do not apply to the model (e.g. ``teeslice`` on a plain model
+    without a sliced version) are listed under ``skipped``.
     ``queries``: model-stealing query budgets; ``seeds``: one experiment per seed (data split,
     public model, victim, queries, attack training). Each (strategy, queries, seed) is an
     independent job cached under ``cache_dir`` (default ``~/.cache/taoism``) by a hash of its

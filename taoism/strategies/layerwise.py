@@ -101,7 +101,8 @@ def apply_teeslice(model: nn.Module, s: TEESlice) -> tuple[nn.Module, dict[str, 
         raise ConfigError(
             f"strategy 'teeslice' needs a TEESlice model (a public backbone plus private slices, "
             f"partitioned before training), but got a plain {type(model).__name__}; build one with "
-            "taoism.zoo.get_model('teeslice_resnet18') (or teeslice_resnet34/50) and load its "
+            "taoism.zoo.get_model('teeslice_resnet18') (or teeslice_resnet34/50, teeslice_small_cnn) "
+            "and load its "
             "public backbone with model.load_backbone(...)")
     m = private_copy(model)
     placement: dict[str, Any] = {"_default": "ENCLAVE"}

@@ -8,8 +8,8 @@
 
 Dataset shapes (input CHW, default classes): ``cifar`` 3x32x32 / 10, ``imagenet``
 3x224x224 / 1000, ``mnist`` 1x28x28 / 10, ``digits`` (sklearn) 1x8x8 / 10. ResNet, VGG,
-AlexNet and TEESlice models take ``cifar`` and ``imagenet``; ``small_cnn`` takes ``mnist``,
-``digits`` and ``cifar``.
+AlexNet and TEESlice ResNets take ``cifar`` and ``imagenet``; ``small_cnn`` and
+``teeslice_small_cnn`` take ``mnist``, ``digits`` and ``cifar``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from taoism.zoo.teeslice import (
     ProxyBlock,
     SliceGroup,
     TEESliceResNet,
+    TEESliceSmallCNN,
     teeslice_resnet18,
     teeslice_resnet34,
     teeslice_resnet50,
+    teeslice_small_cnn,
 )
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "AlexNet",
     "SmallCNN",
     "TEESliceResNet",
+    "TEESliceSmallCNN",
     "SliceGroup",
     "ProxyBlock",
 ]
@@ -75,6 +78,11 @@ def _small(num_classes: int, shape: str) -> nn.Module:
     return SmallCNN(num_classes, in_channels=c, input_size=h)
 
 
+def _teeslice_small(num_classes: int, shape: str) -> nn.Module:
+    c, h, _ = DATASET_SHAPES[shape]
+    return teeslice_small_cnn(num_classes, in_channels=c, input_size=h)
+
+
 _REGISTRY: Mapping[str, _Spec] = MappingProxyType({
     "resnet18": _Spec(lambda n, s: resnet18(n, s), _RGB),
     "resnet34": _Spec(lambda n, s: resnet34(n, s), _RGB),
@@ -85,6 +93,7 @@ _REGISTRY: Mapping[str, _Spec] = MappingProxyType({
     "teeslice_resnet18": _Spec(lambda n, s: teeslice_resnet18(n, s), _RGB),
     "teeslice_resnet34": _Spec(lambda n, s: teeslice_resnet34(n, s), _RGB),
     "teeslice_resnet50": _Spec(lambda n, s: teeslice_resnet50(n, s), _RGB),
+    "teeslice_small_cnn": _Spec(_teeslice_small, ("mnist", "digits", "cifar")),
 })
 
 # "ResNet-18", "resnet_18", "VGG16BN" ... -> registry name.

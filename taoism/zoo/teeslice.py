@@ -1,4 +1,4 @@
-"""TEESlice models: a frozen public ResNet backbone plus small private slices.
+"""TEESlice models: a frozen public ResNet (or SmallCNN) backbone plus small private slices.
 
 Reference: Zhang et al., "No Privacy Left Outside: On the (In-)Security of TEE-Shielded DNN
 Partition for On-Device ML", IEEE S&P 2024 (TEESlice, partition-before-training).
@@ -43,6 +43,8 @@ __all__ = [
     "teeslice_resnet18",
     "teeslice_resnet34",
     "teeslice_resnet50",
+    "TEESliceSmallCNN",
+    "teeslice_small_cnn",
 ]
 
 
@@ -220,3 +222,98 @@ def teeslice_resnet50(
 ) -> TEESliceResNet:
     """TEESlice on a ResNet-50 backbone."""
     return _build(resnet50, num_classes, stem, max_proxies, rank)
+
+
+class TEESliceSmallCNN(nn.Module):
+    """TEESlice on a :class:`~taoism.zoo.small.SmallCNN`: the same design as
+    :class:`TEESliceResNet`, with the backbone's conv groups as the blocks.
+
+    ``h_0`` is the input image (SmallCNN has no stem); group ``i`` (1-based) computes
+    ``h_i = backbone group_i(h_{i-1}) + sum_j softmax(alphas)_j * proxy_ij(h_{i-1-j})`` with
+    ``min(i, max_proxies)`` strided 1x1 conv + BN proxies, and ``y = fc(flatten(h_last))``.
+
+    Module names: ``backbone.features.*`` (public, frozen; a plain ``SmallCNN`` whose ``fc`` is
+    an ``Identity``, so a plain small_cnn state_dict loads into it), ``slices.group<k>`` (0-based
+    group index) and ``fc`` (private). Units: one per (backbone group, its slice), then ``fc``.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int = 10, input_size: int = 28,
+                 max_proxies: int = 3) -> None:
+        super().__init__()
+        from taoism.zoo._units import group_sequential
+
+        if not 1 <= max_proxies <= 3:
+            raise ConfigError(f"max_proxies must be 1, 2 or 3, got {max_proxies}")
+        groups = [tuple(n[len("features."):] for n in u)
+                  for u in group_sequential(backbone.features, "features")]
+        if input_size % 2 ** len(groups):
+            raise ConfigError(f"TEESliceSmallCNN needs input_size divisible by {2 ** len(groups)} "
+                              f"(one 2x2 pooling per conv group), got {input_size}")
+        self.max_proxies = max_proxies
+        in_features = backbone.fc.in_features
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        # (channels, total stride) of h_0 (input) .. h_n (last group output).
+        feats = [(backbone.features[int(groups[0][0])].in_channels, 1)]
+        plan: list[tuple[tuple[str, ...], str]] = []
+        self.slices = nn.ModuleDict()
+        for i, names in enumerate(groups, start=1):
+            conv = backbone.features[int(names[0])]
+            feats.append((conv.out_channels, feats[-1][1] * 2))
+            offsets = tuple(range(1, min(i, max_proxies) + 1))
+            srcs = [feats[i - o] for o in offsets]
+            key = f"group{i - 1}"
+            self.slices[key] = SliceGroup(offsets, tuple(c for c, _ in srcs),
+                                          tuple(feats[i][1] // r for _, r in srcs), conv.out_channels)
+            plan.append((tuple(f"features.{n}" for n in names), key))
+        self._groups = tuple(plan)
+        self.fc = nn.Linear(in_features, num_classes)
+        self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TEESliceSmallCNN:
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backbone = self.backbone
+        h = x
+        window = [h]  # the last max_proxies features, oldest first
+        for names, key in self._groups:
+            group = self.slices[key]
+            out = window[-1]
+            for name in names:
+                out = backbone.get_submodule(name)(out)
+            h = out + group(*[window[-o] for o in group.offsets])
+            window = [*window, h][-self.max_proxies:]
+        h = torch.flatten(h, 1)
+        return self.fc(h)
+
+    def taoism_units(self) -> list[tuple[str, ...]]:
+        """Each (backbone conv group, its slice), then ``fc``."""
+        return [(*(f"backbone.{n}" for n in names), f"slices.{key}") for names, key in self._groups] + [("fc",)]
+
+    @staticmethod
+    def public_modules() -> tuple[str, ...]:
+        """Top-level modules that may run outside the enclave."""
+        return ("backbone",)
+
+    @staticmethod
+    def private_modules() -> tuple[str, ...]:
+        """Top-level modules that must stay in the enclave."""
+        return ("slices", "fc")
+
+    def load_backbone(self, weights: WeightsLike | Mapping[str, torch.Tensor]) -> None:
+        """Load a plain SmallCNN's state_dict (or checkpoint path) into the public backbone
+        (its ``fc.*`` entries are ignored: the classifier is private)."""
+        sd = {k: v for k, v in resolve_state_dict(weights).items() if not k.startswith("fc.")}
+        load_checked(self.backbone, sd, what="TEESlice backbone")
+
+
+def teeslice_small_cnn(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
+                       max_proxies: int = 3) -> TEESliceSmallCNN:
+    """TEESlice on the default two-group SmallCNN backbone."""
+    from taoism.zoo.small import SmallCNN
+
+    backbone = SmallCNN(num_classes, in_channels=in_channels, input_size=input_size)
+    return TEESliceSmallCNN(backbone, num_classes, input_size, max_proxies)
