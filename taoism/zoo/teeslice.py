@@ -112,7 +112,31 @@ class SliceGroup(nn.Module):
         return f"offsets={self.offsets}"
 
 
-class TEESliceResNet(nn.Module):
+class _SlicedModel(nn.Module):
+    """What every TEESlice model shares: a public ``backbone``; private ``slices`` and ``fc``."""
+
+    backbone: nn.Module
+
+    @staticmethod
+    def public_modules() -> tuple[str, ...]:
+        """Top-level modules that may run outside the enclave."""
+        return ("backbone",)
+
+    @staticmethod
+    def private_modules() -> tuple[str, ...]:
+        """Top-level modules that must stay in the enclave."""
+        return ("slices", "fc")
+
+    def load_backbone(self, weights: WeightsLike | Mapping[str, torch.Tensor]) -> None:
+        """Load the plain model's state_dict (or checkpoint path) into the public backbone.
+
+        The source's ``fc.*`` entries are ignored (the classifier is private).
+        """
+        sd = {k: v for k, v in resolve_state_dict(weights).items() if not k.startswith("fc.")}
+        load_checked(self.backbone, sd, what="TEESlice backbone")
+
+
+class TEESliceResNet(_SlicedModel):
     """A frozen public ResNet ``backbone`` + private proxy ``slices`` + private ``fc``.
 
     See the module docstring for the architecture. The backbone's parameters have
@@ -178,24 +202,6 @@ class TEESliceResNet(nn.Module):
         blocks = [(f"backbone.{name}", f"slices.{key}") for name, key in self._blocks]
         return [stem, *blocks, ("backbone.avgpool", "fc")]
 
-    @staticmethod
-    def public_modules() -> tuple[str, ...]:
-        """Top-level modules that may run outside the enclave."""
-        return ("backbone",)
-
-    @staticmethod
-    def private_modules() -> tuple[str, ...]:
-        """Top-level modules that must stay in the enclave."""
-        return ("slices", "fc")
-
-    def load_backbone(self, weights: WeightsLike | Mapping[str, torch.Tensor]) -> None:
-        """Load a plain ResNet's state_dict (or checkpoint path) into the public backbone.
-
-        The source's ``fc.*`` entries are ignored (the classifier is private).
-        """
-        sd = {k: v for k, v in resolve_state_dict(weights).items() if not k.startswith("fc.")}
-        load_checked(self.backbone, sd, what="TEESlice backbone")
-
 
 def _build(
     arch: Callable[..., ResNet], num_classes: int, stem: Stem, max_proxies: int, rank: int | None
@@ -224,7 +230,7 @@ def teeslice_resnet50(
     return _build(resnet50, num_classes, stem, max_proxies, rank)
 
 
-class TEESliceSmallCNN(nn.Module):
+class TEESliceSmallCNN(_SlicedModel):
     """TEESlice on a :class:`~taoism.zoo.small.SmallCNN`: the same design as
     :class:`TEESliceResNet`, with the backbone's conv groups as the blocks.
 
@@ -292,22 +298,6 @@ class TEESliceSmallCNN(nn.Module):
     def taoism_units(self) -> list[tuple[str, ...]]:
         """Each (backbone conv group, its slice), then ``fc``."""
         return [(*(f"backbone.{n}" for n in names), f"slices.{key}") for names, key in self._groups] + [("fc",)]
-
-    @staticmethod
-    def public_modules() -> tuple[str, ...]:
-        """Top-level modules that may run outside the enclave."""
-        return ("backbone",)
-
-    @staticmethod
-    def private_modules() -> tuple[str, ...]:
-        """Top-level modules that must stay in the enclave."""
-        return ("slices", "fc")
-
-    def load_backbone(self, weights: WeightsLike | Mapping[str, torch.Tensor]) -> None:
-        """Load a plain SmallCNN's state_dict (or checkpoint path) into the public backbone
-        (its ``fc.*`` entries are ignored: the classifier is private)."""
-        sd = {k: v for k, v in resolve_state_dict(weights).items() if not k.startswith("fc.")}
-        load_checked(self.backbone, sd, what="TEESlice backbone")
 
 
 def teeslice_small_cnn(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
