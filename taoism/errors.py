@@ -34,6 +34,10 @@ class FrameError(BoundaryError):
     """A frame is malformed: bad magic, truncated, oversized, bad dtype or shape."""
 
 
+class ProgramError(TaoismError, ValueError):
+    """An enclave program description or run request does not match the protocol's schema."""
+
+
 class IntegrityError(BoundaryError):
     """A frame failed authentication: tampered, replayed, reordered or from the wrong session."""
 

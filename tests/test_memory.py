@@ -19,12 +19,11 @@ import torch.nn.functional as F
 import taoism
 from taoism.capture import capture
 from taoism.config import EnclaveConfig
-from taoism.enclave.chunking import (AdaptivePoolExecutor, BatchNormExecutor, BinaryExecutor,
-                                     CatExecutor, ConvExecutor, ExecContext, FlattenExecutor,
-                                     LinearExecutor, Operand, PoolExecutor, UnaryExecutor,
-                                     run_chunked)
+from taoism.enclave.exec import (AdaptivePoolExecutor, BatchNormExecutor, BinaryExecutor,
+                                 CatExecutor, ConvExecutor, ExecContext, FlattenExecutor,
+                                 LinearExecutor, Operand, PoolExecutor, UnaryExecutor, run_chunked)
 from taoism.enclave.memory import Accountant
-from taoism.enclave.sealing import PagedTensor, Sealer
+from taoism.enclave.sealing import PagedTensor, PageSealer
 from taoism.enclave.server import EnclaveServer
 from taoism.errors import ConfigError, IntegrityError, MemoryBudgetError
 from taoism.placement import PlacementRules, build_plan
@@ -98,7 +97,7 @@ def test_cost_model_replace_and_projection() -> None:
 
 def _ctx(budget: int | None) -> ExecContext:
     acct = Accountant(budget)
-    sealer = Sealer()
+    sealer = PageSealer()
     sealer.on_bytes = acct.on_sealed
     return ExecContext(acct, sealer, page_bytes=2048)
 
@@ -255,7 +254,7 @@ def test_smallest_chunk_that_does_not_fit_is_refused() -> None:
 # -- sealed paging ---------------------------------------------------------------------------
 
 def test_sealed_pages_reject_tamper_swap_stale_and_foreign() -> None:
-    sealer = Sealer()
+    sealer = PageSealer()
     t = torch.randn(6, 5, 4)
     pt = PagedTensor.seal_tensor("a:x", t, sealer, 5 * 4 * 4 * 2)  # blocks of 2 rows
     assert len(list(pt.blocks())) == 3
@@ -285,7 +284,7 @@ def test_sealed_pages_reject_tamper_swap_stale_and_foreign() -> None:
     with pytest.raises(IntegrityError):
         pt2.read()
     # a page sealed by another enclave (another key) under the same identity
-    other = Sealer()
+    other = PageSealer()
     PagedTensor.seal_tensor("a:y", t, sealer, 1 << 20)
     foreign = PagedTensor.seal_tensor("a:y", t, other, 1 << 20)
     sealer.store.pages[("a:y", (0, 0, 0))] = other.store.pages[("a:y", (0, 0, 0))]
@@ -344,12 +343,14 @@ def test_all_layers_in_enclave_within_budget(batch: int, budget: int | None) -> 
     assert "expected peak" in format_memory_plan(mp)
 
 
-def test_description_without_memory_section_runs_legacy_path() -> None:
+def test_description_without_memory_section_runs_unlimited_on_the_one_path() -> None:
     model = AllLayers().eval()
     x = torch.randn(2, 3, 16, 16)
     _, plan, desc, tensors = _program(model, x)
+    assert "memory" not in desc
     srv, env = _serve(desc, tensors, plan, [x], runs=1)
-    assert srv.memory is None
+    assert srv.memory is not None and srv.memory.budget is None  # accounted, no budget
+    assert srv.memory.stats()["peak_bytes"] > 0 and srv.memory.runs == len(plan.enclave_segments)
     with torch.inference_mode():
         assert_same(env[plan.output_names[0]], model(x))
 

@@ -26,10 +26,11 @@ import torch
 from taoism.backends.base import EnclaveBackend, RunReply
 from taoism.boundary import Channel, ChannelConfig, open_host_channel
 from taoism.config import EnclaveConfig
-from taoism.enclave.protocol import Kind
 from taoism.errors import (BoundaryError, BoundaryTimeout, EnclaveCrashed, EnclaveError,
                            EnclaveRemoteError, TaoismError)
 from taoism import errors as _errors
+from taoism.protocol.kinds import Kind
+from taoism.protocol.schema import ReplyMeta
 
 
 def _stop_process(proc: subprocess.Popen, sock: socket.socket, log: Any) -> None:
@@ -141,11 +142,10 @@ class ProcessBackend(EnclaveBackend):
     def run(self, segment: int, tensors: Sequence[torch.Tensor], *, profile: bool = False) -> RunReply:
         kind = Kind.RUN_PROFILE if profile else Kind.RUN
         reply = self._request(kind, segment, tensors, b"", what=f"segment {segment}")
-        *outs, timing = reply.tensors
-        t = timing.tolist()
-        memory = json.loads(reply.blob).get("memory") if profile and reply.blob else None
-        return RunReply(tensors=outs, enclave_compute_s=t[0], enclave_crypto_s=t[1],
-                        node_times=tuple(t[2:]) if profile else None, memory=memory)
+        meta = ReplyMeta.decode(reply.blob)
+        return RunReply(tensors=list(reply.tensors), enclave_compute_s=meta.compute_s,
+                        enclave_crypto_s=meta.crypto_s, node_times=meta.node_times,
+                        memory=dict(meta.memory) if meta.memory is not None else None)
 
     def stats(self) -> dict[str, Any]:
         reply = self._request(Kind.STATS, 0, (), b"", what="stats")

@@ -192,10 +192,6 @@ def _roots(v: Any) -> Iterator[torch.Tensor]:
             yield from _roots(x)
 
 
-def tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
 class ResidentValues:
     """Charges graph values to ``activations`` once per storage, and releases them when dead.
 
@@ -227,7 +223,7 @@ class ResidentValues:
                 continue
             ent = self._refs.get(rid)
             if ent is None:
-                n = tensor_bytes(r)
+                n = r.nbytes
                 self.acct.alloc("activations", n)
                 self._refs[rid] = [r, n, 1]
             else:
@@ -290,4 +286,4 @@ class MemoryReport:
 
 
 __all__ = ["Accountant", "CATEGORIES", "MemoryReport", "NodeMemory", "ResidentValues",
-           "runtime_rss", "tensor_bytes"]
+           "runtime_rss"]

@@ -10,8 +10,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from taoism.enclave.ops import FUNCTIONS, METHODS, MODULE_KINDS, decode_arg
-from taoism.errors import FrameError
+from taoism.errors import ProgramError
+from taoism.protocol.schema import names as _names
+from taoism.protocol.vocabulary import FUNCTIONS, METHODS, MODULE_KINDS, decode_arg
 
 
 @dataclass
@@ -28,6 +29,7 @@ class SegmentProgram:
     node_names: tuple[str, ...]
 
     def run(self, args: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+        """Run the compiled segment (its returns, then its kept values)."""
         return self.gm(*args)
 
     def run_timed(self, args: Sequence[torch.Tensor]) -> tuple[tuple[Any, ...], list[float]]:
@@ -50,31 +52,25 @@ class _TimingInterpreter(fx.Interpreter):
         return out
 
 
-def _names(v: Any, what: str) -> tuple[str, ...]:
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise FrameError(f"segment description: {what} must be a list of names")
-    return tuple(v)
-
-
 def build_modules(desc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> nn.Module:
     """Instantiate the whitelisted modules of a program description and load their tensors."""
     root = nn.Module()
     mods = desc.get("modules", {})
     if not isinstance(mods, dict):
-        raise FrameError("segment description: 'modules' must be an object")
+        raise ProgramError("segment description: 'modules' must be an object")
     for key, spec in mods.items():
         if not key.isidentifier():
-            raise FrameError(f"segment description: module key {key!r} is not an identifier")
+            raise ProgramError(f"segment description: module key {key!r} is not an identifier")
         kind = MODULE_KINDS.get(spec.get("type"))
         if kind is None:
-            raise FrameError(f"segment description: module type {spec.get('type')!r} is not one the "
+            raise ProgramError(f"segment description: module type {spec.get('type')!r} is not one the "
                              "enclave can run")
         m = kind.build(spec.get("config", {}))
         state = {name: tensors[f"{key}.{name}"] for name in _names(spec.get("tensors", []), "tensors")
                  if f"{key}.{name}" in tensors}
         missing, unexpected = m.load_state_dict(state, strict=False)
         if unexpected or set(missing) != set(spec.get("absent", [])):
-            raise FrameError(f"segment description: module {key} ({spec.get('type')}) got tensors "
+            raise ProgramError(f"segment description: module {key} ({spec.get('type')}) got tensors "
                              f"missing={missing} unexpected={unexpected}")
         m.eval()
         root.add_module(key, m)
@@ -96,7 +92,7 @@ def build_program(desc: Mapping[str, Any], root: nn.Module) -> list[SegmentProgr
 
         def lookup(name: str) -> fx.Node:
             if name not in env:
-                raise FrameError(f"segment {seg.get('id')}: reference to unknown value {name!r}")
+                raise ProgramError(f"segment {seg.get('id')}: reference to unknown value {name!r}")
             return env[name]
 
         node_names = []
@@ -105,29 +101,29 @@ def build_program(desc: Mapping[str, Any], root: nn.Module) -> list[SegmentProgr
             args = decode_arg(nd.get("args", []), lookup)
             raw_kwargs = nd.get("kwargs", {})
             if not isinstance(raw_kwargs, dict):
-                raise FrameError(f"segment {seg.get('id')}: node {name}: kwargs must be an object")
+                raise ProgramError(f"segment {seg.get('id')}: node {name}: kwargs must be an object")
             kwargs = {str(k): decode_arg(v, lookup) for k, v in raw_kwargs.items()}
             if op == "call_module":
                 if not hasattr(root, nd["module"]):
-                    raise FrameError(f"segment {seg.get('id')}: node {name}: unknown module {nd['module']!r}")
+                    raise ProgramError(f"segment {seg.get('id')}: node {name}: unknown module {nd['module']!r}")
                 n = graph.call_module(nd["module"], tuple(args), kwargs)
             elif op == "call_function":
                 fn = FUNCTIONS.get(nd["fn"])
                 if fn is None:
-                    raise FrameError(f"segment {seg.get('id')}: node {name}: function {nd['fn']!r} "
+                    raise ProgramError(f"segment {seg.get('id')}: node {name}: function {nd['fn']!r} "
                                      "is not on the enclave's whitelist")
                 n = graph.call_function(fn, tuple(args), kwargs)
             elif op == "call_method":
                 if nd["method"] not in METHODS:
-                    raise FrameError(f"segment {seg.get('id')}: node {name}: method {nd['method']!r} "
+                    raise ProgramError(f"segment {seg.get('id')}: node {name}: method {nd['method']!r} "
                                      "is not on the enclave's whitelist")
                 n = graph.call_method(nd["method"], tuple(args), kwargs)
             elif op == "get_attr":
                 if not hasattr(root, nd["tensor"]):
-                    raise FrameError(f"segment {seg.get('id')}: node {name}: unknown constant")
+                    raise ProgramError(f"segment {seg.get('id')}: node {name}: unknown constant")
                 n = graph.get_attr(nd["tensor"])
             else:
-                raise FrameError(f"segment {seg.get('id')}: node {name}: unknown op {op!r}")
+                raise ProgramError(f"segment {seg.get('id')}: node {name}: unknown op {op!r}")
             n.name = name
             env[name] = n
             node_names.append(name)
@@ -148,7 +144,7 @@ def build_meta_modules(desc: Mapping[str, Any], tensor_specs: Mapping[str, tuple
     for key, spec in desc.get("modules", {}).items():
         kind = MODULE_KINDS.get(spec.get("type"))
         if kind is None:
-            raise FrameError(f"segment description: module type {spec.get('type')!r} is not one the "
+            raise ProgramError(f"segment description: module type {spec.get('type')!r} is not one the "
                              "enclave can run")
         with torch.device("meta"):
             m = kind.build(spec.get("config", {}))

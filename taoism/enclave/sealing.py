@@ -12,7 +12,7 @@ from an older version of the same tensor (stale, replayed) fails authentication 
 :class:`taoism.errors.IntegrityError`. Blocks are streamed in and out one at a time: reading a
 region unseals only the blocks that overlap it.
 
-The same classes run in *meta* mode (``Sealer(meta=True)``) for planning: nothing is encrypted,
+The same classes run in *meta* mode (``PageSealer(meta=True)``) for planning: nothing is encrypted,
 but every byte that would be sealed or unsealed is counted the same way.
 """
 
@@ -83,7 +83,7 @@ def _byte_view(t: torch.Tensor) -> Any:
     return t.reshape(-1).view(torch.uint8).numpy()
 
 
-class Sealer:
+class PageSealer:
     """Seals and unseals blocks under an enclave-only key (generated here, never exported).
 
     ``on_bytes(kind, n)`` is called for every page sealed (``"sealed"``) or unsealed
@@ -245,7 +245,7 @@ class PagedTensor:
                  "itemsize", "max_block_bytes")
 
     def __init__(self, name: str, shape: Sequence[int], dtype: torch.dtype,
-                 cuts: Sequence[Sequence[int]], sealer: Sealer) -> None:
+                 cuts: Sequence[Sequence[int]], sealer: PageSealer) -> None:
         self.name = name
         self.shape = tuple(int(s) for s in shape)
         self.dtype = dtype
@@ -320,7 +320,7 @@ class PagedTensor:
             self.put(idx, t[tuple(slice(b.start - sl.start, b.stop - sl.start) for b, sl in zip(breg, region))])
 
     @classmethod
-    def seal_tensor(cls, name: str, t: torch.Tensor, sealer: Sealer, target_bytes: int,
+    def seal_tensor(cls, name: str, t: torch.Tensor, sealer: PageSealer, target_bytes: int,
                     cuts: Sequence[Sequence[int]] | None = None) -> "PagedTensor":
         """Seal a whole resident tensor block by block (blocks of at most ``target_bytes``)."""
         if cuts is None:
@@ -427,4 +427,4 @@ class PagedTensor:
                 f"dtype={str(self.dtype).removeprefix('torch.')}, blocks={math.prod(len(c) - 1 for c in self.cuts)})")
 
 
-__all__ = ["PageStore", "PagedTensor", "SealStats", "SealedPage", "Sealer", "block_cuts", "even_cuts"]
+__all__ = ["PageStore", "PagedTensor", "SealStats", "SealedPage", "PageSealer", "block_cuts", "even_cuts"]

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 from taoism.boundary import ChannelConfig, open_enclave_channel
-from taoism.enclave.chunking import EnclaveMemory
+from taoism.enclave.budget import EnclaveMemory
 from taoism.enclave.program import SegmentProgram, build_modules, build_program
-from taoism.enclave.protocol import Kind
-from taoism.errors import BoundaryError, EnclaveCrashed, FrameError, TaoismError
+from taoism.errors import BoundaryError, EnclaveCrashed, FrameError, ProgramError, TaoismError
+from taoism.protocol.kinds import Kind
+from taoism.protocol.schema import ReplyMeta, parse_program
 
 _PR_SET_PDEATHSIG = 1
 
@@ -38,78 +39,47 @@ def _die_with_parent() -> None:
 
 
 class EnclaveServer:
-    """State of one enclave session: the loaded program and the live values between segments."""
+    """State of one enclave session: the loaded program and its memory manager (values between segments)."""
 
     def __init__(self) -> None:
         self.programs: dict[int, SegmentProgram] = {}
-        self.first_segment: int | None = None
-        self.env: dict[str, torch.Tensor] = {}
         self.params = 0
         self.runs = 0
-        # memory budget, accounting, chunking and sealed paging (None: a description without a
-        # "memory" section runs every segment as one GraphModule, unaccounted)
+        # memory budget, accounting, chunking and sealed paging: every segment runs through it
+        # (without a budget it only accounts, and replays compiled segments once they are known
+        # to fit whole)
         self.memory: EnclaveMemory | None = None
 
     def load(self, blob: bytes, tensors: list[torch.Tensor]) -> dict[str, Any]:
+        """Rebuild the program a LOAD request describes; returns what was loaded (JSON-ready)."""
         if self.programs:
-            raise FrameError("a program is already loaded in this enclave session; the program is "
-                             "fixed at load time (start a new session to change it)")
-        try:
-            desc = json.loads(blob)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FrameError(f"program description is not JSON: {exc}") from None
-        names = desc.get("tensors", [])
-        if not isinstance(names, list) or len(names) != len(tensors):
-            raise FrameError(f"program description names {len(names) if isinstance(names, list) else '?'} "
-                             f"tensors but {len(tensors)} arrived")
-        named = dict(zip(names, tensors))
+            raise ProgramError("a program is already loaded in this enclave session; the program is "
+                               "fixed at load time (start a new session to change it)")
+        desc = parse_program(blob, len(tensors))
+        named = dict(zip(desc.get("tensors", []), tensors))
         root = build_modules(desc, named)
         programs = build_program(desc, root)
         self.programs = {p.index: p for p in programs}
-        self.first_segment = min(self.programs) if self.programs else None
         self.params = sum(t.numel() for t in tensors)
-        if desc.get("memory") is not None:
-            if not isinstance(desc["memory"], dict):
-                raise FrameError("program description: 'memory' must be an object")
-            self.memory = EnclaveMemory(root, self.programs, desc["memory"], desc.get("constants", []))
+        self.memory = EnclaveMemory(root, self.programs, desc.get("memory"), desc.get("constants", []))
         return {"segments": len(programs), "tensors": len(tensors), "elements": self.params}
 
     def run(self, seg: int, tensors: list[torch.Tensor], profile: bool) -> tuple[list[torch.Tensor], list[float]]:
+        """Run segment ``seg``; returns (outputs, [compute seconds, *per-node seconds if profiled])."""
         prog = self.programs.get(seg)
-        if prog is None:
-            raise FrameError(f"no enclave segment {seg} is loaded (have {sorted(self.programs)})")
+        if prog is None or self.memory is None:
+            raise ProgramError(f"no enclave segment {seg} is loaded (have {sorted(self.programs)})")
         if len(tensors) != len(prog.send_in):
-            raise FrameError(f"segment {seg} expects {len(prog.send_in)} input tensor(s), got {len(tensors)}")
-        if self.memory is not None:  # budgeted / accounted path (fast when everything fits)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                outs, node_times = self.memory.run(prog, tensors, profile)
-            self.runs += 1
-            return outs, [time.perf_counter() - t0, *node_times]
-        if seg == self.first_segment:
-            self.env.clear()  # a new inference starts; drop anything a failed one left behind
-        self.env.update(zip(prog.send_in, tensors))
-        try:
-            args = [self.env[v] for v in prog.inputs]
-        except KeyError as exc:
-            raise FrameError(f"segment {seg} needs value {exc.args[0]!r}, which the enclave does not "
-                             "hold (segments must run in plan order)") from None
+            raise ProgramError(f"segment {seg} expects {len(prog.send_in)} input tensor(s), got {len(tensors)}")
         t0 = time.perf_counter()
         with torch.inference_mode():
-            if profile:
-                outs, node_times = prog.run_timed(args)
-            else:
-                outs, node_times = prog.run(args), []
-        compute = time.perf_counter() - t0
-        n_ret = len(prog.returns)
-        self.env.update(zip(prog.keep, outs[n_ret:]))
-        for v in prog.free:
-            self.env.pop(v, None)
+            outs, node_times = self.memory.run(prog, tensors, profile)
         self.runs += 1
-        return list(outs[:n_ret]), [compute, *node_times]
+        return outs, [time.perf_counter() - t0, *node_times]
 
 
 def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
+    """Open the session on ``sock`` and answer requests until CLOSE; returns the exit status."""
     chan = open_enclave_channel(sock, token, config=config)
     server = EnclaveServer()
     while True:
@@ -126,14 +96,13 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
                 c0 = chan.stats.crypto_s
                 if server.memory is not None:
                     server.memory.set_boundary_bytes(len(getattr(chan, "_staging", b"")))
-                outs, times = server.run(msg.tag, msg.tensors, msg.kind == Kind.RUN_PROFILE)
-                crypto = chan.stats.crypto_s - c0
-                timing = torch.tensor([times[0], crypto, *times[1:]], dtype=torch.float64)
-                mem_blob = b""
-                if msg.kind == Kind.RUN_PROFILE and server.memory is not None \
-                        and server.memory.last_report is not None:
-                    mem_blob = json.dumps({"memory": server.memory.last_report.to_json()}).encode()
-                chan.send(Kind.RESULT, msg.tag, [*outs, timing], mem_blob)
+                profile = msg.kind == Kind.RUN_PROFILE
+                outs, times = server.run(msg.tag, msg.tensors, profile)
+                report = server.memory.last_report if profile and server.memory is not None else None
+                meta = ReplyMeta(compute_s=times[0], crypto_s=chan.stats.crypto_s - c0,
+                                 node_times=tuple(times[1:]) if profile else None,
+                                 memory=report.to_json() if report is not None else None)
+                chan.send(Kind.RESULT, msg.tag, outs, meta.encode())
             elif msg.kind == Kind.LOAD:
                 info = server.load(msg.blob, msg.tensors)
                 chan.send(Kind.OK, 0, (), json.dumps(info).encode())
@@ -160,6 +129,7 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the enclave process (``python -m taoism.enclave.server``)."""
     parser = argparse.ArgumentParser(prog="taoism-enclave", description=__doc__)
     parser.add_argument("--sock-fd", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1)

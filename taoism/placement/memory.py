@@ -1,7 +1,8 @@
 """Host-side memory plan: how each enclave layer will run within a TEE's memory budget.
 
-:func:`memory_plan` runs the enclave's own budgeted scheduler (:mod:`taoism.enclave.chunking`)
-on meta tensors, at the plan's example batch: no weights are copied and nothing is computed,
+:func:`memory_plan` asks the enclave's one planning entry point
+(:func:`taoism.enclave.planning.plan_memory`) to run the enclave's own scheduler on meta
+tensors, at the plan's example batch: no weights are copied and nothing is computed,
 but every chunking, sealing and eviction decision, and the accounted peak, are exactly the ones
 the enclave will make for that batch. ``shield(..., tee=...)`` calls it before starting the
 enclave and refuses, with :class:`taoism.errors.MemoryBudgetError` naming the layer, a plan
@@ -17,9 +18,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from taoism.enclave.planning import TensorSpec, plan_memory
 from taoism.errors import ConfigError, MemoryBudgetError
+from taoism.placement.lowering import enclave_program
+from taoism.protocol.schema import MemorySection
 from taoism.tee import TeeProfile, format_bytes, get_profile
-
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,6 @@ def memory_plan(plan: Any, budget: Any = "unlimited", captured: Any = None, *,
         if captured is None:
             raise ConfigError("memory_plan needs the captured graph (captured=) or the enclave "
                               "program (program=(description, tensors)) to know layer shapes")
-        from taoism.runtime.lowering import enclave_program
-
         program = enclave_program(captured, plan)
     desc, tensors = program
     specs = {n: (tuple(t.shape), t.dtype) for n, t in zip(desc.get("tensors", []), tensors)}
@@ -205,9 +206,9 @@ def memory_plan(plan: Any, budget: Any = "unlimited", captured: Any = None, *,
     return best[1]
 
 
-def _value_specs(plan: Any, captured: Any, desc: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+def _value_specs(plan: Any, captured: Any, desc: Mapping[str, Any]) -> dict[str, TensorSpec]:
     """Shape and dtype of every value the enclave receives from the host."""
-    out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    out: dict[str, TensorSpec] = {}
     infos = captured.nodes if captured is not None else {l.info.name: l.info for l in plan.layers}
     for seg in desc.get("segments", []):
         for v in seg["send_in"]:
@@ -222,42 +223,22 @@ def _value_specs(plan: Any, captured: Any, desc: Mapping[str, Any]) -> dict[str,
     return out
 
 
-def _simulate(desc: Mapping[str, Any], specs: Mapping[str, Any], values: Mapping[str, Any],
+def _simulate(desc: Mapping[str, Any], specs: Mapping[str, TensorSpec], values: Mapping[str, TensorSpec],
               tee: str, budget: int | None, frac: float, batch: int) -> MemoryPlan:
-    from taoism.enclave.chunking import EnclaveMemory
-    from taoism.enclave.program import build_meta_modules, build_program
-
-    root = build_meta_modules(desc, specs)
-    programs = {p.index: p for p in build_program(desc, root)}
     paths = {k: m.get("path", k) for k, m in desc.get("modules", {}).items()}
-    spec = {"tee": tee, "budget_bytes": budget, "resident_weight_fraction": frac, "module_paths": paths}
-    mem = EnclaveMemory(root, programs, spec, desc.get("constants", []), meta=True)
-    weights_total = mem.weights.resident_bytes + mem.weights.sealed_bytes
-    for attempt in range(3):
-        epoch = mem.weights.epoch
-        mem.node_peaks.clear()
-        mem.overall_peak = 0
-        for idx in sorted(programs):
-            prog = programs[idx]
-            inputs = [torch.empty(values[v][0], dtype=values[v][1], device="meta") for v in prog.send_in]
-            with torch.inference_mode():
-                mem.run(prog, inputs)
-        if mem.weights.epoch == epoch:
-            break
-        # weights were sealed mid-run: the enclave seals them at load, so plan that steady state
-    inf = {"sealed_bytes": mem.inference.sealed_bytes, "unsealed_bytes": mem.inference.unsealed_bytes}
+    # parsed as the enclave parses it: the page size is derived from the budget the same way
+    section = MemorySection.parse({"tee": tee, "budget_bytes": budget, "resident_weight_fraction": frac,
+                                   "module_paths": paths})
+    pm = plan_memory(desc, specs, values, section)
     nodes = tuple(NodeMemoryPlan(n.name, n.kind, n.mode, n.chunks, n.grid, n.peak_bytes, n.node_bytes,
                                  n.out_sealed, n.sealed_bytes, n.unsealed_bytes, tuple(n.evicted))
-                  for n in mem.node_peaks.values())
-    paths = {k: spec_.get("path", k) for k, spec_ in desc.get("modules", {}).items()}
+                  for n in pm.nodes)
     return MemoryPlan(
-        tee=tee, budget_bytes=budget, batch=batch, peak_bytes=mem.overall_peak,
-        peak_breakdown=dict(mem.overall_breakdown), weights_bytes=weights_total,
-        weights_resident_bytes=mem.weights.resident_bytes, weights_sealed_bytes=mem.weights.sealed_bytes,
-        sealed_modules=tuple(sorted(mem.weights.sealed)),
-        resident_weight_fraction=frac, sealed_bytes=int(inf["sealed_bytes"]),
-        unsealed_bytes=int(inf["unsealed_bytes"]), nodes=nodes, page_bytes=mem.ctx.page_bytes,
-        module_paths=paths)
+        tee=tee, budget_bytes=budget, batch=batch, peak_bytes=pm.peak_bytes,
+        peak_breakdown=dict(pm.peak_breakdown), weights_bytes=pm.weights_bytes,
+        weights_resident_bytes=pm.weights_resident_bytes, weights_sealed_bytes=pm.weights_sealed_bytes,
+        sealed_modules=pm.sealed_modules, resident_weight_fraction=frac, sealed_bytes=pm.sealed_bytes,
+        unsealed_bytes=pm.unsealed_bytes, nodes=nodes, page_bytes=pm.page_bytes, module_paths=paths)
 
 
 __all__ = ["MemoryPlan", "NodeMemoryPlan", "attach_memory_plan", "format_memory_plan", "memory_plan"]

@@ -14,5 +14,8 @@ class Kind(enum.IntEnum):
     STATS = 4  # reply blob: JSON statistics of the enclave
     CLOSE = 5  # reply OK, then the enclave exits
     OK = 10  # reply: blob may hold JSON
-    RESULT = 11  # reply to RUN: tensors = returns + [float64 timing vector]
+    RESULT = 11  # reply to RUN: tensors = returns; blob = JSON ReplyMeta (timings, memory)
     ERROR = 12  # reply: blob = JSON {"type": ..., "message": ...}
+
+
+__all__ = ["Kind"]

@@ -1,4 +1,4 @@
-"""What the enclave can execute, and the JSON description a segment crosses the boundary in.
+"""The op vocabulary: what the enclave can execute, and how graph arguments are encoded as JSON.
 
 The host describes each enclave segment as JSON (graph nodes, module configs) plus raw weight
 tensors; the enclave rebuilds it only from the whitelists below, so nothing that crosses the
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from taoism.errors import FrameError, PlacementError
+from taoism.errors import PlacementError, ProgramError
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class ModuleKind:
     fields: tuple[str, ...]  # constructor keyword arguments, read from attributes of the same name
 
     def config(self, m: nn.Module) -> dict[str, Any]:
+        """The JSON config of module ``m`` (its constructor arguments)."""
         cfg: dict[str, Any] = {}
         for f in self.fields:
             if f == "bias" and not isinstance(getattr(m, "bias", None), bool):
@@ -36,9 +37,10 @@ class ModuleKind:
         return cfg
 
     def build(self, cfg: Mapping[str, Any]) -> nn.Module:
+        """A fresh module of this kind from its JSON config."""
         unknown = set(cfg) - set(self.fields)
         if unknown:
-            raise FrameError(f"enclave module {self.cls.__name__}: unexpected config keys {sorted(unknown)}")
+            raise ProgramError(f"enclave module {self.cls.__name__}: unexpected config keys {sorted(unknown)}")
         kwargs = {k: _from_json(v) for k, v in cfg.items()}
         return self.cls(**kwargs)
 
@@ -127,7 +129,7 @@ _SAFE_ATTRIBUTES = frozenset({"shape", "ndim", "T", "mT"})
 def _safe_getattr(obj: Any, name: str) -> Any:
     """``getattr`` limited to harmless tensor attributes (``x.shape[0]`` in a traced forward)."""
     if name not in _SAFE_ATTRIBUTES:
-        raise FrameError(f"attribute {name!r} is not readable inside the enclave "
+        raise ProgramError(f"attribute {name!r} is not readable inside the enclave "
                          f"(allowed: {sorted(_SAFE_ATTRIBUTES)})")
     return getattr(obj, name)
 
@@ -148,6 +150,13 @@ _DTYPES: Mapping[str, torch.dtype] = MappingProxyType({
     str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.float16,
                                                torch.bfloat16, torch.int64, torch.int32,
                                                torch.int8, torch.uint8, torch.bool)})
+
+
+def dtype_by_name(name: str) -> torch.dtype:
+    """The torch dtype of a vocabulary dtype name (``"float32"``...); ProgramError if unknown."""
+    if name not in _DTYPES:
+        raise ProgramError(f"unknown dtype {name!r} in a program description (known: {sorted(_DTYPES)})")
+    return _DTYPES[name]
 
 
 def function_name(fn: Any) -> str | None:
@@ -195,7 +204,7 @@ def decode_arg(a: Any, lookup: Callable[[str], Any]) -> Any:
     if not isinstance(a, dict):
         return a
     if len(a) != 1:
-        raise FrameError(f"malformed argument encoding {sorted(a)[:4]}")
+        raise ProgramError(f"malformed argument encoding {sorted(a)[:4]}")
     (tag, v), = a.items()
     if tag == "$n":
         return lookup(v)
@@ -209,6 +218,10 @@ def decode_arg(a: Any, lookup: Callable[[str], Any]) -> Any:
         return Ellipsis
     if tag == "$dt":
         if v not in _DTYPES:
-            raise FrameError(f"unknown dtype {v!r} in a segment description")
+            raise ProgramError(f"unknown dtype {v!r} in a segment description")
         return _DTYPES[v]
-    raise FrameError(f"unknown argument tag {tag!r} in a segment description")
+    raise ProgramError(f"unknown argument tag {tag!r} in a segment description")
+
+
+__all__ = ["FUNCTIONS", "METHODS", "MODULE_KINDS", "ModuleKind", "decode_arg", "dtype_by_name",
+           "encode_arg", "function_name", "module_kind"]
