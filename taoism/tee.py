@@ -5,8 +5,8 @@ figures of real TEEs so that runs can be held to a real enclave's memory budget 
 :mod:`taoism.enclave.memory`) and so that measured profiles can be *projected* onto a real TEE.
 A projection is a model, never a measurement: :class:`CostProjection` keeps the two apart.
 
-Source of every published number: ``/work/shared/reference/platform.md`` ("Real TEE cost
-constants (published)"), quoted as ``[platform]`` below. Numbers that the reference does not give
+Source of every published number: the project's platform reference, ``platform.md`` ("Real TEE
+cost constants (published)"), quoted as ``[platform]`` below. Numbers that the reference does not give
 are marked ``assumed`` and are meant to be overridden (``TeeCostModel.replace(...)``).
 
 ========================  ============================  ==========================================
@@ -42,7 +42,7 @@ from taoism.errors import ConfigError
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
-PLATFORM_SOURCE = "/work/shared/reference/platform.md, 'Real TEE cost constants (published)'"
+PLATFORM_SOURCE = "taoism platform reference (platform.md), 'Real TEE cost constants (published)'"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from taoism.bench.stats import Stat
+from taoism.runtime.stats import Stat
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.fx as fx
@@ -12,13 +12,15 @@ import torch.nn as nn
 from torch.fx.node import map_aggregate
 
 from taoism.backends import EnclaveBackend, get_backend
-from taoism.bench.stats import Stat
+from taoism.runtime.stats import Stat
 from taoism.capture import capture
 from taoism.config import EnclaveConfig
 from taoism.errors import ConfigError, EnclaveCrashed, InputError
 from taoism.placement import EnclaveMode, Plan, PlacementRules, PlacementSpec, build_plan
 from taoism.placement.memory import attach_memory_plan
-from taoism.runtime.lowering import device_segment, enclave_program
+from taoism.placement.lowering import enclave_program
+from taoism.runtime.lowering import device_segment
+from taoism.runtime.observe import LayerTimer, Observer, SegmentTimer
 from taoism.runtime.profile import LayerTiming, Profile, SegmentTiming
 
 
@@ -135,9 +137,12 @@ class ShieldedModel:
 
     forward = __call__
 
-    def _forward(self, inputs: Sequence[torch.Tensor],
-                 observe: Callable[[Any, float, Any], None] | None = None) -> dict[str, Any]:
-        """Run every segment in plan order; returns the host values the output needs."""
+    def _forward(self, inputs: Sequence[torch.Tensor], observer: Observer | None = None) -> dict[str, Any]:
+        """The one forward loop: every segment in plan order; returns the host values the output needs.
+
+        ``observer`` (profiling) may run device segments its own way, asks the enclave for per-node
+        times, and is told each segment's host-observed time and enclave reply.
+        """
         plan, backend = self.plan, self._backend
         if plan.enclave_segments and (backend is None or not backend.alive):
             raise EnclaveCrashed(
@@ -145,27 +150,32 @@ class ShieldedModel:
                 "reload(model) with the original model to start a fresh one")
         dev = self.device
         env: dict[str, Any] = {n: x.to(dev) for n, x in zip(plan.input_names, inputs)}
+        if observer is not None:
+            observer.start()
         for seg in plan.segments:
-            t0 = time.perf_counter() if observe else 0.0
+            t0 = time.perf_counter() if observer is not None else 0.0
+            reply = None
             if seg.side is EnclaveMode.GPU:
-                outs = self._segments[seg.index](*[env[v] for v in seg.inputs])
+                gm, args = self._segments[seg.index], [env[v] for v in seg.inputs]
+                outs = gm(*args) if observer is None else observer.run_device(seg, gm, args)
                 env.update(zip(seg.outputs, outs))
-                reply = None
-                if observe and dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
+                if observer is not None:
+                    self._sync()
             else:
                 assert backend is not None
-                reply = backend.run(seg.index, [env[v] for v in seg.send_in])
+                reply = backend.run(seg.index, [env[v] for v in seg.send_in],
+                                    profile=observer is not None and observer.profile_enclave)
                 for v, t in zip(seg.returns, reply.tensors):
                     env[v] = t.to(dev, non_blocking=True) if dev.type != "cpu" else t
-            if observe:
-                observe(seg, time.perf_counter() - t0, reply)
+            if observer is not None:
+                observer.done(seg, time.perf_counter() - t0, reply)
             for v in seg.host_free:
                 env.pop(v, None)
         return env
 
     # -- measurement -------------------------------------------------------------------------
     def _sync(self) -> None:
+        """Wait for the device (CUDA) to finish queued work."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -186,26 +196,14 @@ class ShieldedModel:
                 self._sync()
                 e2e.append(time.perf_counter() - t0)
             # Pass 2: per-segment breakdown.
-            per_seg: dict[int, dict[str, list[float]]] = {
-                s.index: {k: [] for k in ("total", "enclave", "crypto", "copy")} for s in plan.segments}
-            chan = getattr(backend, "channel_stats", None)
-
-            def observe(seg: Any, dt: float, reply: Any) -> None:
-                rec = per_seg[seg.index]
-                rec["total"].append(dt)
-                if reply is not None:
-                    rec["enclave"].append(reply.enclave_compute_s)
-                    rec["crypto"].append(reply.enclave_crypto_s)
-
+            seg_timer = SegmentTimer(plan.segments, getattr(backend, "channel_stats", None))
             for _ in range(repeats):
-                before = chan() if chan else None
-                self._forward_observed(inputs, observe, per_seg, chan)
-                del before
+                self._forward(inputs, seg_timer)
             # Pass 3: per-layer times.
-            layer_times: dict[str, list[float]] = {l.info.name: [] for l in plan.layers}
-            memory: dict[int, Any] = {}
+            layer_timer = LayerTimer([l.info.name for l in plan.layers], self._sync)
             for _ in range(repeats):
-                self._forward_layers(inputs, layer_times, memory)
+                self._forward(inputs, layer_timer)
+        per_seg, layer_times, memory = seg_timer.records, layer_timer.times, layer_timer.memory
         seg_rows = []
         for s in plan.segments:
             rec = per_seg[s.index]
@@ -233,48 +231,6 @@ class ShieldedModel:
                                             "backend": self.enclave_config.backend if backend else None,
                                             "tee": self.enclave_config.tee,
                                             "enclave_memory": {str(k): v for k, v in memory.items()}})
-
-    def _forward_observed(self, inputs: Sequence[torch.Tensor], observe: Callable[..., None],
-                          per_seg: dict[int, dict[str, list[float]]], chan: Any) -> None:
-        """One run recording host-side crypto and copy time per enclave segment."""
-        last = [chan() if chan else None]
-
-        def wrapped(seg: Any, dt: float, reply: Any) -> None:
-            observe(seg, dt, reply)
-            if reply is not None and chan:
-                now = chan()
-                rec = per_seg[seg.index]
-                rec["crypto"][-1] += now.crypto_s - last[0].crypto_s
-                rec["copy"].append(now.copy_s - last[0].copy_s)
-                last[0] = now
-            elif chan:
-                last[0] = chan()
-
-        self._forward(inputs, observe=wrapped)
-
-    def _forward_layers(self, inputs: Sequence[torch.Tensor], times: dict[str, list[float]],
-                        memory: dict[int, Any]) -> None:
-        """One run timing every node: device nodes one by one, enclave nodes inside the enclave."""
-        plan, backend, dev = self.plan, self._backend, self.device
-        env: dict[str, Any] = {n: x.to(dev) for n, x in zip(plan.input_names, inputs)}
-        for seg in plan.segments:
-            if seg.side is EnclaveMode.GPU:
-                interp = _TimedInterpreter(self._segments[seg.index], self._sync)
-                outs = interp.run(*[env[v] for v in seg.inputs])
-                env.update(zip(seg.outputs, outs))
-                for name, dt in interp.times.items():
-                    times[name].append(dt)
-            else:
-                assert backend is not None
-                reply = backend.run(seg.index, [env[v] for v in seg.send_in], profile=True)
-                for v, t in zip(seg.returns, reply.tensors):
-                    env[v] = t.to(dev)
-                for name, dt in zip(seg.nodes, reply.node_times or ()):
-                    times[name].append(dt)
-                if reply.memory is not None:
-                    memory[seg.index] = reply.memory
-            for v in seg.host_free:
-                env.pop(v, None)
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -313,22 +269,6 @@ class ShieldedModel:
         t = self.plan.totals()
         return (f"ShieldedModel({t['nodes']} nodes, {t['segments']} segments, "
                 f"{t['enclave_nodes']} in the enclave, device={self.device})")
-
-
-class _TimedInterpreter(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, sync: Callable[[], None]) -> None:
-        super().__init__(gm)
-        self.sync = sync
-        self.times: dict[str, float] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        if n.op in ("placeholder", "output"):
-            return super().run_node(n)
-        t0 = time.perf_counter()
-        out = super().run_node(n)
-        self.sync()
-        self.times[n.name] = time.perf_counter() - t0
-        return out
 
 
 def shield(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
