@@ -1,6 +1,11 @@
 """Code that runs inside the trust boundary and sees plaintext shielded weights and activations.
 
-``ops`` defines what the enclave can run (and is shared with the host so plans can be checked
-up front); ``program`` rebuilds a segment from its description; ``server`` is the enclave
-process's main loop.
+``server`` is the enclave process's main loop; ``program`` rebuilds segments from their
+description (:mod:`taoism.protocol.schema`, ops from :mod:`taoism.protocol.vocabulary`);
+``budget`` is the memory manager of a loaded program: ``memory`` (accounting), ``sealing``
+(sealed pages), ``weights`` (resident or sealed weights), ``runner`` (the budgeted segment
+runner, with ``eviction`` and ``generic``) and ``exec/`` (the chunked executors).
+
+The host imports nothing from here except ``planning`` (:func:`taoism.enclave.planning.plan_memory`,
+shapes only); ``tests/test_imports.py`` enforces it.
 """

@@ -67,6 +67,7 @@ class NodeMemory:
     out_sealed: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        """The record as a JSON object."""
         return {"name": self.name, "kind": self.kind, "mode": self.mode, "chunks": self.chunks,
                 "grid": self.grid, "peak_bytes": self.peak_bytes,
                 "peak_breakdown": dict(self.peak_breakdown), "node_bytes": self.node_bytes,
@@ -106,6 +107,7 @@ class Accountant:
 
     # -- bookkeeping -----------------------------------------------------------------------
     def alloc(self, cat: str, n: int, strict: bool | None = None) -> None:
+        """Charge ``n`` bytes to ``cat`` (MemoryBudgetError past the budget when strict)."""
         if n <= 0:
             return
         total = self.total + n
@@ -127,6 +129,7 @@ class Accountant:
             node.node_bytes = max(node.node_bytes, total - self._node_base)
 
     def free(self, cat: str, n: int) -> None:
+        """Release ``n`` bytes of ``cat``."""
         if n <= 0:
             return
         self.current[cat] -= n
@@ -134,9 +137,11 @@ class Accountant:
         assert self.current[cat] >= 0, (cat, n, self.current)
 
     def hold(self, cat: str, n: int) -> "_Hold":
+        """Context: ``n`` bytes of ``cat`` charged while it is open."""
         return _Hold(self, cat, n)
 
     def free_bytes(self) -> float:
+        """Bytes the budget still leaves free (inf without a budget)."""
         return float("inf") if self.budget is None else self.budget - self.total
 
     def on_sealed(self, kind: str, n: int) -> None:
@@ -152,6 +157,7 @@ class Accountant:
 
     # -- nodes -----------------------------------------------------------------------------
     def begin_node(self, node: NodeMemory) -> None:
+        """Attribute what follows to ``node`` (its peak and sealing counters)."""
         self.node = node
         self._node_base = self.total
         if self.total > node.peak_bytes:
@@ -159,9 +165,11 @@ class Accountant:
             node.peak_breakdown = dict(self.current)
 
     def end_node(self) -> None:
+        """Stop attributing to a node."""
         self.node = None
 
     def reset_peak(self) -> None:
+        """Start a new peak from what is in use now."""
         self.peak = self.total
         self.peak_breakdown = dict(self.current)
         self.sealed_bytes = self.unsealed_bytes = 0
@@ -206,14 +214,17 @@ class ResidentValues:
         self._by_value: dict[str, list[int]] = {}
 
     def own_weights(self, tensors: Any) -> None:
+        """Mark the storages of ``tensors`` as weights (never charged as activations)."""
         for r in _roots(tensors):
             self._owned.add(id(r))
 
     def disown_weights(self, tensors: Any) -> None:
+        """Undo :meth:`own_weights` (the weights were sealed)."""
         for r in _roots(tensors):
             self._owned.discard(id(r))
 
     def add(self, name: str, value: Any) -> None:
+        """Hold ``value`` as ``name``, charging each new storage once."""
         if name in self._by_value:
             self.drop(name)
         ids = []
@@ -232,6 +243,7 @@ class ResidentValues:
         self._by_value[name] = ids
 
     def drop(self, name: str) -> None:
+        """Release ``name``; storages nothing else holds are freed."""
         for rid in self._by_value.pop(name, ()):
             ent = self._refs[rid]
             ent[2] -= 1
@@ -240,6 +252,7 @@ class ResidentValues:
                 del self._refs[rid]
 
     def holds(self, name: str) -> bool:
+        """True if ``name`` is held."""
         return name in self._by_value
 
     def bytes_of(self, name: str) -> int:
@@ -252,9 +265,11 @@ class ResidentValues:
         return {v for v, rs in self._by_value.items() if v != name and ids.intersection(rs)}
 
     def names(self) -> list[str]:
+        """The names held, in insertion order."""
         return list(self._by_value)
 
     def clear(self) -> None:
+        """Release every value."""
         for name in list(self._by_value):
             self.drop(name)
 
@@ -276,6 +291,7 @@ class MemoryReport:
     runtime: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The report as a JSON object."""
         return {"budget_bytes": self.budget_bytes, "tee": self.tee, "peak_bytes": self.peak_bytes,
                 "peak_breakdown": dict(self.peak_breakdown), "sealed_bytes": self.sealed_bytes,
                 "unsealed_bytes": self.unsealed_bytes,

@@ -23,7 +23,7 @@ import math
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from cryptography.exceptions import InvalidTag
@@ -57,6 +57,7 @@ class PageStore:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of ciphertext held."""
         return sum(len(p.data) for p in self.pages.values())
 
     def __len__(self) -> int:
@@ -75,6 +76,7 @@ class SealStats:
     unseal_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
+        """The counters as a JSON object."""
         return dict(vars(self))
 
 
@@ -109,6 +111,7 @@ class PageSealer:
     @staticmethod
     def associated_data(obj: str, version: int, block: tuple[int, ...], dtype: torch.dtype,
                         shape: Sequence[int]) -> bytes:
+        """The AEAD associated data binding a page to its object, version, block, dtype and shape."""
         return (f"taoism-page/1|{obj}|v{version}|b{','.join(map(str, block))}|"
                 f"{str(dtype).removeprefix('torch.')}|{'x'.join(map(str, shape))}").encode()
 
@@ -184,7 +187,8 @@ class PageSealer:
         if self.on_bytes is not None:
             self.on_bytes("unsealed", n)
 
-    def drop(self, obj: str, blocks: Any) -> None:
+    def drop(self, obj: str, blocks: Iterable[tuple[int, ...]]) -> None:
+        """Forget the sealed pages ``blocks`` of ``obj``."""
         if not self.meta:
             for b in blocks:
                 self.store.pages.pop((obj, b), None)
@@ -264,12 +268,15 @@ class PagedTensor:
     # -- geometry --------------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
+        """Bytes of the whole (plaintext) tensor."""
         return math.prod(self.shape) * self.itemsize
 
     def blocks(self) -> Iterator[tuple[int, ...]]:
+        """The grid index of every block, outer dims first."""
         return itertools.product(*(range(len(c) - 1) for c in self.cuts))
 
     def block_region(self, idx: tuple[int, ...]) -> Region:
+        """The region of the tensor that block ``idx`` covers."""
         return tuple(slice(c[i], c[i + 1]) for c, i in zip(self.cuts, idx))
 
     def block_index(self, region: Region) -> tuple[int, ...]:
@@ -287,6 +294,7 @@ class PagedTensor:
 
     # -- writing ---------------------------------------------------------------------------
     def put(self, idx: tuple[int, ...], t: torch.Tensor) -> None:
+        """Seal ``t`` as the whole block ``idx``."""
         reg = self.block_region(idx)
         want = tuple(s.stop - s.start for s in reg)
         if tuple(t.shape) != want:

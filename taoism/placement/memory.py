@@ -42,6 +42,7 @@ class NodeMemoryPlan:
     evicted: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        """The row as a JSON object."""
         return {"name": self.name, "kind": self.kind, "mode": self.mode, "chunks": self.chunks,
                 "grid": self.grid, "peak_bytes": self.peak_bytes, "node_bytes": self.node_bytes,
                 "out_sealed": self.out_sealed, "sealed_bytes": self.sealed_bytes,
@@ -70,10 +71,12 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool:
+        """True if the expected peak is within the budget."""
         return self.budget_bytes is None or self.peak_bytes <= self.budget_bytes
 
     @property
     def chunked_nodes(self) -> tuple[NodeMemoryPlan, ...]:
+        """The nodes that run in more than one chunk."""
         return tuple(n for n in self.nodes if n.chunks > 1)
 
     def spec(self) -> dict[str, Any]:
@@ -84,6 +87,7 @@ class MemoryPlan:
                 "module_paths": dict(self.module_paths)}
 
     def to_json(self) -> dict[str, Any]:
+        """The plan as a JSON object."""
         return {"format": "taoism-memory-plan/1", "tee": self.tee, "budget_bytes": self.budget_bytes,
                 "batch": self.batch, "peak_bytes": self.peak_bytes,
                 "peak_breakdown": dict(self.peak_breakdown), "fits": self.fits,
@@ -97,9 +101,11 @@ class MemoryPlan:
                 "page_bytes": self.page_bytes, "nodes": [n.to_json() for n in self.nodes]}
 
     def save(self, path: str | Path) -> None:
+        """Write the plan as JSON to ``path``."""
         Path(path).write_text(json.dumps(self.to_json(), indent=2))
 
     def table(self) -> str:
+        """The plan as a text table (:func:`format_memory_plan`)."""
         return format_memory_plan(self)
 
     def __str__(self) -> str:

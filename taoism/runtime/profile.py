@@ -27,6 +27,7 @@ class SegmentTiming:
     bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
+        """The row as a JSON object."""
         return {"index": self.index, "side": self.side, "nodes": self.nodes,
                 "total": self.total.to_json(), "device_compute_s": self.device_compute,
                 "enclave_compute_s": self.enclave_compute, "crypto_s": self.crypto,
@@ -45,6 +46,7 @@ class LayerTiming:
     time: Stat
 
     def to_json(self) -> dict[str, Any]:
+        """The row as a JSON object."""
         return {"name": self.name, "kind": self.kind, "placement": self.placement,
                 "segment": self.segment, "time": self.time.to_json()}
 
@@ -63,6 +65,7 @@ class Profile:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def totals(self) -> dict[str, float]:
+        """Sums over the segments of their medians: compute per side, crypto, copy, wait, bytes."""
         s = self.segments
         return {
             "end_to_end_s": self.end_to_end.median,
@@ -78,15 +81,18 @@ class Profile:
         }
 
     def to_json(self) -> dict[str, Any]:
+        """The profile as a JSON object."""
         return {"batch": self.batch, "repeats": self.repeats, "warmup": self.warmup,
                 "device": self.device, "end_to_end": self.end_to_end.to_json(),
                 "totals": self.totals(), "segments": [x.to_json() for x in self.segments],
                 "layers": [x.to_json() for x in self.layers], "meta": self.meta}
 
     def save(self, path: str | Path) -> None:
+        """Write the profile as JSON to ``path``."""
         Path(path).write_text(json.dumps(self.to_json(), indent=2))
 
     def table(self) -> str:
+        """The profile as a text table."""
         rows = [f"{'layer':<28} {'type':<16} {'place':<7} {'seg':>3} {'median ms':>10} {'p10':>8} {'p90':>8}"]
         for l in self.layers:
             rows.append(f"{l.name[:28]:<28} {l.kind[:16]:<16} {l.placement:<7} {l.segment:>3} "

@@ -123,6 +123,7 @@ class ConvExecutor(Executor):
         return t
 
     def scratch_bytes(self, nb: int, oc: int, rh: int) -> int:
+        """Modelled im2col bytes of one chunk (0 for a pointwise convolution)."""
         return 0 if self.pointwise else nb * self._cin_used(oc) * self.kprod * rh * self.Wout * self.x.itemsize
 
     def plan(self, avail: float, out_sealed: bool, smallest: bool = False) -> ChunkPlan | None:
@@ -293,6 +294,7 @@ class ConvExecutor(Executor):
 
 def conv_shape(xs: Sequence[int], ws: Sequence[int], stride: IntOrSeq, padding: IntOrSeq | str,
                dilation: IntOrSeq) -> tuple[int, ...]:
+    """Output shape of a convolution from the input and weight shapes."""
     nd = len(xs) - 2
     s, d, k = as_tuple(stride, nd), as_tuple(dilation, nd), tuple(ws[2:])
     if isinstance(padding, str):

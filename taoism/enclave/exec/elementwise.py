@@ -21,6 +21,8 @@ def broadcast_region(op_shape: Sequence[int], out_region: Region) -> Region:
 
 
 class UnaryExecutor(RegionExecutor):
+    """An element-wise function of one value (activations, ``.float()``...), by any region."""
+
     kind = "elementwise"
 
     def __init__(self, fn: Callable[..., torch.Tensor], x: Operand, extra: tuple[object, ...],
@@ -41,6 +43,8 @@ class UnaryExecutor(RegionExecutor):
 
 
 class BinaryExecutor(RegionExecutor):
+    """A broadcasting binary op over values and scalars (add/sub/mul/div), by output regions."""
+
     kind = "binary"
 
     def __init__(self, fn: Callable[..., torch.Tensor], args: Sequence[Operand | int | float], out_shape: Sequence[int],

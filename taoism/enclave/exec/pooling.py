@@ -90,6 +90,8 @@ class PoolExecutor(RegionExecutor):
 
 
 class AdaptivePoolExecutor(RegionExecutor):
+    """Adaptive avg/max pooling, by (batch, channel) planes."""
+
     kind = "adaptive_pool"
 
     def __init__(self, fn: Callable[..., torch.Tensor], x: Operand, output_size: OutputSize, nd: int,
@@ -117,6 +119,7 @@ class AdaptivePoolExecutor(RegionExecutor):
 
 def pool_shape(xs: Sequence[int], nd: int, kernel: IntOrSeq, stride: IntOrSeq | None,
                padding: IntOrSeq, dilation: IntOrSeq,  ceil_mode: bool) -> tuple[int, ...] | None:
+    """Output shape of a max/avg pool, or None if it would be empty."""
     if len(xs) < nd + 1:
         return None
     k = as_tuple(kernel, nd)
@@ -136,6 +139,7 @@ def pool_shape(xs: Sequence[int], nd: int, kernel: IntOrSeq, stride: IntOrSeq | 
 
 
 def adaptive_shape(xs: Sequence[int], nd: int, output_size: OutputSize) -> tuple[int, ...] | None:
+    """Output shape of an adaptive pool, or None if the input has too few dims."""
     if len(xs) < nd + 1:
         return None
     osz = as_tuple(output_size, nd)

@@ -10,6 +10,8 @@ from taoism.enclave.exec.base import Operand, ExecContext, Region, RegionExecuto
 
 
 class CatExecutor(RegionExecutor):
+    """``torch.cat`` of resident or sealed parts, by output regions."""
+
     kind = "cat"
 
     def __init__(self, parts: Sequence[Operand], dim: int, out_shape: Sequence[int],
@@ -57,6 +59,8 @@ class CatExecutor(RegionExecutor):
 
 
 class FlattenExecutor(RegionExecutor):
+    """Flatten of a sealed value, by batch rows."""
+
     kind = "flatten"
 
     def __init__(self, x: Operand, start: int, end: int, out_shape: Sequence[int],
