@@ -168,9 +168,33 @@ class Sink:
             assert self.out is not None
             self.out[region].copy_(t)
 
+    def put_charged(self, region: Region, y: torch.Tensor) -> None:
+        """Store a freshly computed chunk, charging it to ``activations`` while it is stored."""
+        acct = self.ctx.acct
+        n = y.nbytes
+        acct.alloc("activations", n)
+        try:
+            self.put(region, y)
+        finally:
+            acct.free("activations", n)
+
     def result(self) -> tuple[torch.Tensor | PagedTensor, int]:
         """The output value, and the bytes the sink charged that the caller must release."""
         return (self.paged if self.paged is not None else self.out), self.charged
+
+
+def read_weight_rows(w: Operand, b: Operand | None, o0: int, o1: int, ctx: ExecContext
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Weight and bias rows [o0, o1): views, or unsealed and charged to ``weights``; returns (w, b, bytes)."""
+    wreg = (slice(o0, o1),) + tuple(slice(0, n) for n in w.shape[1:])
+    wt, wn = w.read(wreg, ctx) if w.paged else (w.value[wreg], 0)
+    bt, bn = None, 0
+    if b is not None:
+        bt, bn = b.read((slice(o0, o1),), ctx) if b.paged else (b.value[o0:o1], 0)
+    if wn + bn:  # unsealed weights are counted as weights, not activations
+        ctx.acct.free("activations", wn + bn)
+        ctx.acct.alloc("weights", wn + bn)
+    return wt, bt, wn + bn
 
 
 def refine_cuts(shape: Sequence[int], itemsize: int, cuts: Sequence[Sequence[int]],
@@ -322,12 +346,9 @@ class RegionExecutor(Executor):
         acct = ctx.acct
         for region in grid_regions(plan.grid):
             y, charged = self.compute(region, ctx)
-            n = y.nbytes
-            acct.alloc("activations", n)
             try:
-                sink.put(region, y)
+                sink.put_charged(region, y)
             finally:
-                acct.free("activations", n)
                 acct.free("activations", charged)
             del y
 
@@ -362,5 +383,5 @@ def run_chunked(ex: Executor, ctx: ExecContext, name: str, out_sealed: bool | No
 
 
 __all__ = ["CHUNK_PENALTY_BYTES", "ChunkPlan", "ExecContext", "Executor", "IntOrSeq", "Operand", "OutputSize", "Region", "RegionExecutor", "Sink", "as_tuple",
-           "chunk_candidates", "grid_regions", "largest_ok", "refine_cuts", "run_chunked",
+           "chunk_candidates", "grid_regions", "largest_ok", "read_weight_rows", "refine_cuts", "run_chunked",
            "shape_bytes"]

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from taoism.enclave.exec.base import (CHUNK_PENALTY_BYTES, ChunkPlan, ExecContext, Executor, IntOrSeq,
-                                      Operand, Sink, as_tuple, chunk_candidates, largest_ok, shape_bytes)
+                                      Operand, Sink, as_tuple, chunk_candidates, largest_ok, read_weight_rows,
+                                      shape_bytes)
 from taoism.enclave.sealing import even_cuts
 
 
@@ -187,19 +188,6 @@ class ConvExecutor(Executor):
         grp = o0 // self.opg
         return grp * self.ipg, (grp + 1) * self.ipg, 1
 
-    def _weights(self, o0: int, o1: int, ctx: ExecContext) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """Weight and bias rows [o0, o1): views, or unsealed (charged to ``weights``)."""
-        acct = ctx.acct
-        wreg = (slice(o0, o1),) + tuple(slice(0, n) for n in self.w.shape[1:])
-        wt, wn = self.w.read(wreg, ctx) if self.w.paged else (self.w.value[wreg], 0)
-        bt, bn = None, 0
-        if self.b is not None:
-            bt, bn = self.b.read((slice(o0, o1),), ctx) if self.b.paged else (self.b.value[o0:o1], 0)
-        if wn + bn:  # unsealed weights are counted as weights, not activations
-            acct.free("activations", wn + bn)
-            acct.alloc("weights", wn + bn)
-        return wt, bt, wn + bn
-
     def _input(self, n0: int, n1: int, c0: int, c1: int, r0: int, r1: int, full_rows: bool,
                ctx: ExecContext) -> tuple[torch.Tensor, int]:
         if full_rows:
@@ -221,16 +209,10 @@ class ConvExecutor(Executor):
                 y = self._conv(xc, wt, bt, g, explicit)
         finally:
             acct.free("scratch", sb)
-        yn = y.nbytes
-        acct.alloc("activations", yn)
-        try:
-            region = (slice(n0, n1), slice(o0, o1), slice(r0, r1))
-            if self.nd == 2:
-                region += (slice(0, self.Wout),)
-            sink.put(region, y)
-        finally:
-            del y
-            acct.free("activations", yn)
+        region = (slice(n0, n1), slice(o0, o1), slice(r0, r1))
+        if self.nd == 2:
+            region += (slice(0, self.Wout),)
+        sink.put_charged(region, y)
 
     def run(self, plan: ChunkPlan, sink: Sink, ctx: ExecContext) -> None:
         acct = ctx.acct
@@ -241,7 +223,7 @@ class ConvExecutor(Executor):
         if plan.order != "xy":
             for o0, o1 in ocs:
                 c0, c1, g = self._groups_of(o0, o1)
-                wt, bt, wn = self._weights(o0, o1, ctx)
+                wt, bt, wn = read_weight_rows(self.w, self.b, o0, o1, ctx)
                 try:
                     for n0, n1, r0, r1 in xys:
                         xc, charged = self._input(n0, n1, c0, c1, r0, r1, full_rows, ctx)
@@ -259,7 +241,7 @@ class ConvExecutor(Executor):
             try:
                 for o0, o1 in ocs:
                     c0, c1, g = self._groups_of(o0, o1)
-                    wt, bt, wn = self._weights(o0, o1, ctx)
+                    wt, bt, wn = read_weight_rows(self.w, self.b, o0, o1, ctx)
                     try:
                         xg = xc if (c0, c1) == (0, self.Cin) else xc[:, c0:c1]
                         self._step(xg, wt, bt, g, not full_rows, n0, n1, o0, o1, r0, r1, sink, ctx)

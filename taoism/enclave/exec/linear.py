@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from taoism.enclave.exec.base import (CHUNK_PENALTY_BYTES, ChunkPlan, ExecContext, Executor, Operand, Sink,
-                                      chunk_candidates, largest_ok)
+                                      chunk_candidates, largest_ok, read_weight_rows)
 from taoism.enclave.sealing import even_cuts
 
 
@@ -76,32 +76,14 @@ class LinearExecutor(Executor):
         return ChunkPlan(grid, self._cost(nb, of, out_sealed), out_sealed,
                          self._traffic(nb, of, order, out_sealed), order)
 
-    def _weights(self, o0: int, o1: int, ctx: ExecContext) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        acct = ctx.acct
-        wreg = (slice(o0, o1), slice(0, self.K))
-        wt, wn = self.w.read(wreg, ctx) if self.w.paged else (self.w.value[wreg], 0)
-        bt, bn = None, 0
-        if self.b is not None:
-            bt, bn = self.b.read((slice(o0, o1),), ctx) if self.b.paged else (self.b.value[o0:o1], 0)
-        if wn + bn:
-            acct.free("activations", wn + bn)
-            acct.alloc("weights", wn + bn)
-        return wt, bt, wn + bn
-
     def _step(self, xc: torch.Tensor, wt: torch.Tensor, bt: torch.Tensor | None, n0: int, n1: int,
               o0: int, o1: int, sink: Sink, ctx: ExecContext) -> None:
         if ctx.meta:
             y = torch.empty(tuple(xc.shape[:-1]) + (o1 - o0,), dtype=self.out_dtype, device="meta")
         else:
             y = F.linear(xc, wt, bt)
-        yn = y.nbytes
-        ctx.acct.alloc("activations", yn)
-        try:
-            mid = tuple(slice(0, n) for n in self.out_shape[1:-1])
-            sink.put((slice(n0, n1),) + mid + (slice(o0, o1),), y)
-        finally:
-            del y
-            ctx.acct.free("activations", yn)
+        mid = tuple(slice(0, n) for n in self.out_shape[1:-1])
+        sink.put_charged((slice(n0, n1),) + mid + (slice(o0, o1),), y)
 
     def run(self, plan: ChunkPlan, sink: Sink, ctx: ExecContext) -> None:
         acct = ctx.acct
@@ -111,7 +93,7 @@ class LinearExecutor(Executor):
         os_ = list(zip(ocuts, ocuts[1:]))
         if plan.order != "xy":
             for o0, o1 in os_:
-                wt, bt, wn = self._weights(o0, o1, ctx)
+                wt, bt, wn = read_weight_rows(self.w, self.b, o0, o1, ctx)
                 try:
                     for n0, n1 in ns:
                         xc, charged = self.x.read((slice(n0, n1),) + xrest, ctx)
@@ -128,7 +110,7 @@ class LinearExecutor(Executor):
             xc, charged = self.x.read((slice(n0, n1),) + xrest, ctx)
             try:
                 for o0, o1 in os_:
-                    wt, bt, wn = self._weights(o0, o1, ctx)
+                    wt, bt, wn = read_weight_rows(self.w, self.b, o0, o1, ctx)
                     try:
                         self._step(xc, wt, bt, n0, n1, o0, o1, sink, ctx)
                     finally:
@@ -137,7 +119,6 @@ class LinearExecutor(Executor):
             finally:
                 del xc
                 acct.free("activations", charged)
-
 
 
 __all__ = ["LinearExecutor"]
