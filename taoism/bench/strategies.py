@@ -234,7 +234,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "strategies.json", "csv": out / "strategies.csv"}
-    paths["json"].write_text(json.dumps(_finite(result), indent=2, default=str, allow_nan=False))
+    paths["json"].write_text(json.dumps(finite_floats(result), indent=2, default=str, allow_nan=False))
     with paths["csv"].open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
@@ -247,15 +247,16 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     return paths
 
 
-def _finite(o: Any) -> Any:
+def finite_floats(o: Any) -> Any:
     """``o`` with NaN/inf floats replaced by None (strict JSON)."""
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
+        return {k: finite_floats(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
+        return [finite_floats(v) for v in o]
     return o
 
 
-__all__ = ["CSV_COLUMNS", "RATIO_FLAG", "format_table", "run_strategy_bench", "write_outputs"]
+__all__ = ["CSV_COLUMNS", "RATIO_FLAG", "finite_floats", "format_table", "run_strategy_bench",
+           "write_outputs"]
