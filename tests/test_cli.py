@@ -41,6 +41,7 @@ def taoism_script() -> str:
 
 # -- the application ---------------------------------------------------------------------------
 
+
 def test_every_command_module_is_registered():
     app = build_app()
     assert command_modules()[: len(COMMANDS)] == list(COMMANDS)
@@ -87,13 +88,23 @@ def test_installed_script_exit_codes():
     env = {**os.environ, "COLUMNS": "100"}
     ok = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120, env=env)
     assert ok.returncode == 0 and ok.stdout.startswith(f"taoism {taoism.__version__}")
-    bad = subprocess.run([exe, "plan", "--model", "no_such_model"], capture_output=True, text=True,
-                         timeout=120, env=env)
+    bad = subprocess.run(
+        [exe, "plan", "--model", "no_such_model"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert bad.returncode == 1
     assert "taoism: error: ConfigError: unknown model 'no_such_model'" in bad.stderr
     assert "Traceback" not in bad.stderr
-    usage = subprocess.run([sys.executable, "-m", "taoism.cli", "run", "--batch", "0"],
-                           capture_output=True, text=True, timeout=120, env=env)
+    usage = subprocess.run(
+        [sys.executable, "-m", "taoism.cli", "run", "--batch", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert usage.returncode == 2 and "--batch" in usage.stderr
 
 
@@ -105,31 +116,42 @@ def test_main_returns_the_exit_code(capsys):
 
 # -- exit codes of failures --------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, hint", [
-    (["plan", "--batch", "0"], "--batch"),
-    (["run", "--mode", "gpu-ish"], "--mode"),
-    (["attack", "--queries", "50,many"], "--queries"),
-    (["attack", "--seeds", ","], "--seeds"),
-    (["plan", "--no-such-option"], "--no-such-option"),
-    (["bench", "--strategies", ""], "--strategies"),
-])
+
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (["plan", "--batch", "0"], "--batch"),
+        (["run", "--mode", "gpu-ish"], "--mode"),
+        (["attack", "--queries", "50,many"], "--queries"),
+        (["attack", "--seeds", ","], "--seeds"),
+        (["plan", "--no-such-option"], "--no-such-option"),
+        (["bench", "--strategies", ""], "--strategies"),
+    ],
+)
 def test_usage_errors_exit_2(args, hint):
     result = invoke(*args)
     assert result.exit_code == 2
     assert hint in result.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["plan", "--model", "no_such_model"], "ConfigError: unknown model 'no_such_model'"),
-    (["plan", *SMALL, "--placement", "{bad"], "ConfigError: --placement is not valid JSON"),
-    (["plan", *SMALL, "--placement", '{"no_such_layer": "ENCLAVE"}'],
-     "PlacementError: placement names 'no_such_layer'"),
-    (["plan", *SMALL, "--placement", "{}", "--strategy", "deep:1"],
-     "give one of --placement, --plan, --strategy"),
-    (["models", "--quiet", "--verbose"], "--quiet and --verbose contradict"),
-    (["models", "--json", "/no/such/dir/models.json"], "directory /no/such/dir does not exist"),
-    (["attack", "--dataset", "no_such_data", "--smoke"], "ConfigError"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["plan", "--model", "no_such_model"], "ConfigError: unknown model 'no_such_model'"),
+        (["plan", *SMALL, "--placement", "{bad"], "ConfigError: --placement is not valid JSON"),
+        (
+            ["plan", *SMALL, "--placement", '{"no_such_layer": "ENCLAVE"}'],
+            "PlacementError: placement names 'no_such_layer'",
+        ),
+        (
+            ["plan", *SMALL, "--placement", "{}", "--strategy", "deep:1"],
+            "give one of --placement, --plan, --strategy",
+        ),
+        (["models", "--quiet", "--verbose"], "--quiet and --verbose contradict"),
+        (["models", "--json", "/no/such/dir/models.json"], "directory /no/such/dir does not exist"),
+        (["attack", "--dataset", "no_such_data", "--smoke"], "ConfigError"),
+    ],
+)
 def test_typed_errors_exit_1_with_message_and_no_traceback(args, message):
     result = invoke(*args)
     assert result.exit_code == 1, result.output
@@ -164,6 +186,7 @@ def test_internal_errors_exit_3_and_a_new_command_is_one_registration():
 
 # -- each command's main path --------------------------------------------------------------------
 
+
 def test_models_lists_the_zoo(tmp_path):
     from taoism.zoo import list_models
 
@@ -178,8 +201,16 @@ def test_models_lists_the_zoo(tmp_path):
 def test_plan_then_run_the_saved_plan(tmp_path):
     plan_file = tmp_path / "plan.json"
     placement = json.dumps({"features.0": "ENCLAVE", "_default": "GPU"})
-    result = invoke("plan", *SMALL, "--placement", placement, "--json", str(plan_file),
-                    "--out", str(tmp_path / "p"))
+    result = invoke(
+        "plan",
+        *SMALL,
+        "--placement",
+        placement,
+        "--json",
+        str(plan_file),
+        "--out",
+        str(tmp_path / "p"),
+    )
     assert result.exit_code == 0, result.output
     assert "features_0" in result.stdout and "expected peak" in result.stdout
     saved = json.loads(plan_file.read_text())
@@ -190,7 +221,9 @@ def test_plan_then_run_the_saved_plan(tmp_path):
     assert old.exit_code == 0 and json.loads((tmp_path / "old.json").read_text()) == saved
 
     out = tmp_path / "run"
-    result = invoke("run", *SMALL, "--plan", str(plan_file), *FAST, "--batch", "2", "--out", str(out))
+    result = invoke(
+        "run", *SMALL, "--plan", str(plan_file), *FAST, "--batch", "2", "--out", str(out)
+    )
     assert result.exit_code == 0, result.output
     assert "shielded / plain" in result.stdout
     run = json.loads((out / "run.json").read_text())
@@ -201,8 +234,9 @@ def test_plan_then_run_the_saved_plan(tmp_path):
 
 
 def test_run_quiet_prints_only_the_result(tmp_path):
-    result = invoke("run", *SMALL, "--mode", "enclave", *FAST, "--json", str(tmp_path / "r.json"),
-                    "--quiet")
+    result = invoke(
+        "run", *SMALL, "--mode", "enclave", *FAST, "--json", str(tmp_path / "r.json"), "--quiet"
+    )
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     run = json.loads((tmp_path / "r.json").read_text())
@@ -212,12 +246,27 @@ def test_run_quiet_prints_only_the_result(tmp_path):
 
 def test_bench_writes_its_files(tmp_path):
     out = tmp_path / "bench"
-    result = invoke("bench", *SMALL, "--strategies", "deep:1", *FAST, "--out", str(out),
-                    "--json", str(tmp_path / "b.json"), "--quiet")
+    result = invoke(
+        "bench",
+        *SMALL,
+        "--strategies",
+        "deep:1",
+        *FAST,
+        "--out",
+        str(out),
+        "--json",
+        str(tmp_path / "b.json"),
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "b.json").read_text())
-    assert [r["name"] for r in data["rows"]] == ["plain-device", "plain-cpu", "none", "all",
-                                                 "deep:1"]
+    assert [r["name"] for r in data["rows"]] == [
+        "plain-device",
+        "plain-cpu",
+        "none",
+        "all",
+        "deep:1",
+    ]
     assert all(r["max_abs_err"] <= 1e-5 for r in data["rows"])  # each vs plain PyTorch
     assert {p.name for p in out.iterdir()} >= {"strategies.json", "strategies.csv"}
 
@@ -232,18 +281,44 @@ def test_demo_checks_every_mode(tmp_path):
 
 def test_attack_smoke_uses_the_cache_dir(tmp_path):
     """``--cache-dir`` reaches the library; a rerun (cache dir from the env var) is all hits."""
-    args = ["attack", "--model", "small_cnn", "--dataset", "digits", "--smoke", "--strategies",
-            "deep:1", "--queries", "50", "--seeds", "0", "--quiet"]
+    args = [
+        "attack",
+        "--model",
+        "small_cnn",
+        "--dataset",
+        "digits",
+        "--smoke",
+        "--strategies",
+        "deep:1",
+        "--queries",
+        "50",
+        "--seeds",
+        "0",
+        "--quiet",
+    ]
     cache = tmp_path / "cache"
-    first = invoke(*args, "--cache-dir", str(cache), "--out", str(tmp_path / "a"),
-                   "--json", str(tmp_path / "a.json"))
+    first = invoke(
+        *args,
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(tmp_path / "a"),
+        "--json",
+        str(tmp_path / "a.json"),
+    )
     assert first.exit_code == 0, first.output
     table = json.loads((tmp_path / "a.json").read_text())
     assert [r["strategy"] for r in table["rows"]] == ["none", "deep:1", "all"]
     assert table["cache"] == {"dir": str(cache), "job_hits": 0, "job_misses": 3}
     assert (tmp_path / "a" / "attack_small_cnn_digits.csv").is_file()
-    again = invoke(*args, "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"),
-                   env={"TAOISM_CACHE_DIR": str(cache)})
+    again = invoke(
+        *args,
+        "--out",
+        str(tmp_path / "b"),
+        "--json",
+        str(tmp_path / "b.json"),
+        env={"TAOISM_CACHE_DIR": str(cache)},
+    )
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "b.json").read_text())["cache"]["job_hits"] == 3
 

@@ -24,8 +24,9 @@ import json
 import math
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -138,7 +139,7 @@ def run_strategy_bench(model_name: str, dataset_shape: str, batch: int,
     model = zoo.get_model(model_name, dataset_shape=dataset_shape)
     x = zoo.example_input(model_name, dataset_shape, batch)
     dev = torch.device(device) if device is not None else default_device()
-    enclave = EnclaveConfig(threads=threads, **({"backend": backend} if backend else {}))
+    enclave = EnclaveConfig(threads=threads, backend=backend or "sim")
     steps = ["plain-device", "plain-cpu", *specs]
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

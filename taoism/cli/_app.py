@@ -53,8 +53,10 @@ class TaoismGroup(click.Group):
             ctx.exit(EXIT_PIPE)
         except Exception:
             traceback.print_exc()
-            click.echo("taoism: internal error (a bug): please report it with the traceback above",
-                       err=True)
+            click.echo(
+                "taoism: internal error (a bug): please report it with the traceback above",
+                err=True,
+            )
             ctx.exit(EXIT_INTERNAL)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -68,8 +70,10 @@ def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 
         import taoism
 
-        click.echo(f"taoism {taoism.__version__} (torch {torch.__version__}, "
-                   f"Python {platform.python_version()})")
+        click.echo(
+            f"taoism {taoism.__version__} (torch {torch.__version__}, "
+            f"Python {platform.python_version()})"
+        )
         ctx.exit(EXIT_OK)
 
 
@@ -81,7 +85,9 @@ def command_modules() -> list[str]:
     """The command modules of this package: ``COMMANDS``, then any other public module."""
     import taoism.cli
 
-    found = {m.name for m in pkgutil.iter_modules(taoism.cli.__path__) if not m.name.startswith("_")}
+    found = {
+        m.name for m in pkgutil.iter_modules(taoism.cli.__path__) if not m.name.startswith("_")
+    }
     return [n for n in COMMANDS if n in found] + sorted(found - set(COMMANDS))
 
 
@@ -89,8 +95,14 @@ def build_app() -> click.Group:
     """A fresh ``taoism`` command group with every command module registered."""
 
     @click.group(name="taoism", cls=TaoismGroup, context_settings=CONTEXT, epilog=EPILOG)
-    @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
-                  callback=_show_version, help="Print the taoism, torch and Python versions.")
+    @click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_show_version,
+        help="Print the taoism, torch and Python versions.",
+    )
     def app() -> None:
         """TEE-shielded partitioned deployment of PyTorch models."""
 
@@ -102,8 +114,11 @@ def build_app() -> click.Group:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``taoism`` on ``argv`` (default: ``sys.argv[1:]``); return its exit code."""
     try:
-        build_app().main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="taoism",
-                         complete_var="_TAOISM_COMPLETE")
+        build_app().main(
+            args=list(argv) if argv is not None else sys.argv[1:],
+            prog_name="taoism",
+            complete_var="_TAOISM_COMPLETE",
+        )
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_ERROR)

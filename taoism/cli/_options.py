@@ -62,10 +62,14 @@ class Output:
         if self.quiet and self.verbose:
             raise ConfigError("--quiet and --verbose contradict each other; give one of them")
         if self.json_file is not None and not self.json_file.parent.is_dir():
-            raise ConfigError(f"--json {self.json_file}: directory {self.json_file.parent} does "
-                              "not exist; create it or write elsewhere")
+            raise ConfigError(
+                f"--json {self.json_file}: directory {self.json_file.parent} does "
+                "not exist; create it or write elsewhere"
+            )
         if self.out_dir is not None and self.out_dir.exists() and not self.out_dir.is_dir():
-            raise ConfigError(f"--out {self.out_dir} exists and is not a directory; pass another DIR")
+            raise ConfigError(
+                f"--out {self.out_dir} exists and is not a directory; pass another DIR"
+            )
 
     @property
     def progress(self) -> bool:
@@ -82,35 +86,65 @@ class Output:
         if self.verbose:
             click.echo(message, err=True)
 
-    def emit(self, result: Mapping[str, Any], name: str,
-             files: Callable[[Path], Mapping[str, Path]] | None = None) -> None:
+    def emit(
+        self,
+        result: Mapping[str, Any],
+        name: str,
+        files: Callable[[Path], Mapping[str, Path]] | None = None,
+    ) -> None:
         """Write ``result`` to ``--json``; into ``--out``: ``files(dir)``, else ``<name>.json``."""
         if self.json_file is not None:
             write_json(self.json_file, result)
             self.note(f"wrote {self.json_file}")
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            paths = files(self.out_dir) if files else {
-                "json": write_json(self.out_dir / f"{name}.json", result)}
+            paths = (
+                files(self.out_dir)
+                if files
+                else {"json": write_json(self.out_dir / f"{name}.json", result)}
+            )
             for kind, path in paths.items():
                 self.note(f"wrote {kind}: {path}")
 
 
-def output_options(out_default: Path | None = None,
-                   out_help: str = "Write the result files (JSON; CSV and PNG where there are "
-                                   "any) into DIR.") -> Decorator:
+def output_options(
+    out_default: Path | None = None,
+    out_help: str = "Write the result files (JSON; CSV and PNG where there are any) into DIR.",
+) -> Decorator:
     """``--json FILE``, ``--out DIR``, ``--quiet``, ``--verbose``, passed as ``out: Output``."""
     return option_group(
-        Output, "out",
-        click.option("--json", "json_file", metavar="FILE", default=None,
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="Write the result as one JSON file."),
-        click.option("--out", "out_dir", metavar="DIR", default=out_default,
-                     type=click.Path(file_okay=False, path_type=Path), help=out_help),
-        click.option("--quiet", "-q", is_flag=True,
-                     help="Print only the result and errors: no progress, no notes."),
-        click.option("--verbose", "-v", is_flag=True, callback=_remember_verbose,
-                     help="Print more detail, and the traceback of a taoism error."))
+        Output,
+        "out",
+        click.option(
+            "--json",
+            "json_file",
+            metavar="FILE",
+            default=None,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write the result as one JSON file.",
+        ),
+        click.option(
+            "--out",
+            "out_dir",
+            metavar="DIR",
+            default=out_default,
+            type=click.Path(file_okay=False, path_type=Path),
+            help=out_help,
+        ),
+        click.option(
+            "--quiet",
+            "-q",
+            is_flag=True,
+            help="Print only the result and errors: no progress, no notes.",
+        ),
+        click.option(
+            "--verbose",
+            "-v",
+            is_flag=True,
+            callback=_remember_verbose,
+            help="Print more detail, and the traceback of a taoism error.",
+        ),
+    )
 
 
 def write_json(path: Path, result: Mapping[str, Any]) -> Path:
@@ -144,13 +178,25 @@ def repeats_options(repeats: int, warmup: int) -> Decorator:
     """``--repeats``, ``--warmup``, ``--threads`` (host torch threads), with these defaults."""
 
     def decorate(fn: F) -> F:
-        for option in reversed((
-                click.option("--repeats", type=click.IntRange(min=1), default=repeats,
-                             help="Timed repeats (median and spread over them)."),
-                click.option("--warmup", type=click.IntRange(min=0), default=warmup,
-                             help="Untimed warm-up runs before timing."),
-                click.option("--threads", type=click.IntRange(min=1), default=1,
-                             help="Host torch threads."))):
+        for option in reversed(
+            (
+                click.option(
+                    "--repeats",
+                    type=click.IntRange(min=1),
+                    default=repeats,
+                    help="Timed repeats (median and spread over them).",
+                ),
+                click.option(
+                    "--warmup",
+                    type=click.IntRange(min=0),
+                    default=warmup,
+                    help="Untimed warm-up runs before timing.",
+                ),
+                click.option(
+                    "--threads", type=click.IntRange(min=1), default=1, help="Host torch threads."
+                ),
+            )
+        ):
             fn = option(fn)
         return fn
 

@@ -13,11 +13,18 @@ from taoism.cli._options import Output, output_options, write_json
 @click.command()
 @model_options
 @mode_option()
-@output_options(out_help="Write plan.json and, when the enclave runs anything, memory.json "
-                         "(the enclave memory plan) into DIR.")
-@click.option("--save", metavar="FILE", hidden=True, default=None,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="The old spelling of --json.")
+@output_options(
+    out_help="Write plan.json and, when the enclave runs anything, memory.json "
+    "(the enclave memory plan) into DIR."
+)
+@click.option(
+    "--save",
+    metavar="FILE",
+    hidden=True,
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The old spelling of --json.",
+)
 def plan(spec: ModelArgs, mode: str, out: Output, save: Path | None) -> None:
     """Preview a placement without running it: per node placement, params, FLOPs, crossings.
 
