@@ -26,8 +26,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
 
 
-def option_group(cls: type, param: str, *options: Decorator) -> Decorator:
-    """Add ``options`` (one per field of dataclass ``cls``) and pass them as ``param=cls(...)``."""
+#: A directory option's type.
+DIRECTORY = click.Path(file_okay=False, path_type=Path)
+
+
+def options(*decorators: Decorator) -> Decorator:
+    """Several Click options as one decorator; they appear in ``--help`` in this order."""
+
+    def decorate(fn: F) -> F:
+        for option in reversed(decorators):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def option_group(cls: type, param: str, *decorators: Decorator) -> Decorator:
+    """Add ``decorators`` (one option per field of dataclass ``cls``); pass ``param=cls(...)``."""
     names = [f.name for f in dataclasses.fields(cls)]
 
     def decorate(fn: F) -> F:
@@ -36,9 +51,7 @@ def option_group(cls: type, param: str, *options: Decorator) -> Decorator:
             kwargs[param] = cls(**{n: kwargs.pop(n) for n in names})
             return fn(*args, **kwargs)
 
-        for option in reversed(options):
-            wrapper = option(wrapper)
-        return wrapper  # type: ignore[return-value]
+        return options(*decorators)(wrapper)  # type: ignore[return-value]
 
     return decorate
 
@@ -128,7 +141,7 @@ def output_options(
             "out_dir",
             metavar="DIR",
             default=out_default,
-            type=click.Path(file_okay=False, path_type=Path),
+            type=DIRECTORY,
             help=out_help,
         ),
         click.option(
@@ -176,28 +189,20 @@ def str_list(_ctx: click.Context, param: click.Parameter, value: str) -> list[st
 
 def repeats_options(repeats: int, warmup: int) -> Decorator:
     """``--repeats``, ``--warmup``, ``--threads`` (host torch threads), with these defaults."""
-
-    def decorate(fn: F) -> F:
-        for option in reversed(
-            (
-                click.option(
-                    "--repeats",
-                    type=click.IntRange(min=1),
-                    default=repeats,
-                    help="Timed repeats (median and spread over them).",
-                ),
-                click.option(
-                    "--warmup",
-                    type=click.IntRange(min=0),
-                    default=warmup,
-                    help="Untimed warm-up runs before timing.",
-                ),
-                click.option(
-                    "--threads", type=click.IntRange(min=1), default=1, help="Host torch threads."
-                ),
-            )
-        ):
-            fn = option(fn)
-        return fn
-
-    return decorate
+    return options(
+        click.option(
+            "--repeats",
+            type=click.IntRange(min=1),
+            default=repeats,
+            help="Timed repeats (median and spread over them).",
+        ),
+        click.option(
+            "--warmup",
+            type=click.IntRange(min=0),
+            default=warmup,
+            help="Untimed warm-up runs before timing.",
+        ),
+        click.option(
+            "--threads", type=click.IntRange(min=1), default=1, help="Host torch threads."
+        ),
+    )

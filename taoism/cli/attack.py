@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from taoism.cli._options import Output, int_list, output_options, str_list
+from taoism.cli._options import DIRECTORY, Output, int_list, output_options, str_list
 
 
 @click.command()
@@ -56,13 +56,13 @@ from taoism.cli._options import Output, int_list, output_options, str_list
 )
 @click.option(
     "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIRECTORY,
     default=None,
     help="Data set directory  [default: the system's]",
 )
 @click.option(
     "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIRECTORY,
     default=None,
     envvar="TAOISM_CACHE_DIR",
     show_envvar=True,
