@@ -51,7 +51,7 @@ def option_group(cls: type, param: str, *decorators: Decorator) -> Decorator:
             kwargs[param] = cls(**{n: kwargs.pop(n) for n in names})
             return fn(*args, **kwargs)
 
-        return options(*decorators)(wrapper)  # type: ignore[return-value]
+        return options(*decorators)(wrapper)
 
     return decorate
 
