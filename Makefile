@@ -36,7 +36,8 @@ ifeq ($(LINT_FORMAT),1)
 endif
 	$(VENV)/bin/mypy taoism
 
-# Rewrites files: run once over a merged tree, not on a branch others are editing.
+# Rewrites files: run once over a merged tree, not on a branch others are editing. First delete
+# the TEMPORARY ignores in pyproject.toml's [tool.ruff.lint], then set LINT_FORMAT=1 for good.
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 	$(VENV)/bin/ruff format $(LINT_PATHS)

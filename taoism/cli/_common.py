@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from taoism.cli._options import option_group
+from taoism.cli._options import Decorator, option_group
 from taoism.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ MODE_HELP = (
 )
 
 
-def mode_option(extra_help: str = "") -> Any:
+def mode_option(extra_help: str = "") -> Decorator:
     """``--mode gpu|cpu|enclave|split`` (default split)."""
     return click.option(
         "--mode", type=click.Choice(MODES), default="split", help=MODE_HELP + extra_help
