@@ -5,27 +5,42 @@ PY     := $(VENV)/bin/python
 # torch is installed first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+LINT_PATHS := taoism tests benchmarks
+# 1: `make lint` also checks formatting (`ruff format --check`); on once the tree is formatted.
+LINT_FORMAT ?= 0
 
-.PHONY: venv demo test bench clean
+.PHONY: venv data demo test lint format bench clean
 
 $(STAMP): pyproject.toml Makefile
-	@# Offline data for the security evaluation (Debian's Fashion-MNIST), where we may install it.
-	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || \
-	  echo "note: could not install dataset-fashion-mnist; Fashion-MNIST runs will say how to get it"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,plot,data]"
+	$(PY) -m pip install -q -e ".[test,plot,data,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+# System data sets (Debian packages): installed where we may, otherwise what to install is printed.
+data:
+	@bash scripts/system-data.sh
+
+demo: $(STAMP) data
 	$(VENV)/bin/taoism demo
 
-test: $(STAMP)
+test: $(STAMP) data
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+ifeq ($(LINT_FORMAT),1)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+endif
+	$(VENV)/bin/mypy taoism
+
+# Rewrites files: run once over a merged tree, not on a branch others are editing. First delete
+# the TEMPORARY ignores in pyproject.toml's [tool.ruff.lint], then set LINT_FORMAT=1 for good.
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -24,8 +24,9 @@ import json
 import math
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -138,7 +139,7 @@ def run_strategy_bench(model_name: str, dataset_shape: str, batch: int,
     model = zoo.get_model(model_name, dataset_shape=dataset_shape)
     x = zoo.example_input(model_name, dataset_shape, batch)
     dev = torch.device(device) if device is not None else default_device()
-    enclave = EnclaveConfig(threads=threads, **({"backend": backend} if backend else {}))
+    enclave = EnclaveConfig(threads=threads, backend=backend or "sim")
     steps = ["plain-device", "plain-cpu", *specs]
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -234,7 +235,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "strategies.json", "csv": out / "strategies.csv"}
-    paths["json"].write_text(json.dumps(_finite(result), indent=2, default=str, allow_nan=False))
+    paths["json"].write_text(json.dumps(finite_floats(result), indent=2, default=str, allow_nan=False))
     with paths["csv"].open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
@@ -247,15 +248,16 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = 
     return paths
 
 
-def _finite(o: Any) -> Any:
+def finite_floats(o: Any) -> Any:
     """``o`` with NaN/inf floats replaced by None (strict JSON)."""
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
+        return {k: finite_floats(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
+        return [finite_floats(v) for v in o]
     return o
 
 
-__all__ = ["CSV_COLUMNS", "RATIO_FLAG", "format_table", "run_strategy_bench", "write_outputs"]
+__all__ = ["CSV_COLUMNS", "RATIO_FLAG", "finite_floats", "format_table", "run_strategy_bench",
+           "write_outputs"]

@@ -217,7 +217,10 @@ def strategy_report(sm: Any, original: nn.Module, strategy: Any = None) -> dict[
     flops_tee += mag_credit
     flops_overhead = max(0.0, flops_overhead - mag_credit)
     t = sm.plan.totals()
-    pct = (lambda a, b: 100.0 * a / b if b else 0.0)
+
+    def pct(a: float, b: float) -> float:
+        return 100.0 * a / b if b else 0.0
+
     return {
         "strategy": str(strategy) if strategy is not None else None,
         "params_total": params_total,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Sequence, Union
+from typing import ClassVar, Sequence
 
 from taoism.errors import ConfigError
 
@@ -223,7 +223,7 @@ class TEESlice(Strategy):
         return "teeslice"
 
 
-StrategyLike = Union[str, Strategy]
+StrategyLike = str | Strategy
 
 _SIMPLE = {"none": NoShield, "all": BlackBox, "teeslice": TEESlice}
 
