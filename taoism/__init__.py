@@ -17,6 +17,8 @@ from taoism.errors import (BackendUnavailable, BoundaryError, BoundaryTimeout, C
                            ConfigError, EnclaveCrashed, EnclaveError, EnclaveRemoteError,
                            FrameError, HandshakeError, InputError, IntegrityError,
                            MemoryBudgetError, PlacementError, TaoismError)
+from taoism.errors import (AttestationError, KeyFileError, KeyReleaseError, PackageError,
+                           SignatureError, TrustError)
 from taoism.placement import EnclaveMode, Plan, PlacementRules
 from taoism.runtime import Profile, ShieldedModel, shield
 
@@ -28,4 +30,5 @@ __all__ = [
     "EnclaveRemoteError", "FrameError", "HandshakeError", "InputError", "IntegrityError",
     "MemoryBudgetError", "PlacementError", "PlacementRules", "Plan", "Profile", "ShieldedModel",
     "TaoismError", "available_backends", "get_backend", "shield", "__version__",
+    "AttestationError", "KeyFileError", "KeyReleaseError", "PackageError", "SignatureError", "TrustError",
 ]
