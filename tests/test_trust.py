@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -20,12 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from taoism.errors import (AttestationError, BackendUnavailable, KeyFileError, KeyReleaseError, PackageError,
-                           SignatureError, TaoismError)
-from taoism.trust import (KeyServiceClient, NonceBook, SgxQuoteSource, SgxQuoteVerifier, SimQuoteSource,
-                          attest, decrypt_shielded, enclave_measurement, keygen, load_private_key,
-                          load_public_key, open_package, unwrap_model_key, wrap_model_key, write_package,
-                          write_secret)
+from taoism.errors import (AttestationError, BackendUnavailable, ConfigError, KeyFileError, KeyReleaseError,
+                           PackageError, SignatureError, TaoismError)
+from taoism.trust import (KeyServer, KeyServerConfig, KeyServiceClient, NonceBook, SgxQuoteSource,
+                          SgxQuoteVerifier, SimQuoteSource, attest, decrypt_shielded, enclave_measurement, keygen,
+                          load_private_key, load_public_key, main_inspect, main_keygen, main_measure, open_package,
+                          unwrap_model_key, wrap_model_key, write_package, write_secret)
 from taoism.trust.format import MAGIC, PREFIX, SIGN_LABEL, SIGNED_PREFIX, VERSION
 from taoism.trust.tensors import tensor_bytes
 from taoism.trust.writer import canonical_json
@@ -256,6 +257,42 @@ def test_fuzzed_packages_raise_typed_errors_only(pkg, keys, tmp_path):
         assert mode >= 2, mode
         assert _blank_device_names(accepted) == _blank_device_names(header)
     assert refused[0] == refused[1] == 100 and refused[2] + refused[3] > 150
+
+
+def test_writer_refuses_bad_inputs(tmp_path, keys):
+    cases = [({"w": [1.0, 2.0]}, "not a torch.Tensor"), ({"w": torch.zeros(2, dtype=torch.complex64)}, "dtype"),
+             ({"": torch.zeros(1)}, "printable"), ({"w": torch.zeros(2).to_sparse()}, "dense")]
+    for tensors, match in cases:
+        with pytest.raises(PackageError, match=match):
+            write_package(tmp_path / "w.taoism", {}, tensors, {}, {}, keys["owner_key"])
+    with pytest.raises(PackageError, match="not valid JSON"):
+        write_package(tmp_path / "w.taoism", "{oops", {}, {}, {}, keys["owner_key"])
+    with pytest.raises(PackageError, match="JSON"):
+        write_package(tmp_path / "w.taoism", {"x": float("nan")}, {}, {}, {}, keys["owner_key"])
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_command_functions(tmp_path, pkg, keys):
+    out = io.StringIO()
+    assert main_keygen(str(tmp_path / "k"), out=out) == 0 and "0600" in out.getvalue()
+    with pytest.raises(KeyFileError):
+        main_keygen(str(tmp_path / "k"))
+    out = io.StringIO()
+    assert main_measure(CONFIG, out=out) == 0 and out.getvalue().strip() == enclave_measurement(CONFIG).hex()
+    out = io.StringIO()
+    assert main_inspect(str(pkg["path"]), str(keys["owner_pub"]), out=out) == 0
+    doc = json.loads(out.getvalue())
+    assert {s["name"] for s in doc["sections"] if s["kind"] == "shielded"} == set(pkg["shielded"])
+
+
+def test_key_server_refuses_a_package_it_cannot_verify(pkg, keys, tmp_path):
+    bad = _flip(pkg["path"], PREFIX.size + 3, tmp_path / "bad.taoism")
+    with pytest.raises(SignatureError):
+        KeyServer(KeyServerConfig(str(bad), str(pkg["key_file"]), str(keys["owner_pub"]),
+                                  str(keys["platform_pub"]), ("00" * 32,)))
+    with pytest.raises(ConfigError, match="--allow"):
+        KeyServer(KeyServerConfig(str(pkg["path"]), str(pkg["key_file"]), str(keys["owner_pub"]),
+                                  str(keys["platform_pub"]), ("not-hex",)))
 
 
 # ------------------------------------------------------------------------------ keys
