@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from taoism.errors import (AttestationError, BackendUnavailable, ConfigError, KeyFileError, KeyReleaseError,
                            PackageError, SignatureError, TaoismError)
 from taoism.trust import (KeyServer, KeyServerConfig, KeyServiceClient, NonceBook, ReportVerifier,
-                          SgxQuoteSource, SgxQuoteVerifier, SimQuoteSource, SimQuoteVerifier, VerifierConfig, attest, decrypt_shielded, enclave_measurement, keygen,
-                          load_private_key, load_public_key, main_inspect, main_keygen, main_measure, open_package,
-                          unwrap_model_key, wrap_model_key, write_package, write_secret)
+                          SgxQuoteSource, SgxQuoteVerifier, SimQuoteSource, SimQuoteVerifier, VerifierConfig, attest,
+                          decrypt_shielded, enclave_measurement, keygen, load_private_key, load_public_key,
+                          main_inspect, main_keygen, main_measure, open_package, unwrap_model_key, wrap_model_key,
+                          write_package, write_secret)
 from taoism.trust.format import MAGIC, PREFIX, SIGN_LABEL, SIGNED_PREFIX, VERSION
 from taoism.trust.tensors import tensor_bytes
 from taoism.trust.writer import canonical_json
