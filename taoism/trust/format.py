@@ -131,7 +131,7 @@ def validate_header(doc: Any, data_size: int, where: str) -> Header:
     """Check every field of a decoded header with hard bounds; PackageError naming the field."""
     _require(isinstance(doc, dict) and set(doc) == _TOP_KEYS, where,
              f"header must be an object with exactly the keys {sorted(_TOP_KEYS)}")
-    _require(doc["format"] == FORMAT_NAME and doc["version"] == VERSION, where,
+    _require(doc["format"] == FORMAT_NAME and type(doc["version"]) is int and doc["version"] == VERSION, where,
              f"header format/version must be {FORMAT_NAME!r}/{VERSION}")
     package_id = _hex(doc["package_id"], 16, where, "package_id")
     key_check = _hex(doc["key_check"], 32, where, "key_check")

@@ -148,7 +148,8 @@ def main_keyserver(package: str, model_key: str, owner_public: str, platform_pub
 def add_keyserver_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``taoism keyserver`` options (for the CLI to reuse)."""
     parser.add_argument("--package", required=True, help="the model.taoism package")
-    parser.add_argument("--model-key", required=True, help="the 0600 model key file written with the package")
+    parser.add_argument("--model-key", default=None,
+                        help="the 0600 model key file written with the package (default: PACKAGE.key)")
     parser.add_argument("--owner-public", required=True, help="owner Ed25519 public key (owner.pub)")
     parser.add_argument("--platform-public", required=True, help="simulated platform public key (platform.pub)")
     parser.add_argument("--allow", action="append", required=True, metavar="MEASUREMENT",
@@ -165,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_keyserver_arguments(parser)
     a = parser.parse_args(argv)
     try:
-        return main_keyserver(a.package, a.model_key, a.owner_public, a.platform_public, a.allow, a.host, a.port,
+        return main_keyserver(a.package, a.model_key or a.package + ".key", a.owner_public, a.platform_public, a.allow, a.host, a.port,
                               a.nonce_ttl, a.max_age)
     except (TaoismError, OSError) as exc:
         print(f"taoism keyserver: {type(exc).__name__}: {exc}", file=sys.stderr)
