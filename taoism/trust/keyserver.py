@@ -166,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_keyserver_arguments(parser)
     a = parser.parse_args(argv)
     try:
-        return main_keyserver(a.package, a.model_key or a.package + ".key", a.owner_public, a.platform_public, a.allow, a.host, a.port,
-                              a.nonce_ttl, a.max_age)
+        return main_keyserver(a.package, a.model_key or a.package + ".key", a.owner_public, a.platform_public,
+                              a.allow, a.host, a.port, a.nonce_ttl, a.max_age)
     except (TaoismError, OSError) as exc:
         print(f"taoism keyserver: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
