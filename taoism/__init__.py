@@ -17,6 +17,8 @@ from taoism.errors import (BackendUnavailable, BoundaryError, BoundaryTimeout, C
                            ConfigError, EnclaveCrashed, EnclaveError, EnclaveRemoteError,
                            FrameError, HandshakeError, InputError, IntegrityError,
                            MemoryBudgetError, PlacementError, ProgramError, TaoismError)
+from taoism.errors import (AttestationError, KeyFileError, KeyReleaseError, PackageError,
+                           SignatureError, TrustError)
 from taoism.placement import EnclaveMode, Plan, PlacementRules
 from taoism.runtime import Profile, ShieldedModel, shield
 
@@ -29,4 +31,5 @@ __all__ = [
     "MemoryBudgetError", "PlacementError", "PlacementRules", "Plan", "Profile", "ProgramError",
     "ShieldedModel",
     "TaoismError", "available_backends", "get_backend", "shield", "__version__",
+    "AttestationError", "KeyFileError", "KeyReleaseError", "PackageError", "SignatureError", "TrustError",
 ]

@@ -68,3 +68,31 @@ class BackendUnavailable(TaoismError):
 
 class MemoryBudgetError(TaoismError):
     """A layer cannot run inside the enclave's memory budget, even in chunks."""
+
+
+class TrustError(TaoismError):
+    """Owner-sealed packages, attestation or key release failed."""
+
+
+class PackageError(TrustError):
+    """A model package file is malformed, truncated, oversized or was tampered with."""
+
+
+class SignatureError(PackageError):
+    """A package's owner signature does not verify (re-signed, tampered, or the wrong owner key)."""
+
+
+class KeyFileError(TrustError):
+    """A key file is missing, unreadable, of the wrong type, or too open."""
+
+
+class AttestationError(TrustError):
+    """An attestation report was refused; ``reason`` names the check that failed."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class KeyReleaseError(TrustError):
+    """The key service is down, timed out or answered badly, or a wrapped key does not open."""
