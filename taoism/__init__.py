@@ -16,7 +16,8 @@ from taoism.config import EnclaveConfig
 from taoism.errors import (BackendUnavailable, BoundaryError, BoundaryTimeout, CaptureError,
                            ConfigError, EnclaveCrashed, EnclaveError, EnclaveRemoteError,
                            FrameError, HandshakeError, InputError, IntegrityError,
-                           MemoryBudgetError, PlacementError, TaoismError)
+                           MemoryBudgetError, PlacementError, RequestError,
+                           ServiceUnavailable, TaoismError)
 from taoism.placement import EnclaveMode, Plan, PlacementRules
 from taoism.runtime import Profile, ShieldedModel, shield
 
@@ -26,6 +27,7 @@ __all__ = [
     "BackendUnavailable", "BoundaryError", "BoundaryTimeout", "CaptureError", "ConfigError",
     "EnclaveBackend", "EnclaveConfig", "EnclaveCrashed", "EnclaveError", "EnclaveMode",
     "EnclaveRemoteError", "FrameError", "HandshakeError", "InputError", "IntegrityError",
-    "MemoryBudgetError", "PlacementError", "PlacementRules", "Plan", "Profile", "ShieldedModel",
+    "MemoryBudgetError", "PlacementError", "PlacementRules", "Plan", "Profile", "RequestError", "ServiceUnavailable",
+    "ShieldedModel",
     "TaoismError", "available_backends", "get_backend", "shield", "__version__",
 ]

@@ -64,3 +64,18 @@ class BackendUnavailable(TaoismError):
 
 class MemoryBudgetError(TaoismError):
     """A layer cannot run inside the enclave's memory budget, even in chunks."""
+
+
+class RequestError(TaoismError, ValueError):
+    """A request to the inference server is malformed, too large or does not fit the model.
+
+    ``status`` is the HTTP status the server answers with (400, 413 or 415).
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServiceUnavailable(TaoismError):
+    """The inference server cannot answer now (enclave restarting, queue full, shutting down)."""
