@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import sys
+import threading
 from typing import Any, Callable
 
 import torch
@@ -31,6 +33,10 @@ def _bind(host: str, port: int) -> socket.socket:
                           "(0 picks a free one)") from None
     sock.listen(2048)
     return sock
+
+
+def _after_shutdown(sig: int, frame: Any) -> None:
+    """The signal uvicorn raises again once its graceful shutdown is done: nothing left to do."""
 
 
 def serve(model_factory: Callable[[], nn.Module], example_input: torch.Tensor,
@@ -71,7 +77,16 @@ def serve(model_factory: Callable[[], nn.Module], example_input: torch.Tensor,
         server = uvicorn.Server(uvicorn.Config(
             app, log_level=config.log_level, lifespan="on", access_log=False,
             timeout_graceful_shutdown=int(config.shutdown_timeout_s) or 1))
-        server.run(sockets=[sock])
+        # uvicorn handles SIGTERM/SIGINT gracefully, restores the handlers it found and raises
+        # the signal again; a no-op handler here lets us finish cleanly and exit 0
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, _after_shutdown)
+                    for sig in ((signal.SIGTERM, signal.SIGINT) if main else ())}
+        try:
+            server.run(sockets=[sock])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     finally:
         if batcher is not None:
             batcher.stop(config.shutdown_timeout_s)  # idempotent: the lifespan stops it first

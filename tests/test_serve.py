@@ -1,0 +1,318 @@
+"""The inference server as a real subprocess on a loopback port: answers, errors, crash, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from conftest import assert_same
+from taoism.zoo import get_model, units
+
+MODEL, SHAPE = "small_cnn", "cifar"
+BIN = "application/vnd.safetensors"
+
+
+def _split_placement() -> str:
+    us = units(get_model(MODEL, dataset_shape=SHAPE))
+    rules = {name: "ENCLAVE" for unit in us[: max(1, len(us) // 2)] for name in unit}
+    return json.dumps({**rules, "_default": "GPU"})
+
+
+class Server:
+    """``python -m taoism.serve`` on a free loopback port; stopped (and checked) on exit."""
+
+    def __init__(self, *args: str) -> None:
+        cmd = [sys.executable, "-m", "taoism.serve", "--model", MODEL, "--dataset-shape", SHAPE,
+               "--placement", _split_placement(), "--port", "0", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.stop()
+                raise AssertionError("the server did not start within 180 s") from None
+            if "listening on" in line:
+                self.url = line.split("listening on ", 1)[1].strip()
+                break
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def enclaves(self) -> list[psutil.Process]:
+        """The server's enclave child processes."""
+        return [p for p in psutil.Process(self.proc.pid).children(recursive=True)
+                if "taoism.enclave.server" in " ".join(p.cmdline())]
+
+    def metrics(self) -> dict[str, float]:
+        text = self.client.get("/metrics").text
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
+                out[key] = s.value
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("the server ignored SIGTERM for 60 s")
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return get_model(MODEL, dataset_shape=SHAPE)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = Server("--max-batch", "8", "--max-wait-ms", "20", "--max-body-bytes", "200000")
+    pids = [p.pid for p in srv.enclaves()]
+    assert pids, "the split plan must start an enclave process"
+    yield srv
+    pids += [p.pid for p in srv.enclaves()]
+    srv.client.close()
+    srv.stop()
+    assert srv.proc.returncode == 0, srv.proc.stderr.read() if srv.proc.stderr else ""
+    for pid in pids + [p.pid for p in Server.enclaves_seen]:
+        assert _gone(pid)
+
+
+Server.enclaves_seen = []  # enclave processes a test saw, checked gone at teardown
+
+
+def _input(seed: int, rows: int = 1) -> torch.Tensor:
+    return torch.randn(rows, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _predict(client: httpx.Client, x: torch.Tensor, binary: bool = False) -> httpx.Response:
+    if binary:
+        return client.post("/v1/predict", content=st_save({"inputs": x}),
+                           headers={"content-type": BIN})
+    return client.post("/v1/predict", json={"inputs": x.tolist()})
+
+
+def _outputs(r: httpx.Response) -> torch.Tensor:
+    if r.headers["content-type"].startswith("application/json"):
+        return torch.tensor(r.json()["outputs"])
+    return st_load(r.content)["outputs"]
+
+
+def _check(r: httpx.Response, x: torch.Tensor, plain) -> None:
+    assert r.status_code == 200, r.text
+    with torch.no_grad():
+        ref = plain(x)
+    assert ref.std() > 0.05  # outputs are not near-constant
+    assert_same(_outputs(r), ref)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "safetensors"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_predict_matches_plain_model(server, plain, binary, rows):
+    for seed in range(3):
+        x = _input(100 * rows + seed, rows)
+        r = _predict(server.client, x, binary)
+        _check(r, x, plain)
+        assert r.headers["content-type"].startswith(BIN if binary else "application/json")
+
+
+def test_octet_stream_is_safetensors(server, plain):
+    x = _input(7)
+    r = server.client.post("/v1/predict", content=st_save({"inputs": x}),
+                           headers={"content-type": "application/octet-stream"})
+    _check(r, x, plain)
+    assert r.headers["content-type"] == "application/octet-stream"
+
+
+_BAD = [
+    ("malformed json", b'{"inputs": [1, 2', "application/json", 400, "not valid JSON"),
+    ("wrong key", b'{"input": []}', "application/json", 400, 'exactly one key, "inputs"'),
+    ("wrong shape", json.dumps({"inputs": [[[0.0] * 32] * 32]}).encode(), "application/json", 400,
+     "(batch, 3, 32, 32)"),
+    ("ragged", json.dumps({"inputs": [[1.0, 2.0], [1.0]]}).encode(), "application/json", 400,
+     "rectangular"),
+    ("strings", json.dumps({"inputs": [["a"]]}).encode(), "application/json", 400, "numbers"),
+    ("nan", b'{"inputs": [NaN]}', "application/json", 400, "finite"),
+    ("too many rows", st_save({"inputs": torch.zeros(9, 3, 32, 32)}), BIN, 413, "1 to 8"),
+    ("wrong dtype", st_save({"inputs": torch.zeros(1, 3, 32, 32, dtype=torch.float64)}), BIN, 400,
+     "torch.float64"),
+    ("wrong tensor name", st_save({"x": torch.zeros(1, 3, 32, 32)}), BIN, 400, "named 'inputs'"),
+    ("malformed safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{bad}xxx", BIN, 400,
+     "not valid safetensors"),
+    ("pickle", b"\x80\x04\x95", "application/python-pickle", 415, "not supported"),
+    ("no content type", b"{}", "", 415, "not supported"),
+    ("over the size limit", b"0" * 200_001, "application/json", 413, "at most 200000"),
+]
+
+
+@pytest.mark.parametrize("body,ctype,status,needle", [b[1:] for b in _BAD], ids=[b[0] for b in _BAD])
+def test_bad_requests_get_4xx_with_message(server, body, ctype, status, needle):
+    r = server.client.post("/v1/predict", content=body, headers={"content-type": ctype})
+    assert r.status_code == status, r.text
+    assert r.json()["error"] == "RequestError"
+    assert needle in r.json()["message"]
+
+
+def test_wrong_method_and_path(server):
+    assert server.client.get("/v1/predict").status_code == 405
+    assert server.client.post("/v2/predict", json={}).status_code == 404
+
+
+def test_healthz(server):
+    r = server.client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok" and r.json()["input_shape"] == [3, 32, 32]
+
+
+def test_concurrent_load_every_output_checked_and_batched(server, plain):
+    before = server.metrics()
+    n = 100
+
+    def one(i: int) -> tuple[int, torch.Tensor, httpx.Response]:
+        x = _input(1000 + i)
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            return i, x, _predict(c, x, binary=i % 2 == 1)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(n)))
+    assert len(results) == n
+    for i, x, r in results:
+        _check(r, x, plain)
+    after = server.metrics()
+    batches = after["taoism_batch_requests_count"] - before["taoism_batch_requests_count"]
+    single = (after['taoism_batch_requests_bucket{le=1.0}']
+              - before['taoism_batch_requests_bucket{le=1.0}'])
+    assert after["taoism_batch_requests_sum"] - before["taoism_batch_requests_sum"] == n
+    assert batches < n and single < batches, (batches, single)  # requests were batched
+    assert after["taoism_requests_total{status=200}"] - before["taoism_requests_total{status=200}"] == n
+    assert after["taoism_request_latency_quantile_seconds{quantile=0.99}"] > 0
+
+
+def _kill_enclave(server) -> int:
+    (enclave,) = server.enclaves()
+    Server.enclaves_seen.append(enclave)
+    enclave.kill()
+    deadline = time.monotonic() + 10
+    while not _gone(enclave.pid):  # dead (a zombie until the server reaps it)
+        assert time.monotonic() < deadline, "the killed enclave did not die"
+        time.sleep(0.01)
+    return enclave.pid
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_enclave_crash_gives_503_then_restarts(server, plain):
+    restarts = server.metrics()["taoism_enclave_restarts_total"]
+    old = _kill_enclave(server)
+    x = _input(5)
+    r = _predict(server.client, x)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "ServiceUnavailable" and "restarted" in r.json()["message"]
+    deadline = time.monotonic() + 120
+    while True:
+        r = _predict(server.client, x)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        assert r.status_code == 503, r.text
+        time.sleep(0.2)
+    _check(r, x, plain)
+    assert server.metrics()["taoism_enclave_restarts_total"] == restarts + 1
+    assert [p.pid for p in server.enclaves()] != [old]
+    assert server.client.get("/healthz").json()["status"] == "ok"
+
+
+def test_crash_under_load_never_a_wrong_answer(server, plain):
+    n, done = 60, []
+    lock = threading.Lock()
+
+    def one(i: int) -> tuple[torch.Tensor, httpx.Response]:
+        x = _input(5000 + i)
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            r = _predict(c, x, binary=i % 2 == 0)
+        with lock:
+            done.append(i)
+        return x, r
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(n)]
+        while len(done) < n // 4:
+            time.sleep(0.01)
+        _kill_enclave(server)
+        results = [f.result() for f in futures]
+    statuses = [r.status_code for _, r in results]
+    assert set(statuses) <= {200, 503}, statuses
+    for x, r in results:
+        if r.status_code == 200:
+            _check(r, x, plain)
+    # the server recovers by itself
+    deadline = time.monotonic() + 120
+    x = _input(9)
+    while (r := _predict(server.client, x)).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _check(r, x, plain)
+
+
+def test_sigterm_finishes_in_flight_requests_and_stops_the_enclave(plain):
+    srv = Server("--max-batch", "16", "--max-wait-ms", "1500")
+    try:
+        enclaves = srv.enclaves()
+        assert enclaves
+        n = 6
+        xs = [_input(7000 + i) for i in range(n)]
+        with ThreadPoolExecutor(n) as pool:
+            def one(x):
+                with httpx.Client(base_url=srv.url, timeout=60) as c:
+                    return _predict(c, x)
+            futures = [pool.submit(one, x) for x in xs]
+            deadline = time.monotonic() + 60
+            while srv.metrics()["taoism_requests_in_flight"] < n:  # all n wait in the batcher
+                assert time.monotonic() < deadline, "requests did not reach the server"
+                time.sleep(0.02)
+            srv.proc.send_signal(signal.SIGTERM)
+            results = [f.result() for f in futures]
+        for x, r in zip(xs, results):
+            _check(r, x, plain)
+        assert srv.proc.wait(timeout=60) == 0
+        assert "enclave is closed" in "".join(iter_lines(srv))
+        assert all(_gone(p.pid) for p in enclaves)
+    finally:
+        srv.client.close()
+        srv.stop()
+
+
+def iter_lines(srv: Server):
+    while True:
+        try:
+            yield srv.lines.get(timeout=5)
+        except queue.Empty:
+            return
