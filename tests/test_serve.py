@@ -3,85 +3,38 @@
 from __future__ import annotations
 
 import json
-import os
-import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import psutil
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from conftest import assert_same
-from taoism.zoo import get_model, units
+from taoism.cli import default_split
+from taoism.serve.launch import ServerProcess, kill_process, process_gone
+from taoism.serve.metrics import parse_metrics
+from taoism.zoo import get_model
 
 MODEL, SHAPE = "small_cnn", "cifar"
 BIN = "application/vnd.safetensors"
 
 
-def _split_placement() -> str:
-    us = units(get_model(MODEL, dataset_shape=SHAPE))
-    rules = {name: "ENCLAVE" for unit in us[: max(1, len(us) // 2)] for name in unit}
-    return json.dumps({**rules, "_default": "GPU"})
-
-
-class Server:
-    """``python -m taoism.serve`` on a free loopback port; stopped (and checked) on exit."""
+class Server(ServerProcess):
+    """The server of these tests: small_cnn, first half of its blocks in the enclave."""
 
     def __init__(self, *args: str) -> None:
-        cmd = [sys.executable, "-m", "taoism.serve", "--model", MODEL, "--dataset-shape", SHAPE,
-               "--placement", _split_placement(), "--port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                self.stop()
-                raise AssertionError("the server did not start within 180 s") from None
-            if "listening on" in line:
-                self.url = line.split("listening on ", 1)[1].strip()
-                break
+        placement = json.dumps(default_split(get_model(MODEL, dataset_shape=SHAPE)))
+        super().__init__(["--model", MODEL, "--dataset-shape", SHAPE, "--placement", placement,
+                          *args])
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-
-    def enclaves(self) -> list[psutil.Process]:
-        """The server's enclave child processes."""
-        return [p for p in psutil.Process(self.proc.pid).children(recursive=True)
-                if "taoism.enclave.server" in " ".join(p.cmdline())]
-
     def metrics(self) -> dict[str, float]:
-        text = self.client.get("/metrics").text
-        out = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
-                out[key] = s.value
-        return out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("the server ignored SIGTERM for 60 s")
+        return parse_metrics(self.client.get("/metrics").text)
 
 
 @pytest.fixture(scope="module")
@@ -92,18 +45,13 @@ def plain():
 @pytest.fixture(scope="module")
 def server():
     srv = Server("--max-batch", "8", "--max-wait-ms", "20", "--max-body-bytes", "200000")
-    pids = [p.pid for p in srv.enclaves()]
+    pids = srv.enclave_pids()
     assert pids, "the split plan must start an enclave process"
     yield srv
-    pids += [p.pid for p in srv.enclaves()]
+    pids += srv.enclave_pids()
     srv.client.close()
-    srv.stop()
-    assert srv.proc.returncode == 0, srv.proc.stderr.read() if srv.proc.stderr else ""
-    for pid in pids + [p.pid for p in Server.enclaves_seen]:
-        assert _gone(pid)
-
-
-Server.enclaves_seen = []  # enclave processes a test saw, checked gone at teardown
+    assert srv.stop() == 0, srv.stderr()
+    assert all(process_gone(pid) for pid in pids)
 
 
 def _input(seed: int, rows: int = 1) -> torch.Tensor:
@@ -214,21 +162,9 @@ def test_concurrent_load_every_output_checked_and_batched(server, plain):
 
 
 def _kill_enclave(server) -> int:
-    (enclave,) = server.enclaves()
-    Server.enclaves_seen.append(enclave)
-    enclave.kill()
-    deadline = time.monotonic() + 10
-    while not _gone(enclave.pid):  # dead (a zombie until the server reaps it)
-        assert time.monotonic() < deadline, "the killed enclave did not die"
-        time.sleep(0.01)
-    return enclave.pid
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    (pid,) = server.enclave_pids()
+    kill_process(pid)
+    return pid
 
 
 def test_enclave_crash_gives_503_then_restarts(server, plain):
@@ -247,7 +183,7 @@ def test_enclave_crash_gives_503_then_restarts(server, plain):
         time.sleep(0.2)
     _check(r, x, plain)
     assert server.metrics()["taoism_enclave_restarts_total"] == restarts + 1
-    assert [p.pid for p in server.enclaves()] != [old]
+    assert server.enclave_pids() not in ([old], [])
     assert server.client.get("/healthz").json()["status"] == "ok"
 
 
@@ -285,7 +221,7 @@ def test_crash_under_load_never_a_wrong_answer(server, plain):
 def test_sigterm_finishes_in_flight_requests_and_stops_the_enclave(plain):
     srv = Server("--max-batch", "16", "--max-wait-ms", "1500")
     try:
-        enclaves = srv.enclaves()
+        enclaves = srv.enclave_pids()
         assert enclaves
         n = 6
         xs = [_input(7000 + i) for i in range(n)]
@@ -303,16 +239,8 @@ def test_sigterm_finishes_in_flight_requests_and_stops_the_enclave(plain):
         for x, r in zip(xs, results):
             _check(r, x, plain)
         assert srv.proc.wait(timeout=60) == 0
-        assert "enclave is closed" in "".join(iter_lines(srv))
-        assert all(_gone(p.pid) for p in enclaves)
+        assert "enclave is closed" in srv.output()
+        assert all(process_gone(pid) for pid in enclaves)
     finally:
         srv.client.close()
         srv.stop()
-
-
-def iter_lines(srv: Server):
-    while True:
-        try:
-            yield srv.lines.get(timeout=5)
-        except queue.Empty:
-            return

@@ -74,3 +74,15 @@ class _Quantiles:
             for q in QUANTILES:
                 fam.add_metric([str(q)], values[min(len(values) - 1, int(q * len(values)))])
         yield fam
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text as ``{'name{label=value}': value}`` (for tests and the load benchmark)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
+            out[s.name + labels] = s.value
+    return out
