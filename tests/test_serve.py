@@ -244,3 +244,37 @@ def test_sigterm_finishes_in_flight_requests_and_stops_the_enclave(plain):
     finally:
         srv.client.close()
         srv.stop()
+
+
+def test_codec_fuzz_bad_bodies_get_request_error_only():
+    """Mutated JSON and safetensors bodies: a tensor that fits the spec, or RequestError."""
+    import random
+
+    from taoism.errors import RequestError
+    from taoism.serve import codec
+
+    spec = codec.InputSpec(torch.float32, (2, 3), 4)
+    good = {codec.JSON: json.dumps({"inputs": torch.randn(2, 2, 3).tolist()}).encode(),
+            codec.SAFETENSORS: st_save({"inputs": torch.randn(3, 2, 3)})}
+    rng = random.Random(0)
+    accepted = 0
+    for i in range(3000):
+        kind = codec.JSON if i % 2 else codec.SAFETENSORS
+        body = bytearray(good[kind])
+        for _ in range(rng.randint(1, 4)):
+            op = rng.random()
+            pos = rng.randrange(len(body) + 1)
+            if op < 0.4 and body:
+                body[min(pos, len(body) - 1)] = rng.randrange(256)
+            elif op < 0.7:
+                del body[pos:pos + rng.randint(1, 16)]
+            else:
+                body[pos:pos] = rng.randbytes(rng.randint(1, 8))
+        try:
+            x = codec.decode(bytes(body), kind, spec)
+        except RequestError as exc:
+            assert str(exc) and exc.status in (400, 413)
+            continue
+        accepted += 1
+        assert x.dtype == torch.float32 and tuple(x.shape[1:]) == (2, 3) and 1 <= x.shape[0] <= 4
+    assert accepted < 3000

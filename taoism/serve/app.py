@@ -74,7 +74,9 @@ def create_app(batcher: Batcher, spec: codec.InputSpec, config: ServeConfig,
         except ServiceUnavailable as exc:
             return _error(503, exc)
         except Exception as exc:  # the batch failed for a reason that is not the request's
-            return _error(500, exc)
+            return JSONResponse({"error": "InternalError", "message": (
+                f"the batch holding this request failed ({type(exc).__name__}); the enclave "
+                "was restarted, retry")}, status_code=500)
         body, media = codec.encode(out, kind)
         return Response(body, media_type=media)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import queue
 import signal
 import subprocess
@@ -20,7 +21,9 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "taoism.serve", "--host", "127.0.0.1", "--port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
+        self._err: collections.deque[str] = collections.deque(maxlen=200)  # drained, or it blocks
         threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
         deadline = time.monotonic() + start_timeout_s
         while True:
             try:
@@ -40,6 +43,11 @@ class ServerProcess:
         for line in self.proc.stdout:
             self.lines.put(line)
 
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._err.append(line)
+
     def output(self, wait_s: float = 2.0) -> str:
         """What the server printed to stdout since it started listening."""
         out = []
@@ -50,10 +58,8 @@ class ServerProcess:
                 return "".join(out)
 
     def stderr(self) -> str:
-        """The server's stderr (only once it has exited)."""
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        return self.proc.stderr.read()
+        """The last lines the server wrote to stderr."""
+        return "".join(self._err)
 
     def enclave_pids(self) -> list[int]:
         """Process ids of the server's enclave children."""
