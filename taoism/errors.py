@@ -96,3 +96,18 @@ class AttestationError(TrustError):
 
 class KeyReleaseError(TrustError):
     """The key service is down, timed out or answered badly, or a wrapped key does not open."""
+
+
+class RequestError(TaoismError, ValueError):
+    """A request to the inference server is malformed, too large or does not fit the model.
+
+    ``status`` is the HTTP status the server answers with (400, 413 or 415).
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServiceUnavailable(TaoismError):
+    """The inference server cannot answer now (enclave restarting, queue full, shutting down)."""
