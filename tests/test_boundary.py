@@ -712,7 +712,7 @@ def test_plain_frame_round_trip_and_layout():
 
 @pytest.mark.parametrize("mutate, match", [
     (lambda r: r.__setitem__(slice(0, 4), b"XXXX"), "bad magic"),
-    (lambda r: struct.pack_into("<H", r, 4, 2), "unsupported frame version 2"),
+    (lambda r: struct.pack_into("<H", r, 4, 1), "unsupported frame version 1"),
     (lambda r: struct.pack_into("<I", r, 12, 70000), "n_tensors=70000"),
     (lambda r: struct.pack_into("<Q", r, 24, 10**6), "blob_len"),
     (lambda r: struct.pack_into("<Q", r, 32, 10**9), "exceeds the maximum"),

@@ -220,7 +220,7 @@ class Channel:
                              "raise ChannelConfig.max_frame_bytes (both sides) or split the tensors")
         sealer = self._sealer
         try:
-            header = _HEADER_PACK(_MAGIC, _VERSION, kind, tag, len(tensors), sealer.next_seq, blob_len, body_len)
+            header = _HEADER_PACK(_MAGIC, _VERSION, kind, tag, len(tensors), sealer.next_seq, blob_len, body_len, 0)
         except struct.error:
             header = frame.pack_header(kind, tag, len(tensors), sealer.next_seq, blob_len, body_len)  # raises
         try:
@@ -274,7 +274,7 @@ class Channel:
         region = tr.inbound
         try:
             hb = region.mm[CTL_BYTES:CTL_BYTES + HEADER_SIZE]
-            magic, version, kind, tag, n, seq, blob_len, body_len = _HEADER_UNPACK(hb)
+            magic, version, kind, tag, n, seq, blob_len, body_len, request_id = _HEADER_UNPACK(hb)
             if (magic != _MAGIC or version != _VERSION or body_len > self._max_body or n > _MAX_TENSORS
                     or n * _DESC + blob_len > body_len or body_len + _OVERHEAD != frame_len):
                 self._bad_header(hb, frame_len)
@@ -297,6 +297,10 @@ class Channel:
         except TaoismError as exc:
             self._unusable = exc
             raise
+        except Exception as exc:  # a decoder bug must still fail closed and typed, never untyped
+            self._unusable = FrameError(f"malformed frame seq={seq} rejected by the decoder "
+                                        f"({type(exc).__name__}: {exc})")
+            raise self._unusable from exc
         stats = self.stats
         stats.frames_recv += 1
         stats.bytes_recv += frame_len
@@ -354,20 +358,23 @@ class Channel:
 
     # ------------------------------------------------------------------ test-only hooks (attacker's view)
 
-    def _seal_body(self, kind: int, tag: int, body: bytes, n_tensors: int, blob_len: int) -> bytes:
+    def _seal_body(self, kind: int, tag: int, body: bytes, n_tensors: int, blob_len: int,
+                   request_id: int = 0) -> bytes:
         """Encrypt an arbitrary body under this session's keys; returns raw frame bytes (consumes a seq)."""
         seq = self._sealer.take_seq()
-        header = frame.HEADER.pack(frame.MAGIC, frame.VERSION, kind, tag, n_tensors, seq, blob_len, len(body))
+        header = frame.HEADER.pack(frame.MAGIC, frame.VERSION, kind, tag, n_tensors, seq, blob_len, len(body),
+                                   request_id)
         out = bytearray(HEADER_SIZE + len(body) + _TAG)
         out[:HEADER_SIZE] = header
         self._sealer.seal_into(seq, header, body, memoryview(out)[HEADER_SIZE:])
         return bytes(out)
 
-    def _seal_frame(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"") -> bytes:
+    def _seal_frame(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"",
+                    request_id: int = 0) -> bytes:
         """Encrypt a well-formed message without sending it; returns raw frame bytes (consumes a seq)."""
         plain = frame.encode_frame(kind, tag, 0, tensors, blob)
         n_tensors = frame.HEADER.unpack_from(plain)[4]
-        return self._seal_body(kind, tag, bytes(plain[HEADER_SIZE:]), n_tensors, len(blob))
+        return self._seal_body(kind, tag, bytes(plain[HEADER_SIZE:]), n_tensors, len(blob), request_id)
 
     def _send_raw(self, raw: bytes) -> None:
         """Write raw bytes into the outbound slot and publish them as a frame."""
