@@ -737,3 +737,142 @@ def test_cuda_tensors_are_copied_to_host_and_metered(pair):
     _assert_same(msg.tensors, tensors)
     assert all(x.device.type == "cpu" for x in msg.tensors)
     assert host.stats.copy_s > 0
+
+
+# ----------------------------------------------------------------------------- request ids and threads
+
+
+def test_reply_with_a_wrong_request_id_is_refused(pair):
+    from taoism.errors import ReplyMismatchError
+
+    host, enclave = pair
+    rid = host.send(1, 0, [torch.arange(3)])
+    assert enclave.recv(timeout=5).request_id == rid
+    enclave.send(11, 0, [torch.arange(3)], reply_to=rid + 1)
+    with pytest.raises(ReplyMismatchError, match=f"request id {rid + 1}.*oldest unanswered request is {rid}"):
+        host.recv(timeout=5)
+    with pytest.raises(BoundaryError, match="unusable.*ReplyMismatchError"):
+        host.send(1, 0)
+
+
+def test_unsolicited_reply_is_refused(pair):
+    from taoism.errors import ReplyMismatchError
+
+    host, enclave = pair
+    enclave.send(11, 0, [torch.ones(2)])
+    with pytest.raises(ReplyMismatchError, match="no request is waiting"):
+        host.recv(timeout=5)
+
+
+def test_reply_echoes_the_request_id_by_default(pair):
+    host, enclave = pair
+    for i in range(3):
+        rid = host.send(1, i, [torch.full((2,), float(i))])
+        msg = enclave.recv(timeout=5)
+        assert msg.request_id == rid == i + 1
+        assert enclave.send(11, msg.tag, msg.tensors) == rid
+        reply = host.recv(timeout=5, expect=rid)
+        assert reply.request_id == rid and reply.tag == i
+
+
+def test_request_from_many_threads_pairs_every_reply_with_its_request(echo_peer):
+    n_threads, n_calls = 8, 40
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(n_calls):
+                x = torch.full((64 + k,), float(1000 * k + i))
+                reply = echo_peer.chan.request(peer_mod.ECHO, k, [x], timeout=30)
+                assert reply.tag == k and torch.equal(reply.tensors[0], x), (k, i)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_concurrent_senders_never_repeat_a_sequence_number(pair):
+    host, enclave = pair
+    n_threads, n_each = 4, 50
+    got: list[int] = []
+
+    def reader() -> None:
+        for _ in range(n_threads * n_each):
+            got.append(int(enclave.recv(timeout=20).tensors[0]))  # raises on any repeated or skipped seq
+
+    r = threading.Thread(target=reader)
+    r.start()
+    senders = [threading.Thread(target=lambda k=k: [host.send(1, 0, [torch.tensor(k * 1000 + i)])
+                                                    for i in range(n_each)]) for k in range(n_threads)]
+    for t in senders:
+        t.start()
+    for t in senders + [r]:
+        t.join(timeout=60)
+    assert sorted(got) == sorted(k * 1000 + i for k in range(n_threads) for i in range(n_each))
+    assert host._sealer.next_seq == enclave._opener.next_seq == n_threads * n_each
+
+
+def test_request_timeout_leaves_the_channel_unusable_not_out_of_step(pair):
+    host, enclave = pair
+    with pytest.raises(BoundaryTimeout):
+        host.request(1, 0, [torch.ones(2)], timeout=0.05)
+    enclave.recv(timeout=5)
+    enclave.send(11, 0, [torch.ones(2)])  # the late reply must never reach a later request
+    with pytest.raises(BoundaryError, match="unusable.*BoundaryTimeout"):
+        host.request(1, 0, [torch.ones(2)], timeout=5)
+
+
+# ----------------------------------------------------------------------------- memory hygiene
+
+
+def _runs_found(secret: torch.Tensor, buffers) -> int:
+    """How many 64-byte runs of ``secret``'s bytes occur in any of ``buffers``."""
+    data = secret.numpy().tobytes()
+    runs = [data[i:i + 64] for i in range(0, len(data) - 63, 64)]
+    blobs = [bytes(b) for b in buffers]
+    return sum(any(r in b for b in blobs) for r in runs)
+
+
+def _host_buffers(chan) -> list:
+    return [chan._staging, chan._tr.outbound.data, chan._tr.inbound.data]
+
+
+@pytest.mark.parametrize("secret", [False, True])
+def test_no_plaintext_run_of_a_sent_tensor_stays_in_host_buffers(pair, secret):
+    host, enclave = pair
+    weights = torch.randn(5120)  # 20 KiB, e.g. ResNet-18's fc: below the streaming threshold
+    host.send(1, 0, [weights], b'{"tensors": ["fc.weight"]}', secret=secret)
+    msg = enclave.recv(timeout=5)
+    assert _runs_found(weights, [msg.tensors[0].numpy()]) == 320  # positive control: the scan finds them
+    assert _runs_found(weights, _host_buffers(host)) == 0
+    assert not any(host._staging)  # the staging buffer is wiped after use
+
+
+def test_without_the_wipe_the_scan_finds_the_residue(pair, monkeypatch):
+    """Control: the hygiene test above can fail (staging not wiped -> runs found)."""
+    from taoism.boundary import channel as channel_mod
+
+    monkeypatch.setattr(channel_mod, "_memset", lambda *a: None)
+    host, enclave = pair
+    weights = torch.randn(5120)
+    host.send(1, 0, [weights])
+    enclave.recv(timeout=5)
+    assert _runs_found(weights, _host_buffers(host)) == 320
+
+
+def test_staging_is_wiped_before_it_is_grown(pair):
+    host, enclave = pair
+    small = torch.randn(4096)
+    old = host._staging  # keep the old buffer alive to look at it after the growth
+    host.send(1, 0, [small])
+    enclave.recv(timeout=5)
+    host.send(1, 0, [torch.randn(40_000)])  # 160 KiB: grows the 64 KiB staging buffer
+    enclave.recv(timeout=5)
+    assert host._staging is not old and host.staging_bytes > len(old)
+    assert not any(old) and not any(host._staging)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, fields
 from typing import Sequence
@@ -15,7 +18,8 @@ from cryptography.exceptions import InvalidTag
 from taoism.boundary import crypto, frame
 from taoism.boundary.frame import HEADER_SIZE
 from taoism.boundary.transport import CTL_BYTES, ShmTransport
-from taoism.errors import BoundaryError, BoundaryTimeout, ConfigError, EnclaveCrashed, FrameError, TaoismError
+from taoism.errors import (BoundaryError, BoundaryTimeout, ConfigError, EnclaveCrashed, FrameError,
+                           ReplyMismatchError, TaoismError)
 
 _TAG = crypto.TAG_SIZE
 _OVERHEAD = HEADER_SIZE + _TAG
@@ -29,6 +33,12 @@ _decode_body = frame.decode_body_parts
 _np_empty = np.empty
 _NONCE_PACK = crypto.NONCE.pack
 _uint8 = np.uint8
+_memset = ctypes.memset
+
+
+def _address_of(buf: bytearray) -> int:
+    """Address of a bytearray's storage (stable: the channel never resizes its buffers in place)."""
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
 class _Closed(Exception):
@@ -141,32 +151,40 @@ class Message:
     tag: int
     tensors: list[torch.Tensor]
     blob: bytes
+    request_id: int = 0
 
 
 _object_new = object.__new__
 _set_kind, _set_tag = Message.kind.__set__, Message.tag.__set__  # type: ignore[attr-defined]
 _set_tensors, _set_blob = Message.tensors.__set__, Message.blob.__set__  # type: ignore[attr-defined]
+_set_rid = Message.request_id.__set__  # type: ignore[attr-defined]
 
 
-def _new_message(kind: int, tag: int, tensors: list[torch.Tensor], blob: bytes) -> Message:
-    """``Message(kind, tag, tensors, blob)`` at half the cost (sets the slots directly, as its __init__ does)."""
+def _new_message(kind: int, tag: int, tensors: list[torch.Tensor], blob: bytes, request_id: int) -> Message:
+    """``Message(kind, tag, tensors, blob, request_id)`` at half the cost (sets the slots as __init__ does)."""
     msg = _object_new(Message)
     _set_kind(msg, kind)
     _set_tag(msg, tag)
     _set_tensors(msg, tensors)
     _set_blob(msg, blob)
+    _set_rid(msg, request_id)
     return msg
 
 
 class Channel:
-    """One end of an open boundary session. Not thread-safe; use one channel per thread.
+    """One end of an open boundary session.
+
+    Thread-safe: ``send`` and ``recv`` each admit one thread at a time (sequence
+    numbers, hence GCM nonces, are taken under the send lock), and ``request``
+    pairs each host request with its reply, so concurrent callers take turns.
 
     Create with :func:`open_host_channel` / :func:`open_enclave_channel`.
     After an integrity, frame or peer-death error the channel is unusable.
     """
 
     def __init__(self, transport: ShmTransport, sealer: crypto.Sealer, opener: crypto.Opener,
-                 config: ChannelConfig, stats: ChannelStats, peer_closed_error: type[Exception]) -> None:
+                 config: ChannelConfig, stats: ChannelStats, peer_closed_error: type[Exception],
+                 is_host: bool = True) -> None:
         self._tr = transport
         self._sealer = sealer
         self._opener = opener
@@ -177,21 +195,90 @@ class Channel:
         self._stream_threshold = config.stream_threshold_bytes
         self._timeout = config.timeout_s
         self._snapshot = config.snapshot_ciphertext
+        self._is_host = is_host
         self._staging = bytearray(64 << 10)
         self._staging_len = len(self._staging)
         self._staging_mv = memoryview(self._staging)
+        self._staging_addr = _address_of(self._staging)
         # None while usable; else the error that made the channel unusable (or a closed marker).
         self._unusable: BaseException | None = None
+        # Locks: one sender and one receiver at a time (sequence numbers and the shared slot are
+        # read-modify-write), and request() pairs a request with its reply.
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._request_lock = threading.Lock()
+        self._next_rid = 1  # host: id of the next request
+        self._pending: collections.deque[int] = collections.deque()  # host: ids sent, not yet answered
+        self._last_rid = 0  # enclave: id of the last request received
 
     # ------------------------------------------------------------------ public API
 
-    def send(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"") -> None:
-        """Encrypt and send one message; waits only while the peer still holds the previous one.
+    def send(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"", *,
+             secret: bool = False, reply_to: int | None = None) -> int:
+        """Encrypt and send one message; returns its request id. Thread-safe (one sender at a time).
 
         Tensors may be non-contiguous or on an accelerator (copied to contiguous
         CPU memory first; counted in ``stats.copy_s``). ``kind`` is a u16,
         ``tag`` a u32 chosen by the caller; ``blob`` small opaque bytes.
+        ``secret=True`` (e.g. weights): tensor bytes are encrypted straight from
+        the tensors into shared memory, never copied into a staging buffer.
+        On the host every message is a request with a fresh id that the reply
+        must echo; on the enclave a message answers ``reply_to`` (default: the
+        id of the last message received).
         """
+        with self._send_lock:
+            return self._send(kind, tag, tensors, blob, secret, reply_to)
+
+    def recv(self, timeout: float | None = None, *, expect: int | None = None) -> Message:
+        """Wait for, authenticate and decode the next message. Thread-safe (one receiver at a time).
+
+        ``timeout`` in seconds; None uses ``ChannelConfig.timeout_s`` (None there
+        = wait forever). On the host a reply must carry the id of the oldest
+        unanswered request (and ``expect``, if given), else ReplyMismatchError.
+        Raises BoundaryTimeout (the channel stays usable), IntegrityError,
+        FrameError, ReplyMismatchError, or the peer-closed error.
+        """
+        if timeout is None:
+            timeout = self._timeout
+        lock = self._recv_lock
+        if not lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise BoundaryTimeout(f"another thread held the channel's receiver for {timeout:g} s")
+        try:
+            return self._recv(timeout, expect)
+        finally:
+            lock.release()
+
+    def request(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"", *,
+                timeout: float | None = None, secret: bool = False) -> Message:
+        """Send a request and return its reply (host side); thread-safe: concurrent callers take turns.
+
+        Any failure between the send and the reply (time-out, interrupt,
+        mismatched reply) leaves the channel unusable rather than out of step.
+        """
+        with self._request_lock:
+            rid = self.send(kind, tag, tensors, blob, secret=secret)
+            try:
+                return self.recv(timeout, expect=rid)
+            except BaseException as exc:
+                if self._unusable is None:
+                    self._unusable = exc if isinstance(exc, TaoismError) else BoundaryError(
+                        f"interrupted ({type(exc).__name__}) while waiting for the reply to request {rid}")
+                raise
+
+    @property
+    def staging_bytes(self) -> int:
+        """Bytes of this end's private staging buffer (for memory accounting)."""
+        return self._staging_len
+
+    @property
+    def failure(self) -> BaseException | None:
+        """None while the channel is usable, else why it is not (closed, tampered frame, ...)."""
+        return self._unusable
+
+    # ------------------------------------------------------------------ the data path
+
+    def _send(self, kind: int, tag: int, tensors: Sequence[torch.Tensor], blob: bytes, secret: bool,
+              reply_to: int | None) -> int:
         if self._unusable is not None:
             self._raise_unusable()
         t_start = _perf()
@@ -204,65 +291,80 @@ class Channel:
                 tensors = [frame.prepare_tensor(t, i) for i, t in enumerate(tensors)]
                 break
         blob_len = len(blob)
-        body_len = _stage_body(tensors, blob, self._staging)
-        streamed = False
-        if body_len < 0:  # does not fit the staging buffer
-            body_len = -body_len
-            if body_len >= self._stream_threshold and tensors:
+        staged = 0  # bytes of plaintext in the staging buffer, wiped in the finally below
+        try:
+            if secret and tensors:
+                body_len = frame.plan_body(tensors, blob_len).body_len
                 streamed = True
-            elif body_len <= self._max_body:
-                self._grow_staging(body_len)
-                _stage_body(tensors, blob, self._staging)
-        t_copied = _perf()
-        frame_len = body_len + _OVERHEAD
-        if body_len > self._max_body:
-            raise FrameError(f"message of {frame_len} bytes exceeds max_frame_bytes={self._config.max_frame_bytes}; "
-                             "raise ChannelConfig.max_frame_bytes (both sides) or split the tensors")
-        sealer = self._sealer
-        try:
-            header = _HEADER_PACK(_MAGIC, _VERSION, kind, tag, len(tensors), sealer.next_seq, blob_len, body_len, 0)
-        except struct.error:
-            header = frame.pack_header(kind, tag, len(tensors), sealer.next_seq, blob_len, body_len)  # raises
-        try:
-            out = self._tr.reserve(frame_len, self._timeout)
-        except BoundaryTimeout:
-            raise
-        except TaoismError as exc:
-            self._unusable = exc
-            raise
-        seq = sealer.next_seq
-        sealer.next_seq = seq + 1  # taken before encrypting: a nonce is never reused
-        out[:HEADER_SIZE] = header
-        t_crypto = _perf()
-        if streamed:
-            self._seal_streamed(seq, header, tensors, blob, body_len, out[HEADER_SIZE:])
-        else:
-            sealer.aead.encrypt_into(_NONCE_PACK(sealer.prefix, seq), self._staging_mv[:body_len], header,
-                                     out[HEADER_SIZE:])
-        t_end = _perf()
-        del out
+            else:
+                body_len = _stage_body(tensors, blob, self._staging)
+                streamed = False
+                if body_len < 0:  # does not fit the staging buffer
+                    body_len = -body_len
+                    if body_len >= self._stream_threshold and tensors:
+                        streamed = True
+                    elif body_len <= self._max_body:
+                        self._grow_staging(body_len)
+                        _stage_body(tensors, blob, self._staging)
+                        staged = body_len
+                else:
+                    staged = body_len
+            t_copied = _perf()
+            frame_len = body_len + _OVERHEAD
+            if body_len > self._max_body:
+                raise FrameError(f"message of {frame_len} bytes exceeds max_frame_bytes="
+                                 f"{self._config.max_frame_bytes}; raise ChannelConfig.max_frame_bytes (both "
+                                 "sides) or split the tensors")
+            sealer = self._sealer
+            if self._is_host:
+                rid = self._next_rid
+            else:
+                rid = self._last_rid if reply_to is None else reply_to
+            try:
+                header = _HEADER_PACK(_MAGIC, _VERSION, kind, tag, len(tensors), sealer.next_seq, blob_len, body_len,
+                                      rid)
+            except struct.error:
+                header = frame.pack_header(kind, tag, len(tensors), sealer.next_seq, blob_len, body_len, rid)  # raises
+            try:
+                out = self._tr.reserve(frame_len, self._timeout)
+            except BoundaryTimeout:
+                raise
+            except TaoismError as exc:
+                self._unusable = exc
+                raise
+            seq = sealer.next_seq
+            sealer.next_seq = seq + 1  # taken before encrypting (under the send lock): a nonce is never reused
+            if self._is_host:
+                self._next_rid = rid + 1
+            out[:HEADER_SIZE] = header
+            t_crypto = _perf()
+            if streamed:
+                staged = self._seal_streamed(seq, header, tensors, blob, body_len, out[HEADER_SIZE:])
+            else:
+                sealer.aead.encrypt_into(_NONCE_PACK(sealer.prefix, seq), self._staging_mv[:body_len], header,
+                                         out[HEADER_SIZE:])
+            t_end = _perf()
+            del out
+        finally:
+            if staged:  # no plaintext stays behind in the staging buffer
+                _memset(self._staging_addr, 0, staged)
         try:
             self._tr.publish(frame_len)
         except TaoismError as exc:
             self._unusable = exc
             raise
+        if self._is_host:
+            self._pending.append(rid)
         stats = self.stats
         stats.frames_sent += 1
         stats.bytes_sent += frame_len
         stats.crypto_s += t_end - t_crypto
         stats.copy_s += t_copied - t_start
+        return rid
 
-    def recv(self, timeout: float | None = None) -> Message:
-        """Wait for, authenticate and decode the next message.
-
-        ``timeout`` in seconds; None uses ``ChannelConfig.timeout_s`` (None there
-        = wait forever). Raises BoundaryTimeout (the channel stays usable),
-        IntegrityError, FrameError, or the peer-closed error.
-        """
+    def _recv(self, timeout: float | None, expect: int | None) -> Message:
         if self._unusable is not None:
             self._raise_unusable()
-        if timeout is None:
-            timeout = self._timeout
         tr = self._tr
         try:
             frame_len = tr.wait_frame(timeout)
@@ -272,6 +374,7 @@ class Channel:
             self._unusable = exc
             raise
         region = tr.inbound
+        seq = -1
         try:
             hb = region.mm[CTL_BYTES:CTL_BYTES + HEADER_SIZE]
             magic, version, kind, tag, n, seq, blob_len, body_len, request_id = _HEADER_UNPACK(hb)
@@ -293,6 +396,10 @@ class Channel:
             t1 = _perf()
             opener.next_seq = seq + 1
             tr.release()
+            if self._is_host:
+                self._check_reply(request_id, expect, kind, tag)
+            else:
+                self._last_rid = request_id
             tensors, blob = _decode_body(n, blob_len, body_len, body)
         except TaoismError as exc:
             self._unusable = exc
@@ -305,7 +412,22 @@ class Channel:
         stats.frames_recv += 1
         stats.bytes_recv += frame_len
         stats.crypto_s += t1 - t0
-        return _new_message(kind, tag, tensors, blob)
+        return _new_message(kind, tag, tensors, blob, request_id)
+
+    def _check_reply(self, request_id: int, expect: int | None, kind: int, tag: int) -> None:
+        pending = self._pending
+        want = pending[0] if pending else None
+        if request_id != want or (expect is not None and expect != want):
+            if want is None:
+                what = "no request is waiting for a reply"
+            elif request_id != want:
+                what = f"the oldest unanswered request is {want}"
+            else:
+                what = f"the caller waits for request {expect}, but request {want} is answered first"
+            raise ReplyMismatchError(f"reply (kind={kind}, tag={tag}) carries request id {request_id} but {what}: "
+                                     "refused, the session is out of step; restart it (call requests through "
+                                     "Channel.request, which pairs each request with its reply)")
+        pending.popleft()
 
     def close(self) -> None:
         """Close the session: unmap shared memory and close the socket (the peer sees EOF)."""
@@ -339,8 +461,11 @@ class Channel:
                          f"({HEADER_SIZE} header + body_len={header.body_len} + {_TAG} tag): truncated or padded")
 
     def _seal_streamed(self, seq: int, header: bytes, tensors: Sequence[torch.Tensor], blob: bytes, body_len: int,
-                       out: memoryview) -> None:
-        """Encrypt a large body part by part straight from the tensors into shared memory."""
+                       out: memoryview) -> int:
+        """Encrypt a body part by part straight from the tensors into shared memory; returns bytes staged.
+
+        Only the descriptors and the blob pass through the staging buffer (the caller wipes them).
+        """
         plan = frame.plan_body(tensors, len(blob))
         head_len = plan.desc_len + len(blob)
         if head_len > self._staging_len:
@@ -349,12 +474,16 @@ class Channel:
         parts = [(0, self._staging_mv[:head_len])]
         parts += [(e[4], frame.tensor_bytes(e[0])) for e in plan.entries]
         self._sealer.seal_parts_into(seq, header, parts, body_len, out)
+        return head_len
 
     def _grow_staging(self, n: int) -> None:
+        """Replace the staging buffer by a bigger one (the old one is wiped before it is freed)."""
+        _memset(self._staging_addr, 0, self._staging_len)
         self._staging_mv.release()
         self._staging = bytearray(1 << (n - 1).bit_length())
         self._staging_len = len(self._staging)
         self._staging_mv = memoryview(self._staging)
+        self._staging_addr = _address_of(self._staging)
 
     # ------------------------------------------------------------------ test-only hooks (attacker's view)
 
@@ -414,7 +543,7 @@ def _open(sock: socket.socket, launch_token: bytes, config: ChannelConfig, is_ho
         else:
             sock.close()
         raise
-    return Channel(transport, sealer, opener, config, stats, peer_closed)
+    return Channel(transport, sealer, opener, config, stats, peer_closed, is_host)
 
 
 def open_host_channel(sock: socket.socket, launch_token: bytes, *, config: ChannelConfig = ChannelConfig()) -> Channel:
