@@ -854,25 +854,33 @@ def test_no_plaintext_run_of_a_sent_tensor_stays_in_host_buffers(pair, secret):
     assert not any(host._staging)  # the staging buffer is wiped after use
 
 
-def test_without_the_wipe_the_scan_finds_the_residue(pair, monkeypatch):
-    """Control: the hygiene test above can fail (staging not wiped -> runs found)."""
+class _FailingAead:
+    """Stands in for AESGCM to make the send fail after the body was laid out in shared memory."""
+
+    def encrypt_into(self, *args: object) -> None:
+        raise RuntimeError("encryption failed (test)")
+
+
+@pytest.mark.parametrize("wipe", [True, False])
+def test_a_send_failing_before_encryption_leaves_no_plaintext(pair, monkeypatch, wipe):
+    """With the wipe: no run found; without it (control): the scan finds every run, so it can fail."""
     from taoism.boundary import channel as channel_mod
 
-    monkeypatch.setattr(channel_mod, "_memset", lambda *a: None)
+    if not wipe:
+        monkeypatch.setattr(channel_mod, "_memset", lambda *a: None)
     host, enclave = pair
+    host._sealer.aead = _FailingAead()
     weights = torch.randn(5120)
-    host.send(1, 0, [weights])
-    enclave.recv(timeout=5)
-    assert _runs_found(weights, _host_buffers(host)) == 320
+    with pytest.raises(RuntimeError, match="encryption failed"):
+        host.send(1, 0, [weights])
+    assert _runs_found(weights, _host_buffers(host)) == (0 if wipe else 320)
 
 
 def test_staging_is_wiped_before_it_is_grown(pair):
     host, enclave = pair
-    small = torch.randn(4096)
     old = host._staging  # keep the old buffer alive to look at it after the growth
-    host.send(1, 0, [small])
-    enclave.recv(timeout=5)
-    host.send(1, 0, [torch.randn(40_000)])  # 160 KiB: grows the 64 KiB staging buffer
-    enclave.recv(timeout=5)
+    blob = os.urandom(100_000)  # a streamed frame's descriptors + blob pass through staging: grows 64 KiB
+    host.send(1, 0, [torch.randn(4096)], blob, secret=True)
+    assert enclave.recv(timeout=5).blob == blob
     assert host._staging is not old and host.staging_bytes > len(old)
     assert not any(old) and not any(host._staging)

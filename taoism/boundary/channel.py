@@ -291,65 +291,73 @@ class Channel:
                 tensors = [frame.prepare_tensor(t, i) for i, t in enumerate(tensors)]
                 break
         blob_len = len(blob)
-        staged = 0  # bytes of plaintext in the staging buffer, wiped in the finally below
+        tr = self._tr
+        region = None
+        plain = 0  # bytes of plaintext body in the shared slot, until they are encrypted in place
+        staged = 0  # bytes of plaintext in the staging buffer (streamed head), wiped in the finally below
         try:
-            if secret and tensors:
+            if secret and tensors:  # never copy the tensor bytes anywhere: encrypt straight from them
                 body_len = frame.plan_body(tensors, blob_len).body_len
                 streamed = True
             else:
-                body_len = _stage_body(tensors, blob, self._staging)
+                # The body is laid out in the shared slot itself and encrypted there in place.
+                region = self._writable()
+                body_len = _stage_body(tensors, blob, region.data, HEADER_SIZE, region.data_addr,
+                                       region.capacity - _OVERHEAD)
                 streamed = False
-                if body_len < 0:  # does not fit the staging buffer
+                if body_len < 0:  # does not fit the slot
                     body_len = -body_len
-                    if body_len >= self._stream_threshold and tensors:
-                        streamed = True
-                    elif body_len <= self._max_body:
-                        self._grow_staging(body_len)
-                        _stage_body(tensors, blob, self._staging)
-                        staged = body_len
+                    region = None
+                    streamed = body_len >= self._stream_threshold and bool(tensors)
                 else:
-                    staged = body_len
+                    plain = body_len
             t_copied = _perf()
             frame_len = body_len + _OVERHEAD
             if body_len > self._max_body:
                 raise FrameError(f"message of {frame_len} bytes exceeds max_frame_bytes="
                                  f"{self._config.max_frame_bytes}; raise ChannelConfig.max_frame_bytes (both "
                                  "sides) or split the tensors")
+            if region is None:  # streamed, or the slot must grow first
+                try:
+                    tr.reserve(frame_len, self._timeout)
+                except BoundaryTimeout:
+                    raise
+                except TaoismError as exc:
+                    self._unusable = exc
+                    raise
+                region = tr.outbound
+                if not streamed:
+                    _stage_body(tensors, blob, region.data, HEADER_SIZE, region.data_addr, body_len)
+                    plain = body_len
+                t_copied = _perf()
             sealer = self._sealer
-            if self._is_host:
-                rid = self._next_rid
-            else:
-                rid = self._last_rid if reply_to is None else reply_to
+            rid = self._next_rid if self._is_host else (self._last_rid if reply_to is None else reply_to)
             try:
                 header = _HEADER_PACK(_MAGIC, _VERSION, kind, tag, len(tensors), sealer.next_seq, blob_len, body_len,
                                       rid)
             except struct.error:
                 header = frame.pack_header(kind, tag, len(tensors), sealer.next_seq, blob_len, body_len, rid)  # raises
-            try:
-                out = self._tr.reserve(frame_len, self._timeout)
-            except BoundaryTimeout:
-                raise
-            except TaoismError as exc:
-                self._unusable = exc
-                raise
             seq = sealer.next_seq
             sealer.next_seq = seq + 1  # taken before encrypting (under the send lock): a nonce is never reused
             if self._is_host:
                 self._next_rid = rid + 1
-            out[:HEADER_SIZE] = header
+            data = region.data
+            data[:HEADER_SIZE] = header
             t_crypto = _perf()
             if streamed:
-                staged = self._seal_streamed(seq, header, tensors, blob, body_len, out[HEADER_SIZE:])
+                staged = self._seal_streamed(seq, header, tensors, blob, body_len, data[HEADER_SIZE:frame_len])
             else:
-                sealer.aead.encrypt_into(_NONCE_PACK(sealer.prefix, seq), self._staging_mv[:body_len], header,
-                                         out[HEADER_SIZE:])
+                sealer.aead.encrypt_into(_NONCE_PACK(sealer.prefix, seq), data[HEADER_SIZE:HEADER_SIZE + body_len],
+                                         header, data[HEADER_SIZE:frame_len])
+                plain = 0
             t_end = _perf()
-            del out
         finally:
+            if plain:  # failed between staging and encryption: no plaintext stays in shared memory
+                _memset(region.data_addr + HEADER_SIZE, 0, plain)
             if staged:  # no plaintext stays behind in the staging buffer
                 _memset(self._staging_addr, 0, staged)
         try:
-            self._tr.publish(frame_len)
+            tr.publish(frame_len)
         except TaoismError as exc:
             self._unusable = exc
             raise
@@ -361,6 +369,16 @@ class Channel:
         stats.crypto_s += t_end - t_crypto
         stats.copy_s += t_copied - t_start
         return rid
+
+    def _writable(self):
+        """The outbound region once its slot is free (BoundaryTimeout keeps the channel usable)."""
+        try:
+            return self._tr.writable(self._timeout)
+        except BoundaryTimeout:
+            raise
+        except TaoismError as exc:
+            self._unusable = exc
+            raise
 
     def _recv(self, timeout: float | None, expect: int | None) -> Message:
         if self._unusable is not None:

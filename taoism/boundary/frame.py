@@ -81,6 +81,7 @@ _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float1
 _NP_BY_CODE = tuple(np.dtype(_NP_DTYPES[d]).newbyteorder("<") if d in _NP_DTYPES else None
                     for d in _DTYPE_BY_CODE)
 _c_char = ctypes.c_char
+_memmove = ctypes.memmove
 
 
 class FrameHeader(NamedTuple):
@@ -178,11 +179,14 @@ _ZEROS = bytes(ALIGN)
 _CODE_DICT = dict(DTYPE_CODES)
 
 
-def stage_body(tensors: Sequence[torch.Tensor], blob: bytes | bytearray | memoryview, out: bytearray) -> int:
-    """Lay out and write a whole body into ``out`` (contiguous CPU tensors); returns ``body_len``.
+def stage_body(tensors: Sequence[torch.Tensor], blob: bytes | bytearray | memoryview, out: Any, base: int,
+               addr: int, limit: int) -> int:
+    """Lay out and write a whole body at ``out[base:]`` (contiguous CPU tensors); returns ``body_len``.
 
-    Returns ``-body_len`` and writes nothing when ``out`` is too small. One
-    pass per step, no intermediate objects: this is the small-message hot path.
+    ``out`` is a writable byte buffer whose first byte lies at address ``addr``
+    (tensor bytes are copied with one memmove each). Returns ``-body_len`` and
+    writes nothing when the body is longer than ``limit``. One pass per step, no
+    intermediate objects: this is the small-message hot path.
     """
     if len(tensors) == 1:  # the common case, without the general bookkeeping
         t = tensors[0]
@@ -196,15 +200,15 @@ def stage_body(tensors: Sequence[torch.Tensor], blob: bytes | bytearray | memory
         blob_end = pos + len(blob)
         off = (blob_end + ALIGN - 1) & ~(ALIGN - 1)
         end = off + nbytes
-        if end > len(out):
+        if end > limit:
             return -end
-        _DESC_PACK[ndim].pack_into(out, 0, code, ndim, nbytes, *shape)
+        _DESC_PACK[ndim].pack_into(out, base, code, ndim, nbytes, *shape)
         if blob_end != pos:
-            out[pos:blob_end] = blob
+            out[base + pos:base + blob_end] = blob
         if off != blob_end:
-            out[blob_end:off] = _ZEROS[:off - blob_end]
+            out[base + blob_end:base + off] = _ZEROS[:off - blob_end]
         if nbytes:
-            out[off:end] = (_c_char * nbytes).from_address(t.data_ptr())
+            _memmove(addr + base + off, t.data_ptr(), nbytes)
         return end
     infos = []
     desc_len = 0
@@ -224,9 +228,9 @@ def stage_body(tensors: Sequence[torch.Tensor], blob: bytes | bytearray | memory
     end = desc_len + blob_len
     for info in infos:
         end = ((end + ALIGN - 1) & ~(ALIGN - 1)) + info[4]
-    if end > len(out):
+    if end > limit:
         return -end
-    pos = 0
+    pos = base
     desc_pack = _DESC_PACK
     for _t, code, shape, ndim, nbytes in infos:
         desc_pack[ndim].pack_into(out, pos, code, ndim, nbytes, *shape)
@@ -234,15 +238,14 @@ def stage_body(tensors: Sequence[torch.Tensor], blob: bytes | bytearray | memory
     if blob_len:
         out[pos:pos + blob_len] = blob
         pos += blob_len
-    char = ctypes.c_char
     for t, _code, _shape, _ndim, nbytes in infos:
-        off = (pos + ALIGN - 1) & ~(ALIGN - 1)
+        off = base + ((pos - base + ALIGN - 1) & ~(ALIGN - 1))
         if off != pos:
             out[pos:off] = _ZEROS[:off - pos]
         pos = off + nbytes
         if nbytes:
-            out[off:pos] = (char * nbytes).from_address(t.data_ptr())
-    return pos
+            _memmove(addr + off, t.data_ptr(), nbytes)
+    return pos - base
 
 
 def write_head(plan: BodyPlan, blob: bytes | bytearray | memoryview, out: bytearray, base: int = 0) -> int:
