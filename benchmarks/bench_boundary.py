@@ -269,8 +269,8 @@ def _crypto_throughput(nbytes: int, iters: int, repeats: int) -> dict[str, float
             "seal_plus_open_GB_per_s": len(body) / (seal + opn) / 1e9, "seal_us": seal * 1e6, "open_us": opn * 1e6}
 
 
-def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
-    """CPU cost of send and of recv for one message, both ends in this process (no waiting)."""
+def _in_process_pair():
+    """Host and enclave channel ends in this process (the enclave handshake runs in a thread)."""
     import threading
 
     a, b = socket.socketpair()
@@ -281,6 +281,12 @@ def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
     host = open_host_channel(a, token)
     thread.join()
     enclave = box["e"]
+    return host, enclave
+
+
+def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
+    """CPU cost of send and of recv for one message, both ends in this process (no waiting)."""
+    host, enclave = _in_process_pair()
     x = torch.randn(nbytes // 4)
     clock = time.thread_time
     send_us, pair_us = [], []
@@ -314,14 +320,7 @@ def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
     from taoism.boundary.channel import _NONCE_PACK
     from taoism.boundary.frame import HEADER, HEADER_SIZE, decode_body_parts, stage_body
 
-    a, b = socket.socketpair()
-    token = new_launch_token()
-    box: dict = {}
-    thread = threading.Thread(target=lambda: box.setdefault("e", open_enclave_channel(b, token)))
-    thread.start()
-    host = open_host_channel(a, token)
-    thread.join()
-    enclave = box["e"]
+    host, enclave = _in_process_pair()
     x = torch.randn(nbytes // 4)
     region = host._tr.outbound
     data, addr, aead = region.data, region.data_addr, host._sealer.aead
