@@ -89,7 +89,8 @@ class Peer:
         self.chan = None
         if open_host:
             self.chan = open_host_channel(host_sock, token, config=ChannelConfig(
-                max_frame_bytes=max_frame_bytes, spin_us=spin_us, timeout_s=30.0))
+                max_frame_bytes=max_frame_bytes, spin_us=spin_us, timeout_s=30.0,
+                handshake_timeout_s=60.0))  # a loaded machine can take >10 s to start python + torch
 
     def echo(self, tensors, blob: bytes = b"", tag: int = 5) -> Message:
         self.chan.send(peer_mod.ECHO, tag, tensors, blob)
@@ -275,7 +276,7 @@ def test_wrong_launch_token_fails_on_both_sides():
     peer = Peer(peer_token=new_launch_token(), open_host=False)
     try:
         with pytest.raises(HandshakeError, match="token"):
-            open_host_channel(peer.sock, new_launch_token(), config=ChannelConfig(handshake_timeout_s=10.0))
+            open_host_channel(peer.sock, new_launch_token(), config=ChannelConfig(handshake_timeout_s=60.0))
         rc, out = peer.finish()
         assert rc == peer_mod.EXIT_HANDSHAKE, out
         assert "HANDSHAKE_ERROR" in out and "token" in out

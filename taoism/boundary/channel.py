@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidTag
 
 from taoism.boundary import crypto, frame
 from taoism.boundary.frame import HEADER_SIZE
-from taoism.boundary.transport import CTL_BYTES, ShmTransport
+from taoism.boundary.transport import _CONSUMED, CTL_BYTES, ShmTransport
 from taoism.errors import (BoundaryError, BoundaryTimeout, ConfigError, EnclaveCrashed, FrameError,
                            ReplyMismatchError, TaoismError)
 
@@ -241,8 +241,9 @@ class Channel:
         if timeout is None:
             timeout = self._timeout
         lock = self._recv_lock
-        if not lock.acquire(timeout=-1 if timeout is None else timeout):
-            raise BoundaryTimeout(f"another thread held the channel's receiver for {timeout:g} s")
+        if not lock.acquire(False):  # uncontended: the common case, without the timed wait
+            if not lock.acquire(True, -1 if timeout is None else timeout):
+                raise BoundaryTimeout(f"another thread held the channel's receiver for {timeout:g} s")
         try:
             return self._recv(timeout, expect)
         finally:
@@ -301,7 +302,9 @@ class Channel:
                 streamed = True
             else:
                 # The body is laid out in the shared slot itself and encrypted there in place.
-                region = self._writable()
+                region = tr.outbound
+                if region is None or region.ctl[_CONSUMED] != tr._out_pub:  # not free yet: wait
+                    region = self._writable()
                 body_len = _stage_body(tensors, blob, region.data, HEADER_SIZE, region.data_addr,
                                        region.capacity - _OVERHEAD)
                 streamed = False

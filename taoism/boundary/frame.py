@@ -332,6 +332,16 @@ def decode_body(header: FrameHeader, body: Any) -> tuple[list[torch.Tensor], byt
 
 def decode_body_parts(n: int, blob_len: int, body_len: int, body: Any) -> tuple[list[torch.Tensor], bytes]:
     """``decode_body`` on unpacked header fields (hot path; ``len(body) == body_len``)."""
+    if n == 1 and not blob_len and body_len >= DESC_FIXED_SIZE:  # the common case: one non-empty tensor
+        code, ndim, r16, r32, nbytes = _desc_unpack(body, 0)
+        np_dtype = _NP_BY_CODE[code]
+        end = DESC_FIXED_SIZE + 8 * ndim
+        if (np_dtype is not None and ndim <= MAX_NDIM and not r16 and not r32 and end <= body_len
+                and ((end + ALIGN - 1) & ~(ALIGN - 1)) + nbytes == body_len):
+            shape = _SHAPE[ndim].unpack_from(body, DESC_FIXED_SIZE)
+            numel = prod(shape)
+            if numel and numel * _ITEMSIZE_BY_CODE[code] == nbytes:  # else the general path says why
+                return [_from_numpy(_ndarray(shape, np_dtype, body, body_len - nbytes))], b""
     specs = []
     pos = 0
     for i in range(n):
