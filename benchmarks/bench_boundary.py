@@ -13,13 +13,20 @@ Measures, after warm-up, over ``--repeats`` repeats:
 Latency needs two otherwise idle cores: on an oversubscribed machine spinning
 cannot help and the spin figures approach the blocking ones.
 
-Usage: python benchmarks/bench_boundary.py [--repeats 5] [--json OUT]
+Beside each round trip the same run measures the bare reference, interleaved repeat by
+repeat: two processes spinning on a shared-memory counter (``ref_spin``), and the same plus
+one AES-256-GCM encrypt into shared memory and one decrypt into private memory per direction
+(``ref_full``, the least any design on this stack must do); taoism figures are printed as a
+ratio to ``ref_full`` (median over repeats, and the range).
+
+Usage: python benchmarks/bench_boundary.py [--repeats 5] [--iters 2000] [--quick] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import platform
 import socket
@@ -30,6 +37,8 @@ import time
 
 import numpy as np
 import torch
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from taoism.boundary import ChannelConfig, new_launch_token, open_enclave_channel, open_host_channel
 from taoism.boundary import crypto, frame
@@ -81,6 +90,112 @@ class _Session:
         self.proc.wait(timeout=30)
 
 
+# ----------------------------------------------------------------------------- the bare reference
+
+
+_REF_CTL = 4096  # control block: u64[0] host->peer counter, u64[8] peer->host counter, u64[16] length
+_REF_STOP = (1 << 64) - 1
+
+
+def _ref_spin(ctl: memoryview, index: int, seen: int, idle_s: float | None = None) -> int:
+    """Spin until ``ctl[index] != seen`` (sched_yield every 128 polls, as the transport does).
+
+    With ``idle_s``, after that long without a change poll every 1 ms instead (the idle peer must
+    not take a core from whatever is measured next, as the taoism peer blocks after its spin).
+    """
+    spins = 0
+    perf = time.perf_counter
+    end = None if idle_s is None else perf() + idle_s
+    while True:
+        v = ctl[index]
+        if v != seen:
+            return v
+        spins += 1
+        if not spins & 127:
+            os.sched_yield()
+            if end is not None and perf() > end:
+                time.sleep(0.001)
+
+
+def _ref_peer(fd: int, size: int) -> None:
+    """Reference peer: wait on the counter, (decrypt the request, encrypt the reply), bump its counter."""
+    key = bytes.fromhex(sys.stdin.readline().strip())
+    mm = mmap.mmap(fd, size)
+    view = memoryview(mm)
+    ctl = view[:_REF_CTL].cast("Q")
+    half = (size - _REF_CTL) // 2
+    inbox, outbox = view[_REF_CTL:_REF_CTL + half], view[_REF_CTL + half:]
+    aead = AESGCM(key)
+    private = bytearray(half)
+    seen = 0
+    while True:
+        seen = _ref_spin(ctl, 0, seen, ChannelConfig().spin_us * 1e-6)
+        n = ctl[16]
+        if n == _REF_STOP:
+            break
+        if n:  # + AES-GCM + copies: decrypt into private memory, encrypt the reply into shared memory
+            aead.decrypt_into(seen.to_bytes(12, "big"), inbox[:n + 16], b"", memoryview(private)[:n])
+            aead.encrypt_into(seen.to_bytes(12, "little"), memoryview(private)[:n], b"", outbox[:n + 16])
+        ctl[8] = seen
+
+
+class _Reference:
+    """The machine's own limit for a crossing: two processes, shared memory, spin (+ AES-GCM + copies).
+
+    No framing, no validation, no Python objects beyond the calls themselves: what any Python
+    design on this stack must pay at least.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        half = max_bytes + 4096
+        self.size = _REF_CTL + 2 * half
+        fd = os.memfd_create("taoism-bench-ref")
+        os.ftruncate(fd, self.size)
+        key = os.urandom(32)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--ref-peer-fd", str(fd), "--ref-size", str(self.size)],
+            pass_fds=[fd], stdin=subprocess.PIPE, text=True)
+        self.proc.stdin.write(key.hex() + "\n")
+        self.proc.stdin.flush()
+        self.mm = mmap.mmap(fd, self.size)
+        os.close(fd)
+        view = memoryview(self.mm)
+        self.ctl = view[:_REF_CTL].cast("Q")
+        self.outbox, self.inbox = view[_REF_CTL:_REF_CTL + half], view[_REF_CTL + half:]
+        self.aead = AESGCM(key)
+        self.count = 0
+
+    def round_trips(self, tensor: torch.Tensor | None, n: int) -> list[float]:
+        ctl, perf, aead, out = self.ctl, time.perf_counter, self.aead, []
+        if tensor is None:
+            nbytes, src, private = 0, None, None
+        else:
+            nbytes = tensor.numel() * tensor.element_size()
+            src = tensor.numpy().view(np.uint8)
+            private = np.empty(nbytes, np.uint8)
+        for _ in range(n):
+            t0 = perf()
+            c = self.count = self.count + 1
+            if nbytes:
+                aead.encrypt_into(c.to_bytes(12, "big"), src, b"", self.outbox[:nbytes + 16])
+            ctl[16] = nbytes
+            ctl[0] = c
+            _ref_spin(ctl, 8, c - 1)
+            if nbytes:
+                aead.decrypt_into(c.to_bytes(12, "little"), self.inbox[:nbytes + 16], b"", private)
+            out.append(perf() - t0)
+        if nbytes and not np.array_equal(private, src):
+            raise RuntimeError("reference round trip corrupted the data")
+        return out
+
+    def close(self) -> None:
+        self.ctl[16] = _REF_STOP
+        self.ctl[0] = self.count + 1
+        self.proc.wait(timeout=30)
+        del self.ctl, self.outbox, self.inbox
+        self.mm.close()
+
+
 def _summary(samples: list[float], repeat_medians: list[float]) -> dict[str, float]:
     q = np.percentile(np.asarray(samples), [10, 50, 90])
     return {"p10_us": q[0] * 1e6, "median_us": q[1] * 1e6, "p90_us": q[2] * 1e6,
@@ -101,6 +216,26 @@ def _rtt(session: _Session, nbytes: int, iters: int, repeats: int, warmup: int) 
     res["bytes"] = nbytes
     res["GB_per_s_each_way"] = 2 * nbytes / (res["median_us"] * 1e-6) / 1e9
     return res
+
+
+def _paired(contenders: dict[str, tuple[object, torch.Tensor | None]], iters: int, repeats: int,
+            warmup: int) -> dict[str, dict[str, float]]:
+    """Round trips of every contender, interleaved repeat by repeat; ratios to ``ref_full`` per repeat."""
+    for obj, tensor in contenders.values():
+        obj.round_trips(tensor, warmup)
+    samples: dict[str, list[float]] = {k: [] for k in contenders}
+    medians: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(repeats):
+        for name, (obj, tensor) in contenders.items():
+            s = obj.round_trips(tensor, iters)
+            samples[name] += s
+            medians[name].append(statistics.median(s))
+    out = {name: _summary(samples[name], medians[name]) for name in contenders}
+    for name in contenders:
+        ratios = [a / b for a, b in zip(medians[name], medians["ref_full"])]
+        out[name]["ratio_to_ref_full"] = statistics.median(ratios)
+        out[name]["ratio_min"], out[name]["ratio_max"] = min(ratios), max(ratios)
+    return out
 
 
 def _crypto_throughput(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
@@ -134,8 +269,8 @@ def _crypto_throughput(nbytes: int, iters: int, repeats: int) -> dict[str, float
             "seal_plus_open_GB_per_s": len(body) / (seal + opn) / 1e9, "seal_us": seal * 1e6, "open_us": opn * 1e6}
 
 
-def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
-    """CPU cost of send and of recv for one message, both ends in this process (no waiting)."""
+def _in_process_pair():
+    """Host and enclave channel ends in this process (the enclave handshake runs in a thread)."""
     import threading
 
     a, b = socket.socketpair()
@@ -146,6 +281,12 @@ def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
     host = open_host_channel(a, token)
     thread.join()
     enclave = box["e"]
+    return host, enclave
+
+
+def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
+    """CPU cost of send and of recv for one message, both ends in this process (no waiting)."""
+    host, enclave = _in_process_pair()
     x = torch.randn(nbytes // 4)
     clock = time.thread_time
     send_us, pair_us = [], []
@@ -172,57 +313,137 @@ def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
     return {"bytes": nbytes, "send_cpu_us": send, "recv_cpu_us": both - send, "send_plus_recv_cpu_us": both}
 
 
+def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
+    """Per-message CPU cost of each step of the data path, timed in isolation (one process, us)."""
+    import threading
+
+    from taoism.boundary.channel import _NONCE_PACK
+    from taoism.boundary.frame import HEADER, HEADER_SIZE, decode_body_parts, stage_body
+
+    host, enclave = _in_process_pair()
+    x = torch.randn(nbytes // 4)
+    region = host._tr.outbound
+    data, addr, aead = region.data, region.data_addr, host._sealer.aead
+    body_len = stage_body((x,), b"", data, HEADER_SIZE, addr, region.capacity)
+    header = HEADER.pack(b"TAO1", 2, 1, 0, 1, 0, 0, body_len, 1)
+    nonce = _NONCE_PACK(b"TH2E", 0)
+    plain = np.frombuffer(bytes(data[HEADER_SIZE:HEADER_SIZE + body_len]), np.uint8).copy()
+    ct = bytearray(body_len + 16)
+    aead.encrypt_into(nonce, plain, header, ct)
+    lock = threading.Lock()
+    steps = {
+        "lock acquire+release": lambda: (lock.acquire(), lock.release()),
+        "header pack": lambda: HEADER.pack(b"TAO1", 2, 1, 0, 1, 7, 0, body_len, 1),
+        "lay out body in the slot (descriptor + memmove)": lambda: stage_body((x,), b"", data, HEADER_SIZE, addr,
+                                                                              region.capacity),
+        "AES-GCM encrypt in place": lambda: aead.encrypt_into(nonce, data[HEADER_SIZE:HEADER_SIZE + body_len],
+                                                              header, data[HEADER_SIZE:HEADER_SIZE + body_len + 16]),
+        "private buffer (np.empty)": lambda: np.empty(body_len, np.uint8),
+        "AES-GCM decrypt into private": lambda: aead.decrypt_into(nonce, ct, header, plain),
+        "decode descriptors + tensor view": lambda: decode_body_parts(1, 0, body_len, plain),
+    }
+    out = {}
+    try:
+        for name, fn in steps.items():
+            for _ in range(iters // 10):
+                fn()
+            t0 = time.thread_time()
+            for _ in range(iters):
+                fn()
+            out[name] = (time.thread_time() - t0) / iters * 1e6
+        clock = time.thread_time
+        t0 = clock()
+        for _ in range(iters):
+            host.send(1, 0, (x,))
+            enclave.recv()
+            enclave.send(1, 0, (x,))
+            host.recv()
+        out["whole round trip, both ends in one process (2 send + 2 recv)"] = (clock() - t0) / iters * 1e6
+    finally:
+        host.close()
+        enclave.close()
+    return out
+
+
+SIZES = (("1KiB", 1 << 10, 1), ("256KiB", 256 << 10, 10), ("4MiB", 4 << 20, 100))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="repeats per measurement (default 5)")
     parser.add_argument("--iters", type=int, default=2000, help="small-tensor round trips per repeat")
+    parser.add_argument("--quick", action="store_true", help="a short run: 3 repeats of 300 round trips, no 4 MiB")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     parser.add_argument("--spin-us", type=float, default=ChannelConfig().spin_us, help=argparse.SUPPRESS)
     parser.add_argument("--peer-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ref-peer-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ref-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer_fd is not None:
         _peer(args.peer_fd, args.spin_us)
         return {}
+    if args.ref_peer_fd is not None:
+        _ref_peer(args.ref_peer_fd, args.ref_size)
+        return {}
+    if args.quick:
+        args.repeats, args.iters = min(args.repeats, 3), min(args.iters, 300)
     if args.repeats < 1 or args.iters < 1:
         parser.error("--repeats and --iters must be >= 1")
     torch.set_num_threads(1)
     results: dict = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
-                                 "cpus": os.cpu_count()}}
+                                 "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()},
+                     "args": {"repeats": args.repeats, "iters": args.iters, "quick": args.quick}}
+    sizes = SIZES[:2] if args.quick else SIZES
     spin = _Session(ChannelConfig().spin_us)
+    ref = _Reference(max(n for _, n, _ in sizes))
     try:
-        results["rtt_1KiB_spin"] = _rtt(spin, 1024, args.iters, args.repeats, warmup=500)
-        results["rtt_256KiB_spin"] = _rtt(spin, 256 << 10, max(20, args.iters // 10), args.repeats, warmup=50)
-        results["rtt_4MiB_spin"] = _rtt(spin, 4 << 20, max(10, args.iters // 100), args.repeats, warmup=10)
+        for label, nbytes, div in sizes:
+            x = torch.randn(nbytes // 4)
+            contenders = {"taoism": (spin, x), "ref_full": (ref, x), "ref_spin": (ref, None)}
+            iters = max(10, args.iters // div)
+            results[f"rtt_{label}"] = _paired(contenders, iters, args.repeats, warmup=max(5, iters // 4))
         results["host_stats_spin"] = spin.chan.stats.snapshot().__dict__
     finally:
         spin.close()
+        ref.close()
     block = _Session(0.0)
     try:
         results["rtt_1KiB_block"] = _rtt(block, 1024, max(50, args.iters // 4), args.repeats, warmup=100)
     finally:
         block.close()
-    results["aesgcm_1MiB"] = _crypto_throughput(1 << 20, 200, args.repeats)
+    results["aesgcm_1MiB"] = _crypto_throughput(1 << 20, 50 if args.quick else 200, args.repeats)
     results["cpu_per_op_1KiB"] = _per_op_cost(1024, max(200, args.iters), args.repeats)
-
-    print(f"{'measurement':<28}{'median':>12}{'p10':>12}{'p90':>12}{'GB/s':>10}")
-    for key, label in (("rtt_1KiB_spin", "round trip 1 KiB, spin"), ("rtt_1KiB_block", "round trip 1 KiB, spin 0"),
-                       ("rtt_256KiB_spin", "round trip 256 KiB, spin"), ("rtt_4MiB_spin", "round trip 4 MiB, spin")):
-        r = results[key]
-        print(f"{label:<28}{r['median_us']:>10.1f}us{r['p10_us']:>10.1f}us{r['p90_us']:>10.1f}us"
-              f"{r['GB_per_s_each_way']:>10.2f}")
-    c = results["aesgcm_1MiB"]
-    print(f"{'AES-256-GCM seal 1 MiB':<28}{c['seal_us']:>10.1f}us{'':>24}{c['seal_GB_per_s']:>10.2f}")
-    print(f"{'AES-256-GCM open 1 MiB':<28}{c['open_us']:>10.1f}us{'':>24}{c['open_GB_per_s']:>10.2f}")
-    print(f"{'AES-256-GCM seal+open 1 MiB':<28}{c['seal_us'] + c['open_us']:>10.1f}us{'':>24}"
-          f"{c['seal_plus_open_GB_per_s']:>10.2f}")
-    o = results["cpu_per_op_1KiB"]
-    print(f"{'CPU per send, 1 KiB':<28}{o['send_cpu_us']:>10.1f}us   (min over repeats, one process)")
-    print(f"{'CPU per recv, 1 KiB':<28}{o['recv_cpu_us']:>10.1f}us")
-    print("(round-trip GB/s counts the tensor bytes moved both ways)")
+    results["breakdown_1KiB"] = _breakdown(1024, max(500, args.iters))
+    results["breakdown_256KiB"] = _breakdown(256 << 10, max(50, args.iters // 10))
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
+    _print(results, sizes)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return results
+
+
+def _print(results: dict, sizes) -> None:
+    print(f"load average at start/end: {results['machine']['loadavg_at_start'][0]:.1f} / "
+          f"{results['machine']['loadavg_at_end'][0]:.1f} on {results['machine']['cpus']} CPUs")
+    print(f"{'round trip, spin':<22}{'taoism':>11}{'ref: spin':>12}{'ref: +AES+copies':>18}"
+          f"{'taoism/ref (range)':>24}")
+    for label, _, _ in sizes:
+        r = results[f"rtt_{label}"]
+        t = r["taoism"]
+        print(f"{label:<22}{t['median_us']:>9.1f}us{r['ref_spin']['median_us']:>10.1f}us"
+              f"{r['ref_full']['median_us']:>16.1f}us{t['ratio_to_ref_full']:>11.2f}x "
+              f"({t['ratio_min']:.2f}-{t['ratio_max']:.2f})")
+    b = results["rtt_1KiB_block"]
+    print(f"{'1KiB, spin 0 (block)':<22}{b['median_us']:>9.1f}us")
+    c = results["aesgcm_1MiB"]
+    print(f"AES-256-GCM 1 MiB, one process: seal {c['seal_GB_per_s']:.2f} GB/s, open {c['open_GB_per_s']:.2f} GB/s")
+    o = results["cpu_per_op_1KiB"]
+    print(f"CPU per message, 1 KiB, one process: send {o['send_cpu_us']:.1f} us, recv {o['recv_cpu_us']:.1f} us")
+    for key in ("breakdown_1KiB", "breakdown_256KiB"):
+        print(f"where the CPU goes, {key.split('_')[1]} (per call, one process):")
+        for step, us in results[key].items():
+            print(f"  {step:<62}{us:>8.2f} us")
 
 
 if __name__ == "__main__":

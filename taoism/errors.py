@@ -50,6 +50,10 @@ class BoundaryTimeout(BoundaryError, TimeoutError):
     """The peer did not answer within the configured timeout."""
 
 
+class ReplyMismatchError(BoundaryError):
+    """A reply carries another request's id: the session is out of step and was closed."""
+
+
 class EnclaveError(TaoismError):
     """The enclave failed."""
 

@@ -111,8 +111,7 @@ class ProcessBackend(EnclaveBackend):
     def close(self) -> None:
         if self._chan is not None and self.alive:
             try:
-                self._chan.send(Kind.CLOSE, 0)
-                self._chan.recv(timeout=5.0)
+                self._chan.request(Kind.CLOSE, 0, timeout=5.0)
             except TaoismError:
                 pass
         if self._chan is not None:
@@ -166,8 +165,8 @@ class ProcessBackend(EnclaveBackend):
         chan = self._chan
         assert chan is not None
         try:
-            chan.send(kind, tag, tensors, blob)
-            reply = chan.recv(timeout=self.config.timeout_s)
+            # request(): the reply must echo this request's id; LOAD weights are streamed, never staged
+            reply = chan.request(kind, tag, tensors, blob, timeout=self.config.timeout_s, secret=kind == Kind.LOAD)
         except BoundaryTimeout as exc:
             self._fail(f"no answer to {what} within {self.config.timeout_s:g} s")
             raise BoundaryTimeout(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import socket
 import struct
+import threading
 import time
-from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
@@ -14,8 +16,11 @@ from cryptography.exceptions import InvalidTag
 
 from taoism.boundary import crypto, frame
 from taoism.boundary.frame import HEADER_SIZE
-from taoism.boundary.transport import CTL_BYTES, ShmTransport
-from taoism.errors import BoundaryError, BoundaryTimeout, ConfigError, EnclaveCrashed, FrameError, TaoismError
+from taoism.boundary.messages import (ChannelConfig, ChannelStats, ChannelStatsSnapshot, Message,
+                                      _new_message)
+from taoism.boundary.transport import _CONSUMED, CTL_BYTES, ShmTransport
+from taoism.errors import (BoundaryError, BoundaryTimeout, ConfigError, EnclaveCrashed, FrameError,
+                           ReplyMismatchError, TaoismError)
 
 _TAG = crypto.TAG_SIZE
 _OVERHEAD = HEADER_SIZE + _TAG
@@ -29,6 +34,12 @@ _decode_body = frame.decode_body_parts
 _np_empty = np.empty
 _NONCE_PACK = crypto.NONCE.pack
 _uint8 = np.uint8
+_memset = ctypes.memset
+
+
+def _address_of(buf: bytearray) -> int:
+    """Address of a bytearray's storage (stable: the channel never resizes its buffers in place)."""
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
 class _Closed(Exception):
@@ -41,132 +52,20 @@ def _as_blob(blob: object) -> bytes:
     raise FrameError(f"blob must be bytes (e.g. json.dumps(...).encode()), got {type(blob).__name__}")
 
 
-@dataclass(frozen=True)
-class ChannelConfig:
-    """Tunables of a channel (both sides should use the same ``max_frame_bytes``).
-
-    ``initial_capacity``: bytes of the first shared slot per direction (clamped
-    to ``max_frame_bytes``); bigger frames grow it to the next power of two.
-
-    ``spin_us``: how long a waiting side busy-polls shared memory before it
-    blocks (0 = block at once; spinning costs a CPU core but gives ~µs latency).
-    ``block_slice_s``: longest single block before the counter is re-checked.
-    ``timeout_s``: default timeout of ``recv`` and of ``send`` waiting for a free
-    slot (None = wait forever). ``handshake_timeout_s``: bound on key agreement
-    and region setup in ``open_*``. ``stream_threshold_bytes``: bodies at least
-    this large are encrypted part by part straight from the tensors into shared
-    memory instead of being gathered into a private staging buffer first.
-    ``snapshot_ciphertext``: copy each incoming frame out of shared memory
-    before decrypting it. By default the frame is authenticated and decrypted
-    straight from shared memory; a writer that rewrites the slot *during* the
-    decryption can at worst make it fail, unless the AES-GCM implementation reads
-    a ciphertext block twice (once for GHASH, once for CTR) - the snapshot
-    (one extra memcpy) closes that window for deployments that need it.
-    """
-
-    initial_capacity: int = 4 << 20
-    max_frame_bytes: int = 1 << 30
-    spin_us: float = 200.0
-    block_slice_s: float = 0.005
-    timeout_s: float | None = None
-    handshake_timeout_s: float = 10.0
-    stream_threshold_bytes: int = 512 << 10
-    snapshot_ciphertext: bool = False
-
-    def __post_init__(self) -> None:
-        def positive(name: str, value: object, allow_zero: bool = False) -> None:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                value >= 0 if allow_zero else value > 0)
-            if not ok:
-                need = "a non-negative" if allow_zero else "a positive"
-                raise ConfigError(f"ChannelConfig.{name}={value!r} must be {need} number")
-
-        positive("initial_capacity", self.initial_capacity)
-        positive("max_frame_bytes", self.max_frame_bytes)
-        positive("spin_us", self.spin_us, allow_zero=True)
-        positive("block_slice_s", self.block_slice_s)
-        positive("handshake_timeout_s", self.handshake_timeout_s)
-        positive("stream_threshold_bytes", self.stream_threshold_bytes, allow_zero=True)
-        if self.timeout_s is not None:
-            positive("timeout_s", self.timeout_s)
-        if self.max_frame_bytes < 4096:
-            raise ConfigError(f"ChannelConfig.max_frame_bytes={self.max_frame_bytes} is below the 4096-byte minimum")
-
-
-@dataclass(frozen=True)
-class ChannelStatsSnapshot:
-    """Immutable copy of a channel's counters."""
-
-    frames_sent: int
-    frames_recv: int
-    bytes_sent: int
-    bytes_recv: int
-    crypto_s: float
-    copy_s: float
-    wait_s: float
-
-
-@dataclass(slots=True)
-class ChannelStats:
-    """Mutable boundary counters of one channel end.
-
-    Bytes are frame bytes on the wire (header + ciphertext + tag). ``crypto_s``
-    is encrypt + decrypt time, ``copy_s`` device->host, contiguity and staging
-    copies, ``wait_s`` time spent waiting for the peer (spinning or blocked).
-    """
-
-    frames_sent: int = 0
-    frames_recv: int = 0
-    bytes_sent: int = 0
-    bytes_recv: int = 0
-    crypto_s: float = 0.0
-    copy_s: float = 0.0
-    wait_s: float = 0.0
-
-    def snapshot(self) -> ChannelStatsSnapshot:
-        """Frozen copy of the current values."""
-        return ChannelStatsSnapshot(*(getattr(self, f.name) for f in fields(self)))
-
-    def reset(self) -> None:
-        """Zero every counter."""
-        for f in fields(self):
-            setattr(self, f.name, type(getattr(self, f.name))())
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A received message; ``tensors`` live in a private buffer owned by this message."""
-
-    kind: int
-    tag: int
-    tensors: list[torch.Tensor]
-    blob: bytes
-
-
-_object_new = object.__new__
-_set_kind, _set_tag = Message.kind.__set__, Message.tag.__set__  # type: ignore[attr-defined]
-_set_tensors, _set_blob = Message.tensors.__set__, Message.blob.__set__  # type: ignore[attr-defined]
-
-
-def _new_message(kind: int, tag: int, tensors: list[torch.Tensor], blob: bytes) -> Message:
-    """``Message(kind, tag, tensors, blob)`` at half the cost (sets the slots directly, as its __init__ does)."""
-    msg = _object_new(Message)
-    _set_kind(msg, kind)
-    _set_tag(msg, tag)
-    _set_tensors(msg, tensors)
-    _set_blob(msg, blob)
-    return msg
-
-
 class Channel:
-    """One end of an open boundary session. Not thread-safe; use one channel per thread.
+    """One end of an open boundary session.
+
+    Thread-safe: ``send`` and ``recv`` each admit one thread at a time (sequence
+    numbers, hence GCM nonces, are taken under the send lock), and ``request``
+    pairs each host request with its reply, so concurrent callers take turns.
 
     Create with :func:`open_host_channel` / :func:`open_enclave_channel`.
     After an integrity, frame or peer-death error the channel is unusable.
     """
 
     def __init__(self, transport: ShmTransport, sealer: crypto.Sealer, opener: crypto.Opener,
-                 config: ChannelConfig, stats: ChannelStats, peer_closed_error: type[Exception]) -> None:
+                 config: ChannelConfig, stats: ChannelStats, peer_closed_error: type[Exception],
+                 is_host: bool = True) -> None:
         self._tr = transport
         self._sealer = sealer
         self._opener = opener
@@ -177,21 +76,91 @@ class Channel:
         self._stream_threshold = config.stream_threshold_bytes
         self._timeout = config.timeout_s
         self._snapshot = config.snapshot_ciphertext
+        self._is_host = is_host
         self._staging = bytearray(64 << 10)
         self._staging_len = len(self._staging)
         self._staging_mv = memoryview(self._staging)
+        self._staging_addr = _address_of(self._staging)
         # None while usable; else the error that made the channel unusable (or a closed marker).
         self._unusable: BaseException | None = None
+        # Locks: one sender and one receiver at a time (sequence numbers and the shared slot are
+        # read-modify-write), and request() pairs a request with its reply.
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._request_lock = threading.Lock()
+        self._next_rid = 1  # host: id of the next request
+        self._pending: collections.deque[int] = collections.deque()  # host: ids sent, not yet answered
+        self._last_rid = 0  # enclave: id of the last request received
 
     # ------------------------------------------------------------------ public API
 
-    def send(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"") -> None:
-        """Encrypt and send one message; waits only while the peer still holds the previous one.
+    def send(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"", *,
+             secret: bool = False, reply_to: int | None = None) -> int:
+        """Encrypt and send one message; returns its request id. Thread-safe (one sender at a time).
 
         Tensors may be non-contiguous or on an accelerator (copied to contiguous
         CPU memory first; counted in ``stats.copy_s``). ``kind`` is a u16,
         ``tag`` a u32 chosen by the caller; ``blob`` small opaque bytes.
+        ``secret=True`` (e.g. weights): tensor bytes are encrypted straight from
+        the tensors into shared memory, never copied into a staging buffer.
+        On the host every message is a request with a fresh id that the reply
+        must echo; on the enclave a message answers ``reply_to`` (default: the
+        id of the last message received).
         """
+        with self._send_lock:
+            return self._send(kind, tag, tensors, blob, secret, reply_to)
+
+    def recv(self, timeout: float | None = None, *, expect: int | None = None) -> Message:
+        """Wait for, authenticate and decode the next message. Thread-safe (one receiver at a time).
+
+        ``timeout`` in seconds; None uses ``ChannelConfig.timeout_s`` (None there
+        = wait forever). On the host a reply must carry the id of the oldest
+        unanswered request (and ``expect``, if given), else ReplyMismatchError.
+        Raises BoundaryTimeout (the channel stays usable), IntegrityError,
+        FrameError, ReplyMismatchError, or the peer-closed error.
+        """
+        if timeout is None:
+            timeout = self._timeout
+        lock = self._recv_lock
+        if not lock.acquire(False):  # uncontended: the common case, without the timed wait
+            if not lock.acquire(True, -1 if timeout is None else timeout):
+                raise BoundaryTimeout(f"another thread held the channel's receiver for {timeout:g} s")
+        try:
+            return self._recv(timeout, expect)
+        finally:
+            lock.release()
+
+    def request(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"", *,
+                timeout: float | None = None, secret: bool = False) -> Message:
+        """Send a request and return its reply (host side); thread-safe: concurrent callers take turns.
+
+        Any failure between the send and the reply (time-out, interrupt,
+        mismatched reply) leaves the channel unusable rather than out of step.
+        """
+        with self._request_lock:
+            rid = self.send(kind, tag, tensors, blob, secret=secret)
+            try:
+                return self.recv(timeout, expect=rid)
+            except BaseException as exc:
+                if self._unusable is None:
+                    self._unusable = exc if isinstance(exc, TaoismError) else BoundaryError(
+                        f"interrupted ({type(exc).__name__}) while waiting for the reply to request {rid}")
+                raise
+
+    @property
+    def staging_bytes(self) -> int:
+        """Bytes of this end's private staging buffer (for memory accounting)."""
+        return self._staging_len
+
+    @property
+    def failure(self) -> BaseException | None:
+        """None while the channel is usable, else why it is not (closed, tampered frame, ...)."""
+        return self._unusable
+
+    # ------------------------------------------------------------------ the data path
+
+    def _send(self, kind: int, tag: int, tensors: Sequence[torch.Tensor], blob: bytes, secret: bool,
+              reply_to: int | None) -> int:
         if self._unusable is not None:
             self._raise_unusable()
         t_start = _perf()
@@ -204,65 +173,100 @@ class Channel:
                 tensors = [frame.prepare_tensor(t, i) for i, t in enumerate(tensors)]
                 break
         blob_len = len(blob)
-        body_len = _stage_body(tensors, blob, self._staging)
-        streamed = False
-        if body_len < 0:  # does not fit the staging buffer
-            body_len = -body_len
-            if body_len >= self._stream_threshold and tensors:
+        tr = self._tr
+        region = None
+        plain = 0  # bytes of plaintext body in the shared slot, until they are encrypted in place
+        staged = 0  # bytes of plaintext in the staging buffer (streamed head), wiped in the finally below
+        try:
+            if secret and tensors:  # never copy the tensor bytes anywhere: encrypt straight from them
+                body_len = frame.plan_body(tensors, blob_len).body_len
                 streamed = True
-            elif body_len <= self._max_body:
-                self._grow_staging(body_len)
-                _stage_body(tensors, blob, self._staging)
-        t_copied = _perf()
-        frame_len = body_len + _OVERHEAD
-        if body_len > self._max_body:
-            raise FrameError(f"message of {frame_len} bytes exceeds max_frame_bytes={self._config.max_frame_bytes}; "
-                             "raise ChannelConfig.max_frame_bytes (both sides) or split the tensors")
-        sealer = self._sealer
+            else:
+                # The body is laid out in the shared slot itself and encrypted there in place.
+                region = tr.outbound
+                if region is None or region.ctl[_CONSUMED] != tr._out_pub:  # not free yet: wait
+                    region = self._writable()
+                body_len = _stage_body(tensors, blob, region.data, HEADER_SIZE, region.data_addr,
+                                       region.capacity - _OVERHEAD)
+                streamed = False
+                if body_len < 0:  # does not fit the slot
+                    body_len = -body_len
+                    region = None
+                    streamed = body_len >= self._stream_threshold and bool(tensors)
+                else:
+                    plain = body_len
+            t_copied = _perf()
+            frame_len = body_len + _OVERHEAD
+            if body_len > self._max_body:
+                raise FrameError(f"message of {frame_len} bytes exceeds max_frame_bytes="
+                                 f"{self._config.max_frame_bytes}; raise ChannelConfig.max_frame_bytes (both "
+                                 "sides) or split the tensors")
+            if region is None:  # streamed, or the slot must grow first
+                try:
+                    tr.reserve(frame_len, self._timeout)
+                except BoundaryTimeout:
+                    raise
+                except TaoismError as exc:
+                    self._unusable = exc
+                    raise
+                region = tr.outbound
+                if not streamed:
+                    _stage_body(tensors, blob, region.data, HEADER_SIZE, region.data_addr, body_len)
+                    plain = body_len
+                t_copied = _perf()
+            sealer = self._sealer
+            rid = self._next_rid if self._is_host else (self._last_rid if reply_to is None else reply_to)
+            try:
+                header = _HEADER_PACK(_MAGIC, _VERSION, kind, tag, len(tensors), sealer.next_seq, blob_len, body_len,
+                                      rid)
+            except struct.error:
+                header = frame.pack_header(kind, tag, len(tensors), sealer.next_seq, blob_len, body_len, rid)  # raises
+            seq = sealer.next_seq
+            sealer.next_seq = seq + 1  # taken before encrypting (under the send lock): a nonce is never reused
+            if self._is_host:
+                self._next_rid = rid + 1
+            data = region.data
+            data[:HEADER_SIZE] = header
+            t_crypto = _perf()
+            if streamed:
+                staged = self._seal_streamed(seq, header, tensors, blob, body_len, data[HEADER_SIZE:frame_len])
+            else:
+                sealer.aead.encrypt_into(_NONCE_PACK(sealer.prefix, seq), data[HEADER_SIZE:HEADER_SIZE + body_len],
+                                         header, data[HEADER_SIZE:frame_len])
+                plain = 0
+            t_end = _perf()
+        finally:
+            if plain:  # failed between staging and encryption: no plaintext stays in shared memory
+                _memset(region.data_addr + HEADER_SIZE, 0, plain)
+            if staged:  # no plaintext stays behind in the staging buffer
+                _memset(self._staging_addr, 0, staged)
         try:
-            header = _HEADER_PACK(_MAGIC, _VERSION, kind, tag, len(tensors), sealer.next_seq, blob_len, body_len)
-        except struct.error:
-            header = frame.pack_header(kind, tag, len(tensors), sealer.next_seq, blob_len, body_len)  # raises
-        try:
-            out = self._tr.reserve(frame_len, self._timeout)
-        except BoundaryTimeout:
-            raise
+            tr.publish(frame_len)
         except TaoismError as exc:
             self._unusable = exc
             raise
-        seq = sealer.next_seq
-        sealer.next_seq = seq + 1  # taken before encrypting: a nonce is never reused
-        out[:HEADER_SIZE] = header
-        t_crypto = _perf()
-        if streamed:
-            self._seal_streamed(seq, header, tensors, blob, body_len, out[HEADER_SIZE:])
-        else:
-            sealer.aead.encrypt_into(_NONCE_PACK(sealer.prefix, seq), self._staging_mv[:body_len], header,
-                                     out[HEADER_SIZE:])
-        t_end = _perf()
-        del out
-        try:
-            self._tr.publish(frame_len)
-        except TaoismError as exc:
-            self._unusable = exc
-            raise
+        if self._is_host:
+            self._pending.append(rid)
         stats = self.stats
         stats.frames_sent += 1
         stats.bytes_sent += frame_len
         stats.crypto_s += t_end - t_crypto
         stats.copy_s += t_copied - t_start
+        return rid
 
-    def recv(self, timeout: float | None = None) -> Message:
-        """Wait for, authenticate and decode the next message.
+    def _writable(self):
+        """The outbound region once its slot is free (BoundaryTimeout keeps the channel usable)."""
+        try:
+            return self._tr.writable(self._timeout)
+        except BoundaryTimeout:
+            raise
+        except TaoismError as exc:
+            self._unusable = exc
+            raise
 
-        ``timeout`` in seconds; None uses ``ChannelConfig.timeout_s`` (None there
-        = wait forever). Raises BoundaryTimeout (the channel stays usable),
-        IntegrityError, FrameError, or the peer-closed error.
-        """
+    def _recv(self, timeout: float | None, expect: int | None) -> Message:
         if self._unusable is not None:
             self._raise_unusable()
-        if timeout is None:
-            timeout = self._timeout
         tr = self._tr
         try:
             frame_len = tr.wait_frame(timeout)
@@ -272,9 +276,10 @@ class Channel:
             self._unusable = exc
             raise
         region = tr.inbound
+        seq = -1
         try:
             hb = region.mm[CTL_BYTES:CTL_BYTES + HEADER_SIZE]
-            magic, version, kind, tag, n, seq, blob_len, body_len = _HEADER_UNPACK(hb)
+            magic, version, kind, tag, n, seq, blob_len, body_len, request_id = _HEADER_UNPACK(hb)
             if (magic != _MAGIC or version != _VERSION or body_len > self._max_body or n > _MAX_TENSORS
                     or n * _DESC + blob_len > body_len or body_len + _OVERHEAD != frame_len):
                 self._bad_header(hb, frame_len)
@@ -293,15 +298,38 @@ class Channel:
             t1 = _perf()
             opener.next_seq = seq + 1
             tr.release()
+            if self._is_host:
+                self._check_reply(request_id, expect, kind, tag)
+            else:
+                self._last_rid = request_id
             tensors, blob = _decode_body(n, blob_len, body_len, body)
         except TaoismError as exc:
             self._unusable = exc
             raise
+        except Exception as exc:  # a decoder bug must still fail closed and typed, never untyped
+            self._unusable = FrameError(f"malformed frame seq={seq} rejected by the decoder "
+                                        f"({type(exc).__name__}: {exc})")
+            raise self._unusable from exc
         stats = self.stats
         stats.frames_recv += 1
         stats.bytes_recv += frame_len
         stats.crypto_s += t1 - t0
-        return _new_message(kind, tag, tensors, blob)
+        return _new_message(kind, tag, tensors, blob, request_id)
+
+    def _check_reply(self, request_id: int, expect: int | None, kind: int, tag: int) -> None:
+        pending = self._pending
+        want = pending[0] if pending else None
+        if request_id != want or (expect is not None and expect != want):
+            if want is None:
+                what = "no request is waiting for a reply"
+            elif request_id != want:
+                what = f"the oldest unanswered request is {want}"
+            else:
+                what = f"the caller waits for request {expect}, but request {want} is answered first"
+            raise ReplyMismatchError(f"reply (kind={kind}, tag={tag}) carries request id {request_id} but {what}: "
+                                     "refused, the session is out of step; restart it (call requests through "
+                                     "Channel.request, which pairs each request with its reply)")
+        pending.popleft()
 
     def close(self) -> None:
         """Close the session: unmap shared memory and close the socket (the peer sees EOF)."""
@@ -335,8 +363,11 @@ class Channel:
                          f"({HEADER_SIZE} header + body_len={header.body_len} + {_TAG} tag): truncated or padded")
 
     def _seal_streamed(self, seq: int, header: bytes, tensors: Sequence[torch.Tensor], blob: bytes, body_len: int,
-                       out: memoryview) -> None:
-        """Encrypt a large body part by part straight from the tensors into shared memory."""
+                       out: memoryview) -> int:
+        """Encrypt a body part by part straight from the tensors into shared memory; returns bytes staged.
+
+        Only the descriptors and the blob pass through the staging buffer (the caller wipes them).
+        """
         plan = frame.plan_body(tensors, len(blob))
         head_len = plan.desc_len + len(blob)
         if head_len > self._staging_len:
@@ -345,29 +376,36 @@ class Channel:
         parts = [(0, self._staging_mv[:head_len])]
         parts += [(e[4], frame.tensor_bytes(e[0])) for e in plan.entries]
         self._sealer.seal_parts_into(seq, header, parts, body_len, out)
+        return head_len
 
     def _grow_staging(self, n: int) -> None:
+        """Replace the staging buffer by a bigger one (the old one is wiped before it is freed)."""
+        _memset(self._staging_addr, 0, self._staging_len)
         self._staging_mv.release()
         self._staging = bytearray(1 << (n - 1).bit_length())
         self._staging_len = len(self._staging)
         self._staging_mv = memoryview(self._staging)
+        self._staging_addr = _address_of(self._staging)
 
     # ------------------------------------------------------------------ test-only hooks (attacker's view)
 
-    def _seal_body(self, kind: int, tag: int, body: bytes, n_tensors: int, blob_len: int) -> bytes:
+    def _seal_body(self, kind: int, tag: int, body: bytes, n_tensors: int, blob_len: int,
+                   request_id: int = 0) -> bytes:
         """Encrypt an arbitrary body under this session's keys; returns raw frame bytes (consumes a seq)."""
         seq = self._sealer.take_seq()
-        header = frame.HEADER.pack(frame.MAGIC, frame.VERSION, kind, tag, n_tensors, seq, blob_len, len(body))
+        header = frame.HEADER.pack(frame.MAGIC, frame.VERSION, kind, tag, n_tensors, seq, blob_len, len(body),
+                                   request_id)
         out = bytearray(HEADER_SIZE + len(body) + _TAG)
         out[:HEADER_SIZE] = header
         self._sealer.seal_into(seq, header, body, memoryview(out)[HEADER_SIZE:])
         return bytes(out)
 
-    def _seal_frame(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"") -> bytes:
+    def _seal_frame(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"",
+                    request_id: int = 0) -> bytes:
         """Encrypt a well-formed message without sending it; returns raw frame bytes (consumes a seq)."""
         plain = frame.encode_frame(kind, tag, 0, tensors, blob)
         n_tensors = frame.HEADER.unpack_from(plain)[4]
-        return self._seal_body(kind, tag, bytes(plain[HEADER_SIZE:]), n_tensors, len(blob))
+        return self._seal_body(kind, tag, bytes(plain[HEADER_SIZE:]), n_tensors, len(blob), request_id)
 
     def _send_raw(self, raw: bytes) -> None:
         """Write raw bytes into the outbound slot and publish them as a frame."""
@@ -407,7 +445,7 @@ def _open(sock: socket.socket, launch_token: bytes, config: ChannelConfig, is_ho
         else:
             sock.close()
         raise
-    return Channel(transport, sealer, opener, config, stats, peer_closed)
+    return Channel(transport, sealer, opener, config, stats, peer_closed, is_host)
 
 
 def open_host_channel(sock: socket.socket, launch_token: bytes, *, config: ChannelConfig = ChannelConfig()) -> Channel:

@@ -1,16 +1,20 @@
 """Binary frame format of the trust boundary (never pickle).
 
-A frame is a fixed 40-byte header followed by a body::
+A frame is a fixed 48-byte header followed by a body::
 
     header  = magic b"TAO1" | version u16 | kind u16 | tag u32 | n_tensors u32
-              | seq u64 | blob_len u64 | body_len u64                (little endian)
+              | seq u64 | blob_len u64 | body_len u64 | request_id u64   (little endian)
     body    = descriptor * n_tensors | blob | (pad to 64) tensor_0 | (pad to 64) tensor_1 ...
     descriptor = dtype u8 | ndim u8 | 6 zero bytes | nbytes u64 | shape u64 * ndim
 
 Tensor data starts at body offsets that are multiples of 64 and the body ends
 right after the last tensor, so the layout is a pure function of the
 descriptors and ``blob_len``: a decoder recomputes it and requires the result
-to equal ``body_len`` exactly.
+to equal ``body_len`` exactly. Every dimension is bounded before anything is
+allocated: a tensor's *extent* (the product of its dimensions with zeros counted
+as one, times the item size) must not exceed ``MAX_EXTENT_BYTES`` (2**62), so a
+zero-element tensor cannot carry dimensions whose size/stride product overflows.
+The format is written down in ``docs/boundary.md``.
 
 On the encrypted channel the header travels in clear (it is the AEAD
 associated data) and the body is the ciphertext; this module knows nothing
@@ -36,9 +40,11 @@ import torch
 from taoism.errors import FrameError
 
 MAGIC = b"TAO1"
-VERSION = 1
-HEADER = struct.Struct("<4sHHIIQQQ")
-HEADER_SIZE = HEADER.size  # 40
+VERSION = 2
+HEADER = struct.Struct("<4sHHIIQQQQ")
+HEADER_SIZE = HEADER.size  # 48
+#: Bound on a tensor's extent: prod(max(d, 1) for d in shape) * itemsize (strides fit in int64).
+MAX_EXTENT_BYTES = 1 << 62
 MAX_NDIM = 8
 ALIGN = 64
 #: Upper bound on tensors per frame, independent of the frame size limit.
@@ -75,6 +81,7 @@ _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float1
 _NP_BY_CODE = tuple(np.dtype(_NP_DTYPES[d]).newbyteorder("<") if d in _NP_DTYPES else None
                     for d in _DTYPE_BY_CODE)
 _c_char = ctypes.c_char
+_memmove = ctypes.memmove
 
 
 class FrameHeader(NamedTuple):
@@ -86,6 +93,7 @@ class FrameHeader(NamedTuple):
     seq: int
     blob_len: int
     body_len: int
+    request_id: int = 0
 
 
 class BodyPlan(NamedTuple):
@@ -130,6 +138,8 @@ def plan_body(tensors: Sequence[torch.Tensor], blob_len: int) -> BodyPlan:
         code = codes.get(t.dtype)
         if code is None:
             dtype_code(t.dtype, f"tensor #{i}")  # raises with the list of supported dtypes
+        if not t.nbytes:
+            check_extent(shape, t.element_size(), f"tensor #{i}")
         infos.append((t, code, shape, t.nbytes))
         desc_len += DESC_FIXED_SIZE + 8 * ndim
     end = desc_len + blob_len
@@ -169,33 +179,36 @@ _ZEROS = bytes(ALIGN)
 _CODE_DICT = dict(DTYPE_CODES)
 
 
-def stage_body(tensors: Sequence[torch.Tensor], blob: bytes | bytearray | memoryview, out: bytearray) -> int:
-    """Lay out and write a whole body into ``out`` (contiguous CPU tensors); returns ``body_len``.
+def stage_body(tensors: Sequence[torch.Tensor], blob: bytes | bytearray | memoryview, out: Any, base: int,
+               addr: int, limit: int) -> int:
+    """Lay out and write a whole body at ``out[base:]`` (contiguous CPU tensors); returns ``body_len``.
 
-    Returns ``-body_len`` and writes nothing when ``out`` is too small. One
-    pass per step, no intermediate objects: this is the small-message hot path.
+    ``out`` is a writable byte buffer whose first byte lies at address ``addr``
+    (tensor bytes are copied with one memmove each). Returns ``-body_len`` and
+    writes nothing when the body is longer than ``limit``. One pass per step, no
+    intermediate objects: this is the small-message hot path.
     """
     if len(tensors) == 1:  # the common case, without the general bookkeeping
         t = tensors[0]
         shape = t.shape
         ndim = len(shape)
         code = _CODE_DICT.get(t.dtype)
-        if code is None or ndim > MAX_NDIM:
-            plan_body(tensors, 0)  # raises the precise error
         nbytes = t.nbytes
+        if code is None or ndim > MAX_NDIM or not nbytes:
+            plan_body(tensors, 0)  # raises the precise error (or checks an empty tensor's extent)
         pos = DESC_FIXED_SIZE + 8 * ndim
         blob_end = pos + len(blob)
         off = (blob_end + ALIGN - 1) & ~(ALIGN - 1)
         end = off + nbytes
-        if end > len(out):
+        if end > limit:
             return -end
-        _DESC_PACK[ndim].pack_into(out, 0, code, ndim, nbytes, *shape)
+        _DESC_PACK[ndim].pack_into(out, base, code, ndim, nbytes, *shape)
         if blob_end != pos:
-            out[pos:blob_end] = blob
+            out[base + pos:base + blob_end] = blob
         if off != blob_end:
-            out[blob_end:off] = _ZEROS[:off - blob_end]
+            out[base + blob_end:base + off] = _ZEROS[:off - blob_end]
         if nbytes:
-            out[off:end] = (_c_char * nbytes).from_address(t.data_ptr())
+            _memmove(addr + base + off, t.data_ptr(), nbytes)
         return end
     infos = []
     desc_len = 0
@@ -204,17 +217,20 @@ def stage_body(tensors: Sequence[torch.Tensor], blob: bytes | bytearray | memory
         shape = t.shape
         ndim = len(shape)
         code = codes.get(t.dtype)
+        nbytes = t.nbytes
         if code is None or ndim > MAX_NDIM:
             plan_body(tensors, 0)  # raises the precise error
-        infos.append((t, code, shape, ndim, t.nbytes))
+        if not nbytes:
+            check_extent(shape, t.element_size(), f"tensor #{len(infos)}")
+        infos.append((t, code, shape, ndim, nbytes))
         desc_len += DESC_FIXED_SIZE + 8 * ndim
     blob_len = len(blob)
     end = desc_len + blob_len
     for info in infos:
         end = ((end + ALIGN - 1) & ~(ALIGN - 1)) + info[4]
-    if end > len(out):
+    if end > limit:
         return -end
-    pos = 0
+    pos = base
     desc_pack = _DESC_PACK
     for _t, code, shape, ndim, nbytes in infos:
         desc_pack[ndim].pack_into(out, pos, code, ndim, nbytes, *shape)
@@ -222,15 +238,14 @@ def stage_body(tensors: Sequence[torch.Tensor], blob: bytes | bytearray | memory
     if blob_len:
         out[pos:pos + blob_len] = blob
         pos += blob_len
-    char = ctypes.c_char
     for t, _code, _shape, _ndim, nbytes in infos:
-        off = (pos + ALIGN - 1) & ~(ALIGN - 1)
+        off = base + ((pos - base + ALIGN - 1) & ~(ALIGN - 1))
         if off != pos:
             out[pos:off] = _ZEROS[:off - pos]
         pos = off + nbytes
         if nbytes:
-            out[off:pos] = (char * nbytes).from_address(t.data_ptr())
-    return pos
+            _memmove(addr + off, t.data_ptr(), nbytes)
+    return pos - base
 
 
 def write_head(plan: BodyPlan, blob: bytes | bytearray | memoryview, out: bytearray, base: int = 0) -> int:
@@ -263,17 +278,18 @@ def write_body(plan: BodyPlan, blob: bytes | bytearray | memoryview, out: bytear
             out[off:pos] = (char * n).from_address(t.data_ptr())
 
 
-def pack_header(kind: int, tag: int, n_tensors: int, seq: int, blob_len: int, body_len: int) -> bytes:
+def pack_header(kind: int, tag: int, n_tensors: int, seq: int, blob_len: int, body_len: int,
+                request_id: int = 0) -> bytes:
     """Pack a frame header; FrameError if a field is out of range."""
     try:
-        return HEADER.pack(MAGIC, VERSION, kind, tag, n_tensors, seq, blob_len, body_len)
+        return HEADER.pack(MAGIC, VERSION, kind, tag, n_tensors, seq, blob_len, body_len, request_id)
     except struct.error:
-        raise FrameError(_range_message(kind, tag, n_tensors, seq)) from None
+        raise FrameError(_range_message(kind, tag, n_tensors, seq, request_id)) from None
 
 
-def _range_message(kind: int, tag: int, n_tensors: int, seq: int) -> str:
+def _range_message(kind: int, tag: int, n_tensors: int, seq: int, request_id: int = 0) -> str:
     for name, value, bits in (("kind", kind, 16), ("tag", tag, 32), ("n_tensors", n_tensors, 32),
-                              ("seq", seq, 64)):
+                              ("seq", seq, 64), ("request_id", request_id, 64)):
         if not isinstance(value, int) or not 0 <= value < (1 << bits):
             return f"frame header field {name}={value!r} is not an unsigned {bits}-bit integer"
     return "frame header field out of range"
@@ -283,7 +299,7 @@ def decode_header(data: bytes | bytearray | memoryview, max_body_bytes: int) -> 
     """Unpack and validate a header (magic, version, counts, lengths vs. ``max_body_bytes``)."""
     if len(data) < HEADER_SIZE:
         raise FrameError(f"truncated frame: {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header")
-    magic, version, kind, tag, n_tensors, seq, blob_len, body_len = HEADER.unpack_from(data, 0)
+    magic, version, kind, tag, n_tensors, seq, blob_len, body_len, request_id = HEADER.unpack_from(data, 0)
     if magic != MAGIC:
         raise FrameError(f"bad magic {magic!r} at header offset 0 (expected {MAGIC!r}): not a taoism "
                          "boundary frame, or the peer speaks another protocol")
@@ -299,7 +315,7 @@ def decode_header(data: bytes | bytearray | memoryview, max_body_bytes: int) -> 
         raise FrameError(f"header lengths are inconsistent: {n_tensors} descriptors (>= "
                          f"{n_tensors * DESC_FIXED_SIZE} bytes) + blob_len={blob_len} (offset 24) do not fit "
                          f"in body_len={body_len}")
-    return FrameHeader(kind, tag, n_tensors, seq, blob_len, body_len)
+    return FrameHeader(kind, tag, n_tensors, seq, blob_len, body_len, request_id)
 
 
 def decode_body(header: FrameHeader, body: Any) -> tuple[list[torch.Tensor], bytes]:
@@ -316,6 +332,16 @@ def decode_body(header: FrameHeader, body: Any) -> tuple[list[torch.Tensor], byt
 
 def decode_body_parts(n: int, blob_len: int, body_len: int, body: Any) -> tuple[list[torch.Tensor], bytes]:
     """``decode_body`` on unpacked header fields (hot path; ``len(body) == body_len``)."""
+    if n == 1 and not blob_len and body_len >= DESC_FIXED_SIZE:  # the common case: one non-empty tensor
+        code, ndim, r16, r32, nbytes = _desc_unpack(body, 0)
+        np_dtype = _NP_BY_CODE[code]
+        end = DESC_FIXED_SIZE + 8 * ndim
+        if (np_dtype is not None and ndim <= MAX_NDIM and not r16 and not r32 and end <= body_len
+                and ((end + ALIGN - 1) & ~(ALIGN - 1)) + nbytes == body_len):
+            shape = _SHAPE[ndim].unpack_from(body, DESC_FIXED_SIZE)
+            numel = prod(shape)
+            if numel and numel * _ITEMSIZE_BY_CODE[code] == nbytes:  # else the general path says why
+                return [_from_numpy(_ndarray(shape, np_dtype, body, body_len - nbytes))], b""
     specs = []
     pos = 0
     for i in range(n):
@@ -334,6 +360,8 @@ def decode_body_parts(n: int, blob_len: int, body_len: int, body: Any) -> tuple[
         if numel * itemsize != nbytes:
             raise FrameError(f"descriptor #{i} at body offset {pos}: shape {shape} x {itemsize}-byte "
                              f"{CODE_DTYPES[code]} = {numel * itemsize} bytes, but nbytes={nbytes}")
+        if not numel:  # nonzero tensors are bounded by nbytes <= body_len; empty ones are not
+            check_extent(shape, itemsize, f"descriptor #{i} at body offset {pos}")
         specs.append((code, shape, numel, nbytes))
         pos = end
     blob_end = pos + blob_len
@@ -362,6 +390,18 @@ def decode_body_parts(n: int, blob_len: int, body_len: int, body: Any) -> tuple[
     return tensors, blob
 
 
+def check_extent(shape: Sequence[int], itemsize: int, where: str) -> None:
+    """FrameError unless ``prod(max(d, 1)) * itemsize <= MAX_EXTENT_BYTES`` (sizes and strides fit int64)."""
+    extent = itemsize
+    for d in shape:
+        if d > 1:
+            extent *= d
+            if extent > MAX_EXTENT_BYTES:
+                raise FrameError(f"{where}: shape {tuple(shape)} has an extent (product of the dimensions, zeros "
+                                 f"counted as 1, x {itemsize}-byte items) above the {MAX_EXTENT_BYTES}-byte limit; "
+                                 "its size/stride product would overflow. Send a smaller shape.")
+
+
 def _bad_descriptor(i: int, pos: int, code: int, ndim: int) -> None:
     where = f"descriptor #{i} at body offset {pos}"
     if code not in CODE_DTYPES:
@@ -372,12 +412,12 @@ def _bad_descriptor(i: int, pos: int, code: int, ndim: int) -> None:
 
 
 def encode_frame(kind: int, tag: int, seq: int, tensors: Sequence[torch.Tensor] = (),
-                 blob: bytes = b"") -> bytearray:
+                 blob: bytes = b"", request_id: int = 0) -> bytearray:
     """Encode a complete plaintext frame (header + body); used by tests and plain transports."""
     prepared = [prepare_tensor(t, i) for i, t in enumerate(tensors)]
     plan = plan_body(prepared, len(blob))
     out = bytearray(HEADER_SIZE + plan.body_len)
-    out[:HEADER_SIZE] = pack_header(kind, tag, len(prepared), seq, len(blob), plan.body_len)
+    out[:HEADER_SIZE] = pack_header(kind, tag, len(prepared), seq, len(blob), plan.body_len, request_id)
     write_body(plan, blob, out, HEADER_SIZE)
     return out
 
@@ -397,7 +437,7 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame_bytes: int
 
 
 __all__ = [
-    "ALIGN", "CODE_DTYPES", "DTYPE_CODES", "HEADER_SIZE", "MAGIC", "MAX_NDIM", "MAX_TENSORS", "VERSION",
-    "BodyPlan", "FrameHeader", "align_up", "decode_body", "decode_body_parts", "decode_frame", "decode_header", "dtype_code",
+    "ALIGN", "CODE_DTYPES", "DTYPE_CODES", "HEADER_SIZE", "MAGIC", "MAX_EXTENT_BYTES", "MAX_NDIM", "MAX_TENSORS",
+    "VERSION", "BodyPlan", "FrameHeader", "align_up", "check_extent", "decode_body", "decode_body_parts", "decode_frame", "decode_header", "dtype_code",
     "encode_frame", "pack_header", "plan_body", "prepare_tensor", "stage_body", "tensor_bytes", "write_body", "write_head",
 ]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import array
 import collections
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -70,13 +71,16 @@ _RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 class _Region:
     """One mapped shared-memory region."""
 
-    __slots__ = ("mm", "view", "ctl", "data", "capacity", "gen")
+    __slots__ = ("mm", "view", "ctl", "data", "data_addr", "capacity", "gen")
 
     def __init__(self, fd: int, size: int, gen: int) -> None:
         self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.mm)
         self.ctl = self.view[:CTL_BYTES].cast("Q")
         self.data = self.view[CTL_BYTES:]
+        probe = ctypes.c_char.from_buffer(self.mm)  # only to learn the address; released at once
+        self.data_addr = ctypes.addressof(probe) + CTL_BYTES  # address of data[0] (valid while mapped)
+        del probe
         self.capacity = size - CTL_BYTES
         self.gen = gen
 
@@ -328,6 +332,19 @@ class ShmTransport:
         if out is not None and out.ctl[_CONSUMED] == self._out_pub and frame_len <= out.capacity:
             return out.data[:frame_len]  # fast path: free and big enough
         return self._reserve_slow(frame_len, None if timeout is None else time.perf_counter() + timeout)
+
+    def writable(self, timeout: float | None) -> _Region:
+        """Wait until the outbound slot is free (the reader consumed the last frame) and return its region.
+
+        Write at most ``region.capacity`` bytes into ``region.data``, then ``publish``.
+        """
+        out = self.outbound
+        if out is not None and out.ctl[_CONSUMED] == self._out_pub:
+            return out
+        if out is None:
+            raise BoundaryError("transport is closed")
+        self._wait_consumed(None if timeout is None else time.perf_counter() + timeout)
+        return self.outbound
 
     def _reserve_slow(self, frame_len: int, deadline: float | None) -> memoryview:
         if frame_len > self._max:

@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return serve(sock, token, ChannelConfig(spin_us=args.spin_us, timeout_s=None,
                                                 max_frame_bytes=args.max_frame_bytes))
+    except BoundaryError as exc:  # handshake, or the channel failed while replying: status 3, no traceback
+        print(f"taoism enclave: closing the session: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
     finally:
         sock.close()
 
