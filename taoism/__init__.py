@@ -16,7 +16,8 @@ from taoism.config import EnclaveConfig
 from taoism.errors import (BackendUnavailable, BoundaryError, BoundaryTimeout, CaptureError,
                            ConfigError, EnclaveCrashed, EnclaveError, EnclaveRemoteError,
                            FrameError, HandshakeError, InputError, IntegrityError,
-                           MemoryBudgetError, PlacementError, ProgramError, RequestError,
+                           MemoryBudgetError, PlacementError, ProgramError, ReplyMismatchError,
+                           RequestError,
                            ServiceUnavailable, TaoismError)
 from taoism.errors import (AttestationError, KeyFileError, KeyReleaseError, PackageError,
                            SignatureError, TrustError)
@@ -30,7 +31,7 @@ __all__ = [
     "EnclaveBackend", "EnclaveConfig", "EnclaveCrashed", "EnclaveError", "EnclaveMode",
     "EnclaveRemoteError", "FrameError", "HandshakeError", "InputError", "IntegrityError",
     "MemoryBudgetError", "PlacementError", "PlacementRules", "Plan", "Profile", "ProgramError",
-    "RequestError", "ServiceUnavailable",
+    "ReplyMismatchError", "RequestError", "ServiceUnavailable",
     "ShieldedModel",
     "TaoismError", "available_backends", "get_backend", "shield", "__version__",
     "AttestationError", "KeyFileError", "KeyReleaseError", "PackageError", "SignatureError", "TrustError",

@@ -95,7 +95,7 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
             if msg.kind in (Kind.RUN, Kind.RUN_PROFILE):
                 c0 = chan.stats.crypto_s
                 if server.memory is not None:
-                    server.memory.set_boundary_bytes(len(getattr(chan, "_staging", b"")))
+                    server.memory.set_boundary_bytes(chan.staging_bytes)
                 profile = msg.kind == Kind.RUN_PROFILE
                 outs, times = server.run(msg.tag, msg.tensors, profile)
                 report = server.memory.last_report if profile and server.memory is not None else None
