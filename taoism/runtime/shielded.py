@@ -67,7 +67,7 @@ class ShieldedModel:
             from taoism.strategies import apply_strategy
 
             model, placement = apply_strategy(model, self.strategy, leaf_modules=self._leaf_modules,
-                                              capture=self.capture)
+                                              capture=self.capture, example_inputs=examples)
             self._rules = PlacementRules.from_spec(placement)
         captured = capture(model, examples, leaf_modules=self._leaf_modules, capture=self.capture)
         plan = build_plan(captured, self._rules)
