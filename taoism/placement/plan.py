@@ -251,7 +251,8 @@ def _check_enclave_ops(captured: CapturedGraph, modes: dict[str, EnclaveMode]) -
     where = f" in module {first.module_path!r}" if first.module_path else ""
     fix_key = first.module_path or first.name
     raise PlacementError(
-        f"node {first.name!r}{where} calls ATen op {first.target!r}, which the enclave cannot run "
+        f"node {first.name!r}{where} calls {'ATen op' if first.target.startswith('aten.') else 'op'} "
+        f"{first.target!r}, which the enclave cannot run "
         f"yet: this model was captured with torch.export, and the enclave runs only torch.fx "
         f"graphs of torch.nn layers for now. This placement puts {len(bad)} ATen node(s) in the "
         f"enclave, using {len(ops)} op(s): {', '.join(ops[:12])}{' ...' if len(ops) > 12 else ''}. "
