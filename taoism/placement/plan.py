@@ -66,6 +66,7 @@ class Plan:
     output_names: tuple[str, ...]
     batch: int
     value_bytes: dict[str, int] = field(repr=False)
+    duplicated: tuple[str, ...] = ()  # shape nodes computed a second time, in the enclave
 
     # -- summaries -------------------------------------------------------------------------
     @property
@@ -102,7 +103,8 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {
             "format": "taoism-plan/1",
-            "placement": {**{l.info.name: l.placement.value for l in self.layers},
+            "placement": {**{l.info.name: l.placement.value for l in self.layers
+                             if l.info.name not in self.duplicated},
                           "_default": self.rules.default.value},
             "rules": self.rules.to_json(),
             "totals": self.totals(),
@@ -191,13 +193,15 @@ def _kind(info: NodeInfo) -> str:
 
 
 def _split_shape_values(captured: CapturedGraph, raw: dict[str, EnclaveMode],
-                        modes: dict[str, EnclaveMode]) -> None:
+                        modes: dict[str, EnclaveMode]) -> list[str]:
     """Give every non-tensor value (a size, a shape int) the side of its users; one with users on
     both sides is computed on each side (the node is duplicated), so it never crosses.
 
-    Duplicates are added to ``captured``'s graph and node table (named ``<node>_enclave``).
+    Duplicates are added to ``captured``'s graph and node table (named ``<node>_enclave``);
+    returns their names.
     """
     graph = captured.gm.graph
+    twins: list[str] = []
     for n in reversed(list(graph.nodes)):
         info = captured.nodes.get(n.name)
         if info is None or n.op in ("placeholder", "output", "get_attr") or info.value_kind != "other":
@@ -218,7 +222,9 @@ def _split_shape_values(captured: CapturedGraph, raw: dict[str, EnclaveMode],
             modes[n.name], modes[twin.name] = GPU, ENCLAVE
             raw[twin.name] = raw[n.name]
             captured.nodes[twin.name] = dataclasses.replace(info, name=twin.name)
+            twins.append(twin.name)
     captured.gm.recompile()
+    return twins
 
 
 def _check_shape_exposure(captured: CapturedGraph, modes: dict[str, EnclaveMode]) -> None:
@@ -264,7 +270,7 @@ def build_plan(captured: CapturedGraph, rules: PlacementRules) -> Plan:
     """Assign every node, cut consecutive same-side nodes into segments, schedule transfers."""
     raw = rules.assign(captured)
     modes = _resolve_modes(captured, raw)
-    _split_shape_values(captured, raw, modes)
+    twins = _split_shape_values(captured, raw, modes)
     _check_shape_exposure(captured, modes)
     _check_enclave_ops(captured, modes)
     graph_nodes = list(captured.gm.graph.nodes)
@@ -350,7 +356,7 @@ def build_plan(captured: CapturedGraph, rules: PlacementRules) -> Plan:
         for n in compute)
     return Plan(rules=rules, layers=layers, segments=tuple(segments), input_names=inputs,
                 output_names=outputs, batch=captured.batch,
-                value_bytes={k: v.out_bytes for k, v in infos.items()})
+                value_bytes={k: v.out_bytes for k, v in infos.items()}, duplicated=tuple(twins))
 
 
 def _with_free_lists(segments: list[Segment], outputs: tuple[str, ...]) -> list[Segment]:
