@@ -74,8 +74,24 @@ def export_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> fx.Graph
     flat = list(out.args[0]) if isinstance(out.args[0], (tuple, list)) else [out.args[0]]
     out.args = (pytree.tree_unflatten(flat, ep.call_spec.out_spec),)
     graph._codegen = fx.graph.CodeGen()  # plain positional inputs, structured output
+    _device_from_input(graph, {t.device for t in inputs})
     # A plain GraphModule over the attributes the graph uses (parameters at their model paths).
     return fx.GraphModule(unlifted, graph, type(model).__name__).eval()
+
+
+def _device_from_input(graph: fx.Graph, devices: set[torch.device]) -> None:
+    """Export bakes the example's device into factory ops (``arange(..., device=cpu)``): read
+    it from the first input instead, so the graph runs on whichever device it is moved to."""
+    first = next((n for n in graph.nodes if n.op == "placeholder"), None)
+    if first is None or len(devices) != 1:
+        return
+    device_node = None
+    for n in list(graph.nodes):
+        if n.op == "call_function" and n.kwargs.get("device") in devices:
+            if device_node is None:
+                with graph.inserting_after(first):
+                    device_node = graph.call_function(getattr, (first, "device"))
+            n.kwargs = {**n.kwargs, "device": device_node}
 
 
 def node_scope(node: fx.Node) -> str:
