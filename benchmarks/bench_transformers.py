@@ -18,6 +18,7 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -84,13 +85,12 @@ def main() -> int:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    t0 = time.time()
+    started = time.time()
     res = run([int(b) for b in args.batches.split(",")], args.repeats, args.warmup,
               args.capture_repeats)
-    res["wall_s"] = time.time() - t0
+    res["wall_s"] = time.time() - started
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
 
 

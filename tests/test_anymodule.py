@@ -422,7 +422,7 @@ def test_zoo_transformers_both_capture_paths_and_all_strategy_rewrites(name):
     model = get_model(name)
     xs = example_inputs(name, batch=3)
     ref = _not_constant(model(*xs))
-    assert units(model)[0] in (("patch_embed", "cls_token", "pos_embed"), ("embeddings",))
+    assert units(model)[0] in (("patch_embed",), ("embeddings",))
     for kind in ("fx", "export"):
         with taoism.shield(model, xs, capture=kind, device="cpu") as sm:
             assert_same(sm(*xs), ref)

@@ -194,10 +194,13 @@ def capture(
         try:
             gm = trace_fx(model, leaf_modules)
             kind = "fx"
-        except CaptureError:
+        except CaptureError as fx_exc:
             if capture == "fx":
                 raise
-            gm, kind = export_graph(model, inputs), "export"
+            try:
+                gm, kind = export_graph(model, inputs), "export"
+            except CaptureError as exc:  # neither path: the fx message names the submodule
+                raise CaptureError(f"{fx_exc} (torch.export failed too: {exc})") from exc
     return annotate(gm, model, inputs, kind)
 
 

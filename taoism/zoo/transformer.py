@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from taoism.errors import ConfigError
@@ -64,9 +63,8 @@ class EncoderLayer(nn.Module):
 class TinyViT(nn.Module):
     """A small Vision Transformer: patch embedding, class token, pre-norm encoder, linear head.
 
-    Module names: ``patch_embed`` (conv), ``cls_token`` / ``pos_embed`` (parameters),
-    ``blocks.0..``, ``norm``, ``head``. Units: (``patch_embed``, ``cls_token``, ``pos_embed``),
-    each of ``blocks.i``, then (``norm``, ``head``).
+    Module names: ``patch_embed`` (``proj`` conv, ``cls_token``, ``pos_embed``), ``blocks.0..``,
+    ``norm``, ``head``. Units: ``patch_embed``, each of ``blocks.i``, then (``norm``, ``head``).
     """
 
     def __init__(self, num_classes: int = 10, image_size: int = 32, patch: int = 4,
@@ -75,26 +73,35 @@ class TinyViT(nn.Module):
         super().__init__()
         if image_size % patch:
             raise ConfigError(f"image_size {image_size} is not a multiple of patch {patch}")
-        tokens = (image_size // patch) ** 2 + 1
-        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.pos_embed = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.patch_embed = _PatchEmbed(in_channels, dim, patch, (image_size // patch) ** 2 + 1)
         self.blocks = nn.Sequential(*(EncoderLayer(dim, heads, mlp, pre_norm=True)
                                       for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed
-        x = self.blocks(x)
+        x = self.blocks(self.patch_embed(x))
         return self.head(self.norm(x)[:, 0])
 
     def taoism_units(self) -> list[tuple[str, ...]]:
         """The embedding, each encoder layer, then the head."""
-        return [("patch_embed", "cls_token", "pos_embed"),
-                *((f"blocks.{i}",) for i in range(len(self.blocks))), ("norm", "head")]
+        return [("patch_embed",), *((f"blocks.{i}",) for i in range(len(self.blocks))),
+                ("norm", "head")]
+
+
+class _PatchEmbed(nn.Module):
+    """Patches by a strided conv (``proj``), a class token in front, learned positions added."""
+
+    def __init__(self, in_channels: int, dim: int, patch: int, tokens: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x).flatten(2).transpose(1, 2)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1) + self.pos_embed
 
 
 class TinyBERT(nn.Module):
