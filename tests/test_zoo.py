@@ -15,6 +15,7 @@ from taoism.errors import ConfigError
 EXPECTED_MODELS = {
     "resnet18", "resnet34", "resnet50", "vgg16_bn", "alexnet", "small_cnn",
     "teeslice_resnet18", "teeslice_resnet34", "teeslice_resnet50", "teeslice_small_cnn",
+    "vit_tiny", "bert_tiny",
 }
 CASES = [(name, shape) for name in sorted(EXPECTED_MODELS) for shape in zoo.supported_shapes(name)]
 
@@ -48,16 +49,16 @@ def test_list_models() -> None:
 def test_forward_trace_units(name: str, shape: str) -> None:
     model = zoo.get_model(name, dataset_shape=shape)
     assert not model.training
-    classes = 1000 if shape == "imagenet" else 10
+    classes = {"imagenet": 1000, "tokens": 2}.get(shape, 10)
     batch = 1 if shape == "imagenet" else 2
-    x = zoo.example_input(name, shape, batch=batch)
-    assert tuple(x.shape) == (batch, *zoo.input_shape(name, shape))
+    xs = zoo.example_inputs(name, shape, batch=batch)  # (x,), or (token ids, attention mask)
+    assert tuple(xs[0].shape) == (batch, *zoo.input_shape(name, shape))
     with torch.no_grad():
-        y = model(x)
+        y = model(*xs)
         assert tuple(y.shape) == (batch, classes)
         assert torch.isfinite(y).all()
         graph_module = torch.fx.symbolic_trace(model)
-        torch.testing.assert_close(graph_module(x), y, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(graph_module(*xs), y, rtol=1e-4, atol=1e-5)
 
     # Clean trace: every module call is its own module instance (no shared ReLUs).
     called = collections.Counter(n.target for n in graph_module.graph.nodes if n.op == "call_module")

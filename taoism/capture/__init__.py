@@ -1,8 +1,9 @@
-"""Capture: turn a plain ``nn.Module`` into a torch.fx graph with shapes (host side, plaintext).
+"""Capture: turn a plain ``nn.Module`` into a graph with shapes (host side, plaintext).
 
-This runs before anything is shielded, on the caller's own model.
+Two paths: torch.fx (torch.nn layers as nodes) and torch.export (ATen ops, for models fx
+cannot trace). This runs before anything is shielded, on the caller's own model.
 """
 
-from taoism.capture.trace import CapturedGraph, NodeInfo, capture
+from taoism.capture.trace import CAPTURE_KINDS, CapturedGraph, NodeInfo, capture
 
-__all__ = ["CapturedGraph", "NodeInfo", "capture"]
+__all__ = ["CAPTURE_KINDS", "CapturedGraph", "NodeInfo", "capture"]

@@ -1,17 +1,18 @@
-"""Trace a model with torch.fx and annotate every node with shapes, params and FLOPs."""
+"""Capture a model (torch.fx, or torch.export) and annotate every node with shapes, params, FLOPs."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata
 
-from taoism.errors import CaptureError, InputError
+from taoism.capture.export import export_graph, is_aten, node_scope, op_name, propagate
+from taoism.errors import CaptureError, ConfigError, InputError
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class CapturedGraph:
     batch: int
     input_shapes: tuple[tuple[int, ...], ...]
     input_dtypes: tuple[torch.dtype, ...]
+    kind: str = "fx"  # how it was captured: "fx" or "export"
+    module_classes: dict[str, type] = field(default_factory=dict)  # the model's module path -> class
 
 
 _STANDARD_LEAVES: tuple[type[nn.Module], ...] = (
@@ -77,7 +80,9 @@ class _Tracer(fx.Tracer):
         self.failed_scope: str | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if qualname in self._leaf_names or isinstance(m, self._leaf_types):
+        # Standard layers by exact class only: a subclass (e.g. a LayerNorm2d) is traced through,
+        # since the enclave rebuilds layers by exact class. Classes the user lists match subclasses.
+        if qualname in self._leaf_names or type(m) in _STANDARD_LEAVES or isinstance(m, self._leaf_types):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -98,6 +103,8 @@ def _readable_target(node: fx.Node) -> str:
     t = node.target
     if isinstance(t, str):
         return t
+    if is_aten(t):
+        return op_name(t)
     mod = getattr(t, "__module__", None) or ""
     name = getattr(t, "__name__", repr(t))
     if mod in ("_operator", "operator"):
@@ -154,17 +161,25 @@ def _node_flops(node: fx.Node, mod: nn.Module | None, in_shapes: list[tuple[int,
     return 0
 
 
+CAPTURE_KINDS = ("auto", "fx", "export")
+
+
 def capture(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
     leaf_modules: Iterable[str | type[nn.Module]] = (),
+    capture: str = "auto",
 ) -> CapturedGraph:
-    """Trace ``model`` with torch.fx and record per-node shapes, params and FLOPs.
+    """Capture ``model`` into a graph and record per-node shapes, params and FLOPs.
 
-    ``leaf_modules`` names submodules (qualified names or classes) to keep as one opaque
-    node, the way around a submodule that fx cannot trace.
+    ``capture="fx"`` traces with torch.fx (torch.nn layers stay whole nodes), ``"export"``
+    uses ``torch.export`` (ATen ops, handles data-dependent Python), ``"auto"`` (default) uses
+    fx when the model traces, else export. ``leaf_modules`` names submodules (qualified names or
+    classes) fx keeps as one opaque node; export sees through every module and ignores it.
     """
+    if capture not in CAPTURE_KINDS:
+        raise ConfigError(f"capture must be one of {CAPTURE_KINDS}, got {capture!r}")
     if not isinstance(model, nn.Module):
         raise InputError(f"shield() needs an nn.Module, got {type(model).__name__}")
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
@@ -172,8 +187,28 @@ def capture(
         raise InputError(
             "example_input must be a tensor or a sequence of tensors shaped like a real batch "
             f"(got {type(example_inputs).__name__})")
+    kind = capture
+    if capture == "export":
+        gm = export_graph(model, inputs)
+    else:
+        try:
+            gm = trace_fx(model, leaf_modules)
+            kind = "fx"
+        except CaptureError as fx_exc:
+            if capture == "fx":
+                raise
+            try:
+                gm, kind = export_graph(model, inputs), "export"
+            except CaptureError as exc:  # neither path: the fx message names the submodule
+                raise CaptureError(f"{fx_exc} (torch.export failed too: {exc})") from exc
+    return annotate(gm, model, inputs, kind)
+
+
+def trace_fx(model: nn.Module, leaf_modules: Iterable[str | type[nn.Module]] = ()) -> fx.GraphModule:
+    """torch.fx-trace ``model`` (standard torch.nn layers and ``leaf_modules`` stay whole)."""
+    leaf_modules = tuple(leaf_modules)
     names = frozenset(s for s in leaf_modules if isinstance(s, str))
-    types = _STANDARD_LEAVES + tuple(t for t in leaf_modules if isinstance(t, type))
+    types = tuple(t for t in leaf_modules if isinstance(t, type))
     known = dict(model.named_modules())
     for n in names:
         if n not in known:
@@ -186,13 +221,20 @@ def capture(
         where = tracer.failed_scope or (tracer.scope_stack[-1] if tracer.scope_stack else None)
         if where:
             hint = (f"treat it as one opaque layer: capture/shield(..., leaf_modules=[{where!r}]) "
-                    "(an opaque layer can run only on the device), or make its forward traceable")
+                    "(an opaque layer can run only on the device), capture='export', or make its "
+                    "forward traceable")
             raise CaptureError(f"torch.fx could not trace submodule {where!r} "
                                f"({type(known[where]).__name__}): {exc}. Fix: {hint}") from exc
         raise CaptureError(f"torch.fx could not trace the top-level forward of "
-                           f"{type(model).__name__}: {exc}. Fix: make the data-dependent part a "
-                           "submodule and pass it in leaf_modules, or simplify the forward") from exc
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+                           f"{type(model).__name__}: {exc}. Fix: capture='export', make the "
+                           "data-dependent part a submodule and pass it in leaf_modules, or "
+                           "simplify the forward") from exc
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def annotate(gm: fx.GraphModule, model: nn.Module, inputs: tuple[torch.Tensor, ...],
+             kind: str) -> CapturedGraph:
+    """Run ``gm`` on the example inputs and record every node's facts."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
         raise InputError(f"the model's forward takes {len(placeholders)} tensor input(s) "
@@ -201,10 +243,9 @@ def capture(
     was_training = model.training
     gm.eval()
     try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+        aten_flops = propagate(gm, inputs, count=kind == "export")
     except Exception as exc:
-        raise CaptureError(f"running the traced model on the example input failed: {exc}. "
+        raise CaptureError(f"running the captured model on the example input failed: {exc}. "
                            "Check that example_input has the shape and dtype the model expects") from exc
     finally:
         gm.train(was_training)
@@ -223,12 +264,16 @@ def capture(
         elif node.op == "get_attr":
             attr = _fetch_attr(gm, str(node.target))
             params = attr.numel() if isinstance(attr, torch.Tensor) else 0
-        stack = node.meta.get("nn_module_stack") or {}
-        scope = str(node.target) if node.op == "call_module" else (list(stack)[-1] if stack else "")
-        if node.op == "get_attr":
-            scope = str(node.target).rpartition(".")[0]
-        flops = _node_flops(node, mod, in_shapes, out_shapes, batch) if node.op not in (
-            "placeholder", "output", "get_attr") else 0
+        if kind == "export":
+            scope = node_scope(node)
+            flops = aten_flops.get(node.name, 0)
+        else:
+            stack = node.meta.get("nn_module_stack") or {}
+            scope = str(node.target) if node.op == "call_module" else (list(stack)[-1] if stack else "")
+            if node.op == "get_attr":
+                scope = str(node.target).rpartition(".")[0]
+            flops = _node_flops(node, mod, in_shapes, out_shapes, batch) if node.op not in (
+                "placeholder", "output", "get_attr") else 0
         infos[node.name] = NodeInfo(
             name=node.name,
             op=node.op,
@@ -244,7 +289,8 @@ def capture(
         )
     return CapturedGraph(gm=gm, nodes=infos, batch=batch,
                          input_shapes=tuple(tuple(t.shape) for t in inputs),
-                         input_dtypes=tuple(t.dtype for t in inputs))
+                         input_dtypes=tuple(t.dtype for t in inputs), kind=kind,
+                         module_classes={n: type(m) for n, m in model.named_modules()})
 
 
 def _value_kind(meta: Any) -> str:
@@ -262,4 +308,4 @@ def _fetch_attr(root: nn.Module, path: str) -> Any:
     return obj
 
 
-__all__ = ["CapturedGraph", "NodeInfo", "capture"]
+__all__ = ["CAPTURE_KINDS", "CapturedGraph", "NodeInfo", "annotate", "capture", "trace_fx"]

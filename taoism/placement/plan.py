@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class Plan:
     output_names: tuple[str, ...]
     batch: int
     value_bytes: dict[str, int] = field(repr=False)
+    duplicated: tuple[str, ...] = ()  # shape nodes computed a second time, in the enclave
 
     # -- summaries -------------------------------------------------------------------------
     @property
@@ -101,7 +103,8 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {
             "format": "taoism-plan/1",
-            "placement": {**{l.info.name: l.placement.value for l in self.layers},
+            "placement": {**{l.info.name: l.placement.value for l in self.layers
+                             if l.info.name not in self.duplicated},
                           "_default": self.rules.default.value},
             "rules": self.rules.to_json(),
             "totals": self.totals(),
@@ -181,10 +184,95 @@ def _resolve_modes(captured: CapturedGraph, raw: dict[str, EnclaveMode]) -> dict
     return out
 
 
+_KIND_WORDS = {"tensor": "a tensor", "tensors": "a tuple of tensors",
+               "other": "a non-tensor value (a size, an int or another Python object)"}
+
+
+def _kind(info: NodeInfo) -> str:
+    return _KIND_WORDS.get(info.value_kind, info.value_kind)
+
+
+def _split_shape_values(captured: CapturedGraph, raw: dict[str, EnclaveMode],
+                        modes: dict[str, EnclaveMode]) -> list[str]:
+    """Give every non-tensor value (a size, a shape int) the side of its users; one with users on
+    both sides is computed on each side (the node is duplicated), so it never crosses.
+
+    Duplicates are added to ``captured``'s graph and node table (named ``<node>_enclave``);
+    returns their names.
+    """
+    graph = captured.gm.graph
+    twins: list[str] = []
+    for n in reversed(list(graph.nodes)):
+        info = captured.nodes.get(n.name)
+        if info is None or n.op in ("placeholder", "output", "get_attr") or info.value_kind != "other":
+            continue
+        sides = {modes[u.name] for u in n.users if u.op != "output"}
+        if len(sides) == 1:
+            modes[n.name] = sides.pop()
+        elif len(sides) == 2:
+            order = {m: i for i, m in enumerate(graph.nodes)}
+            inside = sorted((u for u in n.users if u.op != "output" and modes[u.name] is ENCLAVE),
+                            key=order.__getitem__)
+            with graph.inserting_before(inside[0]):  # next to its users: no extra segment
+                twin = graph.node_copy(n)
+            twin._rename(f"{n.name}_enclave")
+            twin.meta = dict(n.meta)
+            for u in inside:
+                u.replace_input_with(n, twin)
+            modes[n.name], modes[twin.name] = GPU, ENCLAVE
+            raw[twin.name] = raw[n.name]
+            captured.nodes[twin.name] = dataclasses.replace(info, name=twin.name)
+            twins.append(twin.name)
+    captured.gm.recompile()
+    return twins
+
+
+def _check_shape_exposure(captured: CapturedGraph, modes: dict[str, EnclaveMode]) -> None:
+    """Refuse a plan that would send an enclave tensor to the host only for its shape."""
+    infos = captured.nodes
+    for n in captured.gm.graph.nodes:
+        if modes.get(n.name) is not ENCLAVE or infos[n.name].value_kind != "tensor" or any(
+                u.op == "output" for u in n.users):
+            continue
+        outside = [u for u in n.users if modes.get(u.name) is GPU]
+        if outside and all(infos[u.name].value_kind == "other" for u in outside):
+            raise PlacementError(
+                f"device node {outside[0].name!r} reads only the shape of enclave tensor {n.name!r}, "
+                f"but computing it on the device would send {n.name!r} to the host; place "
+                f"{outside[0].name!r}'s users in the enclave, or pass the size from a device "
+                f"tensor (e.g. the model input) instead")
+
+
+def _check_enclave_ops(captured: CapturedGraph, modes: dict[str, EnclaveMode]) -> None:
+    """Refuse ATen ops (graphs captured with torch.export) placed in the enclave: it cannot run
+    them yet. Names the op, the node and the way around."""
+    if captured.kind != "export":
+        return
+    bad = [n for n in captured.gm.graph.nodes
+           if n.op == "call_function" and modes.get(n.name) is ENCLAVE]
+    if not bad:
+        return
+    first = captured.nodes[bad[0].name]
+    ops = sorted({captured.nodes[n.name].target for n in bad})
+    where = f" in module {first.module_path!r}" if first.module_path else ""
+    fix_key = first.module_path or first.name
+    raise PlacementError(
+        f"node {first.name!r}{where} calls {'ATen op' if first.target.startswith('aten.') else 'op'} "
+        f"{first.target!r}, which the enclave cannot run "
+        f"yet: this model was captured with torch.export, and the enclave runs only torch.fx "
+        f"graphs of torch.nn layers for now. This placement puts {len(bad)} ATen node(s) in the "
+        f"enclave, using {len(ops)} op(s): {', '.join(ops[:12])}{' ...' if len(ops) > 12 else ''}. "
+        f"Work around: capture='fx' (with leaf_modules=[...] for the submodule fx cannot trace), "
+        f"or place these nodes on the device (e.g. {{{fix_key!r}: 'GPU'}})")
+
+
 def build_plan(captured: CapturedGraph, rules: PlacementRules) -> Plan:
     """Assign every node, cut consecutive same-side nodes into segments, schedule transfers."""
     raw = rules.assign(captured)
     modes = _resolve_modes(captured, raw)
+    twins = _split_shape_values(captured, raw, modes)
+    _check_shape_exposure(captured, modes)
+    _check_enclave_ops(captured, modes)
     graph_nodes = list(captured.gm.graph.nodes)
     compute = [n for n in graph_nodes if n.op not in ("placeholder", "output")]
     inputs = tuple(n.name for n in graph_nodes if n.op == "placeholder")
@@ -230,7 +318,7 @@ def build_plan(captured: CapturedGraph, rules: PlacementRules) -> Plan:
             for v in send_in:
                 if infos[v].value_kind != "tensor":
                     raise PlacementError(
-                        f"node {v!r} produces a {infos[v].value_kind} value, which cannot cross into "
+                        f"node {v!r} produces {_kind(infos[v])}, which cannot cross into "
                         f"the enclave for segment {i}; place {v!r} in the enclave too "
                         f"(placement={{{v!r}: 'ENCLAVE'}}) or its users on the device")
             in_enclave.update(send_in)
@@ -239,7 +327,7 @@ def build_plan(captured: CapturedGraph, rules: PlacementRules) -> Plan:
             for v in returns:
                 if infos[v].value_kind != "tensor":
                     raise PlacementError(
-                        f"node {v!r} in the enclave produces a {infos[v].value_kind} value that the "
+                        f"node {v!r} in the enclave produces {_kind(infos[v])} that the "
                         f"device needs; place its users in the enclave too, or {v!r} on the device")
             on_host.update(returns)
             in_enclave.update(keep)
@@ -268,7 +356,7 @@ def build_plan(captured: CapturedGraph, rules: PlacementRules) -> Plan:
         for n in compute)
     return Plan(rules=rules, layers=layers, segments=tuple(segments), input_names=inputs,
                 output_names=outputs, batch=captured.batch,
-                value_bytes={k: v.out_bytes for k, v in infos.items()})
+                value_bytes={k: v.out_bytes for k, v in infos.items()}, duplicated=tuple(twins))
 
 
 def _with_free_lists(segments: list[Segment], outputs: tuple[str, ...]) -> list[Segment]:

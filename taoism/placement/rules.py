@@ -1,4 +1,8 @@
-"""Placement rules: which side each graph node runs on, matched by name, regex, then default."""
+"""Placement rules: which side each graph node runs on.
+
+Matched by node name, then module path, then module type (``"type:ReLU"`` or a class key such as
+``nn.GELU``), then regex, then the default.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +19,30 @@ from taoism.placement.modes import EnclaveMode
 
 DEFAULT_KEY = "_default"
 REGEX_PREFIX = "re:"
+TYPE_PREFIX = "type:"
 
-PlacementSpec = Mapping[str, "EnclaveMode | str"] | str | os.PathLike | None
+PlacementSpec = Mapping["str | type", "EnclaveMode | str"] | str | os.PathLike | None
+
+
+def _type_names(cls: type) -> set[str]:
+    """Every name a ``type:`` key may use for ``cls`` or a base class (short or dotted)."""
+    return {n for c in cls.__mro__ for n in (c.__name__, f"{c.__module__}.{c.__qualname__}")}
+
+
+def _type_key(key: str | type) -> str:
+    return key if isinstance(key, str) else f"{key.__module__}.{key.__qualname__}"
 
 
 @dataclass(frozen=True)
 class PlacementRules:
-    """Exact names (module paths or node names), then regexes in order, then the default."""
+    """Exact names (node names, then the longest module path), then module types (the innermost
+    enclosing module whose class or a base class is named), then regexes in order, then the
+    default."""
 
     exact: tuple[tuple[str, EnclaveMode], ...] = ()
     regex: tuple[tuple[str, EnclaveMode], ...] = ()
     default: EnclaveMode = EnclaveMode.GPU
+    types: tuple[tuple[str, EnclaveMode], ...] = ()  # class names (short or dotted), spec order
 
     @classmethod
     def from_spec(cls, spec: PlacementSpec) -> "PlacementRules":
@@ -36,12 +53,20 @@ class PlacementRules:
             return cls.from_file(spec)
         if not isinstance(spec, Mapping):
             raise ConfigError(f"placement must be a dict, a JSON file path or None, got {type(spec).__name__}")
-        exact, regex, default = [], [], EnclaveMode.GPU
+        exact, regex, types, default = [], [], [], EnclaveMode.GPU
         for key, mode in spec.items():
+            if isinstance(key, type):
+                types.append((_type_key(key), EnclaveMode.parse(mode)))
+                continue
             if not isinstance(key, str):
-                raise ConfigError(f"placement key {key!r} must be a string")
+                raise ConfigError(f"placement key {key!r} must be a string (a name, 're:<regex>', "
+                                  "'type:<ClassName>', '_default') or a module class such as nn.ReLU")
             m = EnclaveMode.parse(mode)
-            if key == DEFAULT_KEY:
+            if key.startswith(TYPE_PREFIX):
+                if not key[len(TYPE_PREFIX):].strip():
+                    raise ConfigError(f"placement key {key!r} names no class; e.g. 'type:ReLU'")
+                types.append((key[len(TYPE_PREFIX):].strip(), m))
+            elif key == DEFAULT_KEY:
                 default = m
             elif key.startswith(REGEX_PREFIX):
                 try:
@@ -51,7 +76,7 @@ class PlacementRules:
                 regex.append((key[len(REGEX_PREFIX):], m))
             else:
                 exact.append((key, m))
-        return cls(tuple(exact), tuple(regex), default)
+        return cls(tuple(exact), tuple(regex), default, tuple(types))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "PlacementRules":
@@ -71,6 +96,7 @@ class PlacementRules:
 
     def to_json(self) -> dict[str, str]:
         out = {k: m.value for k, m in self.exact}
+        out.update({TYPE_PREFIX + t: m.value for t, m in self.types})
         out.update({REGEX_PREFIX + r: m.value for r, m in self.regex})
         out[DEFAULT_KEY] = self.default.value
         return out
@@ -78,7 +104,9 @@ class PlacementRules:
     def assign(self, captured: CapturedGraph) -> dict[str, EnclaveMode]:
         """Raw mode per compute node (AUTO not yet resolved); unknown names are an error."""
         infos = [i for i in captured.nodes.values() if i.op not in ("placeholder", "output")]
-        module_names = {name for name, _ in captured.gm.named_modules() if name}
+        classes = dict(captured.module_classes) or {n: type(m) for n, m in captured.gm.named_modules()}
+        module_names = {name for name, _ in captured.gm.named_modules() if name} | {
+            n for n in classes if n}
         node_names = {i.name for i in infos}
         for key, _ in self.exact:
             if key not in module_names and key not in node_names:
@@ -87,11 +115,19 @@ class PlacementRules:
                     f"placement names {key!r}, which is neither a module nor a graph node of this "
                     f"model; similar names: {close or sorted(module_names)[:5]}. "
                     "Run `taoism plan` or print(sm.plan) to list the names")
+        names_of = {path: _type_names(c) for path, c in classes.items()}
+        for t, _ in self.types:
+            if not any(t in names for names in names_of.values()):
+                present = sorted({c.__name__ for c in classes.values()})
+                raise PlacementError(f"placement key {TYPE_PREFIX + t!r} matches no module of this "
+                                     f"model; module types present: {present[:12]}")
         compiled = [(re.compile(r), m, r) for r, m in self.regex]
         used = set()
         out: dict[str, EnclaveMode] = {}
         for info in infos:
             mode = self._match_exact(info)
+            if mode is None:
+                mode = self._match_type(info, names_of)
             if mode is None:
                 for rx, m, r in compiled:
                     if any(rx.fullmatch(s) for s in (info.name, info.module_path, info.target) if s):
@@ -107,6 +143,18 @@ class PlacementRules:
                                  "module of this model; fix or remove it (regexes must match the "
                                  "whole name, e.g. 're:.*relu.*')")
         return out
+
+    def _match_type(self, info: Any, names_of: Mapping[str, set[str]]) -> EnclaveMode | None:
+        """The innermost module around the node whose class (or a base) a type key names."""
+        if not self.types:
+            return None
+        parts = info.module_path.split(".") if info.module_path else []
+        for depth in range(len(parts), -1, -1):
+            names = names_of.get(".".join(parts[:depth]), set())
+            for t, m in self.types:
+                if t in names:
+                    return m
+        return None
 
     def _match_exact(self, info: Any) -> EnclaveMode | None:
         """A node's own name wins, then the longest module path that contains the node."""

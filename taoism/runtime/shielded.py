@@ -44,7 +44,8 @@ class ShieldedModel:
     def __init__(self, model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
                  placement: PlacementSpec = None, *, strategy: Any = None,
                  device: str | torch.device | None = None, enclave: EnclaveConfig | None = None,
-                 leaf_modules: Iterable[str | type[nn.Module]] = ()) -> None:
+                 leaf_modules: Iterable[str | type[nn.Module]] = (), capture: str = "auto") -> None:
+        self.capture = capture
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device='cuda' was asked for but torch sees no CUDA device; "
@@ -67,9 +68,10 @@ class ShieldedModel:
             # Re-applied on every build (reload too): fresh secrets, never the unprotected model.
             from taoism.strategies import apply_strategy
 
-            model, placement = apply_strategy(model, self.strategy)
+            model, placement = apply_strategy(model, self.strategy, leaf_modules=self._leaf_modules,
+                                              capture=self.capture, example_inputs=examples)
             self._rules = PlacementRules.from_spec(placement)
-        captured = capture(model, examples, leaf_modules=self._leaf_modules)
+        captured = capture(model, examples, leaf_modules=self._leaf_modules, capture=self.capture)
         plan = build_plan(captured, self._rules)
         segments: dict[int, fx.GraphModule] = {}
         for seg in plan.segments:
@@ -275,7 +277,8 @@ def shield(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor
            placement: PlacementSpec = None, *, strategy: Any = None, backend: str | None = None,
            device: str | torch.device | None = None, threads: int | None = None,
            enclave: EnclaveConfig | None = None,
-           leaf_modules: Iterable[str | type[nn.Module]] = (), tee: str | None = None) -> ShieldedModel:
+           leaf_modules: Iterable[str | type[nn.Module]] = (), tee: str | None = None,
+           capture: str = "auto") -> ShieldedModel:
     """Deploy ``model`` with the placement (or TSDP ``strategy``) given; returns a ShieldedModel.
 
     ``placement`` maps module names, node names or ``"re:<regex>"`` to GPU/ENCLAVE/AUTO, with
@@ -283,6 +286,7 @@ def shield(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor
     ``threads`` override the fields of ``enclave`` (an :class:`EnclaveConfig`), and so does
     ``tee`` (a TEE profile of :mod:`taoism.tee`, e.g. ``"sgx1-client"``: the enclave then keeps
     its working set within that profile's memory budget by chunking and sealed paging).
+    ``capture`` is ``"fx"``, ``"export"`` or ``"auto"`` (fx when the model traces, else export).
     """
     cfg = enclave or EnclaveConfig()
     overrides = {k: v for k, v in (("backend", backend), ("threads", threads), ("tee", tee))
@@ -290,4 +294,4 @@ def shield(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor
     if overrides:
         cfg = EnclaveConfig(**{**cfg.__dict__, **overrides})
     return ShieldedModel(model, example_input, placement, strategy=strategy, device=device,
-                         enclave=cfg, leaf_modules=leaf_modules)
+                         enclave=cfg, leaf_modules=leaf_modules, capture=capture)

@@ -22,16 +22,31 @@ Strategies (string form, dataclass form):
 ``teeslice``              :class:`TEESlice`     sliced model: backbone on device, slices in enclave
 ========================  ===================  ==================================================
 
-Units for deep/shallow come from ``taoism.zoo.units(model)`` (top-level children for models
-outside the zoo) unless the dataclass is given ``units=``.
+Units for deep/shallow come from ``taoism.zoo.units(model)`` unless the dataclass is given
+``units=``; for models outside the zoo they are the top-level children in the order the forward
+uses them, except that a container of repeated blocks gives one unit per block. For a
+transformer the units are its blocks: the embedding, each encoder layer, then the head (and
+any other top-level module, e.g. a final norm, as a unit of its own). So ``deep:K`` shields the
+last K of them (``deep:1`` = the head), ``shallow:K`` the first K (``shallow:1`` = the
+embedding: token/patch embeddings and, for BERT, its LayerNorm). ``magnitude:R`` ranks the
+weights of every conv/BN/linear layer, so in a transformer the attention projections, MLP
+layers and head (embedding tables and LayerNorms are not ranked). ``intermediate:THETA``
+offloads THETA of the conv/linear layers (the Q/K/V, output and MLP projections) morphed, and
+keeps attention scores, softmax, LayerNorm, GELU and the residual adds in the enclave.
+``nonlinear`` obfuscates those same linear layers on the device and keeps every non-linear op
+(softmax, LayerNorm, GELU, the mask) in the enclave. Rewriting strategies need a torch.fx
+graph (``leaf_modules`` keeps an untraceable submodule whole); ``none``, ``all``, ``deep`` and
+``shallow`` also work on models captured with torch.export.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Sequence
 
+import torch
 import torch.nn as nn
 
+from taoism.strategies._graph import CaptureOptions
 from taoism.strategies.intermediate import apply_intermediate
 from taoism.strategies.layerwise import apply_all, apply_layerwise, apply_none, apply_teeslice
 from taoism.strategies.magnitude import apply_magnitude, shield_masks
@@ -54,8 +69,14 @@ _APPLY = {
 }
 
 
-def apply_strategy(model: nn.Module, strategy: StrategyLike) -> tuple[nn.Module, dict[str, Any]]:
+def apply_strategy(model: nn.Module, strategy: StrategyLike, *,
+                   leaf_modules: Iterable[str | type[nn.Module]] = (), capture: str = "auto",
+                   example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                   ) -> tuple[nn.Module, dict[str, Any]]:
     """Rewrite a private copy of ``model`` for ``strategy`` and return it with its placement.
+
+    The model is captured as :func:`taoism.shield` captures it (``leaf_modules``, ``capture``;
+    ``example_inputs`` let layer-wise strategies fall back to torch.export).
 
     The returned model computes the same function as ``model`` in eval mode (up to float
     rounding), is torch.fx traceable, and keeps every device-side module at its original path;
@@ -68,7 +89,7 @@ def apply_strategy(model: nn.Module, strategy: StrategyLike) -> tuple[nn.Module,
         from taoism.errors import ConfigError
 
         raise ConfigError(f"no rewrite is registered for strategy type {type(s).__name__}")
-    out, placement = fn(model, s)
+    out, placement = fn(model, s, CaptureOptions.of(leaf_modules, capture, example_inputs))
     return out, placement
 
 

@@ -11,13 +11,16 @@ module kinds.
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from taoism.errors import CaptureError
+from taoism.capture import CAPTURE_KINDS, CapturedGraph, capture
+from taoism.capture.trace import trace_fx
+from taoism.errors import CaptureError, ConfigError
 
 TSDP_ROOT = "_tsdp"  # top-level attribute holding every module a strategy adds
 CONV_TYPES = (nn.Conv1d, nn.Conv2d)
@@ -50,18 +53,58 @@ def private_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).eval()
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """fx-trace ``model`` (torch.nn layers are leaves, as in taoism's capture)."""
-    tracer = fx.Tracer()
+@dataclass(frozen=True)
+class CaptureOptions:
+    """How a strategy captures the model: as ``shield`` does (same leaf modules and path)."""
+
+    leaf_modules: tuple[str | type[nn.Module], ...] = ()
+    capture: str = "auto"
+    example_inputs: tuple[torch.Tensor, ...] | None = None  # needed by torch.export only
+
+    @classmethod
+    def of(cls, leaf_modules: Iterable[str | type[nn.Module]] = (), capture: str = "auto",
+           example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> "CaptureOptions":
+        """Options from ``shield``-style arguments (validated)."""
+        if capture not in CAPTURE_KINDS:
+            raise ConfigError(f"capture must be one of {CAPTURE_KINDS}, got {capture!r}")
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        return cls(tuple(leaf_modules), capture,
+                   tuple(example_inputs) if example_inputs is not None else None)
+
+
+def trace(model: nn.Module, opts: CaptureOptions = CaptureOptions(), strategy: str = "") -> fx.GraphModule:
+    """fx-trace ``model`` as taoism's capture does (same leaves, ``opts.leaf_modules``).
+
+    Rewriting strategies edit torch.nn layer calls, which only an fx graph has: a model fx
+    cannot trace gets a message naming the submodule and the fix.
+    """
+    what = f"strategy {strategy!r}" if strategy else "this TSDP strategy"
+    if opts.capture == "export":
+        raise CaptureError(f"{what} rewrites the model's conv/linear layer calls, which needs a "
+                           "torch.fx graph, but capture='export' was asked for; use capture='fx' "
+                           "(or 'auto'), or a layer-wise strategy (none, all, deep:K, shallow:K), "
+                           "which works on exported graphs")
     try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # fx raises many types
-        raise CaptureError(
-            f"a TSDP strategy rewrites the model's graph, but torch.fx could not trace "
-            f"{type(model).__name__}: {exc}. Make the forward traceable, or use a placement= "
-            "instead of a rewriting strategy") from exc
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        gm = trace_fx(model, opts.leaf_modules)
+    except CaptureError as exc:
+        raise CaptureError(f"{what} rewrites the model's graph with torch.fx: {exc} (with "
+                           "leaf_modules the strategy keeps that submodule whole, on the device "
+                           "unless the strategy places it; layer-wise strategies also work through "
+                           "capture='export')") from exc
     return gm.eval()
+
+
+def captured_graph(model: nn.Module, opts: CaptureOptions) -> CapturedGraph:
+    """The model captured as shield will capture it (fx, else torch.export when inputs are given)."""
+    if opts.example_inputs is None:
+        if opts.capture == "export":
+            raise ConfigError("capture='export' needs example inputs; pass example_inputs= to "
+                              "apply_strategy (shield passes its example input)")
+        gm = trace(model, opts)
+        return CapturedGraph(gm=gm, nodes={}, batch=0, input_shapes=(), input_dtypes=(), kind="fx",
+                             module_classes={n: type(m) for n, m in model.named_modules()})
+    return capture(model, opts.example_inputs, leaf_modules=opts.leaf_modules, capture=opts.capture)
 
 
 def module_calls(gm: fx.GraphModule) -> Iterator[tuple[fx.Node, str, nn.Module]]:

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from taoism.strategies._graph import (LINEAR_TYPES, Rescale, added_path, finish, first_use_order,
-                                      insert_after, module_calls, private_copy, trace)
+from taoism.strategies._graph import (LINEAR_TYPES, CaptureOptions, Rescale, added_path, finish,
+                                      first_use_order, insert_after, module_calls, private_copy,
+                                      trace)
 from taoism.strategies.spec import Intermediate
 
 
@@ -32,9 +33,10 @@ def choose_offloaded(layers: list[str], theta: float, seed: int) -> list[str]:
     return [p for p in layers if p in chosen]
 
 
-def apply_intermediate(model: nn.Module, s: Intermediate) -> tuple[nn.Module, dict[str, Any]]:
+def apply_intermediate(model: nn.Module, s: Intermediate,
+                       opts: CaptureOptions = CaptureOptions()) -> tuple[nn.Module, dict[str, Any]]:
     m = private_copy(model)
-    gm = trace(m)
+    gm = trace(m, opts, s.spec)
     layers = first_use_order(gm, LINEAR_TYPES)
     offloaded = choose_offloaded(layers, s.theta, s.seed)
     secret = random.Random(s.secret_seed if s.secret_seed is not None else secrets.randbits(128))

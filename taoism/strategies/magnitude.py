@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 
 from taoism.errors import ConfigError
-from taoism.strategies._graph import (BN_TYPES, LINEAR_TYPES, ShieldedShare, added_path, finish,
-                                      insert_after, module_calls, private_copy, trace)
+from taoism.strategies._graph import (BN_TYPES, LINEAR_TYPES, CaptureOptions, ShieldedShare,
+                                      added_path, finish, insert_after, module_calls, private_copy,
+                                      trace)
 from taoism.strategies.spec import Magnitude
 
 RANKED_TYPES = LINEAR_TYPES + BN_TYPES
@@ -84,9 +85,10 @@ def _private_part(mod: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return priv.eval()
 
 
-def apply_magnitude(model: nn.Module, s: Magnitude) -> tuple[nn.Module, dict[str, Any]]:
+def apply_magnitude(model: nn.Module, s: Magnitude,
+                    opts: CaptureOptions = CaptureOptions()) -> tuple[nn.Module, dict[str, Any]]:
     m = private_copy(model)
-    gm = trace(m)
+    gm = trace(m, opts, s.spec)
     masks = shield_masks(m, s.r, s.seed)  # ranked over the whole model, in its module order
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for name, mask in masks.items():

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from taoism.strategies._graph import (LINEAR_TYPES, ChannelSelect, added_path, finish,
+from taoism.strategies._graph import (LINEAR_TYPES, CaptureOptions, ChannelSelect, added_path, finish,
                                       first_use_order, insert_after, module_calls, private_copy,
                                       trace)
 from taoism.strategies.spec import NonLinear
@@ -60,9 +60,10 @@ def plain_layers(layers: list[str]) -> list[str]:
     return out
 
 
-def apply_nonlinear(model: nn.Module, s: NonLinear) -> tuple[nn.Module, dict[str, Any]]:
+def apply_nonlinear(model: nn.Module, s: NonLinear,
+                    opts: CaptureOptions = CaptureOptions()) -> tuple[nn.Module, dict[str, Any]]:
     m = private_copy(model)
-    gm = trace(m)
+    gm = trace(m, opts, s.spec)
     layers = first_use_order(gm, LINEAR_TYPES)
     plain = plain_layers(layers) if s.plain_first_and_downsample else []
     seed = s.secret_seed if s.secret_seed is not None else secrets.randbits(63)

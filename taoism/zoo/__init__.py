@@ -9,7 +9,9 @@
 Dataset shapes (input CHW, default classes): ``cifar`` 3x32x32 / 10, ``imagenet``
 3x224x224 / 1000, ``mnist`` 1x28x28 / 10, ``digits`` (sklearn) 1x8x8 / 10. ResNet, VGG,
 AlexNet and TEESlice ResNets take ``cifar`` and ``imagenet``; ``small_cnn`` and
-``teeslice_small_cnn`` take ``mnist``, ``digits`` and ``cifar``.
+``teeslice_small_cnn`` take ``mnist``, ``digits`` and ``cifar``. ``vit_tiny`` takes ``cifar``
+and ``imagenet``; ``bert_tiny`` takes ``tokens`` (16 token ids from a vocabulary of 1000, plus an
+attention mask: :func:`example_inputs`).
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ from taoism.zoo.teeslice import (
     teeslice_resnet50,
     teeslice_small_cnn,
 )
+from taoism.zoo.transformer import TinyBERT, TinyViT, bert_tiny, vit_tiny
 
 __all__ = [
     "list_models",
     "get_model",
     "input_shape",
     "example_input",
+    "example_inputs",
     "units",
     "supported_shapes",
     "DATASET_SHAPES",
@@ -57,12 +61,17 @@ __all__ = [
     "TEESliceSmallCNN",
     "SliceGroup",
     "ProxyBlock",
+    "TinyViT",
+    "TinyBERT",
 ]
 
-DATASET_SHAPES: Mapping[str, tuple[int, int, int]] = MappingProxyType(
-    {"cifar": (3, 32, 32), "imagenet": (3, 224, 224), "mnist": (1, 28, 28), "digits": (1, 8, 8)}
+DATASET_SHAPES: Mapping[str, tuple[int, ...]] = MappingProxyType(
+    {"cifar": (3, 32, 32), "imagenet": (3, 224, 224), "mnist": (1, 28, 28), "digits": (1, 8, 8),
+     "tokens": (16,)}
 )
-_DEFAULT_CLASSES: Mapping[str, int] = MappingProxyType({"cifar": 10, "imagenet": 1000, "mnist": 10, "digits": 10})
+_DEFAULT_CLASSES: Mapping[str, int] = MappingProxyType(
+    {"cifar": 10, "imagenet": 1000, "mnist": 10, "digits": 10, "tokens": 2})
+_VOCAB = 1000  # bert_tiny's vocabulary
 
 _RGB = ("cifar", "imagenet")
 
@@ -94,6 +103,8 @@ _REGISTRY: Mapping[str, _Spec] = MappingProxyType({
     "teeslice_resnet34": _Spec(lambda n, s: teeslice_resnet34(n, s), _RGB),
     "teeslice_resnet50": _Spec(lambda n, s: teeslice_resnet50(n, s), _RGB),
     "teeslice_small_cnn": _Spec(_teeslice_small, ("mnist", "digits", "cifar")),
+    "vit_tiny": _Spec(lambda n, s: vit_tiny(n, DATASET_SHAPES[s][1]), _RGB),
+    "bert_tiny": _Spec(lambda n, s: bert_tiny(n), ("tokens",)),
 })
 
 # "ResNet-18", "resnet_18", "VGG16BN" ... -> registry name.
@@ -126,8 +137,10 @@ def supported_shapes(name: str) -> tuple[str, ...]:
     return _REGISTRY[_resolve(name)].shapes
 
 
-def _check_shape(key: str, dataset_shape: str) -> str:
+def _check_shape(key: str, dataset_shape: str | None) -> str:
     shapes = _REGISTRY[key].shapes
+    if dataset_shape is None:  # "cifar" where the model takes it, else its first shape
+        return "cifar" if "cifar" in shapes else shapes[0]
     if dataset_shape not in shapes:
         known = "" if dataset_shape in DATASET_SHAPES else f" (known shapes: {', '.join(DATASET_SHAPES)})"
         raise ConfigError(
@@ -140,12 +153,12 @@ def _check_shape(key: str, dataset_shape: str) -> str:
 def get_model(
     name: str,
     *,
-    dataset_shape: str = "cifar",
+    dataset_shape: str | None = None,
     num_classes: int | None = None,
     weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
     seed: int | None = 0,
 ) -> nn.Module:
-    """Build zoo model ``name`` for ``dataset_shape``, in eval mode.
+    """Build zoo model ``name`` for ``dataset_shape`` (default: ``cifar``, or the model's only shape), in eval mode.
 
     ``num_classes`` defaults to the dataset's (10, or 1000 for imagenet). Weights are random
     (deterministic for a given ``seed``; ``seed=None`` draws from torch's global RNG; a given
@@ -174,17 +187,34 @@ def get_model(
     return model.eval()
 
 
-def input_shape(name: str, dataset_shape: str = "cifar") -> tuple[int, ...]:
+def input_shape(name: str, dataset_shape: str | None = None) -> tuple[int, ...]:
     """The CHW input shape of model ``name`` built for ``dataset_shape``."""
     return DATASET_SHAPES[_check_shape(_resolve(name), dataset_shape)]
 
 
-def example_input(name: str, dataset_shape: str = "cifar", batch: int = 1, seed: int = 0) -> torch.Tensor:
-    """A deterministic standard-normal input batch of shape ``(batch, C, H, W)``."""
+def example_input(name: str, dataset_shape: str | None = None, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """A deterministic input batch: standard normal ``(batch, C, H, W)``, or token ids."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be a positive int, got {batch!r}")
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, *input_shape(name, dataset_shape), generator=gen)
+    dataset_shape = _check_shape(_resolve(name), dataset_shape)
+    shape = input_shape(name, dataset_shape)
+    if dataset_shape == "tokens":
+        return torch.randint(0, _VOCAB, (batch, *shape), generator=gen)
+    return torch.randn(batch, *shape, generator=gen)
+
+
+def example_inputs(name: str, dataset_shape: str | None = None, batch: int = 1,
+                   seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Every forward input of model ``name``: ``(x,)``, or ``(input_ids, attention_mask)``
+    for token models (the mask pads the last quarter of every other sample)."""
+    dataset_shape = _check_shape(_resolve(name), dataset_shape)
+    x = example_input(name, dataset_shape, batch, seed)
+    if dataset_shape != "tokens":
+        return (x,)
+    mask = torch.ones_like(x)
+    mask[::2, -(x.shape[1] // 4):] = 0
+    return x, mask
 
 
 def units(model: nn.Module) -> list[tuple[str, ...]]:
