@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 # torch is installed first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+FONT_PACKAGES := fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-liberation2 \
+  fonts-urw-base35 fonts-freefont-ttf fonts-noto-core fonts-crosextra-carlito
 
 .PHONY: venv demo test bench clean
 
@@ -14,6 +16,11 @@ $(STAMP): pyproject.toml Makefile
 	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || \
 	  echo "note: could not install dataset-fashion-mnist; Fashion-MNIST runs will say how to get it"; fi
+	@# Fonts for the synthetic glyphs data set (taoism.data.glyphs.FONT_PACKAGES), the same way.
+	@if [ ! -d /usr/share/fonts/truetype/noto ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q $(FONT_PACKAGES) >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(FONT_PACKAGES) >/dev/null 2>&1) || \
+	  echo "note: could not install the font packages; glyphs runs will say which to install"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test,plot,data]"
