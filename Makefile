@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 FONT_PACKAGES := fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-liberation2 \
-  fonts-urw-base35 fonts-freefont-ttf fonts-noto-core fonts-crosextra-carlito
+  fonts-urw-base35 fonts-freefont-ttf fonts-noto-core fonts-noto-mono fonts-crosextra-carlito
 
 .PHONY: venv demo test bench clean
 

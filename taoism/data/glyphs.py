@@ -45,7 +45,8 @@ __all__ = ["FONT_PACKAGES", "GLYPH_SCRIPTS", "FontNotFoundError", "GlyphConfig",
 
 #: The Debian packages the setup installs for this data set (see the Makefile).
 FONT_PACKAGES = ("fonts-dejavu-core", "fonts-dejavu-extra", "fonts-liberation", "fonts-liberation2",
-                 "fonts-urw-base35", "fonts-freefont-ttf", "fonts-noto-core", "fonts-crosextra-carlito")
+                 "fonts-urw-base35", "fonts-freefont-ttf", "fonts-noto-core", "fonts-noto-mono",
+                 "fonts-crosextra-carlito")
 DEFAULT_FONT_DIRS = ("/usr/share/fonts",)
 
 GLYPH_SCRIPTS: dict[str, str] = {
@@ -238,10 +239,9 @@ def _render_group(fonts: list[_Font], chars: str, cfg: GlyphConfig, tag: str) ->
     return np.stack(xs)[:, None], np.asarray(ys, np.int64)
 
 
-def _build_arrays(cfg: GlyphConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _build_arrays(cfg: GlyphConfig, fonts: list[_Font]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     priv = "".join(GLYPH_SCRIPTS[s] for s in cfg.private_scripts)
     pub = "".join(GLYPH_SCRIPTS[s] for s in cfg.public_scripts)
-    fonts = discover_fonts(cfg.font_dirs, priv + pub)
     if len({f.family for f in fonts}) < 4 or len(fonts) < cfg.min_fonts:
         raise FontNotFoundError(
             f"glyphs: found {len(fonts)} font(s) in {len({f.family for f in fonts})} families covering every "
@@ -265,10 +265,9 @@ def _build_arrays(cfg: GlyphConfig) -> tuple[dict[str, np.ndarray], dict[str, An
 
 
 def _cached_arrays(cfg: GlyphConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    fonts = discover_fonts(cfg.font_dirs, "".join(GLYPH_SCRIPTS[s] for s in cfg.private_scripts + cfg.public_scripts))
     if cfg.cache_dir is None:
-        return _build_arrays(cfg)
-    priv = "".join(GLYPH_SCRIPTS[s] for s in cfg.private_scripts + cfg.public_scripts)
-    fonts = discover_fonts(cfg.font_dirs, priv)
+        return _build_arrays(cfg, fonts)
     blob = json.dumps({"config": cfg.key(), "fonts": _fonts_sha(fonts), "v": 1}, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:24]
     path = Path(cfg.cache_dir).expanduser() / "glyphs" / f"{key}.npz"
@@ -280,7 +279,7 @@ def _cached_arrays(cfg: GlyphConfig) -> tuple[dict[str, np.ndarray], dict[str, A
             return arrays, meta
         except (OSError, ValueError, KeyError):
             pass  # a corrupt entry is rebuilt
-    arrays, meta = _build_arrays(cfg)
+    arrays, meta = _build_arrays(cfg, fonts)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:

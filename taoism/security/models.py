@@ -39,17 +39,19 @@ State = dict[str, torch.Tensor]
 
 
 @lru_cache(maxsize=2)
-def _dataset(name: str, root: str | None, cache_root: str | None) -> ImageDataset:
+def _dataset(name: str, root: str | None, cache_root: str | None,
+             options: tuple[tuple[str, Any], ...]) -> ImageDataset:
     # Read-only use: every caller indexes (copies) the tensors, never writes into them.
     if name == "glyphs":
-        return load_dataset(name, root, cache_dir=cache_root)
-    return load_dataset(name, root)
+        return load_dataset(name, root, cache_dir=cache_root, **dict(options))
+    return load_dataset(name, root, **dict(options))
 
 
-def dataset_for(name: str, root: str | os.PathLike | None, cache_root: str | os.PathLike | None = None) -> ImageDataset:
+def dataset_for(name: str, root: str | os.PathLike | None, cache_root: str | os.PathLike | None = None,
+                options: tuple[tuple[str, Any], ...] = ()) -> ImageDataset:
     """The data set ``name`` (memoised per process); glyph renderings are cached in ``cache_root``."""
     return _dataset(canonical_name(name), os.fspath(root) if root is not None else None,
-                    os.fspath(cache_root) if cache_root is not None else None)
+                    os.fspath(cache_root) if cache_root is not None else None, tuple(options))
 
 
 def splits_for(ds: ImageDataset, seed: int, config: Any) -> AttackSplits:
