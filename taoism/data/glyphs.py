@@ -257,7 +257,7 @@ def _build_arrays(cfg: GlyphConfig, fonts: list[_Font]) -> tuple[dict[str, np.nd
     for g in _GROUPS:
         x, y = _render_group(groups[g], pub_c if g == "public" else priv_c, cfg, g)
         arrays[f"x_{g}"], arrays[f"y_{g}"] = x, y
-    meta = {"classes": priv_c, "public_classes": pub_c,
+    meta = {"classes": priv_c, "public_classes": pub_c, "distinct_classes": classes,
             "fonts": {g: sorted(Path(f.path).name for f in groups[g]) for g in _GROUPS},
             "families": {g: sorted({f.family for f in groups[g]}) for g in _GROUPS},
             "fonts_found": len(fonts), "families_found": len({f.family for f in fonts})}

@@ -89,7 +89,7 @@ class AttackConfig:
     victim_lr: float = 0.01
     victim_batch: int = 64
     victim_weight_decay: float = 0.0
-    ms_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
+    ms_lrs: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
     ms_epochs: tuple[int, ...] = (5, 10, 20, 40)
     ms_paper_point: bool = True
     ms_val_fraction: float = 0.2
@@ -119,8 +119,13 @@ class AttackConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ConfigError(f"AttackConfig.threads must be an int >= 1 or None, got {self.threads!r}")
-        object.__setattr__(self, "ms_lrs", tuple(float(v) for v in self.ms_lrs))
-        object.__setattr__(self, "ms_epochs", tuple(int(v) for v in self.ms_epochs))
+        for name, kind in (("ms_lrs", float), ("ms_epochs", int)):
+            v = getattr(self, name)
+            v = (v,) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            try:
+                object.__setattr__(self, name, tuple(kind(e) for e in v))
+            except (TypeError, ValueError):
+                raise ConfigError(f"AttackConfig.{name} must be a sequence of numbers, got {v!r}") from None
         object.__setattr__(self, "data_options", tuple((str(k), v) for k, v in self.data_options))
         self.grid()  # validates the grid
 
@@ -141,10 +146,10 @@ class AttackConfig:
             base = dict(public_size=20000, split_size=5000, public_epochs=10, public_lr=0.05,
                         victim_epochs=30, victim_lr=0.02)
         if smoke:
-            base.update(latency_repeats=1, adv_samples=200)
+            base.update(latency_repeats=1, adv_samples=200, ms_lrs=(0.0003, 0.001, 0.003, 0.01, 0.03), ms_epochs=(2, 8, 24))
             if name == "glyphs":
-                base.update(data_options=(("max_classes", 12), ("renders", 6), ("max_fonts_per_family", 1)),
-                            public_epochs=4, victim_epochs=10, ms_epochs=(5, 15, 40), eval_samples=None)
+                base.update(data_options=(("max_classes", 10), ("renders", 5), ("max_fonts_per_family", 1)),
+                            public_epochs=3, victim_epochs=8, eval_samples=None, adv_samples=100)
             elif name != "digits":
                 base.update(public_size=3000, split_size=600, eval_samples=2000)
         base.update(overrides)

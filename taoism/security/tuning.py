@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taoism.errors import ConfigError
-from taoism.security.training import accuracy, classifier_head, seeded
+from taoism.security.training import accuracy, classifier_head, predict_logits, seeded
 
 __all__ = ["PAPER_RATES", "AttackGrid", "fit_surrogate", "grid_edges"]
 
@@ -34,7 +34,7 @@ PAPER = "paper"
 class AttackGrid:
     """The attacker's tuning grid; ``paper_point`` adds the per-layer rates as one point."""
 
-    lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
+    lrs: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
     epochs: tuple[int, ...] = (5, 10, 20, 40)
     paper_point: bool = True
     val_fraction: float = 0.2
@@ -71,10 +71,10 @@ def _groups(model: nn.Module, lr: float | str, statuses: Mapping[str, str]) -> l
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float | str, epochs: tuple[int, ...],
            grid: AttackGrid, seed: int, statuses: Mapping[str, str],
-           val: tuple[torch.Tensor, torch.Tensor] | None) -> dict[int, float]:
-    """Train up to ``max(epochs)``; the held-out accuracy after each epoch count in ``epochs``."""
+           val: tuple[torch.Tensor, torch.Tensor] | None) -> dict[int, tuple[float, float]]:
+    """Train up to ``max(epochs)``; held-out (accuracy, loss) after each epoch count in ``epochs``."""
     opt = torch.optim.SGD(_groups(model, lr, statuses), momentum=grid.momentum)
-    out: dict[int, float] = {}
+    out: dict[int, tuple[float, float]] = {}
     n, bs = len(x), min(grid.batch_size, max(len(x), 1))
     with seeded(seed) as gen:
         for ep in range(1, max(epochs) + 1):
@@ -89,7 +89,8 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float | str, 
                 loss.backward()
                 opt.step()
             if ep in epochs and val is not None:
-                out[ep] = accuracy(model, *val)
+                logits = predict_logits(model, val[0])
+                out[ep] = (accuracy(model, *val), float(F.cross_entropy(logits, val[1])))
     model.eval()
     return out
 
@@ -99,7 +100,8 @@ def fit_surrogate(start: nn.Module, xq: torch.Tensor, yq: torch.Tensor, statuses
     """Choose (rate, epochs) on a held-out part of the queries, then train ``start`` on all of them.
 
     Returns the trained surrogate (a copy; ``start`` is left as is) and the tuning record:
-    ``lr`` (a rate or ``"paper"``), ``epochs``, ``val_accuracy`` and the whole ``grid``.
+    ``lr`` (a rate or ``"paper"``), ``epochs``, ``val_accuracy``, ``val_loss`` and the whole
+    ``grid`` (held-out accuracy and loss per rate and epoch count).
     """
     n = len(yq)
     n_val = max(1, int(round(grid.val_fraction * n)))
@@ -109,22 +111,26 @@ def fit_surrogate(start: nn.Module, xq: torch.Tensor, yq: torch.Tensor, statuses
         perm = torch.randperm(n, generator=gen)
     tr, va = perm[n_val:], perm[:n_val]
     rates: list[float | str] = [*grid.lrs, *([PAPER] if grid.paper_point else [])]
-    table: dict[str, dict[int, float]] = {}
-    best: tuple[float, int, int] | None = None  # (-val acc, epochs, rate index): smallest wins
+    table: dict[str, dict[int, tuple[float, float]]] = {}
+    # (-val accuracy, val loss, epochs, rate index): the smallest wins; the loss breaks the ties
+    # a small held-out set produces, so no end of the grid is preferred by construction.
+    best: tuple[float, float, int, int] | None = None
     for i, lr in enumerate(rates):
-        accs = _train(copy.deepcopy(start), xq[tr], yq[tr], lr, grid.epochs, grid, seed, statuses,
-                      (xq[va], yq[va]))
-        table[str(lr)] = accs
-        for ep, acc in accs.items():
-            cand = (-acc, ep, i)
+        res = _train(copy.deepcopy(start), xq[tr], yq[tr], lr, grid.epochs, grid, seed, statuses,
+                     (xq[va], yq[va]))
+        table[str(lr)] = res
+        for ep, (acc, loss) in res.items():
+            cand = (-acc, loss, ep, i)
             if best is None or cand < best:
                 best = cand
     assert best is not None
-    lr_star, ep_star = rates[best[2]], best[1]
+    lr_star, ep_star = rates[best[3]], best[2]
     final = copy.deepcopy(start)
     _train(final, xq, yq, lr_star, (ep_star,), grid, seed, statuses, None)
-    return final, {"lr": lr_star, "epochs": ep_star, "val_accuracy": -best[0], "val_samples": n_val,
-                   "grid": table}
+    return final, {"lr": lr_star, "epochs": ep_star, "val_accuracy": -best[0], "val_loss": best[1],
+                   "val_samples": n_val,
+                   "grid": {lr: {str(ep): {"accuracy": a, "loss": b} for ep, (a, b) in res.items()}
+                            for lr, res in table.items()}}
 
 
 def grid_edges(tuning: Mapping[str, Any], grid: AttackGrid) -> dict[str, bool]:
