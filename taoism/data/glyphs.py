@@ -306,6 +306,9 @@ def glyphs(config: GlyphConfig | None = None) -> Any:
     n_priv = len(arr["y_private"])
     x_tr_u8 = np.concatenate([arr["x_private"], arr["x_attacker"]])
     y_tr = np.concatenate([arr["y_private"], arr["y_attacker"]])
+    # the test fonts in a fixed random order, so that a prefix (``eval_samples``) spans every font
+    order = np.random.default_rng(cfg.seed).permutation(len(arr["y_test"]))
+    arr = {**arr, "x_test": arr["x_test"][order], "y_test": arr["y_test"][order]}
     xtr, xte, mean, std = _normalise(x_tr_u8, arr["x_test"], 255.0)
     m, s = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     xpub = torch.from_numpy(arr["x_public"]).to(torch.float32).div_(255.0).sub_(m).div_(s)

@@ -72,15 +72,15 @@ def run_attack_table(model: str, dataset: str, strategies: Sequence[str] | str |
         strategies = list(REFERENCE_STRATEGIES)
     names = expand_strategies(strategies)
     names = ["none"] + [s for s in names if s not in BASELINES] + ["all"]
-    qs = [int(q) for q in queries]
-    if not qs or any(q < 1 for q in qs):
-        raise ConfigError(f"queries must list positive ints, got {list(queries)!r}")
     cfg = resolve_config(dataset, config, smoke, epochs)
     cache = Cache(cache_dir)
     root = os.fspath(data_root) if data_root is not None else None
+    qs = [int(q) for q in queries]
     if queries_per_class is not None:
         k = dataset_for(dataset, root, cache.root, cfg.data_options).num_classes
         qs = [int(q) * k for q in queries_per_class]
+    if not qs or any(q < 1 for q in qs):
+        raise ConfigError(f"queries must list positive ints, got {qs!r}")
     results, skipped, ds = execute(model, dataset, names, qs, list(seeds), jobs=jobs, ray=ray,
                                    cache=cache, progress=progress, data_root=root, config=cfg)
     rows = aggregate(results, names, qs)
