@@ -299,6 +299,10 @@ def test_table_teeslice_row_is_measured_on_the_sliced_model(table_run):
     view = job["attacker"]["view"]
     assert view["plaintext"]["tensors"] > 0 and view["absent"]["tensors"] > 0
     assert job["attacker"]["oracle_matches_plain_victim"] == 1.0
+    # attacked fairly: three starts, the row reports the best of them for MS and for MIA
+    assert set(job["starts"]) == {"sliced_unfrozen", "backbone_new_head", "plain_public"}
+    assert row["metrics"]["ms_accuracy"]["mean"] == max(s["ms_accuracy"] for s in job["starts"].values())
+    assert row["metrics"]["mia_accuracy"]["mean"] == max(s["mia_accuracy"] for s in job["starts"].values())
 
 
 def test_sliced_counterpart_and_job_keys(smoke_cfg):
@@ -394,19 +398,19 @@ GLYPHS = "glyphs"
 
 @pytest.fixture(scope="module")
 def glyph_run(tmp_path_factory):
-    """White-box, TEESlice and black-box on a tiny glyph set (10 classes, 5 queries per class)."""
+    """White-box and black-box on a tiny glyph set (10 classes, 5 queries per class)."""
     cache = tmp_path_factory.mktemp("glyph-cache")
     t0 = time.perf_counter()
-    res = run_attack_table(MODEL, GLYPHS, ["teeslice"], queries_per_class=[5], seeds=[0], cache_dir=cache,
+    res = run_attack_table(MODEL, GLYPHS, ["none"], queries_per_class=[5], seeds=[0], cache_dir=cache,
                            progress=False, smoke=True)
-    return res, cache, time.perf_counter() - t0
+    return res, cache, time.perf_counter() - t0  # about 100 s on the loaded 2-core box
 
 
 def test_glyphs_white_box_beats_black_box_and_guards(glyph_run):
     res, _, _ = glyph_run
     assert not res["errors"] and not res["skipped"]
     ref = res["reference"]
-    wb, bb, ts = _row(res, "none", 50), _row(res, "all", 50), _row(res, "teeslice", 50)
+    wb, bb = _row(res, "none", 50), _row(res, "all", 50)
     assert ref["chance"] == pytest.approx(0.1)
     assert wb["metrics"]["ms_accuracy"]["mean"] > bb["metrics"]["ms_accuracy"]["mean"] + 0.1
     assert wb["metrics"]["mia_accuracy"]["mean"] > bb["metrics"]["mia_accuracy"]["mean"]
@@ -420,11 +424,6 @@ def test_glyphs_white_box_beats_black_box_and_guards(glyph_run):
     assert v["victim_test_accuracy"]["mean"] > 0.8 and v["members_per_class"]["mean"] >= 10
     assert v["public_probe_accuracy"]["mean"] is not None and v["random_probe_accuracy"]["mean"] is not None
     assert ref["per_queries"]["50"]["ms_ceiling_x_black_box"] > 1.0
-    # TEESlice: three starts, the row reports the best of them for MS and for MIA
-    job = next(j for j in res["jobs"] if j["job"]["strategy"] == "teeslice")
-    assert set(job["starts"]) == {"sliced_unfrozen", "backbone_new_head", "plain_public"}
-    assert ts["metrics"]["ms_accuracy"]["mean"] == max(s["ms_accuracy"] for s in job["starts"].values())
-    assert ts["metrics"]["mia_accuracy"]["mean"] == max(s["mia_accuracy"] for s in job["starts"].values())
     assert "chance" in format_table(res)
 
 

@@ -146,7 +146,7 @@ class AttackConfig:
             base = dict(public_size=20000, split_size=5000, public_epochs=10, public_lr=0.05,
                         victim_epochs=30, victim_lr=0.02)
         if smoke:
-            base.update(latency_repeats=1, adv_samples=200, ms_lrs=(0.0003, 0.001, 0.003, 0.01, 0.03), ms_epochs=(2, 8, 24))
+            base.update(latency_repeats=1, adv_samples=200, ms_lrs=(0.0003, 0.001, 0.003, 0.01, 0.03), ms_epochs=(3, 10, 30, 80))
             if name == "glyphs":
                 base.update(data_options=(("max_classes", 10), ("renders", 5), ("max_fonts_per_family", 1)),
                             public_epochs=3, victim_epochs=8, eval_samples=None, adv_samples=100)

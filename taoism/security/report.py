@@ -11,7 +11,7 @@ from typing import Any
 
 from taoism.errors import ConfigError
 
-__all__ = ["METRICS", "RATIO_METRICS", "aggregate", "csv_rows", "figure", "format_table", "out_dir",
+__all__ = ["METRICS", "RATIO_METRICS", "aggregate", "csv_rows", "figure", "flops_axes", "format_table", "out_dir",
            "plot_table", "references", "write_csv", "write_json"]
 
 #: Metrics aggregated per row (mean and std over seeds).
@@ -137,6 +137,16 @@ def figure(nrows: int, ncols: int, size: tuple[float, float]) -> tuple[Any, Any]
     return fig, axes
 
 
+def flops_axes(ax: Any, ylabel: str, title: str) -> None:
+    """Label an axis that plots a metric against the % of FLOPs in the TEE (symlog)."""
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(-0.2, 130)
+    ax.set_xlabel("% of FLOPs in the TEE")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
 def plot_table(path: Path, rows: list[dict[str, Any]], queries: list[int], title: str) -> None:
     panels = (("ms_accuracy", "model-stealing accuracy"), ("mia_accuracy", "membership-inference accuracy"))
     fig, axes = figure(len(panels), len(queries), (5.0 * len(queries), 4.0 * len(panels)))
@@ -155,12 +165,7 @@ def plot_table(path: Path, rows: list[dict[str, Any]], queries: list[int], title
             bb = next((r for r in qrows if r["strategy"] == "all"), None)
             if bb is not None and bb["metrics"][m]["mean"] is not None:
                 ax.axhline(100 * bb["metrics"][m]["mean"], ls="--", lw=0.8, color="gray", label="black-box")
-            ax.set_xscale("symlog", linthresh=1.0)
-            ax.set_xlim(-0.2, 130)
-            ax.set_xlabel("% of FLOPs in the TEE")
-            ax.set_ylabel(f"{label} (%)")
-            ax.set_title(f"{title}, {q} queries", fontsize=9)
-            ax.grid(alpha=0.3)
+            flops_axes(ax, f"{label} (%)", f"{title}, {q} queries")
         axes[0][c].legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

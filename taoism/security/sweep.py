@@ -13,7 +13,7 @@ from taoism.errors import ConfigError, TaoismError
 from taoism.security.cache import Cache
 from taoism.security.experiment import AttackConfig
 from taoism.security.models import dataset_for
-from taoism.security.report import METRICS, aggregate, figure, write_csv, write_json
+from taoism.security.report import METRICS, aggregate, figure, flops_axes, write_csv, write_json
 from taoism.security.report import out_dir as report_dir
 from taoism.security.runner import check_common, execute
 from taoism.security.table import resolve_config
@@ -147,12 +147,7 @@ def _write_sweep(out: dict[str, Any], out_dir: str | os.PathLike | None, model: 
         ax.plot(xs, ys, "o-", label=f"{fam} (C* {f['c_star'] or 'none'}: {f['c_star_flops_tee_pct']:.1f}% FLOPs)")
     ax.axhline(100 * bb_val, ls="--", color="gray", lw=0.8, label="black-box")
     ax.axhline(100 * bb_val * threshold, ls=":", color="gray", lw=0.8, label=f"{threshold}x black-box")
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlim(-0.2, 130)
-    ax.set_xlabel("% of FLOPs in the TEE")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"sweet spot: {model} / {dataset}, {queries} queries", fontsize=9)
-    ax.grid(alpha=0.3)
+    flops_axes(ax, f"{metric} (%)", f"sweet spot: {model} / {dataset}, {queries} queries")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(paths["png"], dpi=120)

@@ -112,22 +112,25 @@ def fit_surrogate(start: nn.Module, xq: torch.Tensor, yq: torch.Tensor, statuses
     tr, va = perm[n_val:], perm[:n_val]
     rates: list[float | str] = [*grid.lrs, *([PAPER] if grid.paper_point else [])]
     table: dict[str, dict[int, tuple[float, float]]] = {}
-    # (-val accuracy, val loss, epochs, rate index): the smallest wins; the loss breaks the ties
-    # a small held-out set produces, so no end of the grid is preferred by construction.
-    best: tuple[float, float, int, int] | None = None
+    # (-val accuracy, on an edge, val loss, epochs, rate index): the smallest wins. Rate and
+    # epochs trade off along a ridge (rate x steps), so a small held-out set ties many points:
+    # among equally accurate points an interior one wins, then the lower held-out loss. A chosen
+    # point on an edge therefore means no interior point was as good (widen the grid).
+    best: tuple[float, bool, float, int, int] | None = None
     for i, lr in enumerate(rates):
         res = _train(copy.deepcopy(start), xq[tr], yq[tr], lr, grid.epochs, grid, seed, statuses,
                      (xq[va], yq[va]))
         table[str(lr)] = res
         for ep, (acc, loss) in res.items():
-            cand = (-acc, loss, ep, i)
+            edge = any(grid_edges({"lr": lr, "epochs": ep}, grid).values())
+            cand = (-acc, edge, loss, ep, i)
             if best is None or cand < best:
                 best = cand
     assert best is not None
-    lr_star, ep_star = rates[best[3]], best[2]
+    lr_star, ep_star = rates[best[4]], best[3]
     final = copy.deepcopy(start)
     _train(final, xq, yq, lr_star, (ep_star,), grid, seed, statuses, None)
-    return final, {"lr": lr_star, "epochs": ep_star, "val_accuracy": -best[0], "val_loss": best[1],
+    return final, {"lr": lr_star, "epochs": ep_star, "val_accuracy": -best[0], "val_loss": best[2],
                    "val_samples": n_val,
                    "grid": {lr: {str(ep): {"accuracy": a, "loss": b} for ep, (a, b) in res.items()}
                             for lr, res in table.items()}}
