@@ -14,7 +14,12 @@ surrogate on labels queried from the deployment, and then measures
 ...                          out_dir="results/")
 >>> print(format_table(table))
 
-See :mod:`taoism.security.experiment` for the public/private data setting.
+Modules: ``experiment`` (configuration, one job: deploy, attack, result), ``models`` (public
+model, victim, shadow model, splits, linear probe), ``starts`` (the attacker's starting points,
+TEESlice's three), ``tuning`` (the held-out lr x epochs grid), ``attacks`` / ``views`` (the
+attacks and the de-obfuscation), ``runner`` (in process, processes, Ray), ``report``
+(aggregation and outputs), ``table`` / ``sweep`` (the two entry points), ``entry`` (what the CLI
+calls), ``cache``. See :mod:`taoism.security.experiment` for the data setting.
 """
 
 from taoism.security.attacks import (build_surrogate, confidence_scores, membership_inference, pgd,
