@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# System data for taoism's offline data sets (and later fonts): Debian packages, checked and,
+# System data for taoism's offline data sets and the fonts of the glyphs data set: Debian packages, checked and,
 # where this runs as root with apt-get, installed. Elsewhere it prints what to install and
 # carries on: code that needs a missing package says so, with the same hint, when it runs.
 # `make data` runs this; `make test` and `make demo` run `make data` first.
@@ -9,6 +9,16 @@ set -uo pipefail
 # One package a line: add a package by adding a line.
 PACKAGES=(
   dataset-fashion-mnist   # Fashion-MNIST, /usr/share/datasets/fashion-mnist (security evaluation)
+  # fonts for the synthetic glyphs data set (taoism.data.glyphs.FONT_PACKAGES)
+  fonts-dejavu-core
+  fonts-dejavu-extra
+  fonts-liberation
+  fonts-liberation2
+  fonts-urw-base35
+  fonts-freefont-ttf
+  fonts-noto-core
+  fonts-noto-mono
+  fonts-crosextra-carlito
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

@@ -160,7 +160,7 @@ def test_cifar_pickle_refuses_foreign_globals(tmp_path, monkeypatch):
 def test_unknown_dataset():
     with pytest.raises(ConfigError, match="unknown dataset"):
         data.load_dataset("imagenet")
-    assert set(data.list_datasets()) == {"fashion_mnist", "digits", "cifar10", "cifar100"}
+    assert set(data.list_datasets()) == {"fashion_mnist", "digits", "glyphs", "cifar10", "cifar100"}
 
 
 def test_attack_splits_disjoint_and_deterministic():
@@ -182,3 +182,76 @@ def test_attack_splits_disjoint_and_deterministic():
         data.attack_splits(6, seed=0)
     with pytest.raises(ConfigError):
         data.attack_splits(1000, seed=0, public_fraction=1.0)
+
+
+# -- glyphs (synthetic, rendered from the system's fonts) --------------------------------------
+
+GLYPH_TINY = dict(max_classes=8, renders=2, max_fonts_per_family=1)
+
+
+@pytest.fixture(scope="module")
+def glyph_set(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("glyph-cache")
+    return data.load_dataset("glyphs", cache_dir=cache, **GLYPH_TINY), cache
+
+
+def test_glyphs_classes_fonts_and_splits(glyph_set):
+    ds, _ = glyph_set
+    meta = ds.meta
+    # the full class list: Latin, digits, Greek and Cyrillic minus look-alikes, >= 100 classes
+    assert len(meta["distinct_classes"]) >= 100
+    assert ds.num_classes == 8 and meta["classes"] == "01234567"
+    assert "Α" not in meta["public_classes"] and "А" not in meta["public_classes"]  # = Latin A
+    assert set(meta["classes"]).isdisjoint(meta["public_classes"])
+    # font families are disjoint between the four groups
+    fams = meta["families"]
+    for a in fams:
+        for b in fams:
+            if a != b:
+                assert not set(fams[a]) & set(fams[b]), (a, b)
+    assert all(len(f) >= 1 for f in fams.values())
+    # shapes, labels, every class present in every split; the public set has its own classes
+    assert ds.x_train.shape[1:] == (1, 28, 28) and ds.shape == "mnist"
+    n_priv = len(meta["groups"]["private"])
+    assert n_priv == len(meta["fonts"]["private"]) * 8 * 2
+    assert len(meta["groups"]["attacker"]) == len(meta["fonts"]["attacker"]) * 8 * 2
+    assert set(ds.y_test.tolist()) == set(range(8))
+    pub = meta["public"]
+    assert pub["num_classes"] == len(meta["public_classes"]) and set(pub["y"].tolist()) == set(range(pub["num_classes"]))
+    # not near-constant: every rendering has ink, and the distortions differ between renders
+    lo = ds.pixel_bounds()[0].item()
+    assert bool(((ds.x_train > lo + 0.5).flatten(1).sum(1) > 5).all())
+    assert not torch.equal(ds.x_train[0], ds.x_train[1])
+
+
+def test_glyphs_group_splits_follow_the_fonts(glyph_set):
+    ds, _ = glyph_set
+    sp = data.group_splits(ds.meta["groups"], seed=3)
+    priv, att = set(ds.meta["groups"]["private"].tolist()), set(ds.meta["groups"]["attacker"].tolist())
+    assert set(sp.target_train.tolist()) | set(sp.target_test.tolist()) <= priv
+    assert set(sp.shadow_train.tolist()) | set(sp.shadow_test.tolist()) <= att
+    assert not set(sp.target_train.tolist()) & set(sp.target_test.tolist())
+    assert len(sp.public) == 0
+    assert torch.equal(sp.target_train, data.group_splits(ds.meta["groups"], seed=3).target_train)
+
+
+def test_glyphs_cached_and_deterministic(glyph_set):
+    ds, cache = glyph_set
+    files = list((cache / "glyphs").glob("*.npz"))
+    assert len(files) == 1
+    again = data.load_dataset("glyphs", cache_dir=cache, **GLYPH_TINY)
+    assert again.fingerprint == ds.fingerprint and torch.equal(again.x_train, ds.x_train)
+    other = data.load_dataset("glyphs", cache_dir=cache, **{**GLYPH_TINY, "seed": 1})
+    assert other.fingerprint != ds.fingerprint
+    assert len(list((cache / "glyphs").glob("*.npz"))) == 2
+
+
+def test_glyphs_without_fonts_names_the_packages(tmp_path):
+    (tmp_path / "fonts").mkdir()
+    with pytest.raises(data.FontNotFoundError, match="fonts-noto-core") as exc:
+        data.load_dataset("glyphs", root=tmp_path / "fonts")
+    assert isinstance(exc.value, ConfigError) and str(tmp_path / "fonts") in str(exc.value)
+    with pytest.raises(ConfigError, match="unknown script"):
+        data.GlyphConfig(private_scripts=("klingon",))
+    with pytest.raises(ConfigError, match="takes no options"):
+        data.load_dataset("digits", renders=3)

@@ -23,7 +23,10 @@ from taoism.security import (AttackConfig, Cache, JobSpec, black_box_view, build
                              config_hash, default_cache_dir, format_table, membership_inference, pgd,
                              reconstruct_state, run_attack_table, run_job, sweep, threshold_attack,
                              white_box_view)
-from taoism.security.experiment import dataset_for, prepare_models, sliced_counterpart, torch_threads
+from taoism.security.experiment import (attack_starts, dataset_for, deploy, prepare_models,
+                                       sliced_counterpart, torch_threads)
+from taoism.security.models import build, splits_for
+from taoism.security.tuning import AttackGrid, fit_surrogate, grid_edges
 from taoism.security.training import accuracy, predict_logits, train_classifier
 from taoism.security.views import exposed_param, match_rows
 from taoism.strategies import attacker_view
@@ -87,6 +90,9 @@ def test_attack_config_validates():
         AttackConfig(ms_epochs=-1)
     with pytest.raises(ConfigError):
         AttackConfig(threads=0)
+    with pytest.raises(ConfigError):
+        AttackConfig(ms_lrs=(0.1, 0.01))  # the grid's rates must increase
+    assert AttackConfig(ms_epochs=7).grid().epochs == (7,)
     assert AttackConfig.preset("fashion_mnist").split_size == 2500
 
 
@@ -160,9 +166,10 @@ def test_mia_on_deliberately_overfit_victim(digits):
     victim = zoo.get_model(MODEL, dataset_shape="digits", seed=5)
     train_classifier(victim, x[tr], y[tr], epochs=100, lr=0.05, seed=1, batch_size=32)
     assert accuracy(victim, x[tr], y[tr]) == 1.0
-    res = membership_inference(victim, x[tr], y[tr], x[te], y[te], (x[sh_in], y[sh_in]),
-                               (x[sh_out], y[sh_out]), shadow_epochs=100, shadow_lr=0.05,
-                               shadow_batch=32, seed=2)
+    shadow = zoo.get_model(MODEL, dataset_shape="digits", seed=6)  # trained on its own
+    train_classifier(shadow, x[sh_in], y[sh_in], epochs=100, lr=0.05, seed=2, batch_size=32)
+    res = membership_inference(victim, x[tr], y[tr], x[te], y[te], shadow, (x[sh_in], y[sh_in]),
+                               (x[sh_out], y[sh_out]))
     assert res["mia_accuracy"] > 0.58, res
     assert res["generalization_gap"] > 0.03 and res["confidence_gap"] > 0.05
 
@@ -196,7 +203,7 @@ def test_magnitude_view_lacks_the_shielded_weights(digits, smoke_cfg, tmp_path):
             assert bool(((e.tensor == 0) | (e.tensor == p)).all())
     assert shielded >= k - 5
     # ... and the attacker's surrogate holds the public values there, not the victim's.
-    sur, _ = build_surrogate(victim, view, public_sd)
+    sur, _ = build_surrogate(zoo.get_model(MODEL, dataset_shape="digits", seed=9), view, public_sd)
     for name, p in sur.named_parameters():
         top = params[name].abs() > cut
         assert torch.equal(p.detach()[top], public_sd[name][top])
@@ -246,12 +253,15 @@ def test_table_white_box_vs_black_box(table_run):
     assert not res["skipped"]  # teeslice runs on the zoo's teeslice_small_cnn
     assert not res["errors"]
     wb, bb = _row(res, "none"), _row(res, "all")
+    # digits is easy: the tuned black-box attacker reaches ~83% against a ~93% victim, so the
+    # ceiling of the MS ratio is ~1.13x here (the glyph tests check the harder setting)
     assert wb["metrics"]["fidelity"]["mean"] >= 0.90
-    assert wb["metrics"]["fidelity"]["mean"] > bb["metrics"]["fidelity"]["mean"] + 0.2
-    assert wb["metrics"]["ms_accuracy"]["mean"] > bb["metrics"]["ms_accuracy"]["mean"] + 0.2
+    assert wb["metrics"]["fidelity"]["mean"] > bb["metrics"]["fidelity"]["mean"] + 0.1
+    assert wb["metrics"]["ms_accuracy"]["mean"] > bb["metrics"]["ms_accuracy"]["mean"] + 0.05
     assert wb["metrics"]["mia_accuracy"]["mean"] > bb["metrics"]["mia_accuracy"]["mean"]
     assert abs(bb["x_black_box"]["ms_accuracy"]["mean"] - 1.0) < 1e-12
-    assert wb["x_black_box"]["ms_accuracy"]["mean"] > 1.3
+    assert wb["x_black_box"]["ms_accuracy"]["mean"] > 1.05
+    assert bb["metrics"]["ms_accuracy"]["mean"] >= 2 * res["reference"]["chance"]
     assert wb["flops_tee_pct"] == 0.0 and bb["flops_tee_pct"] == 100.0
     for r in res["rows"]:
         assert r["latency_ms"]["mean"] > 0
@@ -292,6 +302,10 @@ def test_table_teeslice_row_is_measured_on_the_sliced_model(table_run):
     view = job["attacker"]["view"]
     assert view["plaintext"]["tensors"] > 0 and view["absent"]["tensors"] > 0
     assert job["attacker"]["oracle_matches_plain_victim"] == 1.0
+    # attacked fairly: three starts, the row reports the best of them for MS and for MIA
+    assert set(job["starts"]) == {"sliced_unfrozen", "backbone_new_head", "plain_public"}
+    assert row["metrics"]["ms_accuracy"]["mean"] == max(s["ms_accuracy"] for s in job["starts"].values())
+    assert row["metrics"]["mia_accuracy"]["mean"] == max(s["mia_accuracy"] for s in job["starts"].values())
 
 
 def test_sliced_counterpart_and_job_keys(smoke_cfg):
@@ -356,3 +370,96 @@ def test_sweep_finds_the_sweet_spot(table_run):
         assert fam["c_star"] == first["config"]
         assert fam["c_star_flops_tee_pct"] == first["flops_tee_pct"]
     assert res["cache"]["job_hits"] >= 2  # deep:1 and all come from the table's cache
+
+
+# -- the attacker's tuning -----------------------------------------------------------------------
+
+def test_fit_surrogate_chooses_on_held_out_queries_only(digits):
+    net = zoo.get_model(MODEL, dataset_shape="digits", seed=3)
+    x, y = digits.x_train[:200], digits.y_train[:200]
+    grid = AttackGrid(lrs=(0.001, 0.01, 0.1), epochs=(2, 6), val_fraction=0.2, batch_size=32)
+    sur, tun = fit_surrogate(net, x, y, {}, grid, seed=0)
+    assert set(tun["grid"]) == {"0.001", "0.01", "0.1", "paper"}
+    assert tun["val_samples"] == 40
+    best = max(v["accuracy"] for d in tun["grid"].values() for v in d.values())
+    assert tun["val_accuracy"] == best
+    assert tun["grid"][str(tun["lr"])][str(tun["epochs"])]["accuracy"] == best
+    assert accuracy(sur, digits.x_test, digits.y_test) > 0.5
+    # the start is left untouched; the same seed gives the same choice and weights
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 zoo.get_model(MODEL, dataset_shape="digits", seed=3).state_dict().values()))
+    sur2, tun2 = fit_surrogate(net, x, y, {}, grid, seed=0)
+    assert tun2 == tun and all(torch.equal(a, b) for a, b in zip(sur.state_dict().values(), sur2.state_dict().values()))
+    assert grid_edges({"lr": 0.1, "epochs": 2}, grid) == {"lr": True, "epochs": False}
+    assert grid_edges({"lr": "paper", "epochs": 6}, grid) == {"lr": False, "epochs": True}
+
+
+# -- glyphs: the smoke of the evaluation the paper's effect needs ---------------------------------
+
+GLYPHS = "glyphs"
+
+
+@pytest.fixture(scope="module")
+def glyph_run(tmp_path_factory):
+    """White-box and black-box on a tiny glyph set (10 classes, 5 queries per class)."""
+    cache = tmp_path_factory.mktemp("glyph-cache")
+    t0 = time.perf_counter()
+    res = run_attack_table(MODEL, GLYPHS, ["none"], queries_per_class=[5], seeds=[0], cache_dir=cache,
+                           progress=False, smoke=True)
+    return res, cache, time.perf_counter() - t0  # about 100 s on the loaded 2-core box
+
+
+def test_glyphs_white_box_beats_black_box_and_guards(glyph_run):
+    res, _, _ = glyph_run
+    assert not res["errors"] and not res["skipped"]
+    ref = res["reference"]
+    wb, bb = _row(res, "none", 50), _row(res, "all", 50)
+    assert ref["chance"] == pytest.approx(0.1)
+    assert wb["metrics"]["ms_accuracy"]["mean"] > bb["metrics"]["ms_accuracy"]["mean"] + 0.1
+    assert wb["metrics"]["mia_accuracy"]["mean"] > bb["metrics"]["mia_accuracy"]["mean"]
+    # guard: the black-box attacker learns something (at least twice chance)
+    assert bb["metrics"]["ms_accuracy"]["mean"] >= 2 * ref["chance"]
+    # guard: the black-box attacker's chosen setting is inside its grid (not at an edge)
+    for t in bb["tuning"]:
+        assert t["at_edge"] == {"lr": False, "epochs": False}, t
+    # the victim's own figures and the public model's transfer value are reported
+    v = ref["victim"]
+    assert v["victim_test_accuracy"]["mean"] > 0.8 and v["members_per_class"]["mean"] >= 10
+    assert v["public_probe_accuracy"]["mean"] is not None and v["random_probe_accuracy"]["mean"] is not None
+    assert ref["per_queries"]["50"]["ms_ceiling_x_black_box"] > 1.0
+    assert "chance" in format_table(res)
+
+
+def test_glyphs_attacker_start_never_holds_victim_values(glyph_run):
+    """Guard: every tensor the host does not expose starts from public or fresh values."""
+    res, cache, _ = glyph_run
+    cfg = AttackConfig.preset(GLYPHS, smoke=True)
+    ds = dataset_for(GLYPHS, None, cache, cfg.data_options)
+    for strategy, model in (("all", MODEL), ("deep:1", MODEL), ("teeslice", "teeslice_small_cnn")):
+        _, victim_sd, _ = prepare_models(model, ds, 0, cfg, Cache(cache))
+        victim = build(model, ds)
+        victim.load_state_dict(victim_sd)
+        other_init = build(model, ds, 777).state_dict()  # constant inits (e.g. gate logits 0) match anyway
+        spec = JobSpec(model, ds.name, strategy, 0, 50, cfg, None, ds.fingerprint)
+        view = deploy(spec, victim, ds, ds.x_train[:4])["view"]
+        for start in attack_starts(spec, ds, view, Cache(cache)):
+            sd = start.model.state_dict()
+            for name, t in sd.items():
+                if not t.is_floating_point():
+                    continue
+                vname = name if start.name in ("view", "sliced_unfrozen") else f"backbone.{name}"
+                exposed = view.get(vname) is not None and view[vname].status == "plaintext"
+                if exposed or vname not in victim_sd or victim_sd[vname].shape != t.shape:
+                    continue
+                if torch.equal(victim_sd[vname], other_init[vname]):
+                    continue
+                assert not torch.equal(t, victim_sd[vname]), (strategy, start.name, name)
+
+
+def test_glyphs_same_seed_same_table(glyph_run, tmp_path):
+    res, _, _ = glyph_run
+    again = run_attack_table(MODEL, GLYPHS, ["none"], queries_per_class=[5], seeds=[0], cache_dir=tmp_path,
+                             progress=False, smoke=True)
+    assert again["cache"]["job_hits"] == 0
+    for r in again["rows"]:
+        assert r["metrics"] == _row(res, r["strategy"], 50)["metrics"], r["strategy"]

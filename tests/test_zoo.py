@@ -9,11 +9,12 @@ import torch
 import torch.fx
 from torch import nn
 
+import taoism
 from taoism import zoo
 from taoism.errors import ConfigError
 
 EXPECTED_MODELS = {
-    "resnet18", "resnet34", "resnet50", "vgg16_bn", "alexnet", "small_cnn",
+    "resnet18", "resnet34", "resnet50", "vgg16_bn", "alexnet", "small_cnn", "gap_resnet20",
     "teeslice_resnet18", "teeslice_resnet34", "teeslice_resnet50", "teeslice_small_cnn",
     "vit_tiny", "bert_tiny",
 }
@@ -358,3 +359,16 @@ class TestTEESliceSmallCNN:
                                               weights=src.state_dict()))
         with pytest.raises(ConfigError, match="missing keys"):
             model.load_backbone({"features.0.weight": public.features[0].weight})
+
+
+def test_gap_resnet20_head_is_small_and_shield_matches() -> None:
+    """The GAP-head victim: fc under 2% of the parameters, so deep:1 is a faithful DarkneTZ."""
+    net = zoo.get_model("gap_resnet20", dataset_shape="mnist", num_classes=62, seed=1)
+    total = sum(p.numel() for p in net.parameters())
+    assert 100 * sum(p.numel() for p in net.fc.parameters()) / total < 2.0
+    assert len(zoo.units(net)) == 11  # stem, 9 blocks, (avgpool, fc)
+    x = zoo.example_input("gap_resnet20", "mnist", batch=4)
+    y = net(x)
+    assert y.shape == (4, 62) and float(y.std()) > 1e-3
+    with taoism.shield(net, x, strategy="deep:1") as sm:
+        torch.testing.assert_close(sm(x), y, rtol=1e-4, atol=1e-5)

@@ -303,15 +303,26 @@ def cifar100(root: str | os.PathLike | None = None) -> ImageDataset:
                   test_file="test", label_key="fine_labels", num_classes=100)
 
 
+def _glyphs(root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+            **overrides: Any) -> ImageDataset:
+    from taoism.data.glyphs import DEFAULT_FONT_DIRS, GlyphConfig, glyphs
+
+    dirs = (os.fspath(root),) if root is not None else DEFAULT_FONT_DIRS
+    return glyphs(GlyphConfig(font_dirs=dirs, cache_dir=os.fspath(cache_dir) if cache_dir else None,
+                              **overrides))
+
+
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "fashion_mnist": fashion_mnist,
     "digits": lambda root=None: digits(),
+    "glyphs": _glyphs,
     "cifar10": cifar10,
     "cifar100": cifar100,
 }
 
 _ALIASES = {"fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist", "digits": "digits",
-            "sklearndigits": "digits", "cifar10": "cifar10", "cifar100": "cifar100"}
+            "sklearndigits": "digits", "cifar10": "cifar10", "cifar100": "cifar100",
+            "glyphs": "glyphs", "glyph": "glyphs"}
 
 
 def list_datasets() -> list[str]:
@@ -329,6 +340,17 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None) -> ImageDataset:
-    """Load dataset ``name`` (see :func:`list_datasets`) from ``root`` (ignored for ``digits``)."""
-    return DATASETS[canonical_name(name)](root)
+def load_dataset(name: str, root: str | os.PathLike | None = None, *,
+                 cache_dir: str | os.PathLike | None = None, **options: Any) -> ImageDataset:
+    """Load dataset ``name`` (see :func:`list_datasets`) from ``root`` (ignored for ``digits``).
+
+    For ``glyphs``, ``root`` is the font directory (default ``/usr/share/fonts``), ``cache_dir``
+    where renderings are cached (None: not cached) and ``options`` are
+    :class:`~taoism.data.glyphs.GlyphConfig` fields; other data sets take neither.
+    """
+    key = canonical_name(name)
+    if key == "glyphs":
+        return _glyphs(root, cache_dir, **options)
+    if options:
+        raise ConfigError(f"dataset {key!r} takes no options, got {', '.join(options)}")
+    return DATASETS[key](root)

@@ -24,7 +24,7 @@ import torch
 
 from taoism.errors import ConfigError
 
-__all__ = ["SPLIT_NAMES", "AttackSplits", "attack_splits"]
+__all__ = ["SPLIT_NAMES", "AttackSplits", "attack_splits", "group_splits"]
 
 SPLIT_NAMES = ("public", "target_train", "target_test", "shadow_train", "shadow_test")
 
@@ -71,3 +71,26 @@ def attack_splits(n_train: int, seed: int, *, public_fraction: float = 0.5,
     rest = perm[n_pub:]
     parts = [rest[i * quarter: i * quarter + q] for i in range(4)]
     return AttackSplits(public.clone(), *(p.clone() for p in parts))
+
+
+def group_splits(groups: dict[str, torch.Tensor], seed: int, *,
+                 split_size: int | None = None) -> AttackSplits:
+    """Splits for a data set whose training samples come in disjoint source groups (glyph fonts).
+
+    ``groups["private"]`` (the victim's fonts) is halved into target-train / target-test and
+    ``groups["attacker"]`` (the attacker's fonts) into shadow-train / shadow-test, at random
+    (``seed``); ``split_size`` caps each part. ``public`` is empty: such a data set carries its
+    public data separately (another script in other fonts).
+    """
+    if set(groups) != {"private", "attacker"}:
+        raise ConfigError(f"group_splits needs 'private' and 'attacker' groups, got {sorted(groups)}")
+    gen = torch.Generator().manual_seed(int(seed))
+    parts = []
+    for name in ("private", "attacker"):
+        idx = groups[name][torch.randperm(len(groups[name]), generator=gen)]
+        half = len(idx) // 2
+        if half < 2:
+            raise ConfigError(f"group_splits: the {name} group has {len(idx)} samples; need >= 4")
+        q = min(half, split_size or half)
+        parts += [idx[:q].clone(), idx[half:half + q].clone()]
+    return AttackSplits(torch.zeros(0, dtype=torch.long), *parts)

@@ -14,21 +14,29 @@ surrogate on labels queried from the deployment, and then measures
 ...                          out_dir="results/")
 >>> print(format_table(table))
 
-See :mod:`taoism.security.experiment` for the public/private data setting.
+Modules: ``experiment`` (configuration, one job: deploy, attack, result), ``models`` (public
+model, victim, shadow model, splits, linear probe), ``starts`` (the attacker's starting points,
+TEESlice's three), ``tuning`` (the held-out lr x epochs grid), ``attacks`` / ``views`` (the
+attacks and the de-obfuscation), ``runner`` (in process, processes, Ray), ``report``
+(aggregation and outputs), ``table`` / ``sweep`` (the two entry points), ``entry`` (what the CLI
+calls), ``cache``. See :mod:`taoism.security.experiment` for the data setting.
 """
 
 from taoism.security.attacks import (build_surrogate, confidence_scores, membership_inference, pgd,
                                      threshold_attack, transfer_attack)
-from taoism.security.cache import Cache, config_hash, default_cache_dir
+from taoism.security.cache import Cache, config_hash, default_cache_dir, resolve_cache_dir
 from taoism.security.experiment import AttackConfig, JobSpec, prepare_models, run_job
-from taoism.security.table import METRICS, RATIO_METRICS, format_table, run_attack_table, sweep
+from taoism.security.report import METRICS, RATIO_METRICS, format_table
+from taoism.security.sweep import sweep
+from taoism.security.table import run_attack_table
+from taoism.security.tuning import AttackGrid, fit_surrogate, grid_edges
 from taoism.security.views import (Reconstruction, black_box_view, reconstruct_state, view_summary,
                                    white_box_view)
 
 __all__ = [
-    "AttackConfig", "Cache", "JobSpec", "METRICS", "RATIO_METRICS", "Reconstruction",
+    "AttackConfig", "AttackGrid", "Cache", "JobSpec", "METRICS", "RATIO_METRICS", "Reconstruction",
     "black_box_view", "build_surrogate", "confidence_scores", "config_hash", "default_cache_dir",
-    "format_table", "membership_inference", "pgd", "prepare_models", "reconstruct_state",
-    "run_attack_table", "run_job", "sweep", "threshold_attack", "transfer_attack", "view_summary",
+    "fit_surrogate", "format_table", "grid_edges", "membership_inference", "pgd", "prepare_models", "reconstruct_state",
+    "resolve_cache_dir", "run_attack_table", "run_job", "sweep", "threshold_attack", "transfer_attack", "view_summary",
     "white_box_view",
 ]

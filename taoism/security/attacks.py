@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taoism.security.training import classifier_head, predict_logits, train_classifier
+from taoism.security.training import classifier_head, predict_logits
 from taoism.security.views import Reconstruction, reconstruct_state
 
 __all__ = [
@@ -179,22 +179,18 @@ def _auc(members: torch.Tensor, non_members: torch.Tensor) -> float:
 
 
 def membership_inference(surrogate: nn.Module, x_in: torch.Tensor, y_in: torch.Tensor,
-                         x_out: torch.Tensor, y_out: torch.Tensor, shadow_in: tuple[torch.Tensor, torch.Tensor],
-                         shadow_out: tuple[torch.Tensor, torch.Tensor], *, shadow_epochs: int,
-                         shadow_lr: float, shadow_batch: int, seed: int,
-                         shadow_weight_decay: float = 0.0, progress: bool = False) -> dict[str, Any]:
-    """Confidence-threshold MIA with a shadow model, run on the attacker's ``surrogate``.
+                         x_out: torch.Tensor, y_out: torch.Tensor, shadow: nn.Module,
+                         shadow_in: tuple[torch.Tensor, torch.Tensor],
+                         shadow_out: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """Confidence-threshold MIA calibrated on the attacker's own ``shadow`` model.
 
-    The shadow model starts from the surrogate (architecture and weights) and is trained on
-    ``shadow_in`` the way the victim was trained; the threshold on true-label confidence that
-    best separates its members (``shadow_in``) from its non-members (``shadow_out``) is then
-    applied to the surrogate's confidences on the target's members (``x_in``) and non-members
-    (``x_out``). Also reports the surrogate's generalisation gap and confidence gap there.
+    The shadow model is trained on its own (the victim's recipe on the attacker's
+    ``shadow_in``, see :func:`taoism.security.models.shadow_state`), never from the surrogate.
+    The threshold on true-label confidence that best separates its members (``shadow_in``)
+    from its non-members (``shadow_out``) is applied to the surrogate's confidences on the
+    target's members (``x_in``) and non-members (``x_out``). Also reports the surrogate's
+    generalisation gap and confidence gap there.
     """
-    shadow = copy.deepcopy(surrogate)
-    train_classifier(shadow, shadow_in[0], shadow_in[1], epochs=shadow_epochs, lr=shadow_lr,
-                     batch_size=shadow_batch, weight_decay=shadow_weight_decay, seed=seed,
-                     progress=progress, desc="shadow")
     tau = threshold_attack(confidence_scores(shadow, *shadow_in), confidence_scores(shadow, *shadow_out))
     n = min(len(y_in), len(y_out))
     x_in, y_in, x_out, y_out = x_in[:n], y_in[:n], x_out[:n], y_out[:n]

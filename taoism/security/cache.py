@@ -17,21 +17,35 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from taoism.errors import ConfigError
 
-__all__ = ["CACHE_VERSION", "Cache", "config_hash", "default_cache_dir"]
+__all__ = ["CACHE_DIR_ENV", "CACHE_VERSION", "Cache", "config_hash", "default_cache_dir", "resolve_cache_dir"]
 
 #: Bump when a change to the training or attack code changes what a cached entry would hold.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+
+#: The environment variable entry points (the CLI) read for the cache directory.
+CACHE_DIR_ENV = "TAOISM_CACHE_DIR"
 
 
 def default_cache_dir() -> Path:
     """``~/.cache/taoism``."""
     return Path.home() / ".cache" / "taoism"
+
+
+def resolve_cache_dir(explicit: str | os.PathLike | None, environ: Mapping[str, str]) -> Path:
+    """The cache directory an entry point uses: ``explicit`` (``--cache-dir``), else
+    ``environ["TAOISM_CACHE_DIR"]``, else :func:`default_cache_dir`. Library code never reads
+    the environment itself: the CLI calls this with ``os.environ`` and passes the result on."""
+    if explicit is not None and os.fspath(explicit) != "":
+        return Path(explicit).expanduser()
+    env = environ.get(CACHE_DIR_ENV)
+    return Path(env).expanduser() if env else default_cache_dir()
 
 
 def _canonical(obj: Any) -> Any:

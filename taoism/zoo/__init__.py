@@ -8,10 +8,10 @@
 
 Dataset shapes (input CHW, default classes): ``cifar`` 3x32x32 / 10, ``imagenet``
 3x224x224 / 1000, ``mnist`` 1x28x28 / 10, ``digits`` (sklearn) 1x8x8 / 10. ResNet, VGG,
-AlexNet and TEESlice ResNets take ``cifar`` and ``imagenet``; ``small_cnn`` and
-``teeslice_small_cnn`` take ``mnist``, ``digits`` and ``cifar``. ``vit_tiny`` takes ``cifar``
-and ``imagenet``; ``bert_tiny`` takes ``tokens`` (16 token ids from a vocabulary of 1000, plus an
-attention mask: :func:`example_inputs`).
+AlexNet and TEESlice ResNets take ``cifar`` and ``imagenet``; ``small_cnn``,
+``gap_resnet20`` (a GAP-head ResNet-20) and ``teeslice_small_cnn`` take ``mnist``, ``digits``
+and ``cifar``. ``vit_tiny`` takes ``cifar`` and ``imagenet``; ``bert_tiny`` takes ``tokens``
+(16 token ids from a vocabulary of 1000, plus an attention mask: :func:`example_inputs`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torch import nn
 
 from taoism.errors import ConfigError
 from taoism.zoo._weights import load_checked, resolve_state_dict
+from taoism.zoo.gap import GapResNet, gap_resnet20
 from taoism.zoo.plain import VGG, AlexNet, alexnet, vgg16_bn
 from taoism.zoo.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from taoism.zoo.small import SmallCNN
@@ -57,6 +58,7 @@ __all__ = [
     "VGG",
     "AlexNet",
     "SmallCNN",
+    "GapResNet",
     "TEESliceResNet",
     "TEESliceSmallCNN",
     "SliceGroup",
@@ -87,6 +89,10 @@ def _small(num_classes: int, shape: str) -> nn.Module:
     return SmallCNN(num_classes, in_channels=c, input_size=h)
 
 
+def _gap_resnet20(num_classes: int, shape: str) -> nn.Module:
+    return gap_resnet20(num_classes, in_channels=DATASET_SHAPES[shape][0])
+
+
 def _teeslice_small(num_classes: int, shape: str) -> nn.Module:
     c, h, _ = DATASET_SHAPES[shape]
     return teeslice_small_cnn(num_classes, in_channels=c, input_size=h)
@@ -99,6 +105,7 @@ _REGISTRY: Mapping[str, _Spec] = MappingProxyType({
     "vgg16_bn": _Spec(lambda n, s: vgg16_bn(n, s), _RGB),
     "alexnet": _Spec(lambda n, s: alexnet(n, s), _RGB),
     "small_cnn": _Spec(_small, ("mnist", "digits", "cifar")),
+    "gap_resnet20": _Spec(_gap_resnet20, ("mnist", "digits", "cifar")),
     "teeslice_resnet18": _Spec(lambda n, s: teeslice_resnet18(n, s), _RGB),
     "teeslice_resnet34": _Spec(lambda n, s: teeslice_resnet34(n, s), _RGB),
     "teeslice_resnet50": _Spec(lambda n, s: teeslice_resnet50(n, s), _RGB),

@@ -1,0 +1,182 @@
+"""Execution of the independent, cached attack jobs: in process, in local processes or on Ray."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from taoism.errors import ConfigError, TaoismError
+from taoism.security.cache import Cache
+from taoism.security.experiment import AttackConfig, JobSpec, run_job
+from taoism.security.models import dataset_for, prepare_models, shadow_state, sliced_counterpart
+
+__all__ = ["check_common", "execute", "run_all"]
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def _prepare_worker(model: str, dataset: str, data_root: str | None, seed: int,
+                    config: AttackConfig, cache_root: str, progress: bool) -> bool:
+    ds = dataset_for(dataset, data_root, cache_root, config.data_options)
+    prepare_models(model, ds, seed, config, Cache(cache_root), progress=progress)
+    shadow_state(model, ds, seed, config, Cache(cache_root), progress=progress)
+    return True
+
+
+def _job_worker(spec: JobSpec, cache_root: str, progress: bool) -> dict[str, Any]:
+    try:
+        return run_job(spec, Cache(cache_root), progress=progress)
+    except TaoismError as exc:
+        return {"job": spec.to_json(), "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _ray_module(ray: str | bool) -> Any:
+    try:
+        import ray as ray_mod
+    except ImportError:
+        raise ConfigError("ray= needs Ray, which is not installed: pip install 'taoism[ray]' "
+                          "(or leave ray=False and use jobs=N for local processes)") from None
+    if not ray_mod.is_initialized():
+        ray_mod.init(address=ray if isinstance(ray, str) else None)
+    return ray_mod
+
+
+def run_all(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]], *, jobs: int,
+             ray: str | bool | None, desc: str, progress: bool) -> list[Any]:
+    """Run ``fn(*args)`` for every call (results in call order): in this process, in ``jobs``
+    spawned processes, or on Ray."""
+    if not calls:
+        return []
+    bar = tqdm(total=len(calls), desc=desc, disable=not progress, dynamic_ncols=True)
+    out: list[Any] = [None] * len(calls)
+    try:
+        if ray:
+            ray_mod = _ray_module(ray)
+            remotes = {fn: ray_mod.remote(fn) for fn, _ in calls}
+            refs = [remotes[fn].remote(*args) for fn, args in calls]
+            pending = list(refs)
+            while pending:
+                done, pending = ray_mod.wait(pending, num_returns=1)
+                bar.update(len(done))
+            out = ray_mod.get(refs)
+        elif jobs > 1:
+            import multiprocessing
+
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_worker_init, initargs=(threads,)) as pool:
+                futs = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(calls)}
+                for fut in as_completed(futs):
+                    out[futs[fut]] = fut.result()
+                    bar.update(1)
+        else:
+            for i, (fn, args) in enumerate(calls):
+                out[i] = fn(*args)
+                bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
+def check_common(model: str, dataset: str, seeds: Sequence[int], jobs: int,
+                  ray: str | bool | None) -> None:
+    """Validate the arguments every entry point shares."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be an int >= 1, got {jobs!r}")
+    if not seeds:
+        raise ConfigError("seeds must list at least one int")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise ConfigError(f"seeds must be ints, got {s!r}")
+    if ray not in (None, False, True) and not isinstance(ray, str):
+        raise ConfigError(f"ray must be False/None (off), True (local Ray) or an address string, got {ray!r}")
+    if ray and jobs > 1:
+        raise ConfigError("give either jobs=N (local processes) or ray=..., not both")
+
+
+def _applicable(model: str, shape: str, num_classes: int, strategies: Iterable[str]) -> dict[str, str]:
+    """Strategies that cannot be applied to ``model`` -> the reason."""
+    from taoism.strategies import apply_strategy
+    from taoism.zoo import get_model
+
+    net = get_model(model, dataset_shape=shape, num_classes=num_classes, seed=0)
+    skipped = {}
+    for s in strategies:
+        try:
+            apply_strategy(net, s)
+        except ConfigError as exc:
+            skipped[s] = str(exc)
+    return skipped
+
+
+def execute(model: str, dataset: str, strategies: list[str], queries: list[int], seeds: list[int],
+             *, jobs: int, ray: str | bool | None, cache: Cache, progress: bool, data_root: str | None,
+             config: AttackConfig) -> tuple[list[dict[str, Any]], dict[str, str], Any]:
+    """Train every seed's models, then run one job per (strategy, queries, seed); returns the
+    job results, the strategies skipped (with the reason) and the data set."""
+    ds = dataset_for(dataset, data_root, cache.root, config.data_options)
+    # ``teeslice`` partitions before training, so it needs a sliced model: on a plain model M
+    # whose sliced version teeslice_M is in the zoo, the teeslice row attacks a teeslice_M
+    # victim (backbone = M's public model, frozen; slices + fc trained on the private data).
+    sliced = sliced_counterpart(model) if "teeslice" in strategies else None
+    skipped = _applicable(model, ds.shape, ds.num_classes,
+                          [s for s in strategies if not (sliced and s == "teeslice")])
+    if sliced:
+        skipped.update(_applicable(sliced, ds.shape, ds.num_classes, ["teeslice"]))
+    use_sliced = sliced is not None and "teeslice" not in skipped
+
+    def model_for(strategy: str) -> str:
+        return sliced if use_sliced and strategy == "teeslice" else model
+
+    root = str(cache.root)
+    # Phase 1: the public model and the victim of every seed (shared by all of that seed's jobs);
+    # the sliced victims after the plain ones, as they reuse the plain public models.
+    for m in [model] + ([sliced] if use_sliced else []):
+        run_all([(_prepare_worker, (m, dataset, data_root, s, config, root, progress and jobs == 1 and not ray))
+                  for s in seeds], jobs=min(jobs, len(seeds)), ray=ray, desc="models", progress=progress)
+    # Phase 2: one job per (strategy, queries, seed).
+    specs = [JobSpec(model_for(s), ds.name, s, seed, q, config, data_root, ds.fingerprint)
+             for s in strategies if s not in skipped for q in queries for seed in seeds]
+    results = run_all([(_job_worker, (spec, root, False)) for spec in specs], jobs=jobs, ray=ray,
+                       desc=f"attacks ({model}, {ds.name})", progress=progress)
+    if use_sliced:
+        _relative_to_plain(results, model, sliced, ds)
+    return results, skipped, ds
+
+
+def _relative_to_plain(results: list[dict[str, Any]], model: str, sliced: str, ds: Any) -> None:
+    """Express the sliced jobs' TEE shares relative to the plain ``model`` (in place).
+
+    The plain model's totals come from its ``none`` job of the same seed and query budget
+    (the same deployment accounting); the sliced model's own percentages are kept as
+    ``*_pct_sliced``.
+    """
+    from taoism.zoo import get_model
+
+    plain_totals: dict[tuple[int, int], dict[str, Any]] = {}
+    for r in results:
+        if "error" not in r and r["job"]["model"] == model and r["job"]["strategy"] == "none":
+            plain_totals[(r["job"]["seed"], r["job"]["queries"])] = r["report"]
+    n_plain = sum(p.numel() for p in get_model(model, dataset_shape=ds.shape,
+                                               num_classes=ds.num_classes).parameters())
+    for r in results:
+        if "error" in r or r["job"]["model"] != sliced:
+            continue
+        rep = r["report"]
+        ref = plain_totals.get((r["job"]["seed"], r["job"]["queries"]), {})
+        p_total = ref.get("params_total", n_plain)
+        f_total = ref.get("flops_total")
+        rep["params_tee_pct_sliced"] = rep.get("params_tee_pct")
+        rep["flops_tee_pct_sliced"] = rep.get("flops_tee_pct")
+        rep["params_tee_pct"] = 100.0 * rep["params_tee"] / p_total if p_total else None
+        rep["flops_tee_pct"] = 100.0 * rep["flops_tee"] / f_total if f_total else None
+        rep["relative_to"] = {"model": model, "params_total": p_total, "flops_total": f_total}
+        rep["sliced_model"] = sliced
