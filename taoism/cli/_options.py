@@ -168,8 +168,10 @@ def write_json(path: Path, result: Mapping[str, Any]) -> Path:
     return path
 
 
-def int_list(_ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
-    """Click callback: ``"50,500"`` -> ``[50, 500]``; a usage error (exit 2) otherwise."""
+def int_list(_ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    """Click callback: ``"50,500"`` -> ``[50, 500]`` (None stays None); a usage error otherwise."""
+    if value is None:
+        return None
     try:
         out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:

@@ -29,7 +29,13 @@ from taoism.cli._options import DIRECTORY, Output, int_list, output_options, str
     "--queries",
     default="50,500",
     callback=int_list,
-    help="Comma-separated model-stealing query budgets.",
+    help="Comma-separated model-stealing query budgets (total queries).",
+)
+@click.option(
+    "--queries-per-class",
+    default=None,
+    callback=int_list,
+    help="Comma-separated query budgets per class (e.g. 5,50); replaces --queries when given.",
 )
 @click.option(
     "--seeds",
@@ -52,7 +58,8 @@ from taoism.cli._options import DIRECTORY, Output, int_list, output_options, str
     "--epochs",
     type=click.IntRange(min=1),
     default=None,
-    help="Surrogate fine-tuning epochs  [default: 10, the paper's]",
+    help="Fix the surrogate's fine-tuning epochs  [default: chosen with the learning rate on a "
+    "held-out 20% of the attacker's own queries]",
 )
 @click.option(
     "--data-root",
@@ -80,6 +87,7 @@ def attack(
     dataset: str,
     strategies: list[str],
     queries: list[int],
+    queries_per_class: list[int] | None,
     seeds: list[int],
     jobs: int,
     ray: str | None,
@@ -108,10 +116,12 @@ def attack(
         "cache_dir": cache_dir,
         "progress": out.progress,
     }
-    result = run_attack_table(model, dataset, strategies, queries, seeds, **common)
+    result = run_attack_table(
+        model, dataset, strategies, queries, seeds, queries_per_class=queries_per_class, **common
+    )
     click.echo(format_table(result))
     if sweep:
-        found = run_sweep(model, dataset, queries=queries[0], seeds=seeds, **common)
+        found = run_sweep(model, dataset, queries=result["queries"][0], seeds=seeds, **common)
         for family, info in found.get("families", {}).items():
             click.echo(
                 f"sweet spot {family}: C* = {info.get('c_star')}, "
