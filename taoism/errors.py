@@ -64,3 +64,8 @@ class BackendUnavailable(TaoismError):
 
 class MemoryBudgetError(TaoismError):
     """A layer cannot run inside the enclave's memory budget, even in chunks."""
+
+
+class UnsupportedBackbone(ConfigError):
+    """TEESlice cannot place proxy blocks on this backbone (unknown block structure, or a block
+    whose output is not a 4-D feature map)."""
