@@ -134,10 +134,9 @@ class SlicedNet(_SlicedModel):
                 shapes.append(tuple(h.shape[1:]))
         return shapes  # type: ignore[return-value]
 
-    @staticmethod
-    def private_modules() -> tuple[str, ...]:
-        """Top-level modules that must stay in the enclave."""
-        return ("slices", "head")
+    def private_modules(self) -> tuple[str, ...]:  # type: ignore[override]
+        """Top-level modules that must stay in the enclave (``slices`` while any proxy is left)."""
+        return ("slices", "head") if len(self.slices) else ("head",)
 
     def train(self, mode: bool = True) -> SlicedNet:
         super().train(mode)

@@ -66,7 +66,7 @@ def _digest(*parts: Any) -> str:
         for k, t in items:
             t = t.detach().contiguous().cpu()
             h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
-            h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:24]
 
 
