@@ -43,7 +43,7 @@ def _n_proxies(model: nn.Module) -> int:
 
 # layouts ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,shape,blocks", [
-    ("resnet18", "cifar", 9), ("resnet34", "imagenet", 17), ("resnet50", "cifar", 17),
+    ("resnet18", "cifar", 9), ("resnet18", "imagenet", 9), ("resnet34", "cifar", 17), ("resnet50", "cifar", 17),
     ("vgg16_bn", "cifar", 13), ("alexnet", "imagenet", 5), ("alexnet", "cifar", 5),
     ("small_cnn", "digits", 2),
 ])

@@ -15,9 +15,9 @@ from torch import nn
 from taoism.security.cache import Cache, config_hash
 from taoism.security.training import seeded, train_classifier
 from taoism.teeslice.config import TeeSliceConfig
-from taoism.teeslice.train import SliceData, train
+from taoism.teeslice.train import SliceData, TeeSliceResult, train
 
-__all__ = ["build_backbone", "main_teeslice_train"]
+__all__ = ["build_backbone", "main_teeslice_train", "run_teeslice"]
 
 
 def build_backbone(model: str, shape: str, channels: int, num_classes: int, seed: int) -> nn.Module:
@@ -52,13 +52,15 @@ def _trained(model: str, ds: Any, x: torch.Tensor, y: torch.Tensor, role: str, s
     return net.eval()
 
 
-def main_teeslice_train(model: str, dataset: str, *, data_root: str | os.PathLike | None = None,
-                        seed: int = 0, train_size: int | None = None, public_epochs: int = 10,
-                        victim_epochs: int = 10, lr: float = 0.05, config: TeeSliceConfig | None = None,
-                        threads: int | None = None, cache_dir: str | os.PathLike | None = None,
-                        json_out: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
+def run_teeslice(model: str, dataset: str, *, data_root: str | os.PathLike | None = None,
+                 seed: int = 0, train_size: int | None = None, public_epochs: int = 10,
+                 victim_epochs: int = 10, lr: float = 0.05, config: TeeSliceConfig | None = None,
+                 threads: int | None = None, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = True) -> tuple[TeeSliceResult, nn.Module, dict[str, Any]]:
     """Split ``dataset``'s training set in a public and a private half, train the public model
-    and the victim (``model``) on them, then TEESlice on the private half; returns the figures."""
+    and the victim (``model``) on them, then TEESlice on the private half.
+
+    Returns the TEESlice result, the victim and the figures (JSON-able)."""
     from taoism.data import load_dataset
     from taoism.security.experiment import torch_threads
 
@@ -80,10 +82,17 @@ def main_teeslice_train(model: str, dataset: str, *, data_root: str | os.PathLik
         data = SliceData(ds.x_train[priv], ds.y_train[priv], ds.x_test, ds.y_test)
         result = train(victim, public, data, config, cache_dir=str(cache.root), progress=progress)
         wall = time.perf_counter() - t0
-    out = {"model": model, "dataset": ds.name, "seed": seed, "config": dataclasses.asdict(config),
-           "threads": torch.get_num_threads() if threads is None else threads,
-           "teeslice_wall_s": wall, "total_wall_s": time.perf_counter() - start, "cached": result.cached,
-           **result.metrics}
+        out = {"model": model, "dataset": ds.name, "seed": seed, "config": dataclasses.asdict(config),
+               "threads": torch.get_num_threads(), "public_epochs": public_epochs,
+               "victim_epochs": victim_epochs, "teeslice_wall_s": wall,
+               "total_wall_s": time.perf_counter() - start, "cached": result.cached, **result.metrics}
+    return result, victim, out
+
+
+def main_teeslice_train(model: str, dataset: str, *, json_out: str | os.PathLike | None = None,
+                        **kwargs: Any) -> dict[str, Any]:
+    """``taoism teeslice train``: :func:`run_teeslice`, figures printed-ready and saved as JSON."""
+    _, _, out = run_teeslice(model, dataset, **kwargs)
     if json_out is not None:
         Path(json_out).write_text(json.dumps(out, indent=1))
     return out
