@@ -8,8 +8,8 @@ from torch import nn
 
 import taoism
 from taoism.errors import ConfigError, UnsupportedBackbone
-from taoism.teeslice import (Proxy, SlicedNet, TeeSliceConfig, backbone_layout, main_teeslice_train,
-                             tee_share)
+from taoism.teeslice import Proxy, SlicedNet, TeeSliceConfig, backbone_layout, tee_share
+from taoism.teeslice.command import run_teeslice
 from taoism.teeslice.losses import feature_loss, kd_loss, student_loss
 from taoism.teeslice.prune import first_prune, next_prune
 from taoism.teeslice.train import _prune
@@ -174,33 +174,16 @@ def test_prune_loop_stops_and_undoes_the_step_that_breaks_the_rule():
 # training, pruning and deployment on digits ---------------------------------------------------
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
+    """public model, victim and TEESlice model of small_cnn on digits (a tiny configuration)."""
     cache = tmp_path_factory.mktemp("teeslice-cache")
-    out = main_teeslice_train("small_cnn", "digits", cache_dir=cache, config=TINY, public_epochs=4,
-                              victim_epochs=4, threads=1, progress=False)
-    return cache, out
-
-
-def _result(cache):
-    """The trained model again (from the cache): same victim, public model, data, config."""
-    from taoism.data import load_dataset
-    from taoism.teeslice.command import _trained
-    from taoism.security.cache import Cache
-    from taoism.security.training import seeded
-    from taoism.teeslice import SliceData, train
-
-    ds = load_dataset("digits")
-    with seeded(0) as gen:
-        perm = torch.randperm(len(ds.y_train), generator=gen)
-    pub, priv = perm[: len(perm) // 2], perm[len(perm) // 2:]
-    c = Cache(cache)
-    public = _trained("small_cnn", ds, ds.x_train[pub], ds.y_train[pub], "public", 1, 4, 0.05, c, False)
-    victim = _trained("small_cnn", ds, ds.x_train[priv], ds.y_train[priv], "victim", 2, 4, 0.05, c, False)
-    data = SliceData(ds.x_train[priv], ds.y_train[priv], ds.x_test, ds.y_test)
-    return train(victim, public, data, TINY, cache_dir=cache, progress=False), ds
+    kw = dict(cache_dir=cache, config=TINY, public_epochs=4, victim_epochs=4, public_task="supervised",
+              threads=1, progress=False)
+    result, victim, out = run_teeslice("small_cnn", "digits", **kw)
+    return kw, result, victim, out
 
 
 def test_smoke_digits_trains_prunes_and_caches(digits_run):
-    cache, out = digits_run
+    kw, result, _, out = digits_run
     before, after = out["before_prune"], out["after_prune"]
     assert before["proxies"] == 3 and after["proxies"] < before["proxies"]  # pruning removed some
     assert after["flops_tee"] < before["flops_tee"] and after["params_tee"] < before["params_tee"]
@@ -210,18 +193,22 @@ def test_smoke_digits_trains_prunes_and_caches(digits_run):
         assert h["kept"] == (h["val_accuracy"] >= 0.99 * base)
     assert all(h["kept"] for h in hist[1:-1])
     assert out["victim_test_accuracy"] > 0.8 and after["test_accuracy"] > 0.5
-    res, _ = _result(cache)
-    assert res.cached and res.metrics == {k: out[k] for k in res.metrics}
-    assert _n_proxies(res.model) == after["proxies"]
+    assert not out["cached"] and _n_proxies(result.model) == after["proxies"]
+    again, _, out2 = run_teeslice("small_cnn", "digits", **kw)  # same inputs: a cache hit
+    assert again.cached and again.metrics == result.metrics
+    assert again.model.structure() == result.model.structure()
+    x = torch.randn(8, 1, 8, 8)
+    assert_same(again.model(x), result.model(x))
 
 
 def test_trained_sliced_model_deploys_with_teeslice(digits_run):
     from taoism.strategies import strategy_report
 
-    cache, out = digits_run
-    res, ds = _result(cache)
-    model = res.model
-    x = ds.x_test[:32]
+    from taoism.data import load_dataset
+
+    _, result, _, out = digits_run
+    model = result.model
+    x = load_dataset("digits").x_test[:32]
     with taoism.shield(model, x, strategy="teeslice") as sm:
         y = sm(x)
         rep = strategy_report(sm, model)
