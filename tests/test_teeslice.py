@@ -14,7 +14,7 @@ from taoism.teeslice.losses import feature_loss, kd_loss, student_loss
 from taoism.teeslice.prune import first_prune, next_prune
 from taoism.teeslice.train import _prune
 from taoism.zoo import get_model, input_shape
-from tests.conftest import assert_same
+from conftest import assert_same
 
 TINY = TeeSliceConfig(teacher_epochs=3, student_epochs=3, prune_every=1, batch_size=64)
 
