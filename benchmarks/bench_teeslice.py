@@ -8,7 +8,8 @@ writes them all to ``--json``. Use a fresh ``--cache-dir`` to measure training t
 hit skips training).
 
 Usage: python benchmarks/bench_teeslice.py --runs small_cnn:digits,resnet18:digits
-       [--epochs 20] [--train-size N] [--threads 2] [--cache-dir DIR] [--json OUT]
+       [--epochs 20] [--train-size N] [--threads 2] [--max-prune-steps K] [--latency]
+       [--cache-dir DIR] [--json OUT]
 """
 
 from __future__ import annotations
@@ -58,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--latency", action="store_true", help="also time the strategies (batch 64)")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--max-prune-steps", type=int, default=40, help="bound on the 5%% pruning steps")
     args = ap.parse_args(argv)
     out = []
     for run in args.runs.split(","):
         model, dataset = run.split(":")
-        cfg = TeeSliceConfig(seed=args.seed, teacher_epochs=args.epochs, student_epochs=args.epochs)
+        cfg = TeeSliceConfig(seed=args.seed, teacher_epochs=args.epochs, student_epochs=args.epochs,
+                             max_prune_steps=args.max_prune_steps)
         result, victim, res = run_teeslice(model, dataset, seed=args.seed, train_size=args.train_size,
                                            public_epochs=args.epochs, victim_epochs=args.epochs, config=cfg,
                                            threads=args.threads, cache_dir=args.cache_dir,
