@@ -115,3 +115,8 @@ class RequestError(TaoismError, ValueError):
 
 class ServiceUnavailable(TaoismError):
     """The inference server cannot answer now (enclave restarting, queue full, shutting down)."""
+
+
+class UnsupportedBackbone(ConfigError):
+    """TEESlice cannot place proxy blocks on this backbone (unknown block structure, or a block
+    whose output is not a 4-D feature map)."""

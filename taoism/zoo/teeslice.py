@@ -23,6 +23,12 @@ Module names: ``backbone.*`` is the public part (a plain ``ResNet`` whose ``fc``
 name with ``_`` for ``.``, e.g. ``slices.layer2_0``) and ``fc`` are private. A placement puts
 ``backbone`` on the device and ``slices`` + ``fc`` (plus the merge adds) in the enclave.
 The forward is a Python loop over a fixed structure, so ``torch.fx`` traces it.
+
+These zoo models are the directly trained variant. TEESlice as the artifact trains it (teacher
+distillation, gated proxies mixed with every backbone block, expected-FLOPs term, iterative
+pruning; any zoo backbone) is :func:`taoism.teeslice.train`, which returns a
+:class:`taoism.teeslice.SlicedNet` built on :class:`_SlicedModel` below, so it deploys with
+``strategy="teeslice"`` the same way.
 """
 
 from __future__ import annotations

@@ -1,0 +1,234 @@
+"""TEESlice training (taoism.teeslice): layouts, loss terms, pruning, deployment, smoke run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import taoism
+from taoism.errors import ConfigError, UnsupportedBackbone
+from taoism.teeslice import Proxy, SlicedNet, TeeSliceConfig, backbone_layout, tee_share
+from taoism.teeslice.command import run_teeslice
+from taoism.teeslice.losses import feature_loss, kd_loss, student_loss
+from taoism.teeslice.prune import first_prune, next_prune
+from taoism.teeslice.train import _prune
+from taoism.zoo import get_model, input_shape
+from conftest import assert_same
+
+TINY = TeeSliceConfig(teacher_epochs=3, student_epochs=3, prune_every=1, batch_size=64)
+
+
+def _randomise(model: SlicedNet, seed: int = 0) -> SlicedNet:
+    """Non-trivial gates and BN statistics, so the merge path is not near-constant."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.slices.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            elif hasattr(m, "alphas"):
+                m.alphas.copy_(torch.randn(m.alphas.shape, generator=g))
+    return model.eval()
+
+
+def _sliced(name: str, shape: str, classes: int = 10) -> SlicedNet:
+    return SlicedNet(get_model(name, dataset_shape=shape), input_shape(name, shape), classes)
+
+
+def _n_proxies(model: nn.Module) -> int:
+    return sum(isinstance(m, Proxy) for m in model.modules())
+
+
+# layouts ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,shape,blocks", [
+    ("resnet18", "cifar", 9), ("resnet18", "imagenet", 9), ("resnet34", "cifar", 17), ("resnet50", "cifar", 17),
+    ("vgg16_bn", "cifar", 13), ("alexnet", "imagenet", 5), ("alexnet", "cifar", 5),
+    ("small_cnn", "digits", 2),
+])
+def test_every_supported_backbone_gets_proxies_per_block(name, shape, blocks):
+    model = _sliced(name, shape, classes=7)
+    assert len(backbone_layout(get_model(name, dataset_shape=shape)).blocks) == blocks
+    # block i (1-based) has min(i, 3) proxies
+    assert _n_proxies(model) == sum(min(i, 3) for i in range(1, blocks + 1))
+    x = torch.randn(2, *input_shape(name, shape))
+    logits, feats = model.features(x)
+    assert logits.shape == (2, 7) and len(feats) == blocks
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for n in ("slices", "head") for p in model.get_submodule(n).parameters())
+
+
+def test_unsupported_backbones_are_typed_errors():
+    with pytest.raises(UnsupportedBackbone, match="cannot place proxies on a Sequential"):
+        SlicedNet(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten()), (1, 8, 8))
+    with pytest.raises(ConfigError):  # UnsupportedBackbone is a ConfigError
+        backbone_layout(nn.Linear(3, 3))
+
+
+def test_config_validates():
+    with pytest.raises(ConfigError, match="max_proxies"):
+        TeeSliceConfig(max_proxies=4)
+    with pytest.raises(ConfigError, match="flops_weight"):
+        TeeSliceConfig(flops_weight=-1)
+
+
+# loss terms -------------------------------------------------------------------------------------
+def test_each_loss_term_is_in_the_total_with_its_weight():
+    torch.manual_seed(1)
+    model = _randomise(_sliced("small_cnn", "digits")).train()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    t_logits, t_feats = torch.randn(16, 10), [torch.randn_like(f) for f in model.features(x)[1]]
+    logits, feats = model.features(x)
+    cfg = TeeSliceConfig(ce_weight=0.5)
+    total, parts = student_loss(logits, feats, model.expected_flops(), t_logits, t_feats, y, cfg)
+    kd, fe, fl = kd_loss(logits, t_logits, 4.0), feature_loss(feats, t_feats), model.expected_flops()
+    ce = nn.functional.cross_entropy(logits, y)
+    assert all(float(v.detach()) > 1e-3 for v in (kd, fe, fl, ce))
+    assert_same(total, 1.0 * kd + 10.0 * fe + 0.3 * fl + 0.5 * ce)
+    assert parts == pytest.approx({k: float(v.detach()) for k, v in zip(("kd", "feature", "flops", "ce"), (kd, fe, fl, ce))}, rel=1e-5)
+    # kd uses T = 4: T^2 * KL of the softened distributions
+    p = torch.softmax(t_logits / 4, 1)
+    manual = (p * (p.log() - torch.log_softmax(logits / 4, 1))).sum(1).mean() * 16
+    assert_same(kd, manual)
+
+
+@pytest.mark.parametrize("term,where", [("kd_weight", "head"), ("feature_weight", "slices"),
+                                        ("flops_weight", "alphas"), ("ce_weight", "head")])
+def test_each_loss_term_alone_drives_its_parameters(term, where):
+    """With only one weight set, that term's gradient reaches the parameters it must train."""
+    torch.manual_seed(2)
+    model = _randomise(_sliced("small_cnn", "digits")).train()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        t_logits, t_feats = torch.randn(16, 10), [torch.randn_like(f) for f in model.features(x)[1]]
+    zero = dict(kd_weight=0.0, feature_weight=0.0, flops_weight=0.0, ce_weight=0.0)
+    cfg = TeeSliceConfig(**{**zero, term: 1.0})
+    logits, feats = model.features(x)
+    total, _ = student_loss(logits, feats, model.expected_flops(), t_logits, t_feats, y, cfg)
+    total.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    hit = [n for n, g in grads.items() if g is not None and g.abs().sum() > 0]
+    key = {"head": "head.", "slices": "proxies", "alphas": "alphas"}[where]
+    assert any(key in n for n in hit), (term, hit)
+    if term == "flops_weight":  # the FLOPs term touches nothing but the gates
+        assert all("alphas" in n for n in hit)
+
+
+def test_flops_term_is_gate_weighted_and_normalised():
+    model = _sliced("resnet18", "cifar")
+    with torch.no_grad():
+        for g in model.slices.values():
+            g.alphas.fill_(0.0)
+    # equal gates: every proxy weighs 1 / (n_proxies + 1) of its block
+    expected = sum(p.flops / (len(g.proxies) + 1) for g in model.slices.values() for p in g.proxies)
+    assert float(model.expected_flops()) == pytest.approx(expected / model.flops_norm, rel=1e-6)
+    with torch.no_grad():
+        for g in model.slices.values():
+            g.alphas[0] = 50.0  # all weight on the public block
+    assert float(model.expected_flops()) < 1e-12
+
+
+# pruning ----------------------------------------------------------------------------------------
+def test_remove_proxies_deletes_modules_and_parameters():
+    model = _randomise(_sliced("resnet18", "cifar"))
+    keys = set(model.state_dict())
+    before = _n_proxies(model)
+    drop = [(k, o) for k, o, _ in model.proxy_list()[:5]] + [("block0", 1)]
+    model.remove_proxies(drop)
+    assert _n_proxies(model) == before - 5  # block0's only proxy is among the first 5
+    assert "block0" not in model.slices  # a block without proxies has no slice left
+    gone = keys - set(model.state_dict())
+    assert any(k.startswith("slices.block0.") for k in gone) and len(gone) > 5
+    assert all(len(g.alphas) == len(g.proxies) + 1 for g in model.slices.values())
+    model(torch.randn(2, 3, 32, 32))
+    copy_ = _sliced("resnet18", "cifar")
+    copy_.restrict(model.structure())
+    copy_.load_state_dict(model.state_dict())  # same structure, same keys
+
+
+def test_prune_rules_pick_lowest_gates():
+    model = _sliced("resnet18", "cifar")
+    with torch.no_grad():
+        for i, g in enumerate(model.slices.values()):
+            g.alphas.copy_(torch.tensor([3.0] + [-float(i) - j for j in range(len(g.proxies))]))
+    gates = model.proxy_gates()
+    low = sorted(gates, key=gates.get)
+    picked = first_prune(model, 0.1, 0.5)
+    assert picked == [p for p in low if gates[p] < 0.1][:len(gates) // 2] and picked
+    assert next_prune(model, 0.05) == low[:1]  # 5% of 24 rounds to 1
+    assert len(next_prune(model, 0.25)) == 6
+
+
+def test_prune_loop_stops_and_undoes_the_step_that_breaks_the_rule():
+    model = _sliced("resnet18", "cifar")
+    accs = iter([1.0, 0.995, 0.991, 0.98, 0.99])  # base, step 1, step 2, step 3 (breaks), ...
+    cfg = TeeSliceConfig(prune_threshold=0.9)  # equal gates (0.25) are all below it
+    out, history = _prune(model, lambda m, d: None, lambda m: next(accs), cfg)
+    assert [h["kept"] for h in history[1:]] == [True, True, False]
+    assert history[1]["dropped"] == 12 and history[2]["dropped"] == 1  # 50%, then 5% of 12 -> 1
+    assert _n_proxies(out) == 24 - 12 - 1  # the third step was undone
+    assert _n_proxies(model) == 24  # the input model is left as it was
+
+
+# training, pruning and deployment on digits ---------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """public model, victim and TEESlice model of small_cnn on digits (a tiny configuration)."""
+    cache = tmp_path_factory.mktemp("teeslice-cache")
+    kw = dict(cache_dir=cache, config=TINY, public_epochs=4, victim_epochs=4, public_task="supervised",
+              threads=1, progress=False)
+    result, victim, out = run_teeslice("small_cnn", "digits", **kw)
+    return kw, result, victim, out
+
+
+def test_smoke_digits_trains_prunes_and_caches(digits_run):
+    kw, result, _, out = digits_run
+    before, after = out["before_prune"], out["after_prune"]
+    assert before["proxies"] == 3 and after["proxies"] < before["proxies"]  # pruning removed some
+    assert after["flops_tee"] < before["flops_tee"] and after["params_tee"] < before["params_tee"]
+    hist = out["prune_history"]
+    base = hist[0]["val_accuracy"]
+    for h in hist[1:]:
+        assert h["kept"] == (h["val_accuracy"] >= 0.99 * base)
+    assert all(h["kept"] for h in hist[1:-1])
+    assert out["victim_test_accuracy"] > 0.8 and after["test_accuracy"] > 0.5
+    assert not out["cached"] and _n_proxies(result.model) == after["proxies"]
+    again, _, out2 = run_teeslice("small_cnn", "digits", **kw)  # same inputs: a cache hit
+    assert again.cached and again.metrics == result.metrics
+    assert again.model.structure() == result.model.structure()
+    x = torch.randn(8, 1, 8, 8)
+    assert_same(again.model(x), result.model(x))
+
+
+def test_trained_sliced_model_deploys_with_teeslice(digits_run):
+    from taoism.strategies import strategy_report
+
+    from taoism.data import load_dataset
+
+    _, result, _, out = digits_run
+    model = result.model
+    x = load_dataset("digits").x_test[:32]
+    with taoism.shield(model, x, strategy="teeslice") as sm:
+        y = sm(x)
+        rep = strategy_report(sm, model)
+        text = str(sm.plan)
+    assert_same(y, model(x))
+    assert float(y.std()) > 0.1
+    assert rep["params_tee"] == tee_share(model)["params_tee"] == out["after_prune"]["params_tee"]
+    assert rep["flops_tee_pct"] == pytest.approx(out["after_prune"]["flops_tee_pct"], rel=1e-6)
+    # pruned proxies are gone from the deployed program: one proxy conv node per remaining proxy
+    convs = [w for w in text.split() if w.startswith("slices_") and w.endswith("_conv")]
+    assert len(convs) == _n_proxies(model) == out["after_prune"]["proxies"] < 3
+
+
+def test_untrained_resnet_slices_deploy_equal(digits_run):
+    model = _randomise(_sliced("resnet18", "cifar"), seed=3)
+    model.remove_proxies([("block3", 2), ("block5", 1)])
+    x = torch.randn(2, 3, 32, 32)
+    with taoism.shield(model, x, strategy="teeslice") as sm:
+        assert_same(sm(x), model(x))
+        placed = {n.name: n.placement for n in sm.plan.nodes} if hasattr(sm.plan, "nodes") else None
+    if placed is not None:
+        assert all(str(p).endswith("ENCLAVE") for n, p in placed.items() if n.startswith(("slices", "head")))
+        assert all(not str(p).endswith("ENCLAVE") for n, p in placed.items() if n.startswith("backbone"))
