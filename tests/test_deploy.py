@@ -387,3 +387,44 @@ def test_tee_mismatch_and_bad_address_fail_before_starting(owner, servers):
 
 def test_kinds_are_distinct():
     assert len({k.value for k in Kind}) == len(Kind)
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def test_cli_keygen_measure_package_keyserver_run(tmp_path):
+    """keygen -> package -> measure -> keyserver (a process) -> run --package, all through `taoism`."""
+    from click.testing import CliRunner
+
+    from taoism.cli import build_app
+
+    app, runner = build_app(), CliRunner()
+
+    def ok(*args: str) -> str:
+        res = runner.invoke(app, list(args), catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    ok("keygen", "--dir", str(tmp_path))
+    ok("keygen", "--dir", str(tmp_path), "--name", "platform")
+    pkg = tmp_path / "m.taoism"
+    assert "shielded" in ok("package", "--model", "small_cnn", "--strategy", "deep:1", "--owner-key",
+                            str(tmp_path / "owner.key"), "--package", str(pkg))
+    measurement = ok("measure", "--owner-public", str(tmp_path / "owner.pub")).strip()
+    assert len(measurement) == 64
+    proc = subprocess.Popen([sys.executable, "-m", "taoism.cli", "keyserver", "--package", str(pkg),
+                             "--owner-public", str(tmp_path / "owner.pub"), "--platform-public",
+                             str(tmp_path / "platform.pub"), "--allow", measurement],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        address = proc.stdout.readline().decode().split()[-1]
+        out = ok("run", "--package", str(pkg), "--keyserver", address, "--owner-public",
+                 str(tmp_path / "owner.pub"), "--platform-key", str(tmp_path / "platform.key"), "--repeats", "2",
+                 "--warmup", "1", "--json", str(tmp_path / "run.json"))
+        assert "ENCLAVE" in out
+        assert json.loads((tmp_path / "run.json").read_text())["package"] == str(pkg)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    _no_enclave_left()

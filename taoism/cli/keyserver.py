@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from taoism.cli._options import Output, output_options
+
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
@@ -23,27 +25,17 @@ _file = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="Seconds a verifier nonce stays valid.")
 @click.option("--max-age", type=click.FloatRange(min=0, min_open=True), default=60.0,
               help="Largest accepted report age in seconds.")
+@output_options(out_help="Write keyserver.json (its settings) into DIR when it stops.")
 def keyserver(package: Path, model_key: Path | None, owner_public: Path, platform_public: Path,
-              allow: tuple[str, ...], host: str, port: int, nonce_ttl: float, max_age: float) -> None:
+              allow: tuple[str, ...], host: str, port: int, nonce_ttl: float, max_age: float, out: Output) -> None:
     """Serve the model key to enclaves whose attestation verifies, until SIGTERM/Ctrl-C."""
     from taoism.trust.keyserver import main_keyserver
 
     main_keyserver(str(package), str(model_key or f"{package}.key"), str(owner_public), str(platform_public),
                    allow, host, port, nonce_ttl, max_age)
-
-
-@click.command()
-@click.option("--owner-public", type=_file, required=True,
-              help="The owner public key a package-mode enclave is pinned to.")
-def measure(owner_public: Path) -> None:
-    """Print the measurement of this taoism's package-mode enclave (the value for --allow)."""
-    from taoism.trust.keys import fingerprint, load_public_key
-    from taoism.trust.measurement import package_measurement
-
-    click.echo(package_measurement(fingerprint(load_public_key(owner_public))).hex())
+    out.emit({"package": str(package), "allow": list(allow), "host": host, "port": port}, "keyserver")
 
 
 def register(app: click.Group) -> None:
-    """Add ``keyserver`` and ``measure`` to ``app``."""
+    """Add ``keyserver`` to ``app``."""
     app.add_command(keyserver)
-    app.add_command(measure)
