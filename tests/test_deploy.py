@@ -33,6 +33,7 @@ from taoism.trust.measurement import package_measurement
 
 from conftest import assert_same
 from _deploy_helpers import drop_ptrace, scan
+from test_trust import KeyServerProcess
 
 HELPERS = Path(__file__).with_name("_deploy_helpers.py")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(taoism.__file__).parents[1]),
@@ -62,35 +63,10 @@ def _no_enclave_left() -> None:
     assert not _enclave_children(), "an enclave process was left behind"
 
 
-class KeyServer:
-    """``python -m taoism.trust.keyserver`` as a child process."""
-
-    def __init__(self, d: Path, name: str, allow: list[str], *extra: str) -> None:
-        args = [sys.executable, "-m", "taoism.trust.keyserver", "--package", str(d / f"{name}.taoism"),
-                "--owner-public", str(d / "owner.pub"), "--platform-public", str(d / "platform.pub"),
-                *sum((["--allow", m] for m in allow), []), *extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
-        self.address: str | None = None
-
-    def ready(self, timeout_s: float = 90) -> "KeyServer":
-        deadline = time.monotonic() + timeout_s
-        while self.address is None and time.monotonic() < deadline:
-            line = self.proc.stdout.readline().decode()
-            if not line:
-                raise AssertionError("key server exited at start")
-            if "listening on" in line:
-                self.address = line.split()[-1]
-        assert self.address, "key server did not start in time"
-        return self
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc.stdout.close()
+def _key_server(d: Path, name: str, allow: list[str], *extra: str) -> KeyServerProcess:
+    pkg = {"path": d / f"{name}.taoism", "key_file": d / f"{name}.taoism.key"}
+    keys = {"owner_pub": d / "owner.pub", "platform_pub": d / "platform.pub"}
+    return KeyServerProcess(pkg, keys, allow, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +94,13 @@ def measurement(owner) -> str:
 @pytest.fixture(scope="module")
 def servers(owner, measurement):
     """Key services: the genuine ones, one allowing another measurement, one with a 1 s nonce TTL."""
-    made = {"small": KeyServer(owner, "small", [measurement]), "large": KeyServer(owner, "large", [measurement]),
-            "wrong": KeyServer(owner, "small", ["ab" * 32]),
-            "short": KeyServer(owner, "small", [measurement], "--nonce-ttl", "1")}
+    made = {"small": _key_server(owner, "small", [measurement]),
+            "large": _key_server(owner, "large", [measurement]),
+            "wrong": _key_server(owner, "small", ["ab" * 32]),
+            "short": _key_server(owner, "small", [measurement], "--nonce-ttl", "1")}
     try:
-        yield {k: s.ready().address for k, s in made.items()}
+        assert all(s.address for s in made.values())
+        yield {k: s.address for k, s in made.items()}
     finally:
         for s in made.values():
             s.stop()
