@@ -131,6 +131,9 @@ def test_deploy_equals_plain_and_host_holds_no_shielded_weight(owner, meta, serv
             assert_same(sm(x), y)
         assert sm.plan.enclave_segments and sm.stats()["enclave"]["weight_elements"] == meta[name][
             "shielded_elements"]
+        held = sm.host_state_dict()
+        assert {"small": "features.0.weight", "large": "conv1.weight"}[name] in held
+        assert not any(k.startswith("fc.") for k in held)
         found = scan(meta[name]["shielded"])
         control = scan(meta[name]["device"])
     assert found == 0, f"{found} of {len(meta[name]['shielded'])} shielded 64-byte runs are in host memory"

@@ -128,9 +128,18 @@ class DeployedModel(ShieldedModel):
         segments: dict[int, fx.GraphModule] = {p.index: p.gm for p in build_program(program["device"], root)}
         del device_tensors
         backend = start_package_enclave(src, self.enclave_config) if plan.enclave_segments else None
+        self._paths = {key: str(spec.get("path", key)) for key, spec in program["device"]["modules"].items()}
         self._out_template = decode_arg(program["output"], _Ref)
         self.memory_plan = None  # planned by the owner; the enclave has it from the signed program
         self.plan, self._segments, self._backend = plan, segments, backend
+
+    def host_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor the host holds, by its path in the owner's model (as :meth:`ShieldedModel.host_state_dict`)."""
+        out = {}
+        for name, t in super().host_state_dict().items():
+            key, _, rest = name.partition(".")
+            out[f"{self._paths.get(key, key)}.{rest}" if rest else self._paths.get(key, key)] = t
+        return out
 
     def reload(self, model: Any = None) -> None:
         """Start a fresh enclave from the package (attest and provision again); no model needed."""
