@@ -294,8 +294,8 @@ def test_replayed_report_and_replayed_wrapped_key_are_refused(owner, servers):
         second.attest(client.fetch_nonce())
         with pytest.raises(KeyReleaseError, match="another enclave key or report"):
             second.provision(wrapped)  # released for the first enclave only
-        with pytest.raises(Exception):  # the refused enclave keeps no partial state: nothing to run
-            second.run(0, [torch.zeros(2, 16)])
+        with pytest.raises(ProgramError, match="no enclave segment"):  # refused: no partial state, nothing runs
+            second.run(1, [torch.zeros(2, 16)])
     finally:
         first.close()
         second.close()

@@ -234,7 +234,8 @@ class ProcessBackend(EnclaveBackend):
                   else f"exited with code {code}" if code is not None else "stopped answering")
         msg = (f"the enclave process {status} ({self._dead_reason or 'unknown reason'}) during {what}. "
                "Its shielded weights died with it and the host holds no copy by design: call "
-               "ShieldedModel.reload(model) with the original model to start a fresh enclave.")
+               "ShieldedModel.reload(model) with the original model to start a fresh enclave (a model "
+               "from taoism.deploy: reload(), which restarts from its package).")
         if tail:
             msg += f"\n--- enclave log (tail) ---\n{tail}"
         return EnclaveCrashed(msg)
