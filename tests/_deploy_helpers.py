@@ -123,7 +123,8 @@ def owner(out_dir: str, owner_key: str) -> None:
         device = [t for k, t in sd.items() if k.rsplit(".", 1)[0] in device_paths and t.dtype == torch.float32]
         meta[name] = {"shielded": run_keys(shielded, 24), "device": run_keys(device, 8),
                       "y_shape": list(ys[0].shape), "shielded_sections": done.shielded_tensors,
-                      "shielded_elements": sum(t.numel() for k, t in sd.items() if k.rsplit(".", 1)[0] in enclave_paths)}
+                      "shielded_elements": sum(t.numel() for k, t in sd.items()
+                                               if k.rsplit(".", 1)[0] in enclave_paths)}
     (Path(out_dir) / "meta.json").write_text(json.dumps(meta))
 
 

@@ -71,7 +71,7 @@ class ProcessBackend(EnclaveBackend):
                 "--quote", self.quote_kind]
         if platform_key is not None:
             args += ["--platform-key", os.path.abspath(platform_key)]
-        self.launch_args = args
+        self.launch_args[:] = args
 
     def attest(self, nonce: bytes) -> bytes:
         """Package mode: relay the verifier's nonce; returns the enclave's attestation envelope."""
@@ -93,7 +93,7 @@ class ProcessBackend(EnclaveBackend):
         self._log: Any = None
         self._finalizer: weakref.finalize | None = None
         self._dead_reason: str | None = None
-        self.launch_args: list[str] = []
+        self.launch_args: list[str] = []  # extra enclave arguments (package mode)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:

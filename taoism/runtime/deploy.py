@@ -119,7 +119,9 @@ class DeployedModel(ShieldedModel):
                               f"re-packages for tee={enclave.tee!r}")
         enclave = dataclasses.replace(enclave, tee=pkg_tee, memory_budget=pkg_budget)
         self._source = source
-        super().__init__(source, _input_examples(program, source.path), device=device, enclave=enclave)
+        # the base constructor hands ``source`` to our _build (in place of a model)
+        super().__init__(source, _input_examples(program, source.path), device=device,  # type: ignore[arg-type]
+                         enclave=enclave)
 
     def _build(self, source: Any, examples: tuple[torch.Tensor, ...]) -> None:
         src: PackageSource = source
@@ -159,7 +161,8 @@ def deploy(path: str | os.PathLike[str], keyserver: str, *, owner_public: str | 
     launched pinned to it); ``platform_key`` the simulated platform key (``sim`` only).
     """
     cfg = enclave or EnclaveConfig()
-    overrides = {k: v for k, v in (("backend", backend), ("threads", threads), ("tee", tee)) if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in (("backend", backend), ("threads", threads), ("tee", tee))
+                                 if v is not None}
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
     src = PackageSource(os.fspath(path), keyserver, os.fspath(owner_public),
