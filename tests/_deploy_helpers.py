@@ -121,7 +121,7 @@ def owner(out_dir: str, owner_key: str) -> None:
         device_paths = {spec["path"] for spec in desc["device"]["modules"].values()}
         shielded = [t for k, t in sd.items() if k.rsplit(".", 1)[0] in enclave_paths and t.dtype == torch.float32]
         device = [t for k, t in sd.items() if k.rsplit(".", 1)[0] in device_paths and t.dtype == torch.float32]
-        meta[name] = {"shielded": run_keys(shielded, 24), "device": run_keys(device, 8),
+        meta[name] = {"shielded": run_keys(shielded, 16), "device": run_keys(device, 4),
                       "y_shape": list(ys[0].shape), "shielded_sections": done.shielded_tensors,
                       "shielded_elements": sum(t.numel() for k, t in sd.items()
                                                if k.rsplit(".", 1)[0] in enclave_paths)}
@@ -150,7 +150,7 @@ def shield_fc_host() -> None:
     model = get_model("resnet18", dataset_shape="cifar").eval()
     x = torch.randn(2, 3, 32, 32)
     keys = run_keys([model.fc.weight], 32)
-    device_keys = run_keys([model.conv1.weight], 8)
+    device_keys = run_keys([model.conv1.weight], 4)
     sm = taoism.shield(model, x, {"fc": "ENCLAVE", "_default": "GPU"}, device="cpu")
     del model
     gc.collect()
