@@ -12,7 +12,12 @@ rest device weights), after one warm-up, over ``--repeats`` repeats (median and 
 Then the key release round trip against a key server process on loopback: fetch nonce,
 attest (sim quote), relay, unwrap; median over ``--releases`` requests.
 
-Usage: python benchmarks/bench_trust.py [--models resnet18,resnet50] [--repeats 3] [--json OUT]
+Phase B, ``--deploy`` (same models, same placement, batch 1, CPU): ``taoism.package`` (capture,
+plan, lower, seal, sign), ``taoism.deploy`` (host check + enclave start + attest + release +
+provision) split into its parts, next to ``taoism.shield`` of the same model; then inference
+latency after deploy() and after shield(), both alive, calls interleaved (ratio in one run).
+
+Usage: python benchmarks/bench_trust.py [--models resnet18,resnet50] [--repeats 3] [--deploy] [--json OUT]
 """
 
 from __future__ import annotations
@@ -106,11 +111,69 @@ def bench_release(folder: Path, package: Path, model_key: bytes, releases: int) 
         proc.wait(timeout=10)
 
 
+def bench_deploy(name: str, folder: Path, repeats: int, calls: int) -> dict:
+    import taoism
+    from taoism.backends import get_backend
+    from taoism.config import EnclaveConfig
+    from taoism.trust.keys import fingerprint, load_public_key
+    from taoism.trust.measurement import package_measurement
+
+    torch.manual_seed(0)
+    model = get_model(name, dataset_shape="imagenet").eval()
+    x = torch.randn(1, 3, 224, 224)
+    placement = {"layer4": "ENCLAVE", "fc": "ENCLAVE", "_default": "GPU"}
+    path = folder / f"{name}-deploy.taoism"
+    res: dict = {"model": name, "package": _timed(lambda: taoism.package(
+        model, x, placement, out=path, owner_key=folder / "owner.key", overwrite=True), repeats)}
+    m = package_measurement(fingerprint(load_public_key(folder / "owner.pub"))).hex()
+    proc = subprocess.Popen([sys.executable, "-m", "taoism.trust.keyserver", "--package", str(path),
+                             "--owner-public", str(folder / "owner.pub"), "--platform-public",
+                             str(folder / "platform.pub"), "--allow", m], stdout=subprocess.PIPE, text=True)
+    try:
+        address = proc.stdout.readline().split()[-1]
+        kw = {"owner_public": folder / "owner.pub", "platform_key": folder / "platform.key", "device": "cpu"}
+        res["deploy"] = _timed(lambda: taoism.deploy(path, address, **kw).close(), repeats)
+        res["shield"] = _timed(lambda: taoism.shield(model, x, placement, device="cpu").close(), repeats)
+        parts: dict[str, list[float]] = {"enclave_start": [], "attest_release": [], "provision": []}
+        for _ in range(repeats):
+            backend = get_backend("sim", EnclaveConfig())(EnclaveConfig())
+            backend.package_mode(str(path), str(folder / "owner.pub"), str(folder / "platform.key"))
+            t0 = time.perf_counter()
+            backend.start()
+            t1 = time.perf_counter()
+            wrapped = KeyServiceClient(address, 30).request_key(backend.attest)
+            t2 = time.perf_counter()
+            backend.provision(wrapped)
+            t3 = time.perf_counter()
+            backend.close()
+            for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[k].append(v)
+        res["deploy_parts_median_s"] = {k: statistics.median(v) for k, v in parts.items()}
+        with taoism.deploy(path, address, **kw) as dep, taoism.shield(model, x, placement, device="cpu") as sh:
+            ref = model(x)
+            assert torch.allclose(dep(x), ref, rtol=1e-4, atol=1e-5) and torch.allclose(sh(x), ref, rtol=1e-4,
+                                                                                          atol=1e-5)
+            lat: dict[str, list[float]] = {"deploy": [], "shield": []}
+            for _ in range(calls):
+                for k, sm in (("deploy", dep), ("shield", sh)):
+                    t0 = time.perf_counter()
+                    sm(x)
+                    lat[k].append(time.perf_counter() - t0)
+        res["latency_median_s"] = {k: statistics.median(v) for k, v in lat.items()}
+        res["latency_ratio_deploy_to_shield"] = res["latency_median_s"]["deploy"] / res["latency_median_s"]["shield"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,resnet50")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--releases", type=int, default=20)
+    ap.add_argument("--deploy", action="store_true", help="also time package/deploy/shield and inference after each")
+    ap.add_argument("--calls", type=int, default=5, help="--deploy: interleaved inference calls per model")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -128,6 +191,11 @@ def main() -> None:
         key = write_package(small, {"m": 1}, {}, {"ops": []}, {"w": torch.randn(8)}, folder / "owner.key")
         out["release"] = bench_release(folder, small, key, a.releases)
         print(json.dumps(out["release"]))
+        if a.deploy:
+            out["deploy"] = []
+            for name in a.models.split(","):
+                out["deploy"].append(bench_deploy(name, folder, a.repeats, a.calls))
+                print(json.dumps(out["deploy"][-1]))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
 

@@ -23,6 +23,8 @@ from taoism.errors import (AttestationError, KeyFileError, KeyReleaseError, Pack
                            SignatureError, TrustError)
 from taoism.placement import EnclaveMode, Plan, PlacementRules
 from taoism.runtime import Profile, ShieldedModel, shield
+from taoism.runtime.deploy import deploy
+from taoism.runtime.package import Packaged, package
 
 __version__ = "0.1.0"
 
@@ -35,4 +37,5 @@ __all__ = [
     "ShieldedModel",
     "TaoismError", "available_backends", "get_backend", "shield", "__version__",
     "AttestationError", "KeyFileError", "KeyReleaseError", "PackageError", "SignatureError", "TrustError",
+    "Packaged", "deploy", "package",
 ]

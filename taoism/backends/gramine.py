@@ -22,6 +22,7 @@ class GramineBackend(ProcessBackend):
     """Real SGX through Gramine (needs an SGX-capable CPU, the driver and gramine-sgx)."""
 
     name = "gramine"
+    quote_kind = "sgx"  # package mode: a real DCAP quote via /dev/attestation
 
     @classmethod
     def check_platform(cls, config: EnclaveConfig) -> None:

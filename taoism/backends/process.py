@@ -55,12 +55,32 @@ class ProcessBackend(EnclaveBackend):
     """Base for backends whose enclave runs as a child process speaking the taoism protocol."""
 
     name = "process"
+    quote_kind = "sim"  # the platform quote source a package-mode enclave of this backend uses
 
     def command(self, sock_fd: int) -> list[str]:
         """The command line that starts the enclave server."""
         return [sys.executable, "-m", "taoism.enclave.server", "--sock-fd", str(sock_fd),
                 "--threads", str(self.config.threads), "--spin-us", str(self.config.spin_us),
-                "--max-frame-bytes", str(self.config.max_frame_bytes)]
+                "--max-frame-bytes", str(self.config.max_frame_bytes), *self.launch_args]
+
+    def package_mode(self, package: str, owner_public: str, platform_key: str | None = None) -> None:
+        """Before :meth:`start`: launch the enclave pinned to ``owner_public``, to run only ``package``."""
+        if self._proc is not None:
+            raise EnclaveError("package_mode() must be chosen before start()")
+        args = ["--package", os.path.abspath(package), "--owner-public", os.path.abspath(owner_public),
+                "--quote", self.quote_kind]
+        if platform_key is not None:
+            args += ["--platform-key", os.path.abspath(platform_key)]
+        self.launch_args[:] = args
+
+    def attest(self, nonce: bytes) -> bytes:
+        """Package mode: relay the verifier's nonce; returns the enclave's attestation envelope."""
+        return bytes(self._request(Kind.ATTEST, 0, (), bytes(nonce), what="attestation").blob)
+
+    def provision(self, wrapped_key: bytes) -> dict[str, Any]:
+        """Package mode: relay the wrapped model key; the enclave loads the signed program."""
+        reply = self._request(Kind.PROVISION, 0, (), bytes(wrapped_key), what="provisioning")
+        return json.loads(reply.blob or b"{}")
 
     @classmethod
     def check_platform(cls, config: EnclaveConfig) -> None:
@@ -73,6 +93,7 @@ class ProcessBackend(EnclaveBackend):
         self._log: Any = None
         self._finalizer: weakref.finalize | None = None
         self._dead_reason: str | None = None
+        self.launch_args: list[str] = []  # extra enclave arguments (package mode)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -212,7 +233,8 @@ class ProcessBackend(EnclaveBackend):
                   else f"exited with code {code}" if code is not None else "stopped answering")
         msg = (f"the enclave process {status} ({self._dead_reason or 'unknown reason'}) during {what}. "
                "Its shielded weights died with it and the host holds no copy by design: call "
-               "ShieldedModel.reload(model) with the original model to start a fresh enclave.")
+               "ShieldedModel.reload(model) with the original model to start a fresh enclave (a model "
+               "from taoism.deploy: reload(), which restarts from its package).")
         if tail:
             msg += f"\n--- enclave log (tail) ---\n{tail}"
         return EnclaveCrashed(msg)

@@ -17,6 +17,20 @@ from taoism.cli._options import Output, output_options, repeats_options, write_j
 @click.option(
     "--enclave-threads", type=click.IntRange(min=1), default=1, help="Enclave torch threads."
 )
+@click.option(
+    "--package", "package", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="Deploy this sealed model.taoism instead of shielding a zoo model (the deployment "
+    "threat model: the host never holds a shielded weight); needs --keyserver and --owner-public.",
+)
+@click.option("--keyserver", default=None, help="Key service URL for --package, e.g. http://127.0.0.1:PORT.")
+@click.option(
+    "--owner-public", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="With --package: the owner public key the package must be signed with.",
+)
+@click.option(
+    "--platform-key", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="With --package on the sim backend: the simulated platform key the enclave quotes with.",
+)
 @output_options(out_help="Write run.json (as --json) and plan.json (reuse with --plan) into DIR.")
 def run(
     spec: ModelArgs,
@@ -25,17 +39,25 @@ def run(
     warmup: int,
     threads: int,
     enclave_threads: int,
+    package: str | None,
+    keyserver: str | None,
+    owner_public: str | None,
+    platform_key: str | None,
     out: Output,
 ) -> None:
     """Shield a zoo model, compare its output with plain PyTorch, print plan and profile.
 
     Plain PyTorch is timed on the same device and thread count in the same run. --json writes
-    plan, profile, baseline and enclave statistics.
+    plan, profile, baseline and enclave statistics. With --package, deploy the sealed package
+    instead (attested key release; no plain model to compare with) and print plan and profile.
     """
     from taoism.bench import time_plain
     from taoism.runtime import default_device, shield
 
     set_host_threads(threads)
+    if package is not None:
+        _run_package(package, keyserver, owner_public, platform_key, repeats, warmup, enclave_threads, out)
+        return
     model, x = spec.build()
     if spec.places:
         mode = "split"
@@ -84,6 +106,25 @@ def run(
         }
 
     out.emit(result, "run", files)
+
+
+def _run_package(package: str, keyserver: str | None, owner_public: str | None, platform_key: str | None,
+                 repeats: int, warmup: int, enclave_threads: int, out: Output) -> None:
+    from taoism.errors import ConfigError
+    from taoism.runtime.deploy import deploy
+
+    if not keyserver or not owner_public:
+        raise ConfigError("--package needs --keyserver URL and --owner-public owner.pub")
+    with deploy(package, keyserver, owner_public=owner_public, platform_key=platform_key,
+                threads=enclave_threads) as sm:
+        x = sm.example_inputs(1)
+        prof = sm.profile(*x, repeats=repeats, warmup=warmup)
+        click.echo(sm.plan.table())
+        click.echo()
+        click.echo(prof.table())
+        result = {"package": package, "plan": sm.plan.to_json(), "profile": prof.to_json(),
+                  "enclave_stats": sm.stats()}
+    out.emit(result, "run", lambda d: {"run": write_json(d / "run.json", result)})
 
 
 def register(app: click.Group) -> None:

@@ -1,7 +1,10 @@
 """The enclave process: decrypt requests, run shielded segments, encrypt replies.
 
-Started by the host as ``python -m taoism.enclave.server --sock-fd N``; reads its one-time
-launch token from stdin, opens the session, then serves until the host closes it.
+Started by the host as ``python -m taoism.enclave.server --sock-fd N``; makes itself
+non-dumpable, reads its one-time launch token from stdin, opens the session, then serves until
+the host closes it. With ``--package P --owner-public K`` (package mode, measured) it refuses
+host-described programs (``LOAD``) and runs only the owner-signed program of ``P`` once
+``ATTEST``/``PROVISION`` have released its key (:mod:`taoism.enclave.provision`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import torch
 from taoism.boundary import ChannelConfig, open_enclave_channel
 from taoism.enclave.budget import EnclaveMemory
 from taoism.enclave.program import SegmentProgram, build_modules, build_program
+from taoism.enclave.provision import Provisioner, quote_source
 from taoism.errors import BoundaryError, EnclaveCrashed, FrameError, ProgramError, TaoismError
 from taoism.protocol.kinds import Kind
 from taoism.protocol.schema import ReplyMeta, parse_program
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 
 
 def _die_with_parent() -> None:
@@ -36,6 +41,15 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _not_dumpable() -> bool:
+    """Linux: no core dumps, and same-uid processes (the host) get EPERM on /proc/PID/mem and ptrace."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 class EnclaveServer:
@@ -78,7 +92,8 @@ class EnclaveServer:
         return outs, [time.perf_counter() - t0, *node_times]
 
 
-def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
+def serve(sock: socket.socket, token: bytes, config: ChannelConfig,
+          provisioner: Provisioner | None = None) -> int:
     """Open the session on ``sock`` and answer requests until CLOSE; returns the exit status."""
     chan = open_enclave_channel(sock, token, config=config)
     server = EnclaveServer()
@@ -104,8 +119,27 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig) -> int:
                                  memory=report.to_json() if report is not None else None)
                 chan.send(Kind.RESULT, msg.tag, outs, meta.encode())
             elif msg.kind == Kind.LOAD:
+                if provisioner is not None:
+                    raise ProgramError("this enclave runs only the owner-signed program of its package; it "
+                                       "refuses a program described by the host (use ATTEST/PROVISION)")
                 info = server.load(msg.blob, msg.tensors)
                 chan.send(Kind.OK, 0, (), json.dumps(info).encode())
+            elif msg.kind in (Kind.ATTEST, Kind.PROVISION):
+                if provisioner is None:
+                    raise ProgramError("this enclave was not started in package mode (--package); "
+                                       "it cannot attest or be provisioned")
+                if msg.kind == Kind.ATTEST:
+                    chan.send(Kind.OK, 0, (), provisioner.attest(bytes(msg.blob)))
+                else:
+                    try:
+                        blob, tensors = provisioner.provision(bytes(msg.blob))
+                        info = server.load(blob, tensors)
+                        del blob, tensors
+                    except BaseException:
+                        # refused (wrong key, tampered tensor, bad program): keep no partial state
+                        server.programs, server.memory = {}, None
+                        raise
+                    chan.send(Kind.OK, 0, (), json.dumps(info).encode())
             elif msg.kind == Kind.STATS:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 info = {"max_rss_bytes": usage.ru_maxrss * 1024, "runs": server.runs,
@@ -135,8 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--spin-us", type=int, default=200)
     parser.add_argument("--max-frame-bytes", type=int, default=1 << 30)
+    parser.add_argument("--package", default=None, help="package mode: the owner-signed model package")
+    parser.add_argument("--owner-public", default=None, help="package mode: the owner public key it must be "
+                        "signed with (measured)")
+    parser.add_argument("--quote", choices=("sim", "sgx"), default="sim", help="package mode: quote source")
+    parser.add_argument("--platform-key", default=None, help="package mode, sim: simulated platform key")
     args = parser.parse_args(argv)
+    # before any secret arrives (launch token, session keys, model key): no dumps, no /proc/PID/mem
+    if not _not_dumpable():
+        print("taoism enclave: prctl(PR_SET_DUMPABLE, 0) failed; refusing to run", file=sys.stderr)
+        return 2
     _die_with_parent()
+    provisioner = None
+    if args.package is not None or args.owner_public is not None:
+        if not (args.package and args.owner_public):
+            print("taoism enclave: package mode needs both --package and --owner-public", file=sys.stderr)
+            return 2
+        try:
+            provisioner = Provisioner(args.package, args.owner_public,
+                                      quote_source(args.quote, args.platform_key))
+        except TaoismError as exc:
+            print(f"taoism enclave: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
     torch.set_num_threads(args.threads)
     token = sys.stdin.buffer.read(32)
     if len(token) != 32:
@@ -145,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=args.sock_fd)
     try:
         return serve(sock, token, ChannelConfig(spin_us=args.spin_us, timeout_s=None,
-                                                max_frame_bytes=args.max_frame_bytes))
+                                                max_frame_bytes=args.max_frame_bytes), provisioner)
     except BoundaryError as exc:  # handshake, or the channel failed while replying: status 3, no traceback
         print(f"taoism enclave: closing the session: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3

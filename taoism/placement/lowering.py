@@ -7,7 +7,7 @@ which sends them to the enclave encrypted, and are not kept on the host.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from taoism.capture import CapturedGraph
 from taoism.errors import PlacementError
-from taoism.placement.plan import Plan
+from taoism.placement.modes import EnclaveMode
+from taoism.placement.plan import Plan, Segment
 from taoism.protocol.schema import PROGRAM_FORMAT
 from taoism.protocol.vocabulary import METHODS, MODULE_KINDS, encode_arg, function_name, module_kind
 
@@ -28,8 +29,13 @@ def fetch(root: nn.Module, path: str) -> Any:
     return obj
 
 
-def enclave_program(captured: CapturedGraph, plan: Plan) -> tuple[dict[str, Any], list[torch.Tensor]]:
-    """The JSON description of every enclave segment and the tensors it needs, in order."""
+def enclave_program(captured: CapturedGraph, plan: Plan, segments: Sequence[Segment] | None = None
+                    ) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """The JSON description of every enclave segment (or of ``segments``) and the tensors it needs, in order.
+
+    A device segment in ``segments`` is described the same way (``send_in`` = its inputs,
+    ``returns`` = its outputs): :func:`taoism.package` stores the device part like this.
+    """
     nodes = {n.name: n for n in captured.gm.graph.nodes}
     modules: dict[str, Any] = {}
     module_keys: dict[str, str] = {}
@@ -37,12 +43,12 @@ def enclave_program(captured: CapturedGraph, plan: Plan) -> tuple[dict[str, Any]
     const_keys: dict[str, str] = {}
     tensor_names: list[str] = []
     tensors: list[torch.Tensor] = []
-    segments = []
+    described_segments = []
 
     def ref(a: Any) -> str | None:
         return a.name if isinstance(a, fx.Node) else None
 
-    for seg in plan.enclave_segments:
+    for seg in (plan.enclave_segments if segments is None else segments):
         described = []
         for name in seg.nodes:
             n = nodes[name]
@@ -93,11 +99,14 @@ def enclave_program(captured: CapturedGraph, plan: Plan) -> tuple[dict[str, Any]
             item["args"] = encode_arg(list(n.args), ref)
             item["kwargs"] = encode_arg(dict(n.kwargs), ref)["$d"]
             described.append(item)
-        segments.append({"id": seg.index, "inputs": list(seg.inputs), "send_in": list(seg.send_in),
-                         "returns": list(seg.returns), "keep": list(seg.keep),
-                         "free": list(seg.enclave_free), "nodes": described})
+        enclave_side = seg.side is EnclaveMode.ENCLAVE
+        described_segments.append({
+            "id": seg.index, "inputs": list(seg.inputs),
+            "send_in": list(seg.send_in if enclave_side else seg.inputs),
+            "returns": list(seg.returns if enclave_side else seg.outputs),
+            "keep": list(seg.keep), "free": list(seg.enclave_free), "nodes": described})
     desc = {"format": PROGRAM_FORMAT, "modules": modules, "constants": constants,
-            "tensors": tensor_names, "segments": segments}
+            "tensors": tensor_names, "segments": described_segments}
     return desc, tensors
 
 

@@ -48,4 +48,15 @@ def enclave_measurement(config: Mapping[str, Any], root: Path | None = None) -> 
     return h.digest()
 
 
-__all__ = ["MEASURED_PACKAGES", "enclave_measurement", "measured_files"]
+def package_enclave_config(owner_fingerprint: str) -> dict[str, str]:
+    """The measured configuration of an enclave that runs only packages signed by this owner."""
+    return {"mode": "package", "owner": owner_fingerprint}
+
+
+def package_measurement(owner_fingerprint: str, root: Path | None = None) -> bytes:
+    """The measurement a package-mode enclave pinned to ``owner_fingerprint`` reports (for ``--allow``)."""
+    return enclave_measurement(package_enclave_config(owner_fingerprint), root)
+
+
+__all__ = ["MEASURED_PACKAGES", "enclave_measurement", "measured_files", "package_enclave_config",
+           "package_measurement"]
