@@ -140,7 +140,12 @@ def pkg_program(path: Any, owner_public: Any) -> dict[str, Any]:
 
 
 def shield_fc_host() -> None:
-    """shield() ResNet-18 with only ``fc`` in the enclave, drop the model, run, scan: print JSON."""
+    """shield() ResNet-18 with only ``fc`` in the enclave, wipe and drop the model, run, scan: print JSON.
+
+    The caller's own fc.weight is zeroed before it is dropped: freed malloc chunks keep their
+    bytes, and that copy is the caller's, not taoism's. Every run found is then a copy taoism made
+    (lowering, the LOAD frame, the channel's staging buffer).
+    """
     import torch
 
     import taoism
@@ -152,6 +157,8 @@ def shield_fc_host() -> None:
     keys = run_keys([model.fc.weight], 32)
     device_keys = run_keys([model.conv1.weight], 4)
     sm = taoism.shield(model, x, {"fc": "ENCLAVE", "_default": "GPU"}, device="cpu")
+    with torch.no_grad():
+        model.fc.weight.zero_()  # the caller wipes its own copy; what is left is taoism's
     del model
     gc.collect()
     for _ in range(3):
