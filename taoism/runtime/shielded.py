@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -15,7 +16,7 @@ from taoism.backends import EnclaveBackend, get_backend
 from taoism.runtime.stats import Stat
 from taoism.capture import capture
 from taoism.config import EnclaveConfig
-from taoism.errors import ConfigError, EnclaveCrashed, InputError
+from taoism.errors import ConfigError, EnclaveCrashed, InputError, SessionFailed
 from taoism.placement import EnclaveMode, Plan, PlacementRules, PlacementSpec, build_plan
 from taoism.placement.memory import attach_memory_plan
 from taoism.placement.lowering import enclave_program
@@ -39,6 +40,15 @@ class ShieldedModel:
 
     The host side holds the device segments and the plan; the enclave's weights live only in the
     enclave. Use it as a context manager, or call :meth:`close`, to stop the enclave.
+
+    Concurrency: one enclave session per model, guarded by one lock held for a whole inference,
+    so any number of threads may call it; their inferences run one at a time and never interleave
+    on the session (the enclave keeps values between segments). For overlap use :meth:`map`, or
+    one ShieldedModel per worker. An inference cut off between a request and its reply (an
+    interrupt, a time-out, a reply that does not fit) stops the enclave and marks the session
+    failed: every later call raises :class:`taoism.errors.SessionFailed` saying why, until
+    :meth:`reload` starts a fresh session (there is no automatic restart: the host keeps no copy
+    of the shielded weights).
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
@@ -59,6 +69,8 @@ class ShieldedModel:
         examples = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
         self._input_specs = tuple((t.dtype, tuple(t.shape[1:])) for t in examples)
         self._backend: EnclaveBackend | None = None
+        self._lock = threading.RLock()  # held for a whole inference: see the class docstring
+        self._failed: str | None = None  # why the session was stopped mid-request
         self._build(model, examples)
 
     # -- construction ------------------------------------------------------------------------
@@ -96,6 +108,8 @@ class ShieldedModel:
         self.plan: Plan = plan
         self._segments = segments
         self._backend = backend
+        self._failed = None
+        self._shapes = {l.info.name: l.info.out_shapes for l in plan.layers}
         del captured  # the traced module shares the caller's parameters: keep none of it
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
@@ -107,8 +121,9 @@ class ShieldedModel:
 
         With a strategy, the strategy is applied again (fresh secrets).
         """
-        self.close()
-        self._build(model, self.example_inputs(1))
+        with self._lock:
+            self.close()
+            self._build(model, self.example_inputs(1))
 
     # -- inference ---------------------------------------------------------------------------
     def _check_inputs(self, inputs: tuple[Any, ...]) -> None:
@@ -129,9 +144,22 @@ class ShieldedModel:
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         self._check_inputs(inputs)
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             env = self._forward(inputs)
-        out_device = inputs[0].device
+        return self._outputs(env, inputs[0].device)
+
+    def map(self, batches: Any, micro_batch: int | None = None) -> list[Any]:
+        """Run many batches pipelined (device work of one overlaps enclave work of another), in order.
+
+        ``batches``: an iterable of input batches (tensors or tuples of tensors), or one tensor
+        split into ``micro_batch``-row pieces; see :mod:`taoism.runtime.pipeline`.
+        """
+        from taoism.runtime.pipeline import run_pipelined
+
+        return run_pipelined(self, batches, micro_batch)
+
+    def _outputs(self, env: dict[str, Any], out_device: torch.device) -> Any:
+        """The model's output structure filled from the values of one forward."""
         return map_aggregate(self._out_template,
                              lambda a: env[a.name].to(out_device) if isinstance(a, _Ref) else a)
 
@@ -144,6 +172,11 @@ class ShieldedModel:
         times, and is told each segment's host-observed time and enclave reply.
         """
         plan, backend = self.plan, self._backend
+        if self._failed is not None:
+            raise SessionFailed(
+                f"the enclave session was stopped because an earlier inference was cut off "
+                f"between a request and its reply ({self._failed}); call reload(model) with the "
+                "original model to start a fresh one")
         if plan.enclave_segments and (backend is None or not backend.alive):
             raise EnclaveCrashed(
                 "the enclave is not running (it crashed, timed out or was closed); call "
@@ -152,26 +185,63 @@ class ShieldedModel:
         env: dict[str, Any] = {n: x.to(dev) for n, x in zip(plan.input_names, inputs)}
         if observer is not None:
             observer.start()
-        for seg in plan.segments:
-            t0 = time.perf_counter() if observer is not None else 0.0
-            reply = None
-            if seg.side is EnclaveMode.GPU:
-                gm, args = self._segments[seg.index], [env[v] for v in seg.inputs]
-                outs = gm(*args) if observer is None else observer.run_device(seg, gm, args)
-                env.update(zip(seg.outputs, outs))
+        sent = in_run = False  # an enclave segment was sent / a reply is awaited
+        seg = plan.segments[0]
+        try:
+            for seg in plan.segments:
                 if observer is not None:
-                    self._sync()
-            else:
-                assert backend is not None
-                reply = backend.run(seg.index, [env[v] for v in seg.send_in],
-                                    profile=observer is not None and observer.profile_enclave)
-                for v, t in zip(seg.returns, reply.tensors):
-                    env[v] = t.to(dev, non_blocking=True) if dev.type != "cpu" else t
-            if observer is not None:
-                observer.done(seg, time.perf_counter() - t0, reply)
-            for v in seg.host_free:
-                env.pop(v, None)
+                    observer.begin(seg)
+                t0 = time.perf_counter() if observer is not None else 0.0
+                reply = None
+                if seg.side is EnclaveMode.GPU:
+                    gm, args = self._segments[seg.index], [env[v] for v in seg.inputs]
+                    outs = gm(*args) if observer is None else observer.run_device(seg, gm, args)
+                    env.update(zip(seg.outputs, outs))
+                    if observer is not None:
+                        self._sync()
+                else:
+                    assert backend is not None
+                    sent = in_run = True
+                    reply = backend.run(seg.index, [env[v] for v in seg.send_in],
+                                        profile=observer is not None and observer.profile_enclave)
+                    in_run = False
+                    self._check_reply(seg, reply.tensors)
+                    for v, t in zip(seg.returns, reply.tensors):
+                        env[v] = t.to(dev, non_blocking=True) if dev.type != "cpu" else t
+                if observer is not None:
+                    observer.done(seg, time.perf_counter() - t0, reply)
+                for v in seg.host_free:
+                    env.pop(v, None)
+        except BaseException as exc:
+            # A clean error reply (the backend still alive) leaves the session in step; anything
+            # else once the enclave holds part of this inference does not.
+            if sent and not (in_run and backend is not None and backend.alive) and self._failed is None:
+                self._fail_session(f"{type(exc).__name__} at segment {seg.index}: {exc}")
+            raise
         return env
+
+    def _check_reply(self, seg: Any, tensors: Sequence[torch.Tensor]) -> None:
+        """Refuse (SessionFailed) a reply whose tensor count or per-row shapes do not fit ``seg``."""
+        problem = None
+        if len(tensors) != len(seg.returns):
+            problem = f"{len(tensors)} tensor(s), expected {len(seg.returns)}"
+        else:
+            for v, t in zip(seg.returns, tensors):
+                shapes = self._shapes.get(v)
+                if shapes and len(shapes) == 1 and (
+                        t.dim() != len(shapes[0]) or tuple(t.shape[1:]) != tuple(shapes[0][1:])):
+                    problem = f"{v!r} shaped {tuple(t.shape)}, expected (batch, *{tuple(shapes[0][1:])})"
+                    break
+        if problem is not None:
+            raise self._fail_session(f"the enclave's reply to segment {seg.index} has {problem}")
+
+    def _fail_session(self, reason: str) -> SessionFailed:
+        """Stop the enclave and mark the session failed (later calls say why); returns the error."""
+        self._failed = reason
+        if self._backend is not None:
+            self._backend.abort(reason)
+        return SessionFailed(f"the enclave session was stopped: {reason}; call reload(model) with "
+                             "the original model to start a fresh one")
 
     # -- measurement -------------------------------------------------------------------------
     def _sync(self) -> None:
@@ -185,7 +255,7 @@ class ShieldedModel:
             raise ConfigError("profile() needs repeats >= 1 and warmup >= 0")
         self._check_inputs(inputs)
         plan, backend = self.plan, self._backend
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             for _ in range(warmup):
                 self._forward(inputs)
             self._sync()
@@ -252,12 +322,20 @@ class ShieldedModel:
 
     def stats(self) -> dict[str, Any]:
         """Boundary and enclave counters (empty when nothing runs in the enclave)."""
-        return self._backend.stats() if self._backend is not None and self._backend.alive else {}
+        with self._lock:
+            return self._backend.stats() if self._backend is not None and self._backend.alive else {}
 
     def close(self) -> None:
-        """Stop the enclave; idempotent."""
-        if self._backend is not None:
-            self._backend.close()
+        """Stop the enclave; idempotent. Waits for a running inference up to the enclave time-out, then kills."""
+        if self._backend is None:
+            return
+        if self._lock.acquire(timeout=self.enclave_config.timeout_s):
+            try:
+                self._backend.close()
+            finally:
+                self._lock.release()
+        else:  # an inference holds the session: stop the enclave under it (it gets EnclaveCrashed)
+            self._backend.abort("closed while an inference was running")
 
     def __enter__(self) -> "ShieldedModel":
         return self
