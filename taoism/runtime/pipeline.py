@@ -2,13 +2,17 @@
 
 Each micro-batch runs the shielded model's one forward loop (:meth:`ShieldedModel._forward`) in
 its own thread, with a :class:`StageGate` observer that makes every segment wait for its stage:
-the device (one segment at a time) or the enclave session. The enclave keeps values between the
-segments of one inference (a segment's ``keep`` list) under the value's name, not per request, so
-when the plan keeps any value a micro-batch holds the enclave from its first enclave segment to
-its last: its device segments in between still overlap with other micro-batches' device-free
-time, but no other micro-batch enters the enclave meanwhile. Without kept values the enclave is
-released after every segment and the two stages overlap fully. Threads overlap because the
-enclave side waits on the channel and torch kernels release the GIL.
+the device (one segment at a time) or the enclave session (one request at a time). The enclave
+keeps values between the segments of one inference under the value's name, not per request, and
+starts a new inference (dropping every held value, resetting its memory accounting) at the first
+enclave segment. So micro-batch ``i`` runs an enclave segment only once micro-batch ``i - 1`` has
+run every enclave segment that still reads a name this one writes, and its first enclave segment
+only once ``i - 1`` has left the enclave (:func:`enclave_order`). Where two segments write one
+name, a micro-batch holds the enclave from its first enclave segment to its last instead. In
+effect one micro-batch at a time is inside the enclave: a plan whose enclave segments are one
+block (a first-half split) overlaps fully, while one that alternates device and enclave segments
+with values kept in between (TEESlice) overlaps only the device work outside that span. Threads overlap because the enclave side
+waits on the channel and torch kernels release the GIL.
 """
 
 from __future__ import annotations
@@ -29,41 +33,85 @@ if TYPE_CHECKING:
     from taoism.runtime.shielded import ShieldedModel
 
 
-class StageGate(Observer):
-    """Makes each segment of one micro-batch wait for its stage's lock; records busy time per side."""
+def enclave_order(segments: Sequence[Segment]) -> dict[int, int] | None:
+    """Per enclave segment ``s``: the segment the micro-batch ahead must have finished before this
+    one may run ``s`` (so that ``s`` overwrites no value it still reads from the enclave); None
+    when two segments write the same name (then a micro-batch holds the enclave for its span)."""
+    enc = [g for g in segments if g.side is EnclaveMode.ENCLAVE]
+    writes = {g.index: set(g.keep) | set(g.send_in) | set(g.nodes) for g in enc}
+    reads = {g.index: set(g.inputs) - set(g.send_in) for g in enc}
+    seen: set[str] = set()
+    for w in writes.values():
+        if seen & w:
+            return None
+        seen |= w
+    order = {s: max([s] + [t for t in reads if reads[t] & w]) for s, w in writes.items()}
+    if enc:  # the enclave drops every held value when an inference's first segment starts
+        order[enc[0].index] = enc[-1].index
+    return order
 
-    def __init__(self, device: threading.Lock, enclave: threading.Lock, segments: Sequence[Segment]) -> None:
-        self._locks = {EnclaveMode.GPU: device, EnclaveMode.ENCLAVE: enclave}
-        enc = [s.index for s in segments if s.side is EnclaveMode.ENCLAVE]
-        keeps = any(s.keep for s in segments if s.side is EnclaveMode.ENCLAVE)
-        # with kept values the enclave is held from the first enclave segment to the last
-        self._release_enclave_after = enc[-1] if keeps and enc else None
+
+class Schedule:
+    """What the micro-batches of one ``map`` share: a lock per stage and enclave progress."""
+
+    def __init__(self, segments: Sequence[Segment], n: int) -> None:
+        self.locks = {EnclaveMode.GPU: threading.Lock(), EnclaveMode.ENCLAVE: threading.Lock()}
+        self.order = enclave_order(segments)
+        enc = [g.index for g in segments if g.side is EnclaveMode.ENCLAVE]
+        self.last_enclave = enc[-1] if enc else -1
+        self.progress = [-1] * n  # per micro-batch: the last enclave segment it finished
+        self.changed = threading.Condition()
+
+
+class StageGate(Observer):
+    """Makes each segment of micro-batch ``i`` wait for its stage; records busy seconds per side.
+
+    Enclave segments follow :func:`enclave_order` behind micro-batch ``i - 1`` (or, when that
+    order is None, micro-batch ``i`` holds the enclave from its first enclave segment to its last).
+    """
+
+    def __init__(self, schedule: Schedule, i: int) -> None:
+        self._s, self._i = schedule, i
         self._held: set[EnclaveMode] = set()
         self.busy: dict[str, float] = {"GPU": 0.0, "ENCLAVE": 0.0}
 
     def begin(self, seg: Segment) -> None:
-        """Wait for the segment's stage (unless this micro-batch already holds it)."""
-        if seg.side not in self._held:
-            self._locks[seg.side].acquire()
-            self._held.add(seg.side)
+        """Wait for the segment's stage (and, in the enclave, for the micro-batch ahead)."""
+        s = self._s
+        if seg.side in self._held:
+            return
+        if seg.side is EnclaveMode.ENCLAVE and s.order is not None and self._i > 0:
+            need = s.order[seg.index]
+            with s.changed:
+                s.changed.wait_for(lambda: s.progress[self._i - 1] >= need)
+        s.locks[seg.side].acquire()
+        self._held.add(seg.side)
 
     def done(self, seg: Segment, seconds: float, reply: RunReply | None) -> None:
-        """Release the stage (the enclave only after the last segment that needs its kept values)."""
+        """Release the stage; after an enclave segment, tell the micro-batch behind."""
+        s = self._s
         self.busy[seg.side.value] += seconds
-        hold = (self._release_enclave_after is not None and seg.side is EnclaveMode.ENCLAVE
-                and seg.index != self._release_enclave_after)
-        if not hold:
-            self._release(seg.side)
+        if seg.side is EnclaveMode.ENCLAVE:
+            if s.order is None and seg.index != s.last_enclave:
+                return  # span mode: keep the enclave until the last enclave segment
+            self._advance(seg.index)
+        self._release(seg.side)
 
     def release_all(self) -> None:
-        """Release whatever this micro-batch still holds (after an error)."""
+        """Release whatever this micro-batch still holds and let the ones behind go on."""
         for side in list(self._held):
             self._release(side)
+        self._advance(1 << 62)
+
+    def _advance(self, index: int) -> None:
+        with self._s.changed:
+            self._s.progress[self._i] = index
+            self._s.changed.notify_all()
 
     def _release(self, side: EnclaveMode) -> None:
         if side in self._held:
             self._held.discard(side)
-            self._locks[side].release()
+            self._s.locks[side].release()
 
 
 def _as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
@@ -116,9 +164,8 @@ def run_pipelined(sm: "ShieldedModel", batches: Any, micro_batch: int | None = N
     micro, counts = split_batches(batches, micro_batch)
     for xs in micro:
         sm._check_inputs(xs)
-    device, enclave = threading.Lock(), threading.Lock()
-    segments = sm.plan.segments
-    gates = [StageGate(device, enclave, segments) for _ in micro]
+    schedule = Schedule(sm.plan.segments, len(micro))
+    gates = [StageGate(schedule, i) for i in range(len(micro))]
 
     def one(i: int) -> Any:
         try:
@@ -159,4 +206,4 @@ def run_pipelined(sm: "ShieldedModel", batches: Any, micro_batch: int | None = N
     return grouped[0] if isinstance(batches, torch.Tensor) else grouped
 
 
-__all__ = ["PipelineRun", "StageGate", "run_pipelined", "split_batches"]
+__all__ = ["PipelineRun", "Schedule", "StageGate", "enclave_order", "run_pipelined", "split_batches"]
