@@ -18,6 +18,7 @@ from taoism.errors import (BackendUnavailable, BoundaryError, BoundaryTimeout, C
                            FrameError, HandshakeError, InputError, IntegrityError,
                            MemoryBudgetError, PlacementError, ProgramError, RequestError,
                            ServiceUnavailable, TaoismError)
+from taoism.errors import SessionFailed
 from taoism.errors import (AttestationError, KeyFileError, KeyReleaseError, PackageError,
                            SignatureError, TrustError)
 from taoism.placement import EnclaveMode, Plan, PlacementRules
@@ -30,7 +31,7 @@ __all__ = [
     "EnclaveBackend", "EnclaveConfig", "EnclaveCrashed", "EnclaveError", "EnclaveMode",
     "EnclaveRemoteError", "FrameError", "HandshakeError", "InputError", "IntegrityError",
     "MemoryBudgetError", "PlacementError", "PlacementRules", "Plan", "Profile", "ProgramError",
-    "RequestError", "ServiceUnavailable",
+    "RequestError", "ServiceUnavailable", "SessionFailed",
     "ShieldedModel",
     "TaoismError", "available_backends", "get_backend", "shield", "__version__",
     "AttestationError", "KeyFileError", "KeyReleaseError", "PackageError", "SignatureError", "TrustError",

@@ -11,8 +11,8 @@ only once ``i - 1`` has left the enclave (:func:`enclave_order`). Where two segm
 name, a micro-batch holds the enclave from its first enclave segment to its last instead. In
 effect one micro-batch at a time is inside the enclave: a plan whose enclave segments are one
 block (a first-half split) overlaps fully, while one that alternates device and enclave segments
-with values kept in between (TEESlice) overlaps only the device work outside that span. Threads overlap because the enclave side
-waits on the channel and torch kernels release the GIL.
+with values kept in between (TEESlice) overlaps only the device work outside that span. Threads
+overlap because the enclave side waits on the channel and torch kernels release the GIL.
 """
 
 from __future__ import annotations
@@ -183,8 +183,8 @@ def run_pipelined(sm: "ShieldedModel", batches: Any, micro_batch: int | None = N
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for f in futures:
                 if f.done() and f.exception() is not None:
-                    for g in futures:
-                        g.cancel()
+                    for other in futures:
+                        other.cancel()
                     raise f.exception()  # type: ignore[misc]
             outs = [f.result() for f in futures]
         except BaseException as exc:
@@ -197,8 +197,8 @@ def run_pipelined(sm: "ShieldedModel", batches: Any, micro_batch: int | None = N
         record.wall_s = time.perf_counter() - t0
         record.micro_batches = len(micro)
         for g in gates:
-            for k, v in g.busy.items():
-                record.busy[k] += v
+            for side, v in g.busy.items():
+                record.busy[side] += v
     grouped, k = [], 0
     for n in counts:
         grouped.append(outs[k] if micro_batch is None else _join(outs[k:k + n]))

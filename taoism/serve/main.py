@@ -135,7 +135,7 @@ def serve_source(source: tuple[Callable[[], nn.Module], torch.Tensor], *,
                          request_timeout_s=request_timeout_s,
                          shutdown_timeout_s=shutdown_timeout_s, log_level=log_level)
     kw = _placement_kwargs(strategy, placement, plan)
-    enclave = EnclaveConfig(threads=enclave_threads, **({"tee": tee} if tee else {}))
+    enclave = EnclaveConfig(threads=enclave_threads, tee=tee) if tee else EnclaveConfig(threads=enclave_threads)
     torch.set_num_threads(threads)
     factory, example = source
     serve(factory, example, config, enclave=enclave, device=device, **kw)
