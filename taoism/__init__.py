@@ -31,8 +31,9 @@ __all__ = [
     "EnclaveBackend", "EnclaveConfig", "EnclaveCrashed", "EnclaveError", "EnclaveMode",
     "EnclaveRemoteError", "FrameError", "HandshakeError", "InputError", "IntegrityError",
     "MemoryBudgetError", "PlacementError", "PlacementRules", "Plan", "Profile", "ProgramError",
-    "RequestError", "ServiceUnavailable", "SessionFailed",
+    "RequestError", "ServiceUnavailable",
     "ShieldedModel",
+    "SessionFailed",
     "TaoismError", "available_backends", "get_backend", "shield", "__version__",
     "AttestationError", "KeyFileError", "KeyReleaseError", "PackageError", "SignatureError", "TrustError",
 ]

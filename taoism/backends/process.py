@@ -175,7 +175,6 @@ class ProcessBackend(EnclaveBackend):
         chan = self._chan
         assert chan is not None
         try:
-            # the one place a request id belongs: Channel.request (frame v2) assigns and checks it
             chan.send(kind, tag, tensors, blob)
             reply = chan.recv(timeout=self.config.timeout_s)
         except BoundaryTimeout as exc:
