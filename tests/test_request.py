@@ -37,10 +37,11 @@ def _inputs(seed: int, n: int, batch: int = 2) -> list[torch.Tensor]:
     return [torch.randn(batch, *SHAPE, generator=g) for _ in range(n)]
 
 
-@pytest.mark.parametrize("kind", ["whole", "split"])
-def test_threads_share_one_model_and_each_gets_its_own_output(kind):
+@pytest.mark.parametrize("kind,sessions", [("whole", 1), ("split", 1), ("split", 2)])
+def test_threads_share_one_model_and_each_gets_its_own_output(kind, sessions):
     model = _model()
-    with shield(model, example_input("small_cnn", "cifar", batch=2), **_placement(kind, model)) as sm:
+    with shield(model, example_input("small_cnn", "cifar", batch=2), **_placement(kind, model),
+                enclave=EnclaveConfig(sessions=sessions)) as sm:
         results: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         errors: list[BaseException] = []
 
@@ -64,6 +65,9 @@ def test_threads_share_one_model_and_each_gets_its_own_output(kind):
             for x, y in results.values():
                 assert_same(y, model(x))
         assert sm.backend.alive
+        runs = [b.stats()["enclave"]["runs"] for b in sm._pool]
+        assert len(runs) == sessions and sum(runs) == 40 * len(sm.plan.enclave_segments)
+        assert min(runs) > 0  # a pool spreads the calls over its sessions
 
 
 class _Retag:
@@ -176,11 +180,13 @@ def test_timeout_against_a_stopped_enclave_fails_the_session():
             assert_same(sm(x), model(x))
 
 
-@pytest.mark.parametrize("name,kind", [("small_cnn", "split"), ("teeslice_small_cnn", "teeslice")])
-def test_map_equals_sequential_calls_and_the_plain_model(name, kind):
+@pytest.mark.parametrize("name,kind,sessions", [("small_cnn", "split", 1),
+                                                ("teeslice_small_cnn", "teeslice", 1),
+                                                ("teeslice_small_cnn", "teeslice", 2)])
+def test_map_equals_sequential_calls_and_the_plain_model(name, kind, sessions):
     model = _model(name)
     x = _inputs(6, 1, batch=16)[0]
-    with shield(model, x[:4], **_placement(kind, model)) as sm:
+    with shield(model, x[:4], **_placement(kind, model), enclave=EnclaveConfig(sessions=sessions)) as sm:
         seq = torch.cat([sm(x[i:i + 4]) for i in range(0, 16, 4)])
         with torch.no_grad():
             ref = model(x)

@@ -52,10 +52,12 @@ def enclave_order(segments: Sequence[Segment]) -> dict[int, int] | None:
 
 
 class Schedule:
-    """What the micro-batches of one ``map`` share: a lock per stage and enclave progress."""
+    """What the micro-batches of one ``map`` share: the device lock, a lock per enclave session,
+    and enclave progress; micro-batch ``i`` uses session ``i % sessions``."""
 
-    def __init__(self, segments: Sequence[Segment], n: int) -> None:
-        self.locks = {EnclaveMode.GPU: threading.Lock(), EnclaveMode.ENCLAVE: threading.Lock()}
+    def __init__(self, segments: Sequence[Segment], n: int, sessions: int = 1) -> None:
+        self.device = threading.Lock()
+        self.enclaves = [threading.Lock() for _ in range(max(1, sessions))]
         self.order = enclave_order(segments)
         enc = [g.index for g in segments if g.side is EnclaveMode.ENCLAVE]
         self.last_enclave = enc[-1] if enc else -1
@@ -66,12 +68,16 @@ class Schedule:
 class StageGate(Observer):
     """Makes each segment of micro-batch ``i`` wait for its stage; records busy seconds per side.
 
-    Enclave segments follow :func:`enclave_order` behind micro-batch ``i - 1`` (or, when that
-    order is None, micro-batch ``i`` holds the enclave from its first enclave segment to its last).
+    Enclave segments follow :func:`enclave_order` behind the micro-batch ahead on the same session,
+    ``i - sessions`` (or, when that order is None, micro-batch ``i`` holds its session from its
+    first enclave segment to its last).
     """
 
     def __init__(self, schedule: Schedule, i: int) -> None:
         self._s, self._i = schedule, i
+        k = len(schedule.enclaves)
+        self._ahead = i - k  # the micro-batch before this one on its session
+        self._locks = {EnclaveMode.GPU: schedule.device, EnclaveMode.ENCLAVE: schedule.enclaves[i % k]}
         self._held: set[EnclaveMode] = set()
         self.busy: dict[str, float] = {"GPU": 0.0, "ENCLAVE": 0.0}
 
@@ -80,11 +86,11 @@ class StageGate(Observer):
         s = self._s
         if seg.side in self._held:
             return
-        if seg.side is EnclaveMode.ENCLAVE and s.order is not None and self._i > 0:
+        if seg.side is EnclaveMode.ENCLAVE and s.order is not None and self._ahead >= 0:
             need = s.order[seg.index]
             with s.changed:
-                s.changed.wait_for(lambda: s.progress[self._i - 1] >= need)
-        s.locks[seg.side].acquire()
+                s.changed.wait_for(lambda: s.progress[self._ahead] >= need)
+        self._locks[seg.side].acquire()
         self._held.add(seg.side)
 
     def done(self, seg: Segment, seconds: float, reply: RunReply | None) -> None:
@@ -111,7 +117,7 @@ class StageGate(Observer):
     def _release(self, side: EnclaveMode) -> None:
         if side in self._held:
             self._held.discard(side)
-            self._s.locks[side].release()
+            self._locks[side].release()
 
 
 def _as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
@@ -155,6 +161,39 @@ class PipelineRun:
         self.micro_batches = 0
 
 
+def _run(sm: "ShieldedModel", micro: list[tuple[torch.Tensor, ...]], sessions: Sequence[Any],
+         gates: list[StageGate]) -> list[Any]:
+    """Run every micro-batch in its own pool thread behind its gate; outputs in order."""
+    schedule = Schedule(sm.plan.segments, len(micro), len(sessions))
+    gates.extend(StageGate(schedule, i) for i in range(len(micro)))
+
+    def one(i: int) -> Any:
+        try:
+            with torch.inference_mode():
+                backend = sessions[i % len(sessions)] if sessions else None
+                env = sm._forward(micro[i], gates[i], backend=backend)
+            return sm._outputs(env, micro[i][0].device)
+        finally:
+            gates[i].release_all()
+
+    pool = ThreadPoolExecutor(max_workers=len(schedule.enclaves) + 1, thread_name_prefix="taoism-pipeline")
+    try:
+        futures = [pool.submit(one, i) for i in range(len(micro))]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for f in futures:
+            if f.done() and f.exception() is not None:
+                for other in futures:
+                    other.cancel()
+                raise f.exception()  # type: ignore[misc]
+        return [f.result() for f in futures]
+    except BaseException as exc:
+        if sm.plan.enclave_segments and sm._failed is None and not isinstance(exc, Exception):
+            sm._fail_session(f"{type(exc).__name__} during map()")  # e.g. Ctrl-C mid-pipeline
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_pipelined(sm: "ShieldedModel", batches: Any, micro_batch: int | None = None,
                   record: PipelineRun | None = None) -> Any:
     """Run ``batches`` through ``sm`` pipelined; one output per input batch, in order.
@@ -164,41 +203,15 @@ def run_pipelined(sm: "ShieldedModel", batches: Any, micro_batch: int | None = N
     micro, counts = split_batches(batches, micro_batch)
     for xs in micro:
         sm._check_inputs(xs)
-    schedule = Schedule(sm.plan.segments, len(micro))
-    gates = [StageGate(schedule, i) for i in range(len(micro))]
-
-    def one(i: int) -> Any:
-        try:
-            with torch.inference_mode():
-                env = sm._forward(micro[i], gates[i])
-            return sm._outputs(env, micro[i][0].device)
-        finally:
-            gates[i].release_all()
-
+    gates: list[StageGate] = []
     t0 = time.perf_counter()
-    with sm._lock:
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="taoism-pipeline")
-        try:
-            futures = [pool.submit(one, i) for i in range(len(micro))]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in futures:
-                if f.done() and f.exception() is not None:
-                    for other in futures:
-                        other.cancel()
-                    raise f.exception()  # type: ignore[misc]
-            outs = [f.result() for f in futures]
-        except BaseException as exc:
-            if sm.plan.enclave_segments and sm._failed is None and not isinstance(exc, Exception):
-                sm._fail_session(f"{type(exc).__name__} during map()")  # e.g. Ctrl-C mid-pipeline
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    with sm._exclusive() as sessions:
+        outs = _run(sm, micro, sessions, gates)
     if record is not None:
         record.wall_s = time.perf_counter() - t0
         record.micro_batches = len(micro)
-        for g in gates:
-            for side, v in g.busy.items():
-                record.busy[side] += v
+        for side in record.busy:
+            record.busy[side] += sum(g.busy[side] for g in gates)
     grouped, k = [], 0
     for n in counts:
         grouped.append(outs[k] if micro_batch is None else _join(outs[k:k + n]))

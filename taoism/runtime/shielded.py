@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -43,12 +45,14 @@ class ShieldedModel:
 
     Concurrency: one enclave session per model, guarded by one lock held for a whole inference,
     so any number of threads may call it; their inferences run one at a time and never interleave
-    on the session (the enclave keeps values between segments). For overlap use :meth:`map`, or
-    one ShieldedModel per worker. An inference cut off between a request and its reply (an
-    interrupt, a time-out, a reply that does not fit) stops the enclave and marks the session
-    failed: every later call raises :class:`taoism.errors.SessionFailed` saying why, until
-    :meth:`reload` starts a fresh session (there is no automatic restart: the host keeps no copy
-    of the shielded weights).
+    on the session (the enclave keeps values between segments). ``EnclaveConfig(sessions=N)``
+    starts a pool of N enclave sessions (the same program, N times the enclave memory): each call
+    takes an idle session for its whole inference, so N calls run at once; :meth:`map` uses them
+    all. ``map``, ``profile``, ``stats``, ``reload`` and ``close`` take every session. An
+    inference cut off between a request and its reply (an interrupt, a time-out, a reply that
+    does not fit) stops the enclave (every session) and marks the model failed: every later call
+    raises :class:`taoism.errors.SessionFailed` saying why, until :meth:`reload` starts fresh
+    sessions (there is no automatic restart: the host keeps no copy of the shielded weights).
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
@@ -71,6 +75,8 @@ class ShieldedModel:
         self._backend: EnclaveBackend | None = None
         self._lock = threading.RLock()  # held for a whole inference: see the class docstring
         self._failed: str | None = None  # why the session was stopped mid-request
+        self._pool: tuple[EnclaveBackend, ...] = ()  # every enclave session (EnclaveConfig.sessions)
+        self._free: queue.Queue[EnclaveBackend] | None = None
         self._build(model, examples)
 
     # -- construction ------------------------------------------------------------------------
@@ -94,13 +100,18 @@ class ShieldedModel:
             # refuses (MemoryBudgetError) before the enclave starts if a layer cannot fit
             self.memory_plan = attach_memory_plan(desc, tensors, plan, self.enclave_config, captured)
             cls = get_backend(self.enclave_config.backend, self.enclave_config)
-            backend = cls(self.enclave_config)
+            pool: list[EnclaveBackend] = []
             try:
-                backend.start()
-                backend.load(desc, tensors)
+                for _ in range(self.enclave_config.sessions):  # one session unless a pool is asked for
+                    backend = cls(self.enclave_config)
+                    pool.append(backend)
+                    backend.start()
+                    backend.load(desc, tensors)
             except BaseException:
-                backend.close()
+                for b in pool:
+                    b.close()
                 raise
+            backend = pool[0]
             del desc, tensors
         out_node = next(n for n in captured.gm.graph.nodes if n.op == "output")
         self._out_template = map_aggregate(
@@ -108,6 +119,12 @@ class ShieldedModel:
         self.plan: Plan = plan
         self._segments = segments
         self._backend = backend
+        self._pool: tuple[EnclaveBackend, ...] = tuple(pool) if backend is not None else ()
+        self._free: queue.Queue[EnclaveBackend] | None = None  # idle sessions, when there are several
+        if len(self._pool) > 1:
+            self._free = queue.Queue()
+            for b in self._pool:
+                self._free.put(b)
         self._failed = None
         self._shapes = {l.info.name: l.info.out_shapes for l in plan.layers}
         del captured  # the traced module shares the caller's parameters: keep none of it
@@ -144,9 +161,39 @@ class ShieldedModel:
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         self._check_inputs(inputs)
-        with self._lock, torch.inference_mode():
-            env = self._forward(inputs)
+        with self._session() as backend, torch.inference_mode():
+            env = self._forward(inputs, backend=backend)
         return self._outputs(env, inputs[0].device)
+
+    @contextmanager
+    def _session(self) -> Iterator[EnclaveBackend | None]:
+        """One enclave session for one inference (the only one, or an idle one of the pool)."""
+        free = self._free
+        if free is None:
+            with self._lock:
+                yield self._backend
+            return
+        backend = free.get()
+        try:
+            yield backend
+        finally:
+            free.put(backend)
+
+    @contextmanager
+    def _exclusive(self, timeout: float | None = None) -> Iterator[tuple[EnclaveBackend, ...]]:
+        """Every session, idle (waits for running inferences; queue.Empty after ``timeout``)."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise queue.Empty
+        free, taken = self._free, []
+        try:
+            if free is not None:
+                for _ in self._pool:
+                    taken.append(free.get(timeout=timeout))
+            yield self._pool
+        finally:
+            for b in taken:
+                free.put(b)  # type: ignore[union-attr]
+            self._lock.release()
 
     def map(self, batches: Any, micro_batch: int | None = None) -> list[Any]:
         """Run many batches pipelined (device work of one overlaps enclave work of another), in order.
@@ -165,13 +212,14 @@ class ShieldedModel:
 
     forward = __call__
 
-    def _forward(self, inputs: Sequence[torch.Tensor], observer: Observer | None = None) -> dict[str, Any]:
+    def _forward(self, inputs: Sequence[torch.Tensor], observer: Observer | None = None,
+                 backend: EnclaveBackend | None = None) -> dict[str, Any]:
         """The one forward loop: every segment in plan order; returns the host values the output needs.
 
         ``observer`` (profiling) may run device segments its own way, asks the enclave for per-node
         times, and is told each segment's host-observed time and enclave reply.
         """
-        plan, backend = self.plan, self._backend
+        plan, backend = self.plan, backend or self._backend
         if self._failed is not None:
             raise SessionFailed(
                 f"the enclave session was stopped because an earlier inference was cut off "
@@ -238,8 +286,8 @@ class ShieldedModel:
     def _fail_session(self, reason: str) -> SessionFailed:
         """Stop the enclave and mark the session failed (later calls say why); returns the error."""
         self._failed = reason
-        if self._backend is not None:
-            self._backend.abort(reason)
+        for b in self._pool:
+            b.abort(reason)
         return SessionFailed(f"the enclave session was stopped: {reason}; call reload(model) with "
                              "the original model to start a fresh one")
 
@@ -255,7 +303,7 @@ class ShieldedModel:
             raise ConfigError("profile() needs repeats >= 1 and warmup >= 0")
         self._check_inputs(inputs)
         plan, backend = self.plan, self._backend
-        with self._lock, torch.inference_mode():
+        with self._exclusive(), torch.inference_mode():
             for _ in range(warmup):
                 self._forward(inputs)
             self._sync()
@@ -322,20 +370,22 @@ class ShieldedModel:
 
     def stats(self) -> dict[str, Any]:
         """Boundary and enclave counters (empty when nothing runs in the enclave)."""
-        with self._lock:
+        with self._exclusive():
             return self._backend.stats() if self._backend is not None and self._backend.alive else {}
 
     def close(self) -> None:
         """Stop the enclave; idempotent. Waits for a running inference up to the enclave time-out, then kills."""
         if self._backend is None:
             return
-        if self._lock.acquire(timeout=self.enclave_config.timeout_s):
-            try:
-                self._backend.close()
-            finally:
-                self._lock.release()
-        else:  # an inference holds the session: stop the enclave under it (it gets EnclaveCrashed)
-            self._backend.abort("closed while an inference was running")
+        try:
+            with self._exclusive(timeout=self.enclave_config.timeout_s):
+                for b in self._pool:
+                    b.close()
+            return
+        except queue.Empty:
+            pass
+        for b in self._pool:  # an inference holds a session: stop the enclave under it
+            b.abort("closed while an inference was running")
 
     def __enter__(self) -> "ShieldedModel":
         return self
