@@ -5,6 +5,8 @@ the enclave) and under the first-half split (``taoism.cli.default_split``), in o
 - each stage's own time: the micro-batches run one at a time (nothing overlaps), the time of
   every device segment and every enclave segment (host-observed, crypto and copies included)
   summed per side; the slowest stage's rate = micro-batches / its summed seconds;
+- with ``sessions``: a pool of enclave sessions (``EnclaveConfig(sessions=2)``), micro-batches
+  spread over them, so one micro-batch's enclave span no longer blocks the next;
 - pipelined: ``map`` over one batch of ``--batch`` rows in micro-batches of ``--micro-batch``
   (fill and drain included), and a stream of ``--stream`` such batches in one ``map`` call
   (steady state);
@@ -39,6 +41,7 @@ def _configs() -> list[tuple[str, torch.nn.Module, dict]]:
     tee = get_model("teeslice_resnet18", dataset_shape="cifar").eval()
     plain = get_model("resnet18", dataset_shape="cifar").eval()
     return [("teeslice", tee, {"strategy": "teeslice"}),
+            ("teeslice, 2 sessions", tee, {"strategy": "teeslice", "sessions": 2}),
             ("first-half split", plain, {"placement": default_split(plain)})]
 
 
@@ -50,8 +53,9 @@ def measure(name: str, model: torch.nn.Module, kw: dict, args: argparse.Namespac
     micro = list(torch.split(x, mb))
     with torch.no_grad():
         ref = model(x)
-    with taoism.shield(model, x[:mb], enclave=taoism.EnclaveConfig(threads=args.enclave_threads),
-                       **kw) as sm:
+    kw = dict(kw)
+    enclave = taoism.EnclaveConfig(threads=args.enclave_threads, sessions=kw.pop("sessions", 1))
+    with taoism.shield(model, x[:mb], enclave=enclave, **kw) as sm:
         err = (sm.map(x, micro_batch=mb) - ref).abs().max().item()
         stream = [x] * args.stream
         err = max(err, max((y - ref).abs().max().item() for y in sm.map(stream, micro_batch=mb)))
@@ -108,11 +112,11 @@ def main() -> int:
     print(f"machine {meta['machine']}, {meta['cpus']} CPUs, load {load0[0]:.1f} -> "
           f"{meta['load_after'][0]:.1f}; batch {args.batch} in micro-batches of {args.micro_batch}, "
           f"{args.threads} host + {args.enclave_threads} enclave thread(s)")
-    print(f"{'placement':<18} {'device s':>9} {'enclave s':>9} {'seq s':>8} {'pipe s':>8} "
+    print(f"{'placement':<22} {'device s':>9} {'enclave s':>9} {'seq s':>8} {'pipe s':>8} "
           f"{'steady s':>8} {'ratio1':>7} {'ratio_ss':>8} {'speedup':>7} {'max err':>8}")
     for r in rows:
         med = lambda k: r[k]["median"]  # noqa: E731
-        print(f"{r['placement']:<18} {med('device_stage_s'):>9.4f} {med('enclave_stage_s'):>9.4f} "
+        print(f"{r['placement']:<22} {med('device_stage_s'):>9.4f} {med('enclave_stage_s'):>9.4f} "
               f"{med('sequential_s'):>8.4f} {med('pipelined_one_batch_s'):>8.4f} "
               f"{med('pipelined_steady_per_batch_s'):>8.4f} {r['ratio_one_batch']:>7.3f} "
               f"{r['ratio_steady']:>8.3f} {r['speedup_vs_sequential']:>7.3f} {r['max_abs_error']:>8.2g}")
