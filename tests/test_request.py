@@ -198,3 +198,20 @@ def test_map_equals_sequential_calls_and_the_plain_model(name, kind, sessions):
         assert_same(torch.cat(outs), ref)
         split_each = sm.map(batches, micro_batch=3)
         assert_same(torch.cat(split_each), ref)
+
+
+def test_a_failed_pool_stops_every_session():
+    model = _model()
+    sm = shield(model, example_input("small_cnn", "cifar", batch=2), **_placement("split", model),
+                enclave=EnclaveConfig(sessions=2))
+    with sm:
+        pids = [b.pid for b in sm._pool]
+        x = _inputs(8, 1)[0]
+        with pytest.raises(KeyboardInterrupt), torch.inference_mode():
+            sm._forward((x,), _Interrupt())
+        assert all(wait_gone(pid) for pid in pids)
+        with pytest.raises(SessionFailed, match="reload"):
+            sm.map([x, x])
+        sm.reload(model)
+        with torch.no_grad():
+            assert_same(torch.cat(sm.map([x, x])), torch.cat([model(x), model(x)]))
