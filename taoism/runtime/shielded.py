@@ -119,8 +119,8 @@ class ShieldedModel:
         self.plan: Plan = plan
         self._segments = segments
         self._backend = backend
-        self._pool: tuple[EnclaveBackend, ...] = tuple(pool) if backend is not None else ()
-        self._free: queue.Queue[EnclaveBackend] | None = None  # idle sessions, when there are several
+        self._pool = tuple(pool) if backend is not None else ()
+        self._free = None  # idle sessions, when there are several
         if len(self._pool) > 1:
             self._free = queue.Queue()
             for b in self._pool:
@@ -219,7 +219,7 @@ class ShieldedModel:
         ``observer`` (profiling) may run device segments its own way, asks the enclave for per-node
         times, and is told each segment's host-observed time and enclave reply.
         """
-        plan, backend = self.plan, backend or self._backend
+        plan, backend = self.plan, backend if backend is not None else self._backend
         if self._failed is not None:
             raise SessionFailed(
                 f"the enclave session was stopped because an earlier inference was cut off "
