@@ -19,6 +19,7 @@ from taoism.errors import (BackendUnavailable, BoundaryError, BoundaryTimeout, C
                            MemoryBudgetError, PlacementError, ProgramError, ReplyMismatchError,
                            RequestError,
                            ServiceUnavailable, TaoismError)
+from taoism.errors import SessionFailed
 from taoism.errors import (AttestationError, KeyFileError, KeyReleaseError, PackageError,
                            SignatureError, TrustError)
 from taoism.placement import EnclaveMode, Plan, PlacementRules
@@ -35,6 +36,7 @@ __all__ = [
     "MemoryBudgetError", "PlacementError", "PlacementRules", "Plan", "Profile", "ProgramError",
     "ReplyMismatchError", "RequestError", "ServiceUnavailable",
     "ShieldedModel",
+    "SessionFailed",
     "TaoismError", "available_backends", "get_backend", "shield", "__version__",
     "AttestationError", "KeyFileError", "KeyReleaseError", "PackageError", "SignatureError", "TrustError",
     "Packaged", "deploy", "package",

@@ -17,7 +17,8 @@ class EnclaveConfig:
     longest the enclave may take to start and finish the key exchange. ``tee``: the TEE profile
     (:data:`taoism.tee.PROFILES`: ``sgx1-client``, ``sgx2-server``, ``trustzone``, ``unlimited``)
     whose memory budget the enclave keeps to, by chunking layers and sealing what does not fit;
-    ``memory_budget``: that budget in bytes (None = the profile's).
+    ``memory_budget``: that budget in bytes (None = the profile's). ``sessions``: how many
+    enclave sessions a ShieldedModel starts (a pool; each holds the whole program).
     """
 
     backend: str = "sim"
@@ -29,10 +30,13 @@ class EnclaveConfig:
     gramine_manifest: str | None = None  # backend "gramine": the signed .manifest.sgx to run
     tee: str = "unlimited"
     memory_budget: int | None = None
+    sessions: int = 1  # enclave sessions per ShieldedModel (a pool: N inferences at once)
 
     def __post_init__(self) -> None:
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError(f"EnclaveConfig.threads must be an int >= 1, got {self.threads!r}")
+        if not isinstance(self.sessions, int) or self.sessions < 1:
+            raise ConfigError(f"EnclaveConfig.sessions must be an int >= 1, got {self.sessions!r}")
         if self.spin_us < 0:
             raise ConfigError(f"EnclaveConfig.spin_us must be >= 0, got {self.spin_us!r}")
         if self.timeout_s <= 0 or self.start_timeout_s <= 0:

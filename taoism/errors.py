@@ -66,6 +66,14 @@ class EnclaveRemoteError(EnclaveError):
     """The enclave reported an error while running a request."""
 
 
+class SessionFailed(EnclaveCrashed):
+    """An inference was cut off between a request and its reply (interrupt, time-out, bad reply).
+
+    The enclave session cannot be trusted to be in step any more, so it was stopped; call
+    ``ShieldedModel.reload(model)`` to start a fresh one.
+    """
+
+
 class BackendUnavailable(TaoismError):
     """The requested enclave backend cannot run on this platform."""
 

@@ -53,7 +53,7 @@ def test_every_option_has_help_and_shared_output_flags():
     app = build_app()
     for name, cmd in app.commands.items():
         options = {o for p in cmd.params if isinstance(p, click.Option) for o in p.opts}
-        if name != "completion":
+        if name not in ("completion", "serve"):  # serve runs until SIGTERM: no result to emit
             assert {"--json", "--out", "--quiet", "--verbose"} <= options, name
         for p in cmd.params:
             if isinstance(p, click.Option) and not p.hidden:
@@ -324,3 +324,24 @@ def test_attack_smoke_uses_the_cache_dir(tmp_path):
 def test_completion_script():
     result = invoke("completion", "bash")
     assert result.exit_code == 0 and "_TAOISM_COMPLETE" in result.stdout
+
+
+def test_serve_subprocess_answers_one_correct_prediction():
+    """``taoism serve`` as a real process on a free loopback port: one checked prediction, SIGTERM."""
+    import httpx
+    import torch
+
+    from taoism.serve.launch import ServerProcess
+    from taoism.zoo import get_model
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with ServerProcess(["--model", "small_cnn", "--strategy", "deep:1", "--max-wait-ms", "1"],
+                       prefix=[sys.executable, "-m", "taoism.cli", "serve"]) as srv:
+        r = httpx.post(f"{srv.url}/v1/predict", json={"inputs": x.tolist()}, timeout=60)
+        assert r.status_code == 200, r.text
+        with torch.no_grad():
+            ref = get_model("small_cnn", dataset_shape="cifar")(x)
+        torch.testing.assert_close(torch.tensor(r.json()["outputs"]), ref, rtol=1e-4, atol=1e-5)
+        assert ref.std() > 1e-3
+        assert srv.stop() == 0, srv.stderr()

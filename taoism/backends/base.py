@@ -59,6 +59,10 @@ class EnclaveBackend(abc.ABC):
     def close(self) -> None:
         """Stop the enclave; idempotent."""
 
+    def abort(self, reason: str) -> None:
+        """Stop the enclave at once, without a goodbye (the session is out of step); idempotent."""
+        self.close()
+
     @property
     @abc.abstractmethod
     def alive(self) -> bool:

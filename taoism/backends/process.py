@@ -27,7 +27,7 @@ from taoism.backends.base import EnclaveBackend, RunReply
 from taoism.boundary import Channel, ChannelConfig, open_host_channel
 from taoism.config import EnclaveConfig
 from taoism.errors import (BoundaryError, BoundaryTimeout, EnclaveCrashed, EnclaveError,
-                           EnclaveRemoteError, TaoismError)
+                           EnclaveRemoteError, SessionFailed, TaoismError)
 from taoism import errors as _errors
 from taoism.protocol.kinds import Kind
 from taoism.protocol.schema import ReplyMeta
@@ -94,6 +94,7 @@ class ProcessBackend(EnclaveBackend):
         self._finalizer: weakref.finalize | None = None
         self._dead_reason: str | None = None
         self.launch_args: list[str] = []  # extra enclave arguments (package mode)
+        self._returns: dict[int, int] = {}  # per enclave segment: how many tensors it returns
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,6 +146,12 @@ class ProcessBackend(EnclaveBackend):
         self._chan = None
         self._dead_reason = self._dead_reason or "closed"
 
+    def abort(self, reason: str) -> None:
+        """Kill the enclave process now (no CLOSE request: the channel may be out of step)."""
+        if self._dead_reason is None:
+            self._fail(reason)
+        self.close()
+
     @property
     def alive(self) -> bool:
         return (self._dead_reason is None and self._proc is not None and self._chan is not None
@@ -156,6 +163,8 @@ class ProcessBackend(EnclaveBackend):
 
     # -- requests ----------------------------------------------------------------------------
     def load(self, description: Mapping[str, Any], tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
+        self._returns = {int(s["id"]): len(s.get("returns", ())) for s in description.get("segments", ())
+                         if isinstance(s, Mapping) and "id" in s}
         reply = self._request(Kind.LOAD, 0, tensors, json.dumps(description).encode(), what="load")
         return json.loads(reply.blob or b"{}")
 
@@ -196,6 +205,10 @@ class ProcessBackend(EnclaveBackend):
         except (EnclaveCrashed, BoundaryError, OSError) as exc:
             self._fail(str(exc))
             raise self._crash_error(what) from exc
+        except BaseException as exc:  # an interrupt or a decode error between send and reply
+            self._fail(f"{type(exc).__name__} while waiting for the reply to {what}")
+            raise
+        self._check_reply(reply, kind, tag, what)
         if reply.kind == Kind.ERROR:
             info = json.loads(reply.blob or b"{}")
             cls = getattr(_errors, str(info.get("type", "")), None)
@@ -203,6 +216,19 @@ class ProcessBackend(EnclaveBackend):
                 cls = EnclaveRemoteError
             raise cls(f"enclave, {what}: {info.get('message', 'unknown error')}")
         return reply
+
+    def _check_reply(self, reply: Any, kind: Kind, tag: int, what: str) -> None:
+        """Refuse (SessionFailed, enclave stopped) a reply of the wrong kind, tag or tensor count."""
+        want = {Kind.RUN: Kind.RESULT, Kind.RUN_PROFILE: Kind.RESULT}.get(kind, Kind.OK)
+        problem = None
+        if reply.kind not in (want, Kind.ERROR) or (want == Kind.RESULT and reply.tag != tag):
+            problem = f"kind {reply.kind} tag {reply.tag}, expected kind {int(want)} tag {tag}"
+        elif reply.kind == Kind.RESULT and tag in self._returns and len(reply.tensors) != self._returns[tag]:
+            problem = f"{len(reply.tensors)} tensor(s), expected {self._returns[tag]}"
+        if problem is not None:
+            self._fail(f"a reply that does not match {what}")
+            raise SessionFailed(f"the enclave's reply to {what} has {problem}: the session is out of "
+                                "step and was stopped; call ShieldedModel.reload(model)")
 
     # -- failure reporting -------------------------------------------------------------------
     def _fail(self, reason: str) -> None:

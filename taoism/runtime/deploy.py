@@ -112,6 +112,9 @@ class DeployedModel(ShieldedModel):
     """A :class:`ShieldedModel` built from a sealed package; :meth:`reload` restarts from the package."""
 
     def __init__(self, source: PackageSource, device: str | torch.device | None, enclave: EnclaveConfig) -> None:
+        if enclave.sessions != 1:
+            raise ConfigError(f"deploy() runs one enclave session per package (got sessions={enclave.sessions}); "
+                              "deploy the package once per session you need")
         program, _, _ = _read_host_part(source)
         pkg_tee, pkg_budget = program.get("tee", "unlimited"), program.get("memory_budget")
         if (enclave.tee, enclave.memory_budget) not in ((pkg_tee, pkg_budget), ("unlimited", None)):
@@ -131,9 +134,8 @@ class DeployedModel(ShieldedModel):
         del device_tensors
         backend = start_package_enclave(src, self.enclave_config) if plan.enclave_segments else None
         self._paths = {key: str(spec.get("path", key)) for key, spec in program["device"]["modules"].items()}
-        self._out_template = decode_arg(program["output"], _Ref)
         self.memory_plan = None  # planned by the owner; the enclave has it from the signed program
-        self.plan, self._segments, self._backend = plan, segments, backend
+        self._install(plan, segments, (backend,) if backend is not None else (), decode_arg(program["output"], _Ref))
 
     def host_state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor the host holds, by its path in the owner's model (as :meth:`ShieldedModel.host_state_dict`)."""
@@ -147,8 +149,9 @@ class DeployedModel(ShieldedModel):
         """Start a fresh enclave from the package (attest and provision again); no model needed."""
         if model is not None:
             raise ConfigError("a deployed model restarts from its package: call reload() without a model")
-        self.close()
-        self._build(self._source, self.example_inputs(1))
+        with self._lock:
+            self.close()
+            self._build(self._source, self.example_inputs(1))
 
 
 def deploy(path: str | os.PathLike[str], keyserver: str, *, owner_public: str | os.PathLike[str],

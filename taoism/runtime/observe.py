@@ -22,6 +22,9 @@ class Observer:
     def start(self) -> None:
         """A forward pass begins."""
 
+    def begin(self, seg: Segment) -> None:
+        """Segment ``seg`` is about to run (a pipeline waits here for its stage)."""
+
     def run_device(self, seg: Segment, gm: fx.GraphModule, args: Sequence[torch.Tensor]) -> tuple[Any, ...]:
         """Run a device segment (an observer may time it node by node)."""
         return gm(*args)

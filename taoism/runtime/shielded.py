@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -15,7 +18,7 @@ from taoism.backends import EnclaveBackend, get_backend
 from taoism.runtime.stats import Stat
 from taoism.capture import capture
 from taoism.config import EnclaveConfig
-from taoism.errors import ConfigError, EnclaveCrashed, InputError
+from taoism.errors import ConfigError, EnclaveCrashed, InputError, SessionFailed
 from taoism.placement import EnclaveMode, Plan, PlacementRules, PlacementSpec, build_plan
 from taoism.placement.memory import attach_memory_plan
 from taoism.placement.lowering import enclave_program
@@ -39,6 +42,17 @@ class ShieldedModel:
 
     The host side holds the device segments and the plan; the enclave's weights live only in the
     enclave. Use it as a context manager, or call :meth:`close`, to stop the enclave.
+
+    Concurrency: one enclave session per model, guarded by one lock held for a whole inference,
+    so any number of threads may call it; their inferences run one at a time and never interleave
+    on the session (the enclave keeps values between segments). ``EnclaveConfig(sessions=N)``
+    starts a pool of N enclave sessions (the same program, N times the enclave memory): each call
+    takes an idle session for its whole inference, so N calls run at once; :meth:`map` uses them
+    all. ``map``, ``profile``, ``stats``, ``reload`` and ``close`` take every session. An
+    inference cut off between a request and its reply (an interrupt, a time-out, a reply that
+    does not fit) stops the enclave (every session) and marks the model failed: every later call
+    raises :class:`taoism.errors.SessionFailed` saying why, until :meth:`reload` starts fresh
+    sessions (there is no automatic restart: the host keeps no copy of the shielded weights).
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
@@ -60,6 +74,10 @@ class ShieldedModel:
         examples = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
         self._input_specs = tuple((t.dtype, tuple(t.shape[1:])) for t in examples)
         self._backend: EnclaveBackend | None = None
+        self._lock = threading.RLock()  # held for a whole inference: see the class docstring
+        self._failed: str | None = None  # why the session was stopped mid-request
+        self._pool: tuple[EnclaveBackend, ...] = ()  # every enclave session (EnclaveConfig.sessions)
+        self._free: queue.Queue[EnclaveBackend] | None = None
         self._build(model, examples)
 
     # -- construction ------------------------------------------------------------------------
@@ -77,28 +95,45 @@ class ShieldedModel:
         for seg in plan.segments:
             if seg.side is EnclaveMode.GPU:
                 segments[seg.index] = device_segment(captured, seg, self.device)
-        backend = None
+        pool: list[EnclaveBackend] = []
         self.memory_plan = None  # a taoism.placement.memory.MemoryPlan under a TEE memory budget
         if plan.enclave_segments:
             desc, tensors = enclave_program(captured, plan)
             # refuses (MemoryBudgetError) before the enclave starts if a layer cannot fit
             self.memory_plan = attach_memory_plan(desc, tensors, plan, self.enclave_config, captured)
             cls = get_backend(self.enclave_config.backend, self.enclave_config)
-            backend = cls(self.enclave_config)
             try:
-                backend.start()
-                backend.load(desc, tensors)
+                for _ in range(self.enclave_config.sessions):  # one session unless a pool is asked for
+                    backend = cls(self.enclave_config)
+                    pool.append(backend)
+                    backend.start()
+                    backend.load(desc, tensors)
             except BaseException:
-                backend.close()
+                for b in pool:
+                    b.close()
                 raise
             del desc, tensors
         out_node = next(n for n in captured.gm.graph.nodes if n.op == "output")
-        self._out_template = map_aggregate(
+        out_template = map_aggregate(
             out_node.args[0], lambda a: _Ref(a.name) if isinstance(a, fx.Node) else a)
+        self._install(plan, segments, tuple(pool) if plan.enclave_segments else (), out_template)
+        del captured  # the traced module shares the caller's parameters: keep none of it
+
+    def _install(self, plan: Plan, segments: dict[int, fx.GraphModule],
+                 pool: tuple[EnclaveBackend, ...], out_template: Any) -> None:
+        """Make a freshly built plan, device segments and enclave session(s) the live ones."""
         self.plan: Plan = plan
         self._segments = segments
-        self._backend = backend
-        del captured  # the traced module shares the caller's parameters: keep none of it
+        self._out_template = out_template
+        self._backend = pool[0] if pool else None
+        self._pool = pool
+        self._free = None  # idle sessions, when there are several
+        if len(pool) > 1:
+            self._free = queue.Queue()
+            for b in pool:
+                self._free.put(b)
+        self._failed = None
+        self._shapes = {l.info.name: l.info.out_shapes for l in plan.layers}
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         """Zero tensors shaped like the inputs this model was shielded for."""
@@ -109,8 +144,9 @@ class ShieldedModel:
 
         With a strategy, the strategy is applied again (fresh secrets).
         """
-        self.close()
-        self._build(model, self.example_inputs(1))
+        with self._lock:
+            self.close()
+            self._build(model, self.example_inputs(1))
 
     # -- inference ---------------------------------------------------------------------------
     def _check_inputs(self, inputs: tuple[Any, ...]) -> None:
@@ -131,21 +167,70 @@ class ShieldedModel:
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         self._check_inputs(inputs)
-        with torch.inference_mode():
-            env = self._forward(inputs)
-        out_device = inputs[0].device
+        with self._session() as backend, torch.inference_mode():
+            env = self._forward(inputs, backend=backend)
+        return self._outputs(env, inputs[0].device)
+
+    @contextmanager
+    def _session(self) -> Iterator[EnclaveBackend | None]:
+        """One enclave session for one inference (the only one, or an idle one of the pool)."""
+        free = self._free
+        if free is None:
+            with self._lock:
+                yield self._backend
+            return
+        backend = free.get()
+        try:
+            yield backend
+        finally:
+            free.put(backend)
+
+    @contextmanager
+    def _exclusive(self, timeout: float | None = None) -> Iterator[tuple[EnclaveBackend, ...]]:
+        """Every session, idle (waits for running inferences; queue.Empty after ``timeout``)."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise queue.Empty
+        free, taken = self._free, []
+        try:
+            if free is not None:
+                for _ in self._pool:
+                    taken.append(free.get(timeout=timeout))
+            yield self._pool
+        finally:
+            for b in taken:
+                free.put(b)  # type: ignore[union-attr]
+            self._lock.release()
+
+    def map(self, batches: Any, micro_batch: int | None = None) -> list[Any]:
+        """Run many batches pipelined (device work of one overlaps enclave work of another), in order.
+
+        ``batches``: an iterable of input batches (tensors or tuples of tensors), or one tensor
+        split into ``micro_batch``-row pieces; see :mod:`taoism.runtime.pipeline`.
+        """
+        from taoism.runtime.pipeline import run_pipelined
+
+        return run_pipelined(self, batches, micro_batch)
+
+    def _outputs(self, env: dict[str, Any], out_device: torch.device) -> Any:
+        """The model's output structure filled from the values of one forward."""
         return map_aggregate(self._out_template,
                              lambda a: env[a.name].to(out_device) if isinstance(a, _Ref) else a)
 
     forward = __call__
 
-    def _forward(self, inputs: Sequence[torch.Tensor], observer: Observer | None = None) -> dict[str, Any]:
+    def _forward(self, inputs: Sequence[torch.Tensor], observer: Observer | None = None,
+                 backend: EnclaveBackend | None = None) -> dict[str, Any]:
         """The one forward loop: every segment in plan order; returns the host values the output needs.
 
         ``observer`` (profiling) may run device segments its own way, asks the enclave for per-node
         times, and is told each segment's host-observed time and enclave reply.
         """
-        plan, backend = self.plan, self._backend
+        plan, backend = self.plan, backend if backend is not None else self._backend
+        if self._failed is not None:
+            raise SessionFailed(
+                f"the enclave session was stopped because an earlier inference was cut off "
+                f"between a request and its reply ({self._failed}); call reload(model) with the "
+                "original model to start a fresh one")
         if plan.enclave_segments and (backend is None or not backend.alive):
             raise EnclaveCrashed(
                 "the enclave is not running (it crashed, timed out or was closed); call "
@@ -154,26 +239,63 @@ class ShieldedModel:
         env: dict[str, Any] = {n: x.to(dev) for n, x in zip(plan.input_names, inputs)}
         if observer is not None:
             observer.start()
-        for seg in plan.segments:
-            t0 = time.perf_counter() if observer is not None else 0.0
-            reply = None
-            if seg.side is EnclaveMode.GPU:
-                gm, args = self._segments[seg.index], [env[v] for v in seg.inputs]
-                outs = gm(*args) if observer is None else observer.run_device(seg, gm, args)
-                env.update(zip(seg.outputs, outs))
+        sent = in_run = False  # an enclave segment was sent / a reply is awaited
+        seg = plan.segments[0]
+        try:
+            for seg in plan.segments:
                 if observer is not None:
-                    self._sync()
-            else:
-                assert backend is not None
-                reply = backend.run(seg.index, [env[v] for v in seg.send_in],
-                                    profile=observer is not None and observer.profile_enclave)
-                for v, t in zip(seg.returns, reply.tensors):
-                    env[v] = t.to(dev, non_blocking=True) if dev.type != "cpu" else t
-            if observer is not None:
-                observer.done(seg, time.perf_counter() - t0, reply)
-            for v in seg.host_free:
-                env.pop(v, None)
+                    observer.begin(seg)
+                t0 = time.perf_counter() if observer is not None else 0.0
+                reply = None
+                if seg.side is EnclaveMode.GPU:
+                    gm, args = self._segments[seg.index], [env[v] for v in seg.inputs]
+                    outs = gm(*args) if observer is None else observer.run_device(seg, gm, args)
+                    env.update(zip(seg.outputs, outs))
+                    if observer is not None:
+                        self._sync()
+                else:
+                    assert backend is not None
+                    sent = in_run = True
+                    reply = backend.run(seg.index, [env[v] for v in seg.send_in],
+                                        profile=observer is not None and observer.profile_enclave)
+                    in_run = False
+                    self._check_reply(seg, reply.tensors)
+                    for v, t in zip(seg.returns, reply.tensors):
+                        env[v] = t.to(dev, non_blocking=True) if dev.type != "cpu" else t
+                if observer is not None:
+                    observer.done(seg, time.perf_counter() - t0, reply)
+                for v in seg.host_free:
+                    env.pop(v, None)
+        except BaseException as exc:
+            # A clean error reply (the backend still alive) leaves the session in step; anything
+            # else once the enclave holds part of this inference does not.
+            if sent and not (in_run and backend is not None and backend.alive) and self._failed is None:
+                self._fail_session(f"{type(exc).__name__} at segment {seg.index}: {exc}")
+            raise
         return env
+
+    def _check_reply(self, seg: Any, tensors: Sequence[torch.Tensor]) -> None:
+        """Refuse (SessionFailed) a reply whose tensor count or per-row shapes do not fit ``seg``."""
+        problem = None
+        if len(tensors) != len(seg.returns):
+            problem = f"{len(tensors)} tensor(s), expected {len(seg.returns)}"
+        else:
+            for v, t in zip(seg.returns, tensors):
+                shapes = self._shapes.get(v)
+                if shapes and len(shapes) == 1 and (
+                        t.dim() != len(shapes[0]) or tuple(t.shape[1:]) != tuple(shapes[0][1:])):
+                    problem = f"{v!r} shaped {tuple(t.shape)}, expected (batch, *{tuple(shapes[0][1:])})"
+                    break
+        if problem is not None:
+            raise self._fail_session(f"the enclave's reply to segment {seg.index} has {problem}")
+
+    def _fail_session(self, reason: str) -> SessionFailed:
+        """Stop the enclave and mark the session failed (later calls say why); returns the error."""
+        self._failed = reason
+        for b in self._pool:
+            b.abort(reason)
+        return SessionFailed(f"the enclave session was stopped: {reason}; call reload(model) with "
+                             "the original model to start a fresh one")
 
     # -- measurement -------------------------------------------------------------------------
     def _sync(self) -> None:
@@ -187,7 +309,7 @@ class ShieldedModel:
             raise ConfigError("profile() needs repeats >= 1 and warmup >= 0")
         self._check_inputs(inputs)
         plan, backend = self.plan, self._backend
-        with torch.inference_mode():
+        with self._exclusive(), torch.inference_mode():
             for _ in range(warmup):
                 self._forward(inputs)
             self._sync()
@@ -254,12 +376,22 @@ class ShieldedModel:
 
     def stats(self) -> dict[str, Any]:
         """Boundary and enclave counters (empty when nothing runs in the enclave)."""
-        return self._backend.stats() if self._backend is not None and self._backend.alive else {}
+        with self._exclusive():
+            return self._backend.stats() if self._backend is not None and self._backend.alive else {}
 
     def close(self) -> None:
-        """Stop the enclave; idempotent."""
-        if self._backend is not None:
-            self._backend.close()
+        """Stop the enclave; idempotent. Waits for a running inference up to the enclave time-out, then kills."""
+        if self._backend is None:
+            return
+        try:
+            with self._exclusive(timeout=self.enclave_config.timeout_s):
+                for b in self._pool:
+                    b.close()
+            return
+        except queue.Empty:
+            pass
+        for b in self._pool:  # an inference holds a session: stop the enclave under it
+            b.abort("closed while an inference was running")
 
     def __enter__(self) -> "ShieldedModel":
         return self

@@ -20,6 +20,6 @@ the ShieldedModel and is the only caller into it (see :mod:`taoism.serve.batcher
 
 from taoism.serve.batcher import Batcher
 from taoism.serve.config import ServeConfig
-from taoism.serve.main import main_serve, serve
+from taoism.serve.main import main_serve, serve, serve_source, zoo_source
 
-__all__ = ["Batcher", "ServeConfig", "main_serve", "serve"]
+__all__ = ["Batcher", "ServeConfig", "main_serve", "serve", "serve_source", "zoo_source"]

@@ -17,8 +17,11 @@ from taoism.errors import ServiceUnavailable
 class ServerProcess:
     """``python -m taoism.serve ARGS --port 0``; :attr:`url` once it listens; SIGTERM on stop."""
 
-    def __init__(self, args: Sequence[str], start_timeout_s: float = 180.0) -> None:
-        cmd = [sys.executable, "-m", "taoism.serve", "--host", "127.0.0.1", "--port", "0", *args]
+    def __init__(self, args: Sequence[str], start_timeout_s: float = 180.0, *,
+                 prefix: Sequence[str] = ()) -> None:
+        # ``prefix``: another command line to start (e.g. ``taoism serve``); default the module
+        prefix = tuple(prefix) or (sys.executable, "-m", "taoism.serve")
+        cmd = [*prefix, "--host", "127.0.0.1", "--port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self._err: collections.deque[str] = collections.deque(maxlen=200)  # drained, or it blocks

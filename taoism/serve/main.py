@@ -111,30 +111,44 @@ def _placement_kwargs(strategy: str | None, placement: Any, plan: str | None) ->
     return {"placement": placement or {"_default": "ENCLAVE"}}
 
 
-def main_serve(model: str = "resnet18", dataset_shape: str = "cifar", *,
-               num_classes: int | None = None, weights: str | None = None,
-               strategy: str | None = None, placement: Any = None, plan: str | None = None,
-               tee: str | None = None, device: str | None = None, threads: int = 1,
-               enclave_threads: int = 1, host: str = "127.0.0.1", port: int = 8000,
-               max_batch: int = 16, max_wait_ms: float = 5.0, max_body_bytes: int = 8 << 20,
-               max_queue: int = 4096, request_timeout_s: float = 60.0,
-               shutdown_timeout_s: float = 30.0, log_level: str = "warning") -> int:
-    """``taoism serve``: serve a zoo model shielded by a strategy, placement or plan; exit code."""
+def zoo_source(model: str = "resnet18", dataset_shape: str = "cifar", *,
+               num_classes: int | None = None,
+               weights: str | None = None) -> tuple[Callable[[], nn.Module], torch.Tensor]:
+    """A zoo model's factory and example input: the model source a package source replaces."""
     from taoism.zoo import example_input, get_model
 
+    factory = lambda: get_model(model, dataset_shape=dataset_shape,  # noqa: E731
+                                num_classes=num_classes, weights=weights)
+    return factory, example_input(model, dataset_shape, batch=1)
+
+
+def serve_source(source: tuple[Callable[[], nn.Module], torch.Tensor], *,
+                 strategy: str | None = None, placement: Any = None, plan: str | None = None,
+                 tee: str | None = None, device: str | None = None, threads: int = 1,
+                 enclave_threads: int = 1, host: str = "127.0.0.1", port: int = 8000,
+                 max_batch: int = 16, max_wait_ms: float = 5.0, max_body_bytes: int = 8 << 20,
+                 max_queue: int = 4096, request_timeout_s: float = 60.0,
+                 shutdown_timeout_s: float = 30.0, log_level: str = "warning") -> None:
+    """Serve ``source`` (factory, example input) shielded as asked until SIGTERM; raises TaoismError."""
+    config = ServeConfig(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                         max_body_bytes=max_body_bytes, max_queue=max_queue,
+                         request_timeout_s=request_timeout_s,
+                         shutdown_timeout_s=shutdown_timeout_s, log_level=log_level)
+    kw = _placement_kwargs(strategy, placement, plan)
+    enclave = EnclaveConfig(threads=enclave_threads, tee=tee) if tee else EnclaveConfig(threads=enclave_threads)
+    torch.set_num_threads(threads)
+    factory, example = source
+    serve(factory, example, config, enclave=enclave, device=device, **kw)
+
+
+def main_serve(model: str = "resnet18", dataset_shape: str = "cifar", *,
+               num_classes: int | None = None, weights: str | None = None,
+               **options: Any) -> int:
+    """``python -m taoism.serve``: serve a zoo model (options of :func:`serve_source`); exit code."""
     logging.basicConfig(level=logging.WARNING, format="taoism serve: %(levelname)s %(message)s")
     try:
-        config = ServeConfig(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                             max_body_bytes=max_body_bytes, max_queue=max_queue,
-                             request_timeout_s=request_timeout_s,
-                             shutdown_timeout_s=shutdown_timeout_s, log_level=log_level)
-        kw = _placement_kwargs(strategy, placement, plan)
-        enclave = EnclaveConfig(threads=enclave_threads, **({"tee": tee} if tee else {}))
-        torch.set_num_threads(threads)
-        factory = lambda: get_model(model, dataset_shape=dataset_shape,  # noqa: E731
-                                    num_classes=num_classes, weights=weights)
-        serve(factory, example_input(model, dataset_shape, batch=1), config, enclave=enclave,
-              device=device, **kw)
+        serve_source(zoo_source(model, dataset_shape, num_classes=num_classes, weights=weights),
+                     **options)
     except TaoismError as exc:
         print(f"taoism serve: error: {exc}", file=sys.stderr)
         return 2
