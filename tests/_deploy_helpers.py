@@ -102,7 +102,7 @@ def owner(out_dir: str, owner_key: str) -> None:
     torch.manual_seed(secrets.randbits(62))
     meta: dict[str, Any] = {}
     for name, (zoo, kw) in CASES.items():
-        model = get_model(zoo, dataset_shape="cifar").eval()
+        model = get_model(zoo, dataset_shape="cifar", seed=None).eval()  # weights from the secret seed
         with torch.no_grad():  # non-trivial BN statistics so outputs are not near-constant
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
@@ -152,7 +152,7 @@ def shield_fc_host() -> None:
     from taoism.zoo import get_model
 
     torch.manual_seed(secrets.randbits(62))
-    model = get_model("resnet18", dataset_shape="cifar").eval()
+    model = get_model("resnet18", dataset_shape="cifar", seed=None).eval()
     x = torch.randn(2, 3, 32, 32)
     keys = run_keys([model.fc.weight], 32)
     device_keys = run_keys([model.conv1.weight], 4)
