@@ -100,16 +100,19 @@ def test_zoo_transformer_whole_split_and_activations_in_the_enclave(name, split_
     assert kinds == {"GELU", "Tanh"} & {type(m).__name__ for m in model.modules()}, kinds
 
 
-@pytest.mark.parametrize("name", ["vit_tiny", "bert_tiny"])
-def test_zoo_transformer_under_every_strategy(name):
+# Each strategy once per model; the rewriting ones (magnitude, intermediate, nonlinear) need an
+# fx graph, the layer-wise ones run on both paths (one each per model here, alternating).
+@pytest.mark.parametrize("name,fx_layerwise,export_layerwise", [
+    ("vit_tiny", "deep:1", "shallow:1"), ("bert_tiny", "shallow:1", "deep:1")])
+def test_zoo_transformer_under_every_strategy(name, fx_layerwise, export_layerwise):
     model = get_model(name)
     xs = example_inputs(name, batch=2)
     ref = _ref(model, xs)
-    for s in ("deep:1", "shallow:1", "magnitude:0.01", "intermediate:0.8", "nonlinear"):
+    for s in (fx_layerwise, "magnitude:0.01", "intermediate:0.8", "nonlinear"):
         plan = _run(model, xs, ref, strategy=s)
         assert any(l.placement is ENCLAVE for l in plan.layers), s
-    # layer-wise strategies also through torch.export (the rewriting ones need an fx graph)
-    _run(model, xs, ref, strategy="deep:1" if name == "vit_tiny" else "shallow:1", capture="export")
+    plan = _run(model, xs, ref, strategy=export_layerwise, capture="export")
+    assert any(l.placement is ENCLAVE for l in plan.layers)
 
 
 # --- the tests' torchvision / Hugging Face-style models ---------------------------------------
@@ -125,8 +128,6 @@ def test_torchvision_and_hf_style_models_whole_in_the_enclave(kind):
     ref = _ref(model, xs)
     plan = _run(model, xs, ref, {"_default": "ENCLAVE"}, capture="export")  # (auto picks it for HF/Swin)
     assert all(l.placement is ENCLAVE for l in plan.layers)
-    if kind == "swin":
-        _run(model, xs, ref, _activations(model))
 
 
 class TorchvisionViTBlock(nn.Module):

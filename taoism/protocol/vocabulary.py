@@ -131,7 +131,7 @@ ATEN_OPS: tuple[torch._ops.OpOverload, ...] = (
     # views, copies and indexing
     _A.view.default, _A._unsafe_view.default, _A.reshape.default, _A.permute.default,
     _A.transpose.int, _A.swapaxes.default, _A.t.default, _A.unsqueeze.default, _A.squeeze.dim,
-    _A.squeeze.dims, _A.expand.default, _A.flatten.using_ints, _A.contiguous.default,
+    _A.squeeze.dims, _A.expand.default, _A.flatten.using_ints, _A.unflatten.int, _A.contiguous.default,
     _A.clone.default, _A.alias.default, _A.detach.default, _A.lift_fresh_copy.default,
     _A.select.int, _A.slice.Tensor, _A.index.Tensor, _A.unbind.int, _A.split.Tensor,
     _A.split_with_sizes.default, _A.chunk.default, _A.cat.default, _A.stack.default,
