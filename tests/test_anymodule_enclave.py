@@ -9,7 +9,6 @@ whole working set.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import operator
 
 import pytest
@@ -18,17 +17,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import assert_same
 from test_anymodule import HFBert, MobileStyle, SwinStyle, _tokens
+from test_memory import _check, _op  # chunked executors under a budget below their working set
 
 import taoism
 from taoism import EnclaveConfig, EnclaveMode, MemoryBudgetError, PlacementError, PlacementRules
 from taoism.capture import capture
-from taoism.enclave.exec import Operand, run_chunked
+from taoism.enclave.exec import Operand
 from taoism.enclave.exec.attention import AttentionExecutor
 from taoism.enclave.exec.embedding import EmbeddingExecutor
 from taoism.enclave.exec.matmul import MatmulExecutor, matmul_shape
-from taoism.enclave.memory import Accountant
-from taoism.enclave.sealing import PagedTensor, PageSealer
-from taoism.enclave.exec.base import ExecContext
 from taoism.errors import ProgramError
 from taoism.placement import build_plan
 from taoism.protocol.vocabulary import ATEN_OPS, FUNCTIONS, function_name, to_dtype
@@ -36,7 +33,6 @@ from taoism.zoo import example_inputs, get_model, units
 
 ENCLAVE = EnclaveMode.ENCLAVE
 TEE = "sgx1-client"
-_names = itertools.count()
 
 
 @contextlib.contextmanager
@@ -177,33 +173,6 @@ def test_attention_runs_chunked_under_a_tight_budget_and_is_refused_when_it_cann
     with pytest.raises(MemoryBudgetError, match="enclave memory budget"):
         taoism.shield(model, xs, {"_default": "ENCLAVE"}, device="cpu", capture="export",
                       enclave=EnclaveConfig(tee=TEE, memory_budget=170 << 10))
-
-
-def _ctx(budget: int | None) -> ExecContext:
-    acct = Accountant(budget)
-    sealer = PageSealer()
-    sealer.on_bytes = acct.on_sealed
-    return ExecContext(acct, sealer, page_bytes=2048)
-
-
-def _op(ctx: ExecContext, t: torch.Tensor | None, paged: bool) -> Operand | None:
-    if t is None:
-        return None
-    if paged:
-        return Operand(PagedTensor.seal_tensor(f"a{next(_names)}", t, ctx.sealer, 1024))
-    return Operand(t)
-
-
-def _check(make, ref: torch.Tensor, paged: bool, frac: float = 0.3) -> None:
-    """Run the executor with a budget well below its whole working set; compare with ``ref``."""
-    ex = make(_ctx(None), paged)
-    whole, smallest = ex.plan(float("inf"), False).cost, ex.min_cost()
-    budget = max(int(whole * frac), smallest)
-    ctx = _ctx(budget)
-    out, plan = run_chunked(make(ctx, paged), ctx, "layer")
-    out = out.read() if isinstance(out, PagedTensor) else out
-    assert_same(out, ref)
-    assert plan.chunks > 1 and ctx.acct.peak <= budget and ctx.acct.total == 0
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["resident", "sealed"])
