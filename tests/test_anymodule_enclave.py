@@ -169,7 +169,7 @@ def test_attention_runs_chunked_under_a_tight_budget_and_is_refused_when_it_cann
         assert_same(sm(*xs), ref)
         nodes = sm.stats()["enclave"]["memory"]["nodes"]
     chunked = {n["kind"] for n in nodes if n["mode"] == "chunked"}
-    assert {"attention", "linear"} <= chunked, chunked
+    assert {"attention", "linear", "layernorm"} <= chunked, chunked
     with pytest.raises(MemoryBudgetError, match="enclave memory budget"):
         taoism.shield(model, xs, {"_default": "ENCLAVE"}, device="cpu", capture="export",
                       enclave=EnclaveConfig(tee=TEE, memory_budget=170 << 10))
@@ -245,3 +245,16 @@ def test_op_still_missing_gets_the_precise_error_and_the_device_works_around_it(
     ref = _ref(model, (x,))
     plan = _run(model, (x,), ref, {"_default": "ENCLAVE", "cumsum": "GPU"}, capture="export")
     assert [l.info.name for l in plan.layers if l.placement is ENCLAVE] != []
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["resident", "sealed"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layernorm_chunked_equals_whole(affine, paged):
+    from taoism.enclave.exec.norm import LayerNormExecutor
+
+    torch.manual_seed(11)
+    x, w, b = torch.randn(3, 7, 2, 5), torch.randn(2, 5), torch.randn(2, 5)
+    w, b = (w, b) if affine else (None, None)
+    ref = F.layer_norm(x, (2, 5), w, b, 1e-5)
+    _check(lambda ctx, p: LayerNormExecutor(_op(ctx, x, p), (2, 5), _op(ctx, w, p), _op(ctx, b, p), 1e-5,
+                                            x.dtype), ref, paged)

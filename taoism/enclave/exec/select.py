@@ -24,6 +24,7 @@ from taoism.enclave.exec.elementwise import BatchNormExecutor, BinaryExecutor, U
 from taoism.enclave.exec.embedding import EmbeddingExecutor
 from taoism.enclave.exec.linear import LinearExecutor
 from taoism.enclave.exec.matmul import MatmulExecutor, matmul_shape
+from taoism.enclave.exec.norm import LayerNormExecutor
 from taoism.enclave.exec.pooling import AdaptivePoolExecutor, PoolExecutor, adaptive_shape, pool_shape
 from taoism.enclave.exec.shape import CatExecutor, FlattenExecutor
 from taoism.enclave.sealing import PagedTensor
@@ -127,6 +128,11 @@ def _embedding_module(mod: nn.Module, key: str, x: Operand, weights: WeightLooku
     return embedding(x, weights(key, "weight"), mod.max_norm)
 
 
+def _layernorm_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
+    assert isinstance(mod, nn.LayerNorm)
+    return layer_norm(x, mod.normalized_shape, weights(key, "weight"), weights(key, "bias"), mod.eps)
+
+
 def _flatten_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
     assert isinstance(mod, nn.Flatten)
     return flatten(x, mod.start_dim, mod.end_dim)
@@ -139,7 +145,7 @@ MODULE_EXECUTORS: Mapping[type[nn.Module], ModuleBuilder] = {
     nn.MaxPool1d: _pool_module, nn.MaxPool2d: _pool_module, nn.AvgPool1d: _pool_module,
     nn.AvgPool2d: _pool_module,
     **{cls: _adaptive_module for cls in _ADAPTIVE},
-    nn.Flatten: _flatten_module, nn.Embedding: _embedding_module,
+    nn.Flatten: _flatten_module, nn.Embedding: _embedding_module, nn.LayerNorm: _layernorm_module,
 }
 
 
@@ -187,6 +193,28 @@ def embedding(idx: Operand, table: object, max_norm: object = None) -> Executor 
     if len(t.shape) != 2 or not t.dtype.is_floating_point:
         return None
     return EmbeddingExecutor(idx, t, idx.shape + (t.shape[1],), t.dtype)
+
+
+def layer_norm(x: Operand, shape: object, w: object, b: object, eps: object) -> Executor | None:
+    """A layer norm cut along its leading dims (None where it has no chunked form)."""
+    ns = (shape,) if isinstance(shape, int) else tuple(shape) if isinstance(shape, (list, tuple)) else None
+    if ns is None or not all(isinstance(d, int) for d in ns) or not isinstance(eps, float):
+        return None
+    if len(ns) >= len(x.shape) or tuple(x.shape[-len(ns):]) != ns or not x.dtype.is_floating_point:
+        return None
+    params = [Operand(p) if is_value(p) else None for p in (w, b)]  # type: ignore[arg-type]
+    if any(p is not None and (p.shape != ns or p.dtype != x.dtype) for p in params) or any(
+            p is not None and not is_value(p) for p in (w, b)):
+        return None
+    return LayerNormExecutor(x, ns, params[0], params[1], eps, x.dtype)
+
+
+def _layernorm_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
+    bound = _bind(["input", "normalized_shape", "weight", "bias", "eps", "cudnn_enable"], args, kwargs)
+    if bound is None or not is_value(bound.get("input")):
+        return None
+    return layer_norm(Operand(bound["input"]), bound.get("normalized_shape"), bound.get("weight"),
+                      bound.get("bias"), bound.get("eps", 1e-5))
 
 
 def _bind(names: Sequence[str], args: Args, kwargs: Kwargs) -> dict[str, Any] | None:
@@ -392,6 +420,7 @@ FUNCTION_EXECUTORS: Mapping[Callable[..., Any], FunctionBuilder] = {
     F.scaled_dot_product_attention: _attention_function,
     _A.scaled_dot_product_attention.default: _attention_function,
     F.embedding: _embedding_function, _A.embedding.default: _embedding_function,
+    F.layer_norm: _layernorm_function, _A.layer_norm.default: _layernorm_function,
     **{op: _aten_first_value(_unary_function) for op in ATEN_UNARY},
     **{op: _aten_first_value(_binary_function) for op in ATEN_BINARY},
     _A.cat.default: _cat_function, _A.flatten.using_ints: _aten_first_value(_flatten_function),
@@ -462,4 +491,4 @@ def executor_for(node: fx.Node, mod: nn.Module | None, args: Args, kwargs: Kwarg
 
 
 __all__ = ["FUNCTION_EXECUTORS", "METHOD_EXECUTORS", "MODULE_EXECUTORS", "binary", "embedding",
-           "executor_for", "flatten", "is_value"]
+           "executor_for", "flatten", "is_value", "layer_norm"]
