@@ -5,7 +5,7 @@ One run measures, on the same machine and thread counts, for ``vit_tiny`` (CIFAR
 * capture time of torch.fx and of torch.export (one warm-up capture each, then repeats; the
   first torch.export of a process also pays dynamo's start-up, reported apart);
 * plain PyTorch latency and whole-enclave latency (1 enclave thread, 1 host thread) at each
-  batch, where the enclave can run the model (BERT needs ATen/embedding ops of phase B);
+  batch, with the model captured by torch.fx and by torch.export (the enclave runs both);
 * the ATen ops each exported graph uses (what the enclave needs to run it).
 
 Usage: python benchmarks/bench_transformers.py [--repeats 10] [--batches 1,8] [--json OUT]
@@ -61,17 +61,18 @@ def run(batches: list[int], repeats: int, warmup: int, capture_repeats: int) -> 
             xb = example_inputs(name, batch=batch)
             plain = time_callable(lambda: model(*xb), repeats=repeats, warmup=warmup)
             entry = {"batch": batch, "plain": plain.to_json()}
-            try:
-                with taoism.shield(model, xb, {"_default": "ENCLAVE"}, device="cpu", threads=1,
-                                   capture="fx") as sm:
-                    torch.testing.assert_close(sm(*xb), model(*xb), rtol=1e-4, atol=1e-5)
-                    enc = time_callable(lambda: sm(*xb), repeats=repeats, warmup=warmup)
-                entry.update(enclave=enc.to_json(), ratio=enc.median / plain.median)
-                print(f"{name} batch {batch}: plain {plain.ms()}  enclave {enc.ms()}  "
-                      f"x{entry['ratio']:.2f}", flush=True)
-            except taoism.PlacementError as exc:  # an op the enclave does not run yet
-                entry["enclave"] = f"refused: {str(exc)[:160]}"
-                print(f"{name} batch {batch}: plain {plain.ms()}  enclave refused: {str(exc)[:100]}")
+            for kind in ("fx", "export"):
+                try:
+                    with taoism.shield(model, xb, {"_default": "ENCLAVE"}, device="cpu", threads=1,
+                                       capture=kind) as sm:
+                        torch.testing.assert_close(sm(*xb), model(*xb), rtol=1e-4, atol=1e-5)
+                        enc = time_callable(lambda: sm(*xb), repeats=repeats, warmup=warmup)
+                    entry[kind] = {"enclave": enc.to_json(), "ratio": enc.median / plain.median}
+                    print(f"{name} batch {batch} {kind}: plain {plain.ms()}  enclave {enc.ms()}  "
+                          f"x{enc.median / plain.median:.2f}", flush=True)
+                except taoism.PlacementError as exc:  # an op the enclave does not run
+                    entry[kind] = f"refused: {str(exc)[:160]}"
+                    print(f"{name} batch {batch} {kind}: enclave refused: {str(exc)[:100]}")
             row["latency"].append(entry)
         res["models"][name] = row
     return res

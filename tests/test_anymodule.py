@@ -333,15 +333,11 @@ def test_placement_by_type_on_an_exported_graph(bert_export):
     assert len(gelu) == 2 and all(bert_export.nodes[g].module_path.endswith(".act") for g in gelu)
 
 
-# --- ATen ops in the enclave (phase B): a precise error until they are on its list -------------
-def test_aten_ops_in_the_enclave_are_refused_with_op_node_and_fix(bert, bert_export):
-    with pytest.raises(PlacementError) as err:
-        build_plan(bert_export, PlacementRules.from_spec({"type:GELU": "ENCLAVE"}))
-    msg = str(err.value)
-    assert "node 'gelu' in module 'encoder.layer.0.act' calls ATen op 'aten.gelu.default'" in msg
-    assert "capture='fx'" in msg and "{'encoder.layer.0.act': 'GPU'}" in msg
-    with pytest.raises(PlacementError, match=r"aten\.scaled_dot_product_attention\.default"):
-        taoism.shield(bert, _tokens(3), {"_default": "ENCLAVE"}, device="cpu", capture="export")
+# --- ATen ops in the enclave: on its whitelist now (tests/test_anymodule_enclave.py runs them) ---
+def test_aten_ops_on_the_whitelist_are_planned_into_the_enclave(bert, bert_export):
+    plan = build_plan(bert_export, PlacementRules.from_spec({"type:GELU": "ENCLAVE"}))
+    gelu = [l for l in plan.layers if l.info.target == "aten.gelu.default"]
+    assert len(gelu) == 2 and all(l.placement is ENCLAVE for l in gelu)
 
 
 # --- shape values used on both sides -----------------------------------------------------------

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from taoism.errors import ProgramError
 from taoism.protocol.schema import names as _names
-from taoism.protocol.vocabulary import FUNCTIONS, METHODS, MODULE_KINDS, decode_arg
+from taoism.protocol.vocabulary import FUNCTIONS, METHODS, MODULE_KINDS, decode_arg, to_dtype
 
 
 @dataclass
@@ -117,7 +117,12 @@ def build_program(desc: Mapping[str, Any], root: nn.Module) -> list[SegmentProgr
                 if nd["method"] not in METHODS:
                     raise ProgramError(f"segment {seg.get('id')}: node {name}: method {nd['method']!r} "
                                      "is not on the enclave's whitelist")
-                n = graph.call_method(nd["method"], tuple(args), kwargs)
+                if nd["method"] == "to":  # dtype only, checked when it runs
+                    n = graph.call_function(to_dtype, tuple(args), kwargs)
+                elif nd["method"] == "view" and not (args[1:2] and isinstance(args[1], torch.dtype)):
+                    n = graph.call_method("reshape", tuple(args), kwargs)  # strides may differ here
+                else:
+                    n = graph.call_method(nd["method"], tuple(args), kwargs)
             elif op == "get_attr":
                 if not hasattr(root, nd["tensor"]):
                     raise ProgramError(f"segment {seg.get('id')}: node {name}: unknown constant")

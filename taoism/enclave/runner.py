@@ -279,7 +279,9 @@ class BudgetedRunner:
         # aliases: identity, dropout in eval
         if (mod is not None and (isinstance(mod, (nn.Identity, nn.Dropout)))) or (
                 node.op == "call_function" and node.target is F.dropout
-                and (kwargs.get("training", args[2] if len(args) > 2 else True) is False)):
+                and (kwargs.get("training", args[2] if len(args) > 2 else True) is False)) or (
+                node.op == "call_function" and node.target is torch.ops.aten.dropout.default
+                and (kwargs.get("train", args[2] if len(args) > 2 else True) is False)):
             nm.kind, nm.mode = "identity", "alias"
             v = args[0]
             env[node.name] = v

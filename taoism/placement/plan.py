@@ -12,6 +12,7 @@ from taoism.capture import CapturedGraph, NodeInfo
 from taoism.errors import PlacementError
 from taoism.placement.modes import EnclaveMode
 from taoism.placement.rules import PlacementRules
+from taoism.protocol.vocabulary import function_name
 
 GPU, ENCLAVE, AUTO = EnclaveMode.GPU, EnclaveMode.ENCLAVE, EnclaveMode.AUTO
 
@@ -244,12 +245,12 @@ def _check_shape_exposure(captured: CapturedGraph, modes: dict[str, EnclaveMode]
 
 
 def _check_enclave_ops(captured: CapturedGraph, modes: dict[str, EnclaveMode]) -> None:
-    """Refuse ATen ops (graphs captured with torch.export) placed in the enclave: it cannot run
-    them yet. Names the op, the node and the way around."""
+    """Refuse ops of an exported graph placed in the enclave that are not on its whitelist
+    (:data:`taoism.protocol.vocabulary.ATEN_OPS`). Names the op, the node and the way around."""
     if captured.kind != "export":
         return
-    bad = [n for n in captured.gm.graph.nodes
-           if n.op == "call_function" and modes.get(n.name) is ENCLAVE]
+    bad = [n for n in captured.gm.graph.nodes if n.op == "call_function"
+           and modes.get(n.name) is ENCLAVE and function_name(n.target) is None]
     if not bad:
         return
     first = captured.nodes[bad[0].name]
@@ -258,12 +259,12 @@ def _check_enclave_ops(captured: CapturedGraph, modes: dict[str, EnclaveMode]) -
     fix_key = first.module_path or first.name
     raise PlacementError(
         f"node {first.name!r}{where} calls {'ATen op' if first.target.startswith('aten.') else 'op'} "
-        f"{first.target!r}, which the enclave cannot run "
-        f"yet: this model was captured with torch.export, and the enclave runs only torch.fx "
-        f"graphs of torch.nn layers for now. This placement puts {len(bad)} ATen node(s) in the "
+        f"{first.target!r}, which the enclave does not run (it is not on the enclave's op whitelist, "
+        f"taoism.protocol.vocabulary.ATEN_OPS). This placement puts {len(bad)} such node(s) in the "
         f"enclave, using {len(ops)} op(s): {', '.join(ops[:12])}{' ...' if len(ops) > 12 else ''}. "
-        f"Work around: capture='fx' (with leaf_modules=[...] for the submodule fx cannot trace), "
-        f"or place these nodes on the device (e.g. {{{fix_key!r}: 'GPU'}})")
+        f"Work around: place these nodes on the device (e.g. {{{fix_key!r}: 'GPU'}}), or "
+        f"capture='fx' (with leaf_modules=[...] for the submodule fx cannot trace) if its layers "
+        f"are ones the enclave rebuilds")
 
 
 def build_plan(captured: CapturedGraph, rules: PlacementRules) -> Plan:

@@ -1,7 +1,8 @@
 """Chunked executors: each runs one kind of layer in chunks that fit the enclave's free memory.
 
 ``base`` holds the context, operands, sinks, plans and the executor base; ``elementwise``,
-``shape``, ``pooling``, ``conv`` and ``linear`` the executors; ``select`` the tables that choose
+``shape``, ``pooling``, ``conv``, ``linear``, ``matmul``, ``attention``, ``embedding`` and
+``norm`` the executors; ``select`` the tables that choose
 one for a graph node.
 """
 

@@ -17,10 +17,14 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from taoism.enclave.exec.attention import AttentionExecutor
 from taoism.enclave.exec.base import Executor, Operand
 from taoism.enclave.exec.conv import ConvExecutor, conv_shape
 from taoism.enclave.exec.elementwise import BatchNormExecutor, BinaryExecutor, UnaryExecutor
+from taoism.enclave.exec.embedding import EmbeddingExecutor
 from taoism.enclave.exec.linear import LinearExecutor
+from taoism.enclave.exec.matmul import MatmulExecutor, matmul_shape
+from taoism.enclave.exec.norm import LayerNormExecutor
 from taoism.enclave.exec.pooling import AdaptivePoolExecutor, PoolExecutor, adaptive_shape, pool_shape
 from taoism.enclave.exec.shape import CatExecutor, FlattenExecutor
 from taoism.enclave.sealing import PagedTensor
@@ -36,6 +40,7 @@ MethodBuilder = Callable[[str, Args, Kwargs], Executor | None]
 UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                  nn.Hardswish, nn.Hardsigmoid)
 _INPLACE = {operator.iadd: operator.add, operator.imul: operator.mul}
+_A = torch.ops.aten
 
 
 def is_value(v: object) -> bool:
@@ -118,6 +123,16 @@ def _adaptive_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup
     return AdaptivePoolExecutor(fn, x, mod.output_size, nd, shape, x.dtype)
 
 
+def _embedding_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
+    assert isinstance(mod, nn.Embedding)
+    return embedding(x, weights(key, "weight"), mod.max_norm)
+
+
+def _layernorm_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
+    assert isinstance(mod, nn.LayerNorm)
+    return layer_norm(x, mod.normalized_shape, weights(key, "weight"), weights(key, "bias"), mod.eps)
+
+
 def _flatten_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
     assert isinstance(mod, nn.Flatten)
     return flatten(x, mod.start_dim, mod.end_dim)
@@ -130,7 +145,7 @@ MODULE_EXECUTORS: Mapping[type[nn.Module], ModuleBuilder] = {
     nn.MaxPool1d: _pool_module, nn.MaxPool2d: _pool_module, nn.AvgPool1d: _pool_module,
     nn.AvgPool2d: _pool_module,
     **{cls: _adaptive_module for cls in _ADAPTIVE},
-    nn.Flatten: _flatten_module,
+    nn.Flatten: _flatten_module, nn.Embedding: _embedding_module, nn.LayerNorm: _layernorm_module,
 }
 
 
@@ -170,6 +185,38 @@ def binary(fn: Callable[..., torch.Tensor], args: Sequence[object], true_div: bo
     return BinaryExecutor(fn, operands, shape, dtype)  # type: ignore[arg-type]
 
 
+def embedding(idx: Operand, table: object, max_norm: object = None) -> Executor | None:
+    """A chunked lookup of integer indices in a 2-D table (None with ``max_norm``: it edits the table)."""
+    if not is_value(table) or max_norm is not None or idx.dtype not in (torch.int64, torch.int32):
+        return None
+    t = Operand(table)  # type: ignore[arg-type]
+    if len(t.shape) != 2 or not t.dtype.is_floating_point:
+        return None
+    return EmbeddingExecutor(idx, t, idx.shape + (t.shape[1],), t.dtype)
+
+
+def layer_norm(x: Operand, shape: object, w: object, b: object, eps: object) -> Executor | None:
+    """A layer norm cut along its leading dims (None where it has no chunked form)."""
+    ns = (shape,) if isinstance(shape, int) else tuple(shape) if isinstance(shape, (list, tuple)) else None
+    if ns is None or not all(isinstance(d, int) for d in ns) or not isinstance(eps, float):
+        return None
+    if len(ns) >= len(x.shape) or tuple(x.shape[-len(ns):]) != ns or not x.dtype.is_floating_point:
+        return None
+    params = [Operand(p) if is_value(p) else None for p in (w, b)]  # type: ignore[arg-type]
+    if any(p is not None and (p.shape != ns or p.dtype != x.dtype) for p in params) or any(
+            p is not None and not is_value(p) for p in (w, b)):
+        return None
+    return LayerNormExecutor(x, ns, params[0], params[1], eps, x.dtype)
+
+
+def _layernorm_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
+    bound = _bind(["input", "normalized_shape", "weight", "bias", "eps", "cudnn_enable"], args, kwargs)
+    if bound is None or not is_value(bound.get("input")):
+        return None
+    return layer_norm(Operand(bound["input"]), bound.get("normalized_shape"), bound.get("weight"),
+                      bound.get("bias"), bound.get("eps", 1e-5))
+
+
 def _bind(names: Sequence[str], args: Args, kwargs: Kwargs) -> dict[str, Any] | None:
     """Positional and keyword arguments by parameter name (None on an unknown or repeated one)."""
     bound = dict(zip(names, args))
@@ -199,7 +246,7 @@ def _binary_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | No
     first = node.args[0]
     if fn in _INPLACE and isinstance(first, fx.Node) and len(first.users) > 1:
         return None  # in-place on a value others still read: keep torch's semantics
-    return binary(_INPLACE.get(fn, fn), args, fn in (operator.truediv, torch.div))  # type: ignore[arg-type]
+    return binary(_INPLACE.get(fn, fn), args, fn in (operator.truediv, torch.div, _A.div.Tensor))  # type: ignore[arg-type]
 
 
 def _cat_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
@@ -229,7 +276,8 @@ def _flatten_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | N
 
 
 def _weighted_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
-    fn = node.target
+    fn = F.linear if node.target is _A.linear.default else (
+        F.conv2d if node.target is _A.conv2d.default else node.target)
     names = (["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
              if fn is F.conv2d else ["input", "weight", "bias"])
     bound = _bind(names, args, kwargs)
@@ -291,11 +339,75 @@ def _pool_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None
                         shape, x.dtype)
 
 
+def _matmul_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
+    if kwargs or len(args) != 2 or not all(is_value(a) for a in args):
+        return None
+    a, b = Operand(args[0]), Operand(args[1])
+    if node.target in (torch.bmm, _A.bmm.default) and (len(a.shape) != 3 or len(b.shape) != 3):
+        return None
+    if node.target is _A.mm.default and (len(a.shape) != 2 or len(b.shape) != 2):
+        return None
+    shape = matmul_shape(a.shape, b.shape)
+    if shape is None or a.dtype != b.dtype or not a.dtype.is_floating_point:
+        return None
+    return MatmulExecutor(a, b, shape, a.dtype)
+
+
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def _attention_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
+    bound = _bind(_SDPA_ARGS, args, kwargs)
+    if bound is None or bound.get("dropout_p", 0.0) != 0.0 or bound.get("enable_gqa", False):
+        return None
+    q, k, v, m = (bound.get(n) for n in _SDPA_ARGS[:4])
+    if not (is_value(q) and is_value(k) and is_value(v)) or (m is not None and not is_value(m)):
+        return None
+    nd = len(q.shape)
+    if nd < 3 or len(k.shape) != nd or len(v.shape) != nd or k.shape[:-2] != q.shape[:-2] \
+            or v.shape[:-2] != q.shape[:-2] or k.shape[-1] != q.shape[-1] or v.shape[-2] != k.shape[-2]:
+        return None
+    if len({q.dtype, k.dtype, v.dtype}) != 1 or not q.dtype.is_floating_point:
+        return None
+    scores = tuple(q.shape[:-1]) + (k.shape[-2],)
+    if m is not None and (len(m.shape) > nd or tuple(torch.broadcast_shapes(tuple(m.shape), scores)) != scores):
+        return None
+    is_causal = bool(bound.get("is_causal", False))
+    if is_causal and m is not None:
+        return None
+    out = tuple(q.shape[:-1]) + (v.shape[-1],)
+    return AttentionExecutor(Operand(q), Operand(k), Operand(v), Operand(m) if m is not None else None,
+                             is_causal, bound.get("scale"), out, q.dtype)
+
+
+def _embedding_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
+    if node.target is _A.embedding.default:  # (weight, indices, padding_idx, ...): forward ignores the rest
+        names = ["weight", "input", "padding_idx", "scale_grad_by_freq", "sparse"]
+    else:
+        names = ["input", "weight", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"]
+    bound = _bind(names, args, kwargs)
+    if bound is None or not is_value(bound.get("input")):
+        return None
+    return embedding(Operand(bound["input"]), bound.get("weight"), bound.get("max_norm"))
+
+
+def _aten_first_value(build: FunctionBuilder) -> FunctionBuilder:
+    """``build`` for an ATen op whose first argument must be a tensor (not a Python scalar)."""
+    def wrapped(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
+        return build(node, args, kwargs) if args and is_value(args[0]) else None
+    return wrapped
+
+
 UNARY_FUNCTIONS = (F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardtanh, F.hardswish,
                    F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs,
                    torch.clamp, operator.neg)
 BINARY_FUNCTIONS = (operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub,
                     torch.mul, torch.div, operator.iadd, operator.imul)
+ATEN_UNARY = (_A.relu.default, _A.gelu.default, _A.silu.default, _A.sigmoid.default, _A.tanh.default,
+              _A.hardtanh.default, _A.hardswish.default, _A.hardsigmoid.default, _A.leaky_relu.default,
+              _A.elu.default, _A.exp.default, _A.abs.default, _A.neg.default)
+ATEN_BINARY = (_A.add.Tensor, _A.sub.Tensor, _A.mul.Tensor, _A.div.Tensor)
+MATMUL_FUNCTIONS = (torch.matmul, operator.matmul, torch.bmm, _A.matmul.default, _A.bmm.default, _A.mm.default)
 
 FUNCTION_EXECUTORS: Mapping[Callable[..., Any], FunctionBuilder] = {
     **{fn: _unary_function for fn in UNARY_FUNCTIONS},
@@ -304,6 +416,15 @@ FUNCTION_EXECUTORS: Mapping[Callable[..., Any], FunctionBuilder] = {
     F.conv2d: _weighted_function, F.linear: _weighted_function,
     F.adaptive_avg_pool2d: _adaptive_function, F.adaptive_max_pool2d: _adaptive_function,
     F.max_pool2d: _pool_function, F.avg_pool2d: _pool_function,
+    **{fn: _matmul_function for fn in MATMUL_FUNCTIONS},
+    F.scaled_dot_product_attention: _attention_function,
+    _A.scaled_dot_product_attention.default: _attention_function,
+    F.embedding: _embedding_function, _A.embedding.default: _embedding_function,
+    F.layer_norm: _layernorm_function, _A.layer_norm.default: _layernorm_function,
+    **{op: _aten_first_value(_unary_function) for op in ATEN_UNARY},
+    **{op: _aten_first_value(_binary_function) for op in ATEN_BINARY},
+    _A.cat.default: _cat_function, _A.flatten.using_ints: _aten_first_value(_flatten_function),
+    _A.linear.default: _weighted_function, _A.conv2d.default: _weighted_function,
 }
 
 
@@ -369,5 +490,5 @@ def executor_for(node: fx.Node, mod: nn.Module | None, args: Args, kwargs: Kwarg
     return None
 
 
-__all__ = ["FUNCTION_EXECUTORS", "METHOD_EXECUTORS", "MODULE_EXECUTORS", "binary", "executor_for",
-           "flatten", "is_value"]
+__all__ = ["FUNCTION_EXECUTORS", "METHOD_EXECUTORS", "MODULE_EXECUTORS", "binary", "embedding",
+           "executor_for", "flatten", "is_value", "layer_norm"]
