@@ -165,7 +165,8 @@ def test_usage_errors_exit_2(args, hint):
         (["models", "--json", "/no/such/dir/models.json"], "directory /no/such/dir does not exist"),
         (["attack", "--dataset", "no_such_data", "--smoke"], "ConfigError"),
         (["teeslice", "train", "--set", "max_proxies=4"], "ConfigError: TeeSliceConfig: max_proxies"),
-        (["teeslice", "train", "--model", "bert_tiny"], "UnsupportedBackbone"),
+        (["teeslice", "train", "--model", "teeslice_small_cnn"], "UnsupportedBackbone: TEESlice cannot"),
+        (["teeslice", "train", "--model", "no_such_model"], "ConfigError: unknown model"),
     ],
 )
 def test_typed_errors_exit_1_with_message_and_no_traceback(args, message):
