@@ -1,8 +1,8 @@
 """Where TEESlice proxies go: the blocks of a backbone, as tsdp-strategies.md defines them.
 
 ResNet and the GAP-head ResNet (``gap_resnet20``): the stem, then each residual block.
-VGG / AlexNet / SmallCNN: each conv(-bn)-relu(-pool) group. The classifier (pooling + flatten + the FC layers) is the private
-head. A backbone of any other type is an :class:`~taoism.errors.UnsupportedBackbone`.
+VGG / AlexNet / SmallCNN: each conv(-bn)-relu(-pool) group. The classifier (pooling + flatten
++ the FC layers) is the private head. A backbone of any other type is an :class:`~taoism.errors.UnsupportedBackbone`.
 """
 
 from __future__ import annotations
