@@ -1,7 +1,8 @@
 """The TEESlice victim of the evaluation: slices trained by :mod:`taoism.teeslice` (as published).
 
-For the ``teeslice`` row of a plain model M the deployed model is
-``taoism.teeslice.sliced_victim(victim, public, data, config)``: M's public model as the frozen
+For the ``teeslice`` row of a plain model M the deployed model is what
+``taoism.teeslice.sliced_victim(victim, public, data, config)`` returns (called here as
+``taoism.teeslice.train``, the same cached training, for its figures): M's public model as the frozen
 backbone, gated proxy slices and a private head distilled from M's victim on the victim's own
 private data (target-train), pruned by the artifact's rule. The attacker's MIA shadow is made
 the same way from its own shadow model on shadow-train (the victim's recipe, never the
@@ -10,16 +11,19 @@ surrogate). The training is cached by content under the experiment's cache direc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from taoism.data import ImageDataset
+from taoism.errors import ConfigError
 from taoism.security.cache import Cache
 from taoism.security.models import (build, prepare_models, public_state, shadow_state, splits_for,
                                     subseed, torch_threads)
 from taoism.security.training import seeded
+
+if TYPE_CHECKING:
+    from taoism.teeslice import SlicedNet
 
 __all__ = ["attacker_sliced", "sliced_model", "teeslice_applies", "trains_slices"]
 
@@ -36,7 +40,6 @@ def trains_slices(model: str, strategy: str) -> bool:
 
 def teeslice_applies(model: str, ds: ImageDataset) -> str | None:
     """None when TEESlice can slice plain ``model`` on ``ds``, else the reason it cannot."""
-    from taoism.errors import ConfigError
     from taoism.teeslice import backbone_layout
 
     try:
@@ -47,12 +50,12 @@ def teeslice_applies(model: str, ds: ImageDataset) -> str | None:
 
 
 def sliced_model(model: str, ds: ImageDataset, seed: int, config: Any, cache: Cache, *,
-                 role: str = "victim", progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+                 role: str = "victim", progress: bool = False) -> tuple[SlicedNet, dict[str, Any]]:
     """The TEESlice model of plain ``model``'s victim (or the attacker's shadow) and its figures."""
     from taoism.teeslice import SliceData, train
 
     if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        raise ConfigError(f"sliced_model: role must be one of {ROLES}, got {role!r}")
     with torch_threads(config.threads):
         sp = splits_for(ds, seed, config)
         pub_sd = public_state(model, ds, seed, config, cache, progress=progress)
@@ -78,8 +81,8 @@ def sliced_model(model: str, ds: ImageDataset, seed: int, config: Any, cache: Ca
     return result.model.eval(), info
 
 
-def attacker_sliced(model: str, ds: ImageDataset, like: nn.Module, seed: int,
-                    public_sd: dict[str, torch.Tensor]) -> nn.Module:
+def attacker_sliced(model: str, ds: ImageDataset, like: SlicedNet, seed: int,
+                    public_sd: dict[str, torch.Tensor]) -> SlicedNet:
     """A fresh sliced model of ``like``'s structure (the attacker knows the architecture): plain
     ``model``'s public weights as the backbone, slices and head from the attacker's own seed."""
     from taoism.teeslice import SlicedNet
@@ -87,6 +90,7 @@ def attacker_sliced(model: str, ds: ImageDataset, like: nn.Module, seed: int,
     plain = build(model, ds, subseed(seed, "attacker-init"))
     plain.load_state_dict(public_sd)
     with seeded(subseed(seed, "attacker-slices")):
-        net = SlicedNet(plain, like.input_shape, int(ds.num_classes), like.max_proxies)
+        c, h, w = like.input_shape
+        net = SlicedNet(plain, (c, h, w), int(ds.num_classes), like.max_proxies)
     net.restrict(like.structure())
     return net.eval()
