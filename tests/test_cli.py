@@ -49,9 +49,21 @@ def test_every_command_module_is_registered():
     assert {"models", "plan", "run", "bench", "attack", "demo"} <= set(app.commands)
 
 
+def _leaf_commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
+    """Every command below ``group`` by its full name (``teeslice train``), groups descended."""
+    out: dict[str, click.Command] = {}
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out.update(_leaf_commands(cmd, f"{prefix}{name} "))
+        else:
+            out[prefix + name] = cmd
+    return out
+
+
 def test_every_option_has_help_and_shared_output_flags():
     app = build_app()
-    for name, cmd in app.commands.items():
+    assert "teeslice train" in _leaf_commands(app)
+    for name, cmd in _leaf_commands(app).items():
         options = {o for p in cmd.params if isinstance(p, click.Option) for o in p.opts}
         if name not in ("completion", "serve"):  # serve runs until SIGTERM: no result to emit
             assert {"--json", "--out", "--quiet", "--verbose"} <= options, name
@@ -124,6 +136,10 @@ def test_main_returns_the_exit_code(capsys):
         (["attack", "--seeds", ","], "--seeds"),
         (["plan", "--no-such-option"], "--no-such-option"),
         (["bench", "--strategies", ""], "--strategies"),
+        (["teeslice", "train", "--set", "no_such_field=1"], "unknown TeeSliceConfig field"),
+        (["teeslice", "train", "--set", "student_epochs=many"], "student_epochs takes an integer"),
+        (["teeslice", "train", "--set", "prune"], "expected FIELD=VALUE"),
+        (["teeslice", "train", "--public-task", "imagenet"], "--public-task"),
     ],
 )
 def test_usage_errors_exit_2(args, hint):
@@ -148,6 +164,9 @@ def test_usage_errors_exit_2(args, hint):
         (["models", "--quiet", "--verbose"], "--quiet and --verbose contradict"),
         (["models", "--json", "/no/such/dir/models.json"], "directory /no/such/dir does not exist"),
         (["attack", "--dataset", "no_such_data", "--smoke"], "ConfigError"),
+        (["teeslice", "train", "--set", "max_proxies=4"], "ConfigError: TeeSliceConfig: max_proxies"),
+        (["teeslice", "train", "--model", "teeslice_small_cnn"], "UnsupportedBackbone: TEESlice cannot"),
+        (["teeslice", "train", "--model", "no_such_model"], "ConfigError: unknown model"),
     ],
 )
 def test_typed_errors_exit_1_with_message_and_no_traceback(args, message):
@@ -319,6 +338,38 @@ def test_attack_smoke_uses_the_cache_dir(tmp_path):
     )
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "b.json").read_text())["cache"]["job_hits"] == 2
+
+
+def test_teeslice_train_digits_prints_and_writes_the_figures(tmp_path):
+    """``taoism teeslice train``: options reach TeeSliceConfig, figures in JSON, rerun cached."""
+    args = ["teeslice", "train", "--model", "small_cnn", "--dataset", "digits", "--train-size", "600",
+            "--public-epochs", "2", "--victim-epochs", "4", "--public-task", "supervised",
+            "--set", "teacher_epochs=1", "--set", "student-epochs=2", "--set", "prune_every=1",
+            "--set", "max_prune_steps=1", "--set", "batch_size=64", "--threads", "1", "--quiet",
+            "--cache-dir", str(tmp_path / "cache")]
+    first = invoke(*args, "--json", str(tmp_path / "a.json"), "--out", str(tmp_path / "out"))
+    assert first.exit_code == 0, first.output
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert result["config"]["student_epochs"] == 2 and result["config"]["max_prune_steps"] == 1
+    assert result["config"]["seed"] == 0 and result["config"]["kd_weight"] == 1.0  # defaults kept
+    assert result["model"] == "small_cnn" and result["dataset"] == "digits"
+    assert result["train_size"] + result["val_size"] == 300  # the private half
+    after = result["after_prune"]
+    assert 0 < after["flops_tee_pct"] < 100 and after["proxies"] <= result["before_prune"]["proxies"]
+    assert f"{after['test_accuracy']:.4f}" in first.stdout and "%FLOPs TEE" in first.stdout
+    assert result["victim_test_accuracy"] > 0.5 and not result["cached"]
+    assert json.loads((tmp_path / "out" / "teeslice_small_cnn_digits.json").read_text()) == result
+    again = invoke(*args, "--json", str(tmp_path / "b.json"))
+    assert again.exit_code == 0, again.output
+    cached = json.loads((tmp_path / "b.json").read_text())
+    assert cached["cached"] and cached["after_prune"] == after
+    assert "(from the cache)" in again.stdout
+
+
+def test_teeslice_help_lists_the_config_fields():
+    text = " ".join(invoke("teeslice", "train", "--help").stdout.split())
+    assert "FIELD=VALUE" in text and "feature_weight=10.0" in text and "flops_weight=0.3" in text
+    assert "[default: small_cnn]" in text and "TAOISM_CACHE_DIR" in text
 
 
 def test_completion_script():

@@ -26,6 +26,7 @@ from taoism.security import (AttackConfig, Cache, JobSpec, black_box_view, build
 from taoism.security.experiment import (attack_starts, dataset_for, deploy, prepare_models,
                                        sliced_counterpart, torch_threads)
 from taoism.security.models import build, splits_for
+from taoism.security.sliced import attacker_sliced, sliced_model
 from taoism.security.tuning import AttackGrid, fit_surrogate, grid_edges
 from taoism.security.training import accuracy, predict_logits, train_classifier
 from taoism.security.views import exposed_param, match_rows
@@ -250,7 +251,7 @@ def test_table_white_box_vs_black_box(table_run):
     assert strategies[0] == "none" and strategies[-1] == "all"
     for s in ("deep:1", "shallow:1", "magnitude:0.01", "intermediate:0.8", "nonlinear"):
         assert s in strategies
-    assert not res["skipped"]  # teeslice runs on the zoo's teeslice_small_cnn
+    assert not res["skipped"]  # teeslice runs on slices taoism.teeslice trains from the victim
     assert not res["errors"]
     wb, bb = _row(res, "none"), _row(res, "all")
     # digits is easy: the tuned black-box attacker reaches ~83% against a ~93% victim, so the
@@ -283,22 +284,41 @@ def test_table_teeslice_row_is_measured_on_the_sliced_model(table_run):
     res, _, _, _ = table_run
     assert "teeslice" not in res["skipped"]
     row = _row(res, "teeslice")
-    assert row["model"] == "teeslice_small_cnn"
-    for m in ("ms_accuracy", "fidelity", "adv_success", "mia_accuracy", "mia_auc", "victim_accuracy"):
+    assert row["model"] == MODEL  # the plain victim, sliced by taoism.teeslice
+    for m in ("ms_accuracy", "fidelity", "adv_success", "mia_accuracy", "mia_auc", "victim_accuracy",
+              "plain_victim_accuracy", "accuracy_vs_victim"):
         v = row["metrics"][m]["mean"]
         assert v is not None and math.isfinite(v), m
-    assert row["metrics"]["victim_accuracy"]["mean"] > 0.5  # slices + fc learnt the private task
+    # the deployed sliced model learnt the private task, and is measured against the plain victim
+    m = row["metrics"]
+    assert m["victim_accuracy"]["mean"] > 0.5
+    assert m["plain_victim_accuracy"]["mean"] == pytest.approx(
+        _row(res, "none")["metrics"]["victim_accuracy"]["mean"], abs=1e-6)
+    assert m["accuracy_vs_victim"]["mean"] == pytest.approx(
+        m["victim_accuracy"]["mean"] - m["plain_victim_accuracy"]["mean"])
+    assert _row(res, "none")["metrics"]["accuracy_vs_victim"]["mean"] is None  # only the TEESlice row
     job = next(j for j in res["jobs"] if j["job"]["strategy"] == "teeslice")
-    assert job["job"]["model"] == "teeslice_small_cnn"
+    info = job["teeslice"]
+    assert info["victim_test_accuracy"] == job["victim"]["victim_test_accuracy"]
+    assert info["after_prune"]["proxies"] <= info["before_prune"]["proxies"] == 3
+    assert info["prune_steps"] >= 1 and info["train_size"] > 0
+    # the TEESlice model trained in phase 1 is reused (cache hit) by the job
+    assert info["cached"]
+    t = row["teeslice"]
+    assert t["sliced_test_accuracy"]["mean"] == info["sliced_test_accuracy"]
+    assert t["accuracy_vs_victim"]["mean"] == pytest.approx(
+        info["sliced_test_accuracy"] - info["victim_test_accuracy"])
     rep = job["report"]
     # Shares relative to the plain small_cnn (the "none" job's totals), not to the sliced model.
     plain = next(j for j in res["jobs"] if j["job"]["strategy"] == "none")["report"]
-    assert rep["relative_to"]["model"] == MODEL
+    assert rep["relative_to"]["model"] == MODEL and rep["sliced_model"] == "taoism.teeslice.SlicedNet"
     assert rep["relative_to"]["params_total"] == plain["params_total"]
     assert row["params_tee_pct"] == pytest.approx(100 * rep["params_tee"] / plain["params_total"])
     assert row["flops_tee_pct"] == pytest.approx(100 * rep["flops_tee"] / plain["flops_total"])
     assert 0 < row["params_tee_pct"] < 100 and 0 < row["flops_tee_pct"] < 100
-    # The attacker holds the public backbone in plaintext; slices and fc are absent.
+    # the deployment's own TEE share is the one taoism.teeslice reports for the trained model
+    assert rep["params_tee_pct_sliced"] == pytest.approx(info["after_prune"]["params_tee_pct"])
+    # The attacker holds the public backbone in plaintext; slices and head are absent.
     view = job["attacker"]["view"]
     assert view["plaintext"]["tensors"] > 0 and view["absent"]["tensors"] > 0
     assert job["attacker"]["oracle_matches_plain_victim"] == 1.0
@@ -306,6 +326,8 @@ def test_table_teeslice_row_is_measured_on_the_sliced_model(table_run):
     assert set(job["starts"]) == {"sliced_unfrozen", "backbone_new_head", "plain_public"}
     assert row["metrics"]["ms_accuracy"]["mean"] == max(s["ms_accuracy"] for s in job["starts"].values())
     assert row["metrics"]["mia_accuracy"]["mean"] == max(s["mia_accuracy"] for s in job["starts"].values())
+    text = format_table(res)
+    assert "teeslice q=50: sliced model test" in text and "after pruning" in text
 
 
 def test_sliced_counterpart_and_job_keys(smoke_cfg):
@@ -316,6 +338,24 @@ def test_sliced_counterpart_and_job_keys(smoke_cfg):
     a = JobSpec("small_cnn", "digits", "teeslice", 0, 50, smoke_cfg)
     b = JobSpec("teeslice_small_cnn", "digits", "teeslice", 0, 50, smoke_cfg)
     assert a.key() != b.key()
+    # the TEESlice options are part of the teeslice job's key only
+    other = AttackConfig.preset(DATASET, smoke=True, teeslice_options=(("student_epochs", 3),))
+    assert JobSpec("small_cnn", "digits", "teeslice", 0, 50, other).key() != a.key()
+    for s in ("none", "deep:1"):
+        assert JobSpec("small_cnn", "digits", s, 0, 50, other).key() == JobSpec("small_cnn", "digits", s, 0, 50,
+                                                                                  smoke_cfg).key()
+    assert other.teeslice_config(5).student_epochs == 3 and other.teeslice_config(5).seed == 5
+    with pytest.raises(ConfigError, match="unknown TeeSliceConfig field"):
+        AttackConfig(teeslice_options=(("no_such_field", 1),))
+    with pytest.raises(ConfigError, match="max_proxies"):
+        AttackConfig(teeslice_options=(("max_proxies", 9),))
+
+
+def test_teeslice_skipped_with_the_reason_on_an_unsupported_backbone(digits):
+    from taoism.security.sliced import teeslice_applies
+
+    assert teeslice_applies(MODEL, digits) is None and teeslice_applies("gap_resnet20", digits) is None
+    assert "cannot place proxies on a TEESliceSmallCNN" in teeslice_applies("teeslice_small_cnn", digits)
 
 
 def test_table_files(table_run):
@@ -435,12 +475,18 @@ def test_glyphs_attacker_start_never_holds_victim_values(glyph_run):
     res, cache, _ = glyph_run
     cfg = AttackConfig.preset(GLYPHS, smoke=True)
     ds = dataset_for(GLYPHS, None, cache, cfg.data_options)
-    for strategy, model in (("all", MODEL), ("deep:1", MODEL), ("teeslice", "teeslice_small_cnn")):
+    for strategy, model in (("all", MODEL), ("deep:1", MODEL), ("teeslice", MODEL), ("teeslice", "teeslice_small_cnn")):
         _, victim_sd, _ = prepare_models(model, ds, 0, cfg, Cache(cache))
         victim = build(model, ds)
         victim.load_state_dict(victim_sd)
         other_init = build(model, ds, 777).state_dict()  # constant inits (e.g. gate logits 0) match anyway
         spec = JobSpec(model, ds.name, strategy, 0, 50, cfg, None, ds.fingerprint)
+        if model == MODEL and strategy == "teeslice":  # the slices taoism.teeslice trains
+            victim = sliced_model(MODEL, ds, 0, cfg, Cache(cache))[0]
+            victim_sd = victim.state_dict()
+            with torch.no_grad():
+                other = attacker_sliced(MODEL, ds, victim, 777, build(MODEL, ds, 5).state_dict())
+            other_init = other.state_dict()
         view = deploy(spec, victim, ds, ds.x_train[:4])["view"]
         for start in attack_starts(spec, ds, view, Cache(cache)):
             sd = start.model.state_dict()

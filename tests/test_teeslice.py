@@ -45,7 +45,7 @@ def _n_proxies(model: nn.Module) -> int:
 @pytest.mark.parametrize("name,shape,blocks", [
     ("resnet18", "cifar", 9), ("resnet18", "imagenet", 9), ("resnet34", "cifar", 17), ("resnet50", "cifar", 17),
     ("vgg16_bn", "cifar", 13), ("alexnet", "imagenet", 5), ("alexnet", "cifar", 5),
-    ("small_cnn", "digits", 2),
+    ("small_cnn", "digits", 2), ("gap_resnet20", "digits", 10), ("gap_resnet20", "mnist", 10),
 ])
 def test_every_supported_backbone_gets_proxies_per_block(name, shape, blocks):
     model = _sliced(name, shape, classes=7)
@@ -57,6 +57,24 @@ def test_every_supported_backbone_gets_proxies_per_block(name, shape, blocks):
     assert logits.shape == (2, 7) and len(feats) == blocks
     assert all(not p.requires_grad for p in model.backbone.parameters())
     assert all(p.requires_grad for n in ("slices", "head") for p in model.get_submodule(n).parameters())
+
+
+def test_gap_resnet_blocks_are_stem_and_residual_blocks_with_a_gap_head():
+    """The glyphs victim (gap_resnet20): stem, nine residual blocks; head = GAP + fc, private."""
+    net = get_model("gap_resnet20", dataset_shape="mnist")
+    layout = backbone_layout(net)
+    assert layout.blocks == (("conv1", "bn1", "relu"),
+                             *((f"layer{i}.{b}",) for i in (1, 2, 3) for b in range(3)))
+    assert (layout.pool, layout.classifier) == ("avgpool", "fc")
+    model = _randomise(SlicedNet(net, input_shape("gap_resnet20", "mnist"), 7), seed=4)
+    assert isinstance(model.head.pool, nn.AdaptiveAvgPool2d) and model.head.classifier.out_features == 7
+    assert not hasattr(model.backbone, "fc") and not hasattr(model.backbone, "avgpool")
+    model.remove_proxies([("block4", 2), ("block9", 1)])
+    x = torch.randn(3, 1, 28, 28)
+    with taoism.shield(model, x, strategy="teeslice") as sm:
+        y = sm(x)
+    assert_same(y, model(x))
+    assert float(y.std()) > 0.1
 
 
 def test_unsupported_backbones_are_typed_errors():

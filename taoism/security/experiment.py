@@ -44,6 +44,7 @@ from taoism.security.cache import Cache, config_hash
 from taoism.security.models import (build, dataset_for, is_sliced, plain_backbone, prepare_models,
                                     public_state, shadow_state, sliced_counterpart, splits_for, subseed,
                                     torch_threads)
+from taoism.security.sliced import attacker_sliced, sliced_model, trains_slices
 from taoism.security.starts import Start, teeslice_starts, view_start
 from taoism.security.training import accuracy, classifier_head, predict_logits, seeded
 from taoism.security.tuning import AttackGrid, fit_surrogate, grid_edges
@@ -57,6 +58,15 @@ MS_KEYS = ("ms_accuracy", "fidelity", "surrogate_init_accuracy", "adv_success", 
            "adv_samples")
 MIA_KEYS = ("mia_accuracy", "mia_auc", "mia_threshold", "mia_tpr", "mia_tnr", "generalization_gap",
             "confidence_gap", "mia_samples")
+
+
+#: Bump when the TEESlice row's victim, starts or figures change meaning (part of its job key).
+TEESLICE_JOB_VERSION = 2
+
+#: The smoke presets' TEESlice training: the artifact's coefficients, at most two pruning steps
+#: (a test, not a result; on digits' ~140 training members it takes ~2 s and reaches ~80% vs ~94%).
+SMOKE_TEESLICE = (("teacher_epochs", 20), ("student_epochs", 20), ("prune_every", 2), ("max_prune_steps", 2),
+                  ("batch_size", 32))
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,8 @@ class AttackConfig:
     ``shadow_epochs`` / ``shadow_lr`` say otherwise; ``mia_samples`` caps members (and as many
     non-members). Deployment: ``backend`` (None = default), ``device`` (the untrusted device),
     ``latency_repeats``. ``threads``: torch intra-op threads while a job runs (None = leave).
+    TEESlice row: ``teeslice_options`` are :class:`~taoism.teeslice.TeeSliceConfig` fields
+    (default: the artifact's) for the slices :func:`taoism.teeslice.sliced_victim` trains.
     """
 
     split_size: int | None = None
@@ -106,6 +118,7 @@ class AttackConfig:
     device: str | None = "cpu"
     latency_repeats: int = 3
     threads: int | None = 1
+    teeslice_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.public_task not in ("rotation", "supervised"):
@@ -126,8 +139,21 @@ class AttackConfig:
                 object.__setattr__(self, name, tuple(kind(e) for e in v))
             except (TypeError, ValueError):
                 raise ConfigError(f"AttackConfig.{name} must be a sequence of numbers, got {v!r}") from None
-        object.__setattr__(self, "data_options", tuple((str(k), v) for k, v in self.data_options))
+        for name in ("data_options", "teeslice_options"):
+            object.__setattr__(self, name, tuple((str(k), v) for k, v in getattr(self, name)))
         self.grid()  # validates the grid
+        self.teeslice_config(0)  # validates the TEESlice options
+
+    def teeslice_config(self, seed: int) -> Any:
+        """The TeeSliceConfig of the TEESlice row (``teeslice_options`` over the defaults)."""
+        from taoism.teeslice import TeeSliceConfig
+
+        fields = {f.name for f in dataclasses.fields(TeeSliceConfig)} - {"seed"}
+        unknown = sorted(k for k, _ in self.teeslice_options if k not in fields)
+        if unknown:
+            raise ConfigError(f"AttackConfig.teeslice_options: unknown TeeSliceConfig field(s) {unknown}; "
+                              f"known: {sorted(fields)}")
+        return TeeSliceConfig(**{**dict(self.teeslice_options), "seed": seed})
 
     @classmethod
     def preset(cls, dataset: str, *, smoke: bool = False, **overrides: Any) -> "AttackConfig":
@@ -147,6 +173,7 @@ class AttackConfig:
                         victim_epochs=30, victim_lr=0.02)
         if smoke:
             base.update(latency_repeats=1, adv_samples=200, ms_lrs=(0.0003, 0.001, 0.003, 0.01, 0.03), ms_epochs=(3, 10, 30, 80))
+            base.update(teeslice_options=SMOKE_TEESLICE)
             if name == "glyphs":
                 base.update(data_options=(("max_classes", 10), ("renders", 5), ("max_fonts_per_family", 1)),
                             public_epochs=3, victim_epochs=8, eval_samples=None, adv_samples=100)
@@ -161,7 +188,8 @@ class AttackConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["data_options"] = [list(kv) for kv in self.data_options]
+        for name in ("data_options", "teeslice_options"):
+            d[name] = [list(kv) for kv in getattr(self, name)]
         return d
 
     def public_key(self) -> dict[str, Any]:
@@ -187,10 +215,14 @@ class JobSpec:
     data_fingerprint: str = ""
 
     def key(self) -> str:
+        config = self.config.to_dict()
+        if self.strategy == "teeslice":  # the TEESlice row's model comes from taoism.teeslice
+            config["teeslice_version"] = TEESLICE_JOB_VERSION
+        else:  # other rows do not depend on it: their keys (and cached results) stay as they were
+            del config["teeslice_options"]
         return config_hash({"kind": "job", "model": self.model, "dataset": self.dataset,
                             "data": self.data_fingerprint, "strategy": self.strategy,
-                            "seed": self.seed, "queries": self.queries,
-                            "config": self.config.to_dict()})
+                            "seed": self.seed, "queries": self.queries, "config": config})
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "dataset": self.dataset, "strategy": self.strategy,
@@ -257,11 +289,18 @@ def deploy(spec: JobSpec, victim: torch.nn.Module, ds: ImageDataset, xq: torch.T
     return {"view": view, "report": report, "yq": yq, "profile": prof}
 
 
-def attack_starts(spec: JobSpec, ds: ImageDataset, view: dict[str, Any], cache: Cache) -> list[Start]:
-    """Where the attacker starts: the view on a fresh copy, or TEESlice's three starts."""
+def attack_starts(spec: JobSpec, ds: ImageDataset, view: dict[str, Any], cache: Cache,
+                  deployed: torch.nn.Module | None = None) -> list[Start]:
+    """Where the attacker starts: the view on a fresh copy, or TEESlice's three starts
+    (``deployed``: the sliced model whose architecture the attacker knows; default: the job's)."""
     cfg = spec.config
     public_sd = public_state(spec.model, ds, spec.seed, cfg, cache)
     fresh = build(spec.model, ds, subseed(spec.seed, "attacker-init"))
+    if trains_slices(spec.model, spec.strategy):
+        like = deployed if deployed is not None else sliced_model(spec.model, ds, spec.seed, cfg, cache)[0]
+        sliced = attacker_sliced(spec.model, ds, like, spec.seed, public_sd)
+        return teeslice_starts(sliced, lambda: build(spec.model, ds, subseed(spec.seed, "attacker-init")),
+                               view, sliced.state_dict(), public_sd)
     if not is_sliced(fresh):
         return [view_start(fresh, view, public_sd)]
     plain = plain_backbone(spec.model)
@@ -324,10 +363,14 @@ def _run_job(spec: JobSpec, cache: Cache, *, progress: bool) -> dict[str, Any]:
     _, victim_sd, victim_info = prepare_models(spec.model, ds, spec.seed, cfg, cache, progress=progress)
     shadow = build(spec.model, ds)
     shadow.load_state_dict(shadow_state(spec.model, ds, spec.seed, cfg, cache, progress=progress))
-    t["models"] = time.perf_counter()
     victim = build(spec.model, ds)
     victim.load_state_dict(victim_sd)
     victim.eval()
+    plain_victim, sliced_info = victim, None
+    if trains_slices(spec.model, spec.strategy):  # deploy (and shadow) the TEESlice model of this victim
+        victim, sliced_info = sliced_model(spec.model, ds, spec.seed, cfg, cache, progress=progress)
+        shadow = sliced_model(spec.model, ds, spec.seed, cfg, cache, role="shadow", progress=progress)[0]
+    t["models"] = time.perf_counter()
     sp = splits_for(ds, spec.seed, cfg)
     qidx = draw_queries(spec, ds, sp)
     xq = ds.x_train[qidx]
@@ -335,13 +378,19 @@ def _run_job(spec: JobSpec, cache: Cache, *, progress: bool) -> dict[str, Any]:
     view, yq = dep["view"], dep["yq"]
     t["deploy"] = time.perf_counter()
     per_start: dict[str, dict[str, Any]] = {}
-    starts = attack_starts(spec, ds, view, cache)
+    starts = attack_starts(spec, ds, view, cache, victim if sliced_info is not None else None)
     for start in starts:
         surrogate, ms = _steal(start, victim, ds, xq, yq, view, spec)
         per_start[start.name] = {**ms, **_mia(surrogate, shadow, ds, sp, cfg)}
     t["attacks"] = time.perf_counter()
     rec = starts[0].rec
-    return _result(spec, dep, victim, xq, yq, qidx, per_start, victim_info, rec, t)
+    out = _result(spec, dep, victim, xq, yq, qidx, per_start, victim_info, rec, t)
+    if sliced_info is not None:  # the deployed sliced model against the plain victim
+        plain_acc = accuracy(plain_victim, ds.x_test[:cfg.eval_samples], ds.y_test[:cfg.eval_samples])
+        out["metrics"]["plain_victim_accuracy"] = plain_acc
+        out["metrics"]["accuracy_vs_victim"] = out["metrics"]["victim_accuracy"] - plain_acc
+        out["teeslice"] = sliced_info
+    return out
 
 
 _REPORT_KEYS = ("params_total", "params_tee", "params_tee_pct", "params_unused", "flops_total", "flops_tee",

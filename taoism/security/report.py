@@ -16,7 +16,8 @@ __all__ = ["METRICS", "RATIO_METRICS", "aggregate", "csv_rows", "figure", "flops
 
 #: Metrics aggregated per row (mean and std over seeds).
 METRICS = ("ms_accuracy", "fidelity", "adv_success", "mia_accuracy", "mia_auc",
-           "generalization_gap", "confidence_gap", "surrogate_init_accuracy", "victim_accuracy")
+           "generalization_gap", "confidence_gap", "surrogate_init_accuracy", "victim_accuracy",
+           "plain_victim_accuracy", "accuracy_vs_victim")
 #: Metrics also reported relative to the black-box baseline (strategy / "all", per seed).
 RATIO_METRICS = ("ms_accuracy", "fidelity", "adv_success", "mia_accuracy", "mia_auc")
 
@@ -63,12 +64,25 @@ def aggregate(results: list[dict[str, Any]], strategies: list[str], queries: lis
             row["flops_tee"] = rep.get("flops_tee")
             row["latency_ms"] = _stats([r["latency_ms"]["median"] for _, r in runs])
             row["model"] = runs[0][1]["job"]["model"]
+            if "teeslice" in runs[0][1]:
+                row["teeslice"] = _teeslice_summary([r["teeslice"] for _, r in runs])
             row["tuning"] = [{"seed": seed, "lr": r.get("tuning", {}).get("lr"),
                               "epochs": r.get("tuning", {}).get("epochs"),
                               "at_edge": r.get("tuning", {}).get("at_edge"),
                               "best_start": r.get("best_start")} for seed, r in runs]
             rows.append(row)
     return rows
+
+
+def _teeslice_summary(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """The TEESlice models' figures over seeds: test accuracy vs the victim, proxies and the
+    sliced model's own TEE shares before and after pruning."""
+    out = {k: _stats([i[k] for i in infos]) for k in ("sliced_test_accuracy", "victim_test_accuracy",
+                                                     "accuracy_vs_victim")}
+    for when in ("before_prune", "after_prune"):
+        out[when] = {k: _stats([i[when][k] for i in infos])
+                     for k in ("proxies", "params_tee_pct", "flops_tee_pct")}
+    return out
 
 
 def references(results: list[dict[str, Any]], queries: list[int], num_classes: int) -> dict[str, Any]:
@@ -213,6 +227,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"{pm(m['fidelity']):>13} {pm(m['adv_success']):>13} {pm(m['mia_accuracy']):>13} "
             f"{x(xb['mia_accuracy']):>5} {100 * (m['generalization_gap']['mean'] or 0):7.1f} "
             f"{100 * (m['confidence_gap']['mean'] or 0):8.1f}")
+    for r in result["rows"]:
+        t = r.get("teeslice")
+        if t:
+            a, b = t["after_prune"], t["before_prune"]
+            lines.append(
+                f"teeslice q={r['queries']}: sliced model test {pm(t['sliced_test_accuracy'])}% vs victim "
+                f"{pm(t['victim_test_accuracy'])}% (difference {pm(t['accuracy_vs_victim'])} points); "
+                f"TEE {r['params_tee_pct'] or 0:.2f}% params, {r['flops_tee_pct'] or 0:.2f}% FLOPs of the "
+                f"plain model; proxies {b['proxies']['mean']:.0f} -> {a['proxies']['mean']:.1f} after pruning")
     for s, why in result.get("skipped", {}).items():
         lines.append(f"skipped {s}: {why}")
     for e in result.get("errors", []):

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from taoism.errors import ConfigError, TaoismError
 from taoism.security.cache import Cache
 from taoism.security.experiment import AttackConfig, JobSpec, run_job
-from taoism.security.models import dataset_for, prepare_models, shadow_state, sliced_counterpart
+from taoism.security.models import dataset_for, prepare_models, shadow_state
+from taoism.security.sliced import sliced_model, teeslice_applies, trains_slices
 
 __all__ = ["check_common", "execute", "run_all"]
 
@@ -28,6 +29,14 @@ def _prepare_worker(model: str, dataset: str, data_root: str | None, seed: int,
     ds = dataset_for(dataset, data_root, cache_root, config.data_options)
     prepare_models(model, ds, seed, config, Cache(cache_root), progress=progress)
     shadow_state(model, ds, seed, config, Cache(cache_root), progress=progress)
+    return True
+
+
+def _slices_worker(model: str, dataset: str, data_root: str | None, seed: int,
+                   config: AttackConfig, cache_root: str, progress: bool) -> bool:
+    ds = dataset_for(dataset, data_root, cache_root, config.data_options)
+    for role in ("victim", "shadow"):
+        sliced_model(model, ds, seed, config, Cache(cache_root), role=role, progress=progress)
     return True
 
 
@@ -123,37 +132,37 @@ def execute(model: str, dataset: str, strategies: list[str], queries: list[int],
     """Train every seed's models, then run one job per (strategy, queries, seed); returns the
     job results, the strategies skipped (with the reason) and the data set."""
     ds = dataset_for(dataset, data_root, cache.root, config.data_options)
-    # ``teeslice`` partitions before training, so it needs a sliced model: on a plain model M
-    # whose sliced version teeslice_M is in the zoo, the teeslice row attacks a teeslice_M
-    # victim (backbone = M's public model, frozen; slices + fc trained on the private data).
-    sliced = sliced_counterpart(model) if "teeslice" in strategies else None
+    # ``teeslice`` partitions before training: on a plain model M its row deploys the slices
+    # taoism.teeslice trains from M's victim over M's public model (taoism.security.sliced);
+    # a sliced zoo model (teeslice_M) is deployed as it is.
+    slices = any(trains_slices(model, s) for s in strategies)
     skipped = _applicable(model, ds.shape, ds.num_classes,
-                          [s for s in strategies if not (sliced and s == "teeslice")])
-    if sliced:
-        skipped.update(_applicable(sliced, ds.shape, ds.num_classes, ["teeslice"]))
-    use_sliced = sliced is not None and "teeslice" not in skipped
-
-    def model_for(strategy: str) -> str:
-        return sliced if use_sliced and strategy == "teeslice" else model
-
+                          [s for s in strategies if not (slices and s == "teeslice")])
+    why = teeslice_applies(model, ds) if slices else None
+    if why:
+        skipped["teeslice"] = why
+    use_slices = slices and not why
     root = str(cache.root)
-    # Phase 1: the public model and the victim of every seed (shared by all of that seed's jobs);
-    # the sliced victims after the plain ones, as they reuse the plain public models.
-    for m in [model] + ([sliced] if use_sliced else []):
-        run_all([(_prepare_worker, (m, dataset, data_root, s, config, root, progress and jobs == 1 and not ray))
-                  for s in seeds], jobs=min(jobs, len(seeds)), ray=ray, desc="models", progress=progress)
+    show = progress and jobs == 1 and not ray
+    # Phase 1: the public model and the victim of every seed (shared by all of that seed's jobs),
+    # then the TEESlice models trained from them (victim's and shadow's).
+    run_all([(_prepare_worker, (model, dataset, data_root, s, config, root, show)) for s in seeds],
+            jobs=min(jobs, len(seeds)), ray=ray, desc="models", progress=progress)
+    if use_slices:
+        run_all([(_slices_worker, (model, dataset, data_root, s, config, root, show)) for s in seeds],
+                jobs=min(jobs, len(seeds)), ray=ray, desc="teeslice", progress=progress)
     # Phase 2: one job per (strategy, queries, seed).
-    specs = [JobSpec(model_for(s), ds.name, s, seed, q, config, data_root, ds.fingerprint)
+    specs = [JobSpec(model, ds.name, s, seed, q, config, data_root, ds.fingerprint)
              for s in strategies if s not in skipped for q in queries for seed in seeds]
     results = run_all([(_job_worker, (spec, root, False)) for spec in specs], jobs=jobs, ray=ray,
                        desc=f"attacks ({model}, {ds.name})", progress=progress)
-    if use_sliced:
-        _relative_to_plain(results, model, sliced, ds)
+    if use_slices:
+        _relative_to_plain(results, model, ds)
     return results, skipped, ds
 
 
-def _relative_to_plain(results: list[dict[str, Any]], model: str, sliced: str, ds: Any) -> None:
-    """Express the sliced jobs' TEE shares relative to the plain ``model`` (in place).
+def _relative_to_plain(results: list[dict[str, Any]], model: str, ds: Any) -> None:
+    """Express the TEESlice jobs' TEE shares relative to the plain ``model`` (in place).
 
     The plain model's totals come from its ``none`` job of the same seed and query budget
     (the same deployment accounting); the sliced model's own percentages are kept as
@@ -168,7 +177,7 @@ def _relative_to_plain(results: list[dict[str, Any]], model: str, sliced: str, d
     n_plain = sum(p.numel() for p in get_model(model, dataset_shape=ds.shape,
                                                num_classes=ds.num_classes).parameters())
     for r in results:
-        if "error" in r or r["job"]["model"] != sliced:
+        if "error" in r or not trains_slices(r["job"]["model"], r["job"]["strategy"]):
             continue
         rep = r["report"]
         ref = plain_totals.get((r["job"]["seed"], r["job"]["queries"]), {})
@@ -179,4 +188,4 @@ def _relative_to_plain(results: list[dict[str, Any]], model: str, sliced: str, d
         rep["params_tee_pct"] = 100.0 * rep["params_tee"] / p_total if p_total else None
         rep["flops_tee_pct"] = 100.0 * rep["flops_tee"] / f_total if f_total else None
         rep["relative_to"] = {"model": model, "params_total": p_total, "flops_total": f_total}
-        rep["sliced_model"] = sliced
+        rep["sliced_model"] = "taoism.teeslice.SlicedNet"

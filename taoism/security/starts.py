@@ -8,8 +8,9 @@ can come from the victim unless the deployment exposed it.
 For TEESlice (:func:`teeslice_starts`) the attacker tries three starts, and the row reports the
 best: the sliced model with its backbone unfrozen; the plain architecture with the exposed
 backbone and a new head; the plain architecture from its public weights (the black-box start).
-``teeslice_starts`` is the one place that knows how a TEESlice deployment is attacked: point it
-at another training (``taoism.teeslice``) by changing the model it builds.
+``teeslice_starts`` is the one place that knows how a TEESlice deployment is attacked; the table's
+TEESlice row feeds it a fresh :class:`taoism.teeslice.SlicedNet` of the deployed structure
+(:func:`taoism.security.sliced.attacker_sliced`).
 """
 
 from __future__ import annotations

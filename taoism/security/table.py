@@ -40,12 +40,14 @@ def run_attack_table(model: str, dataset: str, strategies: Sequence[str] | str |
 
     ``strategies``: strategy strings (see :mod:`taoism.strategies`); None or ``"all"`` alone means
     the six reference configurations. The baselines ``none`` (white-box) and ``all``
-    (black-box) are always added. ``teeslice`` on a plain model M whose sliced version
-    ``teeslice_M`` is in the zoo (e.g. ``small_cnn``) attacks a ``teeslice_M`` victim (M's public
-    model as its frozen backbone, private slices and head trained on the private data); its row
-    (``row["model"]`` says which victim) gives ``params_tee_pct`` / ``flops_tee_pct`` relative to
-    the plain M. Strategies that do not apply to the model (e.g. ``teeslice`` on a plain model
-    without a sliced version) are listed under ``skipped``.
+    (black-box) are always added. ``teeslice`` on a plain model M attacks the slices
+    :func:`taoism.teeslice.sliced_victim` trains from M's victim over M's public model on the
+    victim's private data (``config.teeslice_options``: the TeeSliceConfig), attacked from three
+    starts (:func:`taoism.security.starts.teeslice_starts`, the best reported for MS and MIA); its
+    row gives ``params_tee_pct`` / ``flops_tee_pct`` relative to the plain M, the sliced model's
+    accuracy vs the plain victim (``accuracy_vs_victim``) and ``row["teeslice"]`` (test accuracies,
+    proxies and TEE shares before/after pruning). Strategies that do not apply to the model (e.g.
+    ``teeslice`` on a backbone TEESlice cannot slice) are listed under ``skipped``.
     ``queries``: model-stealing query budgets (``queries_per_class``, when given, replaces them
     by these multiples of the number of classes); ``seeds``: one experiment per seed (data split,
     public model, victim, queries, attack training). Each (strategy, queries, seed) is an

@@ -74,9 +74,12 @@ def run_teeslice(model: str, dataset: str, *, data_root: str | os.PathLike | Non
     from taoism.data import load_dataset
     from taoism.security.experiment import torch_threads
 
+    from taoism.teeslice.layout import backbone_layout
+
     config = config or TeeSliceConfig(seed=seed)
     cache = Cache(cache_dir)
     ds = load_dataset(dataset, data_root)
+    backbone_layout(build_backbone(model, ds.shape, ds.channels, ds.num_classes, seed))  # fail early
     with torch_threads(threads):
         start = time.perf_counter()
         with seeded(seed) as gen:
