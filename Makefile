@@ -6,8 +6,8 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 LINT_PATHS := taoism tests benchmarks
-# 1: `make lint` also checks formatting (`ruff format --check`); on once the tree is formatted.
-LINT_FORMAT ?= 0
+# 1 (default): `make lint` also checks formatting (`ruff format --check`).
+LINT_FORMAT ?= 1
 
 .PHONY: venv data demo test lint format bench clean
 
@@ -36,8 +36,7 @@ ifeq ($(LINT_FORMAT),1)
 endif
 	$(VENV)/bin/mypy taoism
 
-# Rewrites files: run once over a merged tree, not on a branch others are editing. First delete
-# the TEMPORARY ignores in pyproject.toml's [tool.ruff.lint], then set LINT_FORMAT=1 for good.
+# Rewrites files: lint fixes ruff can make, then the formatter (`make lint` checks both).
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 	$(VENV)/bin/ruff format $(LINT_PATHS)

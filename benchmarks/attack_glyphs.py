@@ -18,24 +18,52 @@ from taoism.security.entry import main_attack
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="small_cnn", help="victim architecture (default: %(default)s)")
-    p.add_argument("--strategies", default="all", help="comma-separated (default: the six references)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model", default="small_cnn", help="victim architecture (default: %(default)s)"
+    )
+    p.add_argument(
+        "--strategies", default="all", help="comma-separated (default: the six references)"
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
-    p.add_argument("--per-class", default="5,50", help="query budgets per class (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=2, help="local worker processes (default: %(default)s)")
+    p.add_argument(
+        "--per-class", default="5,50", help="query budgets per class (default: %(default)s)"
+    )
+    p.add_argument(
+        "--jobs", type=int, default=2, help="local worker processes (default: %(default)s)"
+    )
     p.add_argument("--sweep", action="store_true", help="also run the sweet-spot sweep")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "attack"),
-                   help="output directory (default: docs/attack of this checkout)")
-    p.add_argument("--cache-dir", default=None, help="training cache (default: $TAOISM_CACHE_DIR or ~/.cache/taoism)")
+    p.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parent.parent / "docs" / "attack"),
+        help="output directory (default: docs/attack of this checkout)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="training cache (default: $TAOISM_CACHE_DIR or ~/.cache/taoism)",
+    )
     a = p.parse_args()
     t0 = time.perf_counter()
     load = os.getloadavg()
-    main_attack(a.model, "glyphs", a.strategies.split(","), (), [int(s) for s in a.seeds.split(",")],
-                queries_per_class=[int(q) for q in a.per_class.split(",")], jobs=a.jobs, do_sweep=a.sweep,
-                out_dir=a.out, cache_dir=a.cache_dir)
-    print(f"wall {time.perf_counter() - t0:.0f} s; load average at start {load[0]:.1f}, "
-          f"at end {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs")
+    main_attack(
+        a.model,
+        "glyphs",
+        a.strategies.split(","),
+        (),
+        [int(s) for s in a.seeds.split(",")],
+        queries_per_class=[int(q) for q in a.per_class.split(",")],
+        jobs=a.jobs,
+        do_sweep=a.sweep,
+        out_dir=a.out,
+        cache_dir=a.cache_dir,
+    )
+    print(
+        f"wall {time.perf_counter() - t0:.0f} s; load average at start {load[0]:.1f}, "
+        f"at end {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs"
+    )
 
 
 if __name__ == "__main__":

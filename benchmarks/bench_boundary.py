@@ -37,11 +37,16 @@ import time
 
 import numpy as np
 import torch
-
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from taoism.boundary import ChannelConfig, new_launch_token, open_enclave_channel, open_host_channel
-from taoism.boundary import crypto, frame
+from taoism.boundary import (
+    ChannelConfig,
+    crypto,
+    frame,
+    new_launch_token,
+    open_enclave_channel,
+    open_host_channel,
+)
 
 KIND_ECHO, KIND_STOP = 1, 2
 
@@ -66,16 +71,25 @@ class _Session:
         host_sock, peer_sock = socket.socketpair()
         token = new_launch_token()
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--peer-fd", str(peer_sock.fileno()),
-             "--spin-us", str(spin_us)],
-            pass_fds=[peer_sock.fileno()], stdin=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--peer-fd",
+                str(peer_sock.fileno()),
+                "--spin-us",
+                str(spin_us),
+            ],
+            pass_fds=[peer_sock.fileno()],
+            stdin=subprocess.PIPE,
+            text=True,
+        )
         peer_sock.close()
         self.proc.stdin.write(token.hex() + "\n")
         self.proc.stdin.flush()
         self.chan = open_host_channel(host_sock, token, config=ChannelConfig(spin_us=spin_us))
 
     def round_trips(self, tensor: torch.Tensor, n: int) -> list[float]:
-        chan, send, recv, perf = self.chan, self.chan.send, self.chan.recv, time.perf_counter
+        send, recv, perf = self.chan.send, self.chan.recv, time.perf_counter
         out = []
         for i in range(n):
             t0 = perf()
@@ -93,7 +107,9 @@ class _Session:
 # ----------------------------------------------------------------------------- the bare reference
 
 
-_REF_CTL = 4096  # control block: u64[0] host->peer counter, u64[8] peer->host counter, u64[16] length
+_REF_CTL = (
+    4096  # control block: u64[0] host->peer counter, u64[8] peer->host counter, u64[16] length
+)
 _REF_STOP = (1 << 64) - 1
 
 
@@ -124,7 +140,7 @@ def _ref_peer(fd: int, size: int) -> None:
     view = memoryview(mm)
     ctl = view[:_REF_CTL].cast("Q")
     half = (size - _REF_CTL) // 2
-    inbox, outbox = view[_REF_CTL:_REF_CTL + half], view[_REF_CTL + half:]
+    inbox, outbox = view[_REF_CTL : _REF_CTL + half], view[_REF_CTL + half :]
     aead = AESGCM(key)
     private = bytearray(half)
     seen = 0
@@ -133,9 +149,15 @@ def _ref_peer(fd: int, size: int) -> None:
         n = ctl[16]
         if n == _REF_STOP:
             break
-        if n:  # + AES-GCM + copies: decrypt into private memory, encrypt the reply into shared memory
-            aead.decrypt_into(seen.to_bytes(12, "big"), inbox[:n + 16], b"", memoryview(private)[:n])
-            aead.encrypt_into(seen.to_bytes(12, "little"), memoryview(private)[:n], b"", outbox[:n + 16])
+        if (
+            n
+        ):  # + AES-GCM + copies: decrypt into private memory, encrypt the reply into shared memory
+            aead.decrypt_into(
+                seen.to_bytes(12, "big"), inbox[: n + 16], b"", memoryview(private)[:n]
+            )
+            aead.encrypt_into(
+                seen.to_bytes(12, "little"), memoryview(private)[:n], b"", outbox[: n + 16]
+            )
         ctl[8] = seen
 
 
@@ -153,15 +175,25 @@ class _Reference:
         os.ftruncate(fd, self.size)
         key = os.urandom(32)
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--ref-peer-fd", str(fd), "--ref-size", str(self.size)],
-            pass_fds=[fd], stdin=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--ref-peer-fd",
+                str(fd),
+                "--ref-size",
+                str(self.size),
+            ],
+            pass_fds=[fd],
+            stdin=subprocess.PIPE,
+            text=True,
+        )
         self.proc.stdin.write(key.hex() + "\n")
         self.proc.stdin.flush()
         self.mm = mmap.mmap(fd, self.size)
         os.close(fd)
         view = memoryview(self.mm)
         self.ctl = view[:_REF_CTL].cast("Q")
-        self.outbox, self.inbox = view[_REF_CTL:_REF_CTL + half], view[_REF_CTL + half:]
+        self.outbox, self.inbox = view[_REF_CTL : _REF_CTL + half], view[_REF_CTL + half :]
         self.aead = AESGCM(key)
         self.count = 0
 
@@ -177,12 +209,12 @@ class _Reference:
             t0 = perf()
             c = self.count = self.count + 1
             if nbytes:
-                aead.encrypt_into(c.to_bytes(12, "big"), src, b"", self.outbox[:nbytes + 16])
+                aead.encrypt_into(c.to_bytes(12, "big"), src, b"", self.outbox[: nbytes + 16])
             ctl[16] = nbytes
             ctl[0] = c
             _ref_spin(ctl, 8, c - 1)
             if nbytes:
-                aead.decrypt_into(c.to_bytes(12, "little"), self.inbox[:nbytes + 16], b"", private)
+                aead.decrypt_into(c.to_bytes(12, "little"), self.inbox[: nbytes + 16], b"", private)
             out.append(perf() - t0)
         if nbytes and not np.array_equal(private, src):
             raise RuntimeError("reference round trip corrupted the data")
@@ -198,9 +230,14 @@ class _Reference:
 
 def _summary(samples: list[float], repeat_medians: list[float]) -> dict[str, float]:
     q = np.percentile(np.asarray(samples), [10, 50, 90])
-    return {"p10_us": q[0] * 1e6, "median_us": q[1] * 1e6, "p90_us": q[2] * 1e6,
-            "repeat_median_min_us": min(repeat_medians) * 1e6, "repeat_median_max_us": max(repeat_medians) * 1e6,
-            "samples": len(samples)}
+    return {
+        "p10_us": q[0] * 1e6,
+        "median_us": q[1] * 1e6,
+        "p90_us": q[2] * 1e6,
+        "repeat_median_min_us": min(repeat_medians) * 1e6,
+        "repeat_median_max_us": max(repeat_medians) * 1e6,
+        "samples": len(samples),
+    }
 
 
 def _rtt(session: _Session, nbytes: int, iters: int, repeats: int, warmup: int) -> dict[str, float]:
@@ -218,8 +255,9 @@ def _rtt(session: _Session, nbytes: int, iters: int, repeats: int, warmup: int) 
     return res
 
 
-def _paired(contenders: dict[str, tuple[object, torch.Tensor | None]], iters: int, repeats: int,
-            warmup: int) -> dict[str, dict[str, float]]:
+def _paired(
+    contenders: dict[str, tuple[object, torch.Tensor | None]], iters: int, repeats: int, warmup: int
+) -> dict[str, dict[str, float]]:
     """Round trips of every contender, interleaved repeat by repeat; ratios to ``ref_full`` per repeat."""
     for obj, tensor in contenders.values():
         obj.round_trips(tensor, warmup)
@@ -239,11 +277,12 @@ def _paired(contenders: dict[str, tuple[object, torch.Tensor | None]], iters: in
 
 
 def _crypto_throughput(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
-    keys = crypto.derive_session_keys(os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32),
-                                      os.urandom(32))
+    keys = crypto.derive_session_keys(
+        os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(32)
+    )
     sealer = crypto.Sealer(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
     opener = crypto.Opener(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
-    body = bytearray(frame.encode_frame(1, 0, 0, [torch.randn(nbytes // 4)])[frame.HEADER_SIZE:])
+    body = bytearray(frame.encode_frame(1, 0, 0, [torch.randn(nbytes // 4)])[frame.HEADER_SIZE :])
     sealed = bytearray(len(body) + crypto.TAG_SIZE)
     plain = np.empty(len(body), np.uint8)
     header = bytes(frame.HEADER_SIZE)
@@ -265,8 +304,14 @@ def _crypto_throughput(nbytes: int, iters: int, repeats: int) -> dict[str, float
     if not np.array_equal(plain, np.frombuffer(body, np.uint8)):
         raise RuntimeError("AES-GCM round trip corrupted the data")
     seal, opn = statistics.median(seal_s), statistics.median(open_s)
-    return {"bytes": len(body), "seal_GB_per_s": len(body) / seal / 1e9, "open_GB_per_s": len(body) / opn / 1e9,
-            "seal_plus_open_GB_per_s": len(body) / (seal + opn) / 1e9, "seal_us": seal * 1e6, "open_us": opn * 1e6}
+    return {
+        "bytes": len(body),
+        "seal_GB_per_s": len(body) / seal / 1e9,
+        "open_GB_per_s": len(body) / opn / 1e9,
+        "seal_plus_open_GB_per_s": len(body) / (seal + opn) / 1e9,
+        "seal_us": seal * 1e6,
+        "open_us": opn * 1e6,
+    }
 
 
 def _in_process_pair():
@@ -310,7 +355,12 @@ def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
         host.close()
         enclave.close()
     send, both = min(send_us), min(pair_us)
-    return {"bytes": nbytes, "send_cpu_us": send, "recv_cpu_us": both - send, "send_plus_recv_cpu_us": both}
+    return {
+        "bytes": nbytes,
+        "send_cpu_us": send,
+        "recv_cpu_us": both - send,
+        "send_plus_recv_cpu_us": both,
+    }
 
 
 def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
@@ -327,17 +377,22 @@ def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
     body_len = stage_body((x,), b"", data, HEADER_SIZE, addr, region.capacity)
     header = HEADER.pack(b"TAO1", 2, 1, 0, 1, 0, 0, body_len, 1)
     nonce = _NONCE_PACK(b"TH2E", 0)
-    plain = np.frombuffer(bytes(data[HEADER_SIZE:HEADER_SIZE + body_len]), np.uint8).copy()
+    plain = np.frombuffer(bytes(data[HEADER_SIZE : HEADER_SIZE + body_len]), np.uint8).copy()
     ct = bytearray(body_len + 16)
     aead.encrypt_into(nonce, plain, header, ct)
     lock = threading.Lock()
     steps = {
         "lock acquire+release": lambda: (lock.acquire(), lock.release()),
         "header pack": lambda: HEADER.pack(b"TAO1", 2, 1, 0, 1, 7, 0, body_len, 1),
-        "lay out body in the slot (descriptor + memmove)": lambda: stage_body((x,), b"", data, HEADER_SIZE, addr,
-                                                                              region.capacity),
-        "AES-GCM encrypt in place": lambda: aead.encrypt_into(nonce, data[HEADER_SIZE:HEADER_SIZE + body_len],
-                                                              header, data[HEADER_SIZE:HEADER_SIZE + body_len + 16]),
+        "lay out body in the slot (descriptor + memmove)": lambda: stage_body(
+            (x,), b"", data, HEADER_SIZE, addr, region.capacity
+        ),
+        "AES-GCM encrypt in place": lambda: aead.encrypt_into(
+            nonce,
+            data[HEADER_SIZE : HEADER_SIZE + body_len],
+            header,
+            data[HEADER_SIZE : HEADER_SIZE + body_len + 16],
+        ),
         "private buffer (np.empty)": lambda: np.empty(body_len, np.uint8),
         "AES-GCM decrypt into private": lambda: aead.decrypt_into(nonce, ct, header, plain),
         "decode descriptors + tensor view": lambda: decode_body_parts(1, 0, body_len, plain),
@@ -358,7 +413,9 @@ def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
             enclave.recv()
             enclave.send(1, 0, (x,))
             host.recv()
-        out["whole round trip, both ends in one process (2 send + 2 recv)"] = (clock() - t0) / iters * 1e6
+        out["whole round trip, both ends in one process (2 send + 2 recv)"] = (
+            (clock() - t0) / iters * 1e6
+        )
     finally:
         host.close()
         enclave.close()
@@ -369,12 +426,22 @@ SIZES = (("1KiB", 1 << 10, 1), ("256KiB", 256 << 10, 10), ("4MiB", 4 << 20, 100)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="repeats per measurement (default 5)")
-    parser.add_argument("--iters", type=int, default=2000, help="small-tensor round trips per repeat")
-    parser.add_argument("--quick", action="store_true", help="a short run: 3 repeats of 300 round trips, no 4 MiB")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="repeats per measurement (default 5)"
+    )
+    parser.add_argument(
+        "--iters", type=int, default=2000, help="small-tensor round trips per repeat"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run: 3 repeats of 300 round trips, no 4 MiB"
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
-    parser.add_argument("--spin-us", type=float, default=ChannelConfig().spin_us, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--spin-us", type=float, default=ChannelConfig().spin_us, help=argparse.SUPPRESS
+    )
     parser.add_argument("--peer-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ref-peer-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ref-size", type=int, help=argparse.SUPPRESS)
@@ -390,9 +457,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.repeats < 1 or args.iters < 1:
         parser.error("--repeats and --iters must be >= 1")
     torch.set_num_threads(1)
-    results: dict = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
-                                 "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()},
-                     "args": {"repeats": args.repeats, "iters": args.iters, "quick": args.quick}}
+    results: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(),
+        },
+        "args": {"repeats": args.repeats, "iters": args.iters, "quick": args.quick},
+    }
     sizes = SIZES[:2] if args.quick else SIZES
     spin = _Session(ChannelConfig().spin_us)
     ref = _Reference(max(n for _, n, _ in sizes))
@@ -401,14 +474,18 @@ def main(argv: list[str] | None = None) -> dict:
             x = torch.randn(nbytes // 4)
             contenders = {"taoism": (spin, x), "ref_full": (ref, x), "ref_spin": (ref, None)}
             iters = max(10, args.iters // div)
-            results[f"rtt_{label}"] = _paired(contenders, iters, args.repeats, warmup=max(5, iters // 4))
+            results[f"rtt_{label}"] = _paired(
+                contenders, iters, args.repeats, warmup=max(5, iters // 4)
+            )
         results["host_stats_spin"] = spin.chan.stats.snapshot().__dict__
     finally:
         spin.close()
         ref.close()
     block = _Session(0.0)
     try:
-        results["rtt_1KiB_block"] = _rtt(block, 1024, max(50, args.iters // 4), args.repeats, warmup=100)
+        results["rtt_1KiB_block"] = _rtt(
+            block, 1024, max(50, args.iters // 4), args.repeats, warmup=100
+        )
     finally:
         block.close()
     results["aesgcm_1MiB"] = _crypto_throughput(1 << 20, 50 if args.quick else 200, args.repeats)
@@ -424,22 +501,32 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _print(results: dict, sizes) -> None:
-    print(f"load average at start/end: {results['machine']['loadavg_at_start'][0]:.1f} / "
-          f"{results['machine']['loadavg_at_end'][0]:.1f} on {results['machine']['cpus']} CPUs")
-    print(f"{'round trip, spin':<22}{'taoism':>11}{'ref: spin':>12}{'ref: +AES+copies':>18}"
-          f"{'taoism/ref (range)':>24}")
+    print(
+        f"load average at start/end: {results['machine']['loadavg_at_start'][0]:.1f} / "
+        f"{results['machine']['loadavg_at_end'][0]:.1f} on {results['machine']['cpus']} CPUs"
+    )
+    print(
+        f"{'round trip, spin':<22}{'taoism':>11}{'ref: spin':>12}{'ref: +AES+copies':>18}"
+        f"{'taoism/ref (range)':>24}"
+    )
     for label, _, _ in sizes:
         r = results[f"rtt_{label}"]
         t = r["taoism"]
-        print(f"{label:<22}{t['median_us']:>9.1f}us{r['ref_spin']['median_us']:>10.1f}us"
-              f"{r['ref_full']['median_us']:>16.1f}us{t['ratio_to_ref_full']:>11.2f}x "
-              f"({t['ratio_min']:.2f}-{t['ratio_max']:.2f})")
+        print(
+            f"{label:<22}{t['median_us']:>9.1f}us{r['ref_spin']['median_us']:>10.1f}us"
+            f"{r['ref_full']['median_us']:>16.1f}us{t['ratio_to_ref_full']:>11.2f}x "
+            f"({t['ratio_min']:.2f}-{t['ratio_max']:.2f})"
+        )
     b = results["rtt_1KiB_block"]
     print(f"{'1KiB, spin 0 (block)':<22}{b['median_us']:>9.1f}us")
     c = results["aesgcm_1MiB"]
-    print(f"AES-256-GCM 1 MiB, one process: seal {c['seal_GB_per_s']:.2f} GB/s, open {c['open_GB_per_s']:.2f} GB/s")
+    print(
+        f"AES-256-GCM 1 MiB, one process: seal {c['seal_GB_per_s']:.2f} GB/s, open {c['open_GB_per_s']:.2f} GB/s"
+    )
     o = results["cpu_per_op_1KiB"]
-    print(f"CPU per message, 1 KiB, one process: send {o['send_cpu_us']:.1f} us, recv {o['recv_cpu_us']:.1f} us")
+    print(
+        f"CPU per message, 1 KiB, one process: send {o['send_cpu_us']:.1f} us, recv {o['recv_cpu_us']:.1f} us"
+    )
     for key in ("breakdown_1KiB", "breakdown_256KiB"):
         print(f"where the CPU goes, {key.split('_')[1]} (per call, one process):")
         for step, us in results[key].items():

@@ -29,9 +29,17 @@ from taoism.zoo import example_input, get_model
 def run(batches: list[int], repeats: int, warmup: int, device: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     model = get_model("resnet18", dataset_shape="cifar")
-    results: dict = {"machine": platform.platform(), "python": sys.version.split()[0],
-                     "torch": torch.__version__, "device": device, "host_threads": threads,
-                     "enclave_threads": 1, "repeats": repeats, "warmup": warmup, "rows": []}
+    results: dict = {
+        "machine": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "device": device,
+        "host_threads": threads,
+        "enclave_threads": 1,
+        "repeats": repeats,
+        "warmup": warmup,
+        "rows": [],
+    }
     placements = {
         "enclave (whole model)": {"_default": "ENCLAVE"},
         "split: first half in enclave": default_split(model),
@@ -42,8 +50,9 @@ def run(batches: list[int], repeats: int, warmup: int, device: str, threads: int
         plain_cpu = time_plain(model, x, device="cpu", repeats=repeats, warmup=warmup)
         row_base = {"batch": batch, "plain_cpu": plain_cpu.to_json()}
         if device != "cpu":
-            row_base["plain_device"] = time_plain(model, x, device=device, repeats=repeats,
-                                                  warmup=warmup).to_json()
+            row_base["plain_device"] = time_plain(
+                model, x, device=device, repeats=repeats, warmup=warmup
+            ).to_json()
         print(f"batch {batch}: plain PyTorch CPU {plain_cpu.ms()}", flush=True)
         for label, placement in placements.items():
             with taoism.shield(model, x, placement, device=device, threads=1) as sm:
@@ -53,20 +62,30 @@ def run(batches: list[int], repeats: int, warmup: int, device: str, threads: int
             parts = t["device_compute_s"] + t["enclave_compute_s"] + t["crypto_s"]
             crossings = int(t["crossings"])
             overhead = (prof.end_to_end.median - parts) / crossings if crossings else 0.0
-            row = {**row_base, "placement": label, "end_to_end": prof.end_to_end.to_json(),
-                   "totals": t, "sum_of_parts_s": parts,
-                   "ratio_to_parts": prof.end_to_end.median / parts if parts else None,
-                   "ratio_to_plain_cpu": prof.end_to_end.median / plain_cpu.median,
-                   "overhead_per_crossing_s": overhead}
+            row = {
+                **row_base,
+                "placement": label,
+                "end_to_end": prof.end_to_end.to_json(),
+                "totals": t,
+                "sum_of_parts_s": parts,
+                "ratio_to_parts": prof.end_to_end.median / parts if parts else None,
+                "ratio_to_plain_cpu": prof.end_to_end.median / plain_cpu.median,
+                "overhead_per_crossing_s": overhead,
+            }
             results["rows"].append(row)
-            print(f"  {label:<32} {prof.end_to_end.ms()}  x plain CPU "
-                  f"{row['ratio_to_plain_cpu']:.3f}  x parts {row['ratio_to_parts']:.3f}  "
-                  f"crossings {crossings}  overhead/crossing {overhead * 1e6:.1f} us", flush=True)
+            print(
+                f"  {label:<32} {prof.end_to_end.ms()}  x plain CPU "
+                f"{row['ratio_to_plain_cpu']:.3f}  x parts {row['ratio_to_parts']:.3f}  "
+                f"crossings {crossings}  overhead/crossing {overhead * 1e6:.1f} us",
+                flush=True,
+            )
     return results
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batches", default="1,64")
@@ -75,8 +94,13 @@ def main() -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     t0 = time.time()
-    res = run([int(b) for b in args.batches.split(",")], args.repeats, args.warmup, args.device,
-              args.threads)
+    res = run(
+        [int(b) for b in args.batches.split(",")],
+        args.repeats,
+        args.warmup,
+        args.device,
+        args.threads,
+    )
     res["wall_s"] = time.time() - t0
     if args.json:
         with open(args.json, "w") as f:

@@ -40,9 +40,11 @@ def _configs() -> list[tuple[str, torch.nn.Module, dict]]:
     torch.manual_seed(0)
     tee = get_model("teeslice_resnet18", dataset_shape="cifar").eval()
     plain = get_model("resnet18", dataset_shape="cifar").eval()
-    return [("teeslice", tee, {"strategy": "teeslice"}),
-            ("teeslice, 2 sessions", tee, {"strategy": "teeslice", "sessions": 2}),
-            ("first-half split", plain, {"placement": default_split(plain)})]
+    return [
+        ("teeslice", tee, {"strategy": "teeslice"}),
+        ("teeslice, 2 sessions", tee, {"strategy": "teeslice", "sessions": 2}),
+        ("first-half split", plain, {"placement": default_split(plain)}),
+    ]
 
 
 def measure(name: str, model: torch.nn.Module, kw: dict, args: argparse.Namespace) -> dict:
@@ -81,21 +83,32 @@ def measure(name: str, model: torch.nn.Module, kw: dict, args: argparse.Namespac
     n = len(micro)
     d, e, s, o, st = map(Stat.of, (dev, enc, seq, one, steady))
     slow = max(d.median, e.median)
-    return {"placement": name, "segments": len(sm.plan.segments),
-            "enclave_keeps_values": any(sg.keep for sg in sm.plan.enclave_segments),
-            "device_stage_s": d.to_json(), "enclave_stage_s": e.to_json(),
-            "sequential_s": s.to_json(), "pipelined_one_batch_s": o.to_json(),
-            "pipelined_steady_per_batch_s": st.to_json(),
-            "slowest_stage_rate_mb_per_s": n / slow,
-            "ratio_one_batch": slow / o.median, "ratio_steady": slow / st.median,
-            "speedup_vs_sequential": s.median / st.median, "max_abs_error": err}
+    return {
+        "placement": name,
+        "segments": len(sm.plan.segments),
+        "enclave_keeps_values": any(sg.keep for sg in sm.plan.enclave_segments),
+        "device_stage_s": d.to_json(),
+        "enclave_stage_s": e.to_json(),
+        "sequential_s": s.to_json(),
+        "pipelined_one_batch_s": o.to_json(),
+        "pipelined_steady_per_batch_s": st.to_json(),
+        "slowest_stage_rate_mb_per_s": n / slow,
+        "ratio_one_batch": slow / o.median,
+        "ratio_steady": slow / st.median,
+        "speedup_vs_sequential": s.median / st.median,
+        "max_abs_error": err,
+    }
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--micro-batch", type=int, default=4)
-    p.add_argument("--stream", type=int, default=4, help="batches per map() call for the steady state")
+    p.add_argument(
+        "--stream", type=int, default=4, help="batches per map() call for the steady state"
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="host torch threads")
@@ -105,21 +118,35 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()
     rows = [measure(name, m, kw, args) for name, m, kw in _configs()]
-    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "load_before": load0,
-            "load_after": os.getloadavg(), "threads": args.threads,
-            "enclave_threads": args.enclave_threads, "batch": args.batch,
-            "micro_batch": args.micro_batch, "stream": args.stream, "repeats": args.repeats}
-    print(f"machine {meta['machine']}, {meta['cpus']} CPUs, load {load0[0]:.1f} -> "
-          f"{meta['load_after'][0]:.1f}; batch {args.batch} in micro-batches of {args.micro_batch}, "
-          f"{args.threads} host + {args.enclave_threads} enclave thread(s)")
-    print(f"{'placement':<22} {'device s':>9} {'enclave s':>9} {'seq s':>8} {'pipe s':>8} "
-          f"{'steady s':>8} {'ratio1':>7} {'ratio_ss':>8} {'speedup':>7} {'max err':>8}")
+    meta = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_before": load0,
+        "load_after": os.getloadavg(),
+        "threads": args.threads,
+        "enclave_threads": args.enclave_threads,
+        "batch": args.batch,
+        "micro_batch": args.micro_batch,
+        "stream": args.stream,
+        "repeats": args.repeats,
+    }
+    print(
+        f"machine {meta['machine']}, {meta['cpus']} CPUs, load {load0[0]:.1f} -> "
+        f"{meta['load_after'][0]:.1f}; batch {args.batch} in micro-batches of {args.micro_batch}, "
+        f"{args.threads} host + {args.enclave_threads} enclave thread(s)"
+    )
+    print(
+        f"{'placement':<22} {'device s':>9} {'enclave s':>9} {'seq s':>8} {'pipe s':>8} "
+        f"{'steady s':>8} {'ratio1':>7} {'ratio_ss':>8} {'speedup':>7} {'max err':>8}"
+    )
     for r in rows:
         med = lambda k: r[k]["median"]  # noqa: E731
-        print(f"{r['placement']:<22} {med('device_stage_s'):>9.4f} {med('enclave_stage_s'):>9.4f} "
-              f"{med('sequential_s'):>8.4f} {med('pipelined_one_batch_s'):>8.4f} "
-              f"{med('pipelined_steady_per_batch_s'):>8.4f} {r['ratio_one_batch']:>7.3f} "
-              f"{r['ratio_steady']:>8.3f} {r['speedup_vs_sequential']:>7.3f} {r['max_abs_error']:>8.2g}")
+        print(
+            f"{r['placement']:<22} {med('device_stage_s'):>9.4f} {med('enclave_stage_s'):>9.4f} "
+            f"{med('sequential_s'):>8.4f} {med('pipelined_one_batch_s'):>8.4f} "
+            f"{med('pipelined_steady_per_batch_s'):>8.4f} {r['ratio_one_batch']:>7.3f} "
+            f"{r['ratio_steady']:>8.3f} {r['speedup_vs_sequential']:>7.3f} {r['max_abs_error']:>8.2g}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)

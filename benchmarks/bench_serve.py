@@ -48,8 +48,9 @@ def _inputs(n: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(n, *shape, generator=torch.Generator().manual_seed(1234))
 
 
-def compute_limit(model: torch.nn.Module, shield_kw: dict, batch: int, shape: tuple[int, ...],
-                  repeats: int) -> dict:
+def compute_limit(
+    model: torch.nn.Module, shield_kw: dict, batch: int, shape: tuple[int, ...], repeats: int
+) -> dict:
     """Rows/s of the shielded model and of plain PyTorch, in-process, ``batch`` rows per call."""
     x = _inputs(batch, shape)
     out = {}
@@ -72,7 +73,7 @@ def _bodies(xs: torch.Tensor, fmt: str) -> list[tuple[bytes, str]]:
     """Every request's body, encoded before the clock starts (the client shares the CPUs)."""
     out = []
     for i in range(len(xs)):
-        x = xs[i:i + 1]
+        x = xs[i : i + 1]
         if fmt == "binary" or (fmt == "mixed" and i % 2 == 1):
             out.append((st_save({"inputs": x}), "application/vnd.safetensors"))
         else:
@@ -86,9 +87,14 @@ def _decode(content: bytes, ctype: str) -> torch.Tensor:
     return st_load(content)["outputs"]
 
 
-async def load_phase(url: str, bodies: list[tuple[bytes, str]], ref: torch.Tensor,
-                     concurrency: int, time_limit: float,
-                     kill: tuple[float, ServerProcess] | None = None) -> dict:
+async def load_phase(
+    url: str,
+    bodies: list[tuple[bytes, str]],
+    ref: torch.Tensor,
+    concurrency: int,
+    time_limit: float,
+    kill: tuple[float, ServerProcess] | None = None,
+) -> dict:
     """All requests at once; every answer checked; optionally kill the enclave after kill[0] s."""
     n = len(bodies)
     done = 0
@@ -98,19 +104,26 @@ async def load_phase(url: str, bodies: list[tuple[bytes, str]], ref: torch.Tenso
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=time_limit)
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as client:
+
         async def one(i: int) -> dict:
             nonlocal done
             body, ctype = bodies[i]
             t0 = time.perf_counter()
             try:
-                async with client.post("/v1/predict", data=body,
-                                       headers={"content-type": ctype}) as r:
+                async with client.post(
+                    "/v1/predict", data=body, headers={"content-type": ctype}
+                ) as r:
                     content = await r.read()
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 return {"i": i, "status": None, "error": type(exc).__name__}
             done += 1
-            return {"i": i, "status": r.status, "latency": time.perf_counter() - t0,
-                    "content": content, "ctype": r.headers.get("content-type", "")}
+            return {
+                "i": i,
+                "status": r.status,
+                "latency": time.perf_counter() - t0,
+                "content": content,
+                "ctype": r.headers.get("content-type", ""),
+            }
 
         async def killer(after_s: float, srv: ServerProcess) -> None:
             await asyncio.sleep(after_s)
@@ -130,25 +143,38 @@ async def load_phase(url: str, bodies: list[tuple[bytes, str]], ref: torch.Tenso
             await kill_task
     results = [t.result() for t in finished]
     ok = [r for r in results if r["status"] == 200]
-    mixed = sum(not torch.allclose(_decode(r["content"], r["ctype"]), ref[r["i"]:r["i"] + 1],
-                                   rtol=RTOL, atol=ATOL) for r in ok)
+    mixed = sum(
+        not torch.allclose(
+            _decode(r["content"], r["ctype"]), ref[r["i"] : r["i"] + 1], rtol=RTOL, atol=ATOL
+        )
+        for r in ok
+    )
     lat = sorted(r["latency"] for r in ok)
     codes: dict[str, int] = {}
     for r in results:
         key = str(r["status"]) if r["status"] is not None else r["error"]
         codes[key] = codes.get(key, 0) + 1
-    return {"requests": n, "answered_200": len(ok), "mixed": mixed,
-            "lost": n - len(results) + sum(r["status"] is None for r in results),
-            "5xx": sum(1 for r in results if r["status"] and r["status"] >= 500),
-            "4xx": sum(1 for r in results if r["status"] and 400 <= r["status"] < 500),
-            "codes": codes, "wall_s": wall, "throughput_rps": len(ok) / wall,
-            "latency_s": Stat.of(lat).to_json() if lat else None,
-            "p50_ms": lat[len(lat) // 2] * 1e3 if lat else None,
-            "p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1e3 if lat else None, "kill": killed}
+    return {
+        "requests": n,
+        "answered_200": len(ok),
+        "mixed": mixed,
+        "lost": n - len(results) + sum(r["status"] is None for r in results),
+        "5xx": sum(1 for r in results if r["status"] and r["status"] >= 500),
+        "4xx": sum(1 for r in results if r["status"] and 400 <= r["status"] < 500),
+        "codes": codes,
+        "wall_s": wall,
+        "throughput_rps": len(ok) / wall,
+        "latency_s": Stat.of(lat).to_json() if lat else None,
+        "p50_ms": lat[len(lat) // 2] * 1e3 if lat else None,
+        "p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1e3 if lat else None,
+        "kill": killed,
+    }
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="resnet18")
     p.add_argument("--dataset-shape", default="cifar")
     p.add_argument("--strategy", default=None, help="TSDP strategy instead of the first-half split")
@@ -157,8 +183,12 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--format", choices=("mixed", "json", "binary"), default="mixed")
-    p.add_argument("--kill-at", type=float, default=0.3,
-                   help="kill the enclave after this fraction of the steady phase's wall time")
+    p.add_argument(
+        "--kill-at",
+        type=float,
+        default=0.3,
+        help="kill the enclave after this fraction of the steady phase's wall time",
+    )
     p.add_argument("--time-limit", type=float, default=300.0, help="seconds per phase")
     p.add_argument("--repeats", type=int, default=10, help="in-process compute-limit repeats")
     p.add_argument("--json", default=None)
@@ -175,15 +205,34 @@ def main() -> int:
     limit = compute_limit(model, shield_kw, args.max_batch, shape, args.repeats)
     xs = _inputs(args.requests, shape)
     with torch.inference_mode():
-        ref = torch.cat([model(xs[i:i + 64]) for i in range(0, len(xs), 64)])
-    result = {"machine": platform.platform(), "python": sys.version.split()[0],
-              "torch": torch.__version__, "model": args.model, "dataset_shape": args.dataset_shape,
-              "placement": args.strategy or "first half of the blocks in the enclave",
-              "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "format": args.format,
-              "concurrency": args.concurrency, "compute_limit": limit, "phases": {}}
-    common = ["--model", args.model, "--dataset-shape", args.dataset_shape, *serve_args,
-              "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-              "--request-timeout-s", str(args.time_limit)]
+        ref = torch.cat([model(xs[i : i + 64]) for i in range(0, len(xs), 64)])
+    result = {
+        "machine": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "model": args.model,
+        "dataset_shape": args.dataset_shape,
+        "placement": args.strategy or "first half of the blocks in the enclave",
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "format": args.format,
+        "concurrency": args.concurrency,
+        "compute_limit": limit,
+        "phases": {},
+    }
+    common = [
+        "--model",
+        args.model,
+        "--dataset-shape",
+        args.dataset_shape,
+        *serve_args,
+        "--max-batch",
+        str(args.max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--request-timeout-s",
+        str(args.time_limit),
+    ]
     bodies = _bodies(xs, args.format)
     with ServerProcess(common) as srv:
         for phase in ("steady", "enclave killed once"):
@@ -191,15 +240,19 @@ def main() -> int:
             if phase != "steady":
                 kill = (args.kill_at * result["phases"]["steady"]["wall_s"], srv)
             print(f"phase {phase}: {args.requests} requests ...", flush=True)
-            res = asyncio.run(load_phase(srv.url, bodies, ref, args.concurrency,
-                                         args.time_limit, kill))
+            res = asyncio.run(
+                load_phase(srv.url, bodies, ref, args.concurrency, args.time_limit, kill)
+            )
             m = parse_metrics(httpx.get(srv.url + "/metrics").text)
             res["server_restarts_total"] = m["taoism_enclave_restarts_total"]
             res["server_p50_ms_p99_ms"] = [  # server side, over its recent successful requests
-                m.get(f"taoism_request_latency_quantile_seconds{{quantile={q}}}", float("nan")) * 1e3
-                for q in (0.5, 0.99)]
-            res["server_mean_requests_per_batch"] = (m["taoism_batch_requests_sum"]
-                                                     / max(m["taoism_batch_requests_count"], 1))
+                m.get(f"taoism_request_latency_quantile_seconds{{quantile={q}}}", float("nan"))
+                * 1e3
+                for q in (0.5, 0.99)
+            ]
+            res["server_mean_requests_per_batch"] = m["taoism_batch_requests_sum"] / max(
+                m["taoism_batch_requests_count"], 1
+            )
             result["phases"][phase] = res
             print(json.dumps({k: v for k, v in res.items() if k != "latency_s"}), flush=True)
         code = srv.stop()
@@ -207,11 +260,13 @@ def main() -> int:
         result["server_exit_code"] = code
     rate = limit["shielded"]["rows_per_s"]
     for phase, res in result["phases"].items():
-        print(f"{phase:<22} lost {res['lost']}  mixed {res['mixed']}  5xx {res['5xx']}  "
-              f"p50 {res['p50_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  "
-              f"{res['throughput_rps']:.1f} req/s = {res['throughput_rps'] / rate:.2f} x the "
-              f"in-process shielded rate ({rate:.1f} rows/s); plain "
-              f"{limit['plain']['rows_per_s']:.1f} rows/s")
+        print(
+            f"{phase:<22} lost {res['lost']}  mixed {res['mixed']}  5xx {res['5xx']}  "
+            f"p50 {res['p50_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  "
+            f"{res['throughput_rps']:.1f} req/s = {res['throughput_rps'] / rate:.2f} x the "
+            f"in-process shielded rate ({rate:.1f} rows/s); plain "
+            f"{limit['plain']['rows_per_s']:.1f} rows/s"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

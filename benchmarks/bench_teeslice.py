@@ -26,8 +26,9 @@ from taoism.teeslice import TeeSliceConfig
 from taoism.teeslice.command import run_teeslice
 
 
-def latency_rows(victim: torch.nn.Module, sliced: torch.nn.Module, x: torch.Tensor, *, repeats: int,
-                 threads: int) -> list[dict]:
+def latency_rows(
+    victim: torch.nn.Module, sliced: torch.nn.Module, x: torch.Tensor, *, repeats: int, threads: int
+) -> list[dict]:
     """End-to-end latency of the victim under the reference strategies and of the sliced model
     under ``teeslice``, measured in one run (taoism bench's own row function)."""
     from taoism.bench.strategies import _strategy_row
@@ -36,13 +37,39 @@ def latency_rows(victim: torch.nn.Module, sliced: torch.nn.Module, x: torch.Tens
 
     enclave, dev = EnclaveConfig(threads=threads), torch.device("cpu")
     rows = []
-    specs = [*BASELINE_STRATEGIES, *(s for s in REFERENCE_STRATEGIES if s not in BASELINE_STRATEGIES)]
+    specs = [
+        *BASELINE_STRATEGIES,
+        *(s for s in REFERENCE_STRATEGIES if s not in BASELINE_STRATEGIES),
+    ]
     for spec in specs:
         target = sliced if spec == "teeslice" else victim
-        row = _strategy_row(spec, type(target).__name__, target, x, device=dev, enclave=enclave,
-                            repeats=repeats, warmup=2, victim=None)
-        rows.append({k: row[k] for k in ("name", "model", "e2e_ms", "p10_ms", "p90_ms", "enclave_ms",
-                                          "params_tee_pct", "flops_tee_pct", "max_abs_err")})
+        row = _strategy_row(
+            spec,
+            type(target).__name__,
+            target,
+            x,
+            device=dev,
+            enclave=enclave,
+            repeats=repeats,
+            warmup=2,
+            victim=None,
+        )
+        rows.append(
+            {
+                k: row[k]
+                for k in (
+                    "name",
+                    "model",
+                    "e2e_ms",
+                    "p10_ms",
+                    "p90_ms",
+                    "enclave_ms",
+                    "params_tee_pct",
+                    "flops_tee_pct",
+                    "max_abs_err",
+                )
+            }
+        )
     return rows
 
 
@@ -50,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the TEESlice training benchmark."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="small_cnn:digits,resnet18:digits")
-    ap.add_argument("--epochs", type=int, default=20, help="public, victim, teacher and student epochs")
+    ap.add_argument(
+        "--epochs", type=int, default=20, help="public, victim, teacher and student epochs"
+    )
     ap.add_argument("--train-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -59,24 +88,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--latency", action="store_true", help="also time the strategies (batch 64)")
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--max-prune-steps", type=int, default=40, help="bound on the 5%% pruning steps")
+    ap.add_argument(
+        "--max-prune-steps", type=int, default=40, help="bound on the 5%% pruning steps"
+    )
     args = ap.parse_args(argv)
     out = []
     for run in args.runs.split(","):
         model, dataset = run.split(":")
-        cfg = TeeSliceConfig(seed=args.seed, teacher_epochs=args.epochs, student_epochs=args.epochs,
-                             max_prune_steps=args.max_prune_steps)
-        result, victim, res = run_teeslice(model, dataset, seed=args.seed, train_size=args.train_size,
-                                           public_epochs=args.epochs, victim_epochs=args.epochs, config=cfg,
-                                           threads=args.threads, cache_dir=args.cache_dir,
-                                           progress=args.progress)
+        cfg = TeeSliceConfig(
+            seed=args.seed,
+            teacher_epochs=args.epochs,
+            student_epochs=args.epochs,
+            max_prune_steps=args.max_prune_steps,
+        )
+        result, victim, res = run_teeslice(
+            model,
+            dataset,
+            seed=args.seed,
+            train_size=args.train_size,
+            public_epochs=args.epochs,
+            victim_epochs=args.epochs,
+            config=cfg,
+            threads=args.threads,
+            cache_dir=args.cache_dir,
+            progress=args.progress,
+        )
         if args.latency:
             from taoism.data import load_dataset
 
             x = load_dataset(dataset).x_test[:64]
             res["latency"] = latency_rows(victim, result.model, x, repeats=args.repeats, threads=1)
-        res["machine"] = {"cpus": os.cpu_count(), "load_avg": os.getloadavg(), "python": sys.version.split()[0],
-                          "platform": platform.platform()}
+        res["machine"] = {
+            "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        }
         print(json.dumps({k: v for k, v in res.items() if k != "config"}), flush=True)
         out.append(res)
     if args.json:

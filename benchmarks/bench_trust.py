@@ -31,14 +31,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from taoism.trust import (KeyServiceClient, SimQuoteSource, attest, decrypt_shielded, enclave_measurement, keygen,
-                          load_private_key, open_package, unwrap_model_key, write_package, write_secret)
+from taoism.trust import (
+    KeyServiceClient,
+    SimQuoteSource,
+    attest,
+    decrypt_shielded,
+    enclave_measurement,
+    keygen,
+    load_private_key,
+    open_package,
+    unwrap_model_key,
+    write_package,
+    write_secret,
+)
 from taoism.trust.tensors import tensor_bytes
 from taoism.zoo import get_model
 
@@ -50,7 +61,12 @@ def _timed(fn: Callable[[], object], repeats: int) -> dict:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": repeats}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "n": repeats,
+    }
 
 
 def bench_model(name: str, folder: Path, repeats: int) -> dict:
@@ -63,7 +79,9 @@ def bench_model(name: str, folder: Path, repeats: int) -> dict:
     keys: dict = {}
 
     def write() -> None:
-        keys["model"] = write_package(path, {"model": name}, device, {"ops": []}, shielded, key_path)
+        keys["model"] = write_package(
+            path, {"model": name}, device, {"ops": []}, shielded, key_path
+        )
 
     def read() -> None:
         with open_package(path, folder / "owner.pub") as r:
@@ -75,19 +93,41 @@ def bench_model(name: str, folder: Path, repeats: int) -> dict:
         (folder / "raw.bin").read_bytes()
 
     aead = AESGCM(AESGCM.generate_key(bit_length=256))
-    return {"model": name, "bytes": len(raw), "shielded_bytes": len(sraw),
-            "write": _timed(write, repeats), "open_verify_decrypt": _timed(read, repeats),
-            "baseline_raw_write_read": _timed(raw_io, repeats),
-            "baseline_aes_gcm_shielded": _timed(lambda: aead.encrypt(os.urandom(12), sraw, None), repeats)}
+    return {
+        "model": name,
+        "bytes": len(raw),
+        "shielded_bytes": len(sraw),
+        "write": _timed(write, repeats),
+        "open_verify_decrypt": _timed(read, repeats),
+        "baseline_raw_write_read": _timed(raw_io, repeats),
+        "baseline_aes_gcm_shielded": _timed(
+            lambda: aead.encrypt(os.urandom(12), sraw, None), repeats
+        ),
+    }
 
 
 def bench_release(folder: Path, package: Path, model_key: bytes, releases: int) -> dict:
     write_secret(folder / "model.key", model_key, overwrite=True)
     m = enclave_measurement({"backend": "sim"})
-    proc = subprocess.Popen([sys.executable, "-m", "taoism.trust.keyserver", "--package", str(package),
-                             "--model-key", str(folder / "model.key"), "--owner-public", str(folder / "owner.pub"),
-                             "--platform-public", str(folder / "platform.pub"), "--allow", m.hex()],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taoism.trust.keyserver",
+            "--package",
+            str(package),
+            "--model-key",
+            str(folder / "model.key"),
+            "--owner-public",
+            str(folder / "owner.pub"),
+            "--platform-public",
+            str(folder / "platform.pub"),
+            "--allow",
+            m.hex(),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         address = proc.stdout.readline().split()[-1]
         client = KeyServiceClient(address, timeout_s=30)
@@ -103,7 +143,9 @@ def bench_release(folder: Path, package: Path, model_key: bytes, releases: int) 
                 return box["a"].envelope.encode()
 
             wrapped = client.request_key(make)
-            assert unwrap_model_key(box["a"].private_key, wrapped, box["a"].report_bytes) == model_key
+            assert (
+                unwrap_model_key(box["a"].private_key, wrapped, box["a"].report_bytes) == model_key
+            )
 
         return {"attest_release_unwrap": _timed(release, releases)}
     finally:
@@ -123,17 +165,44 @@ def bench_deploy(name: str, folder: Path, repeats: int, calls: int) -> dict:
     x = torch.randn(1, 3, 224, 224)
     placement = {"layer4": "ENCLAVE", "fc": "ENCLAVE", "_default": "GPU"}
     path = folder / f"{name}-deploy.taoism"
-    res: dict = {"model": name, "package": _timed(lambda: taoism.package(
-        model, x, placement, out=path, owner_key=folder / "owner.key", overwrite=True), repeats)}
+    res: dict = {
+        "model": name,
+        "package": _timed(
+            lambda: taoism.package(
+                model, x, placement, out=path, owner_key=folder / "owner.key", overwrite=True
+            ),
+            repeats,
+        ),
+    }
     m = package_measurement(fingerprint(load_public_key(folder / "owner.pub"))).hex()
-    proc = subprocess.Popen([sys.executable, "-m", "taoism.trust.keyserver", "--package", str(path),
-                             "--owner-public", str(folder / "owner.pub"), "--platform-public",
-                             str(folder / "platform.pub"), "--allow", m], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taoism.trust.keyserver",
+            "--package",
+            str(path),
+            "--owner-public",
+            str(folder / "owner.pub"),
+            "--platform-public",
+            str(folder / "platform.pub"),
+            "--allow",
+            m,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         address = proc.stdout.readline().split()[-1]
-        kw = {"owner_public": folder / "owner.pub", "platform_key": folder / "platform.key", "device": "cpu"}
+        kw = {
+            "owner_public": folder / "owner.pub",
+            "platform_key": folder / "platform.key",
+            "device": "cpu",
+        }
         res["deploy"] = _timed(lambda: taoism.deploy(path, address, **kw).close(), repeats)
-        res["shield"] = _timed(lambda: taoism.shield(model, x, placement, device="cpu").close(), repeats)
+        res["shield"] = _timed(
+            lambda: taoism.shield(model, x, placement, device="cpu").close(), repeats
+        )
         parts: dict[str, list[float]] = {"enclave_start": [], "attest_release": [], "provision": []}
         for _ in range(repeats):
             backend = get_backend("sim", EnclaveConfig())(EnclaveConfig())
@@ -149,10 +218,14 @@ def bench_deploy(name: str, folder: Path, repeats: int, calls: int) -> dict:
             for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
                 parts[k].append(v)
         res["deploy_parts_median_s"] = {k: statistics.median(v) for k, v in parts.items()}
-        with taoism.deploy(path, address, **kw) as dep, taoism.shield(model, x, placement, device="cpu") as sh:
+        with (
+            taoism.deploy(path, address, **kw) as dep,
+            taoism.shield(model, x, placement, device="cpu") as sh,
+        ):
             ref = model(x)
-            assert torch.allclose(dep(x), ref, rtol=1e-4, atol=1e-5) and torch.allclose(sh(x), ref, rtol=1e-4,
-                                                                                          atol=1e-5)
+            assert torch.allclose(dep(x), ref, rtol=1e-4, atol=1e-5) and torch.allclose(
+                sh(x), ref, rtol=1e-4, atol=1e-5
+            )
             lat: dict[str, list[float]] = {"deploy": [], "shield": []}
             for _ in range(calls):
                 for k, sm in (("deploy", dep), ("shield", sh)):
@@ -160,7 +233,9 @@ def bench_deploy(name: str, folder: Path, repeats: int, calls: int) -> dict:
                     sm(x)
                     lat[k].append(time.perf_counter() - t0)
         res["latency_median_s"] = {k: statistics.median(v) for k, v in lat.items()}
-        res["latency_ratio_deploy_to_shield"] = res["latency_median_s"]["deploy"] / res["latency_median_s"]["shield"]
+        res["latency_ratio_deploy_to_shield"] = (
+            res["latency_median_s"]["deploy"] / res["latency_median_s"]["shield"]
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -172,13 +247,25 @@ def main() -> None:
     ap.add_argument("--models", default="resnet18,resnet50")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--releases", type=int, default=20)
-    ap.add_argument("--deploy", action="store_true", help="also time package/deploy/shield and inference after each")
-    ap.add_argument("--calls", type=int, default=5, help="--deploy: interleaved inference calls per model")
+    ap.add_argument(
+        "--deploy",
+        action="store_true",
+        help="also time package/deploy/shield and inference after each",
+    )
+    ap.add_argument(
+        "--calls", type=int, default=5, help="--deploy: interleaved inference calls per model"
+    )
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    out: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                             "processor": platform.processor() or platform.machine()}, "models": []}
+    out: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "models": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         keygen(folder)
@@ -188,7 +275,9 @@ def main() -> None:
             out["models"].append(res)
             print(json.dumps(res))
         small = folder / "release.taoism"  # the release cost does not depend on the package size
-        key = write_package(small, {"m": 1}, {}, {"ops": []}, {"w": torch.randn(8)}, folder / "owner.key")
+        key = write_package(
+            small, {"m": 1}, {}, {"ops": []}, {"w": torch.randn(8)}, folder / "owner.key"
+        )
         out["release"] = bench_release(folder, small, key, a.releases)
         print(json.dumps(out["release"]))
         if a.deploy:

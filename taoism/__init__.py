@@ -13,16 +13,35 @@ and measure what each split costs and leaks.
 
 from taoism.backends import EnclaveBackend, available_backends, get_backend
 from taoism.config import EnclaveConfig
-from taoism.errors import (BackendUnavailable, BoundaryError, BoundaryTimeout, CaptureError,
-                           ConfigError, EnclaveCrashed, EnclaveError, EnclaveRemoteError,
-                           FrameError, HandshakeError, InputError, IntegrityError,
-                           MemoryBudgetError, PlacementError, ProgramError, ReplyMismatchError,
-                           RequestError,
-                           ServiceUnavailable, TaoismError)
-from taoism.errors import SessionFailed
-from taoism.errors import (AttestationError, KeyFileError, KeyReleaseError, PackageError,
-                           SignatureError, TrustError)
-from taoism.placement import EnclaveMode, Plan, PlacementRules
+from taoism.errors import (
+    AttestationError,
+    BackendUnavailable,
+    BoundaryError,
+    BoundaryTimeout,
+    CaptureError,
+    ConfigError,
+    EnclaveCrashed,
+    EnclaveError,
+    EnclaveRemoteError,
+    FrameError,
+    HandshakeError,
+    InputError,
+    IntegrityError,
+    KeyFileError,
+    KeyReleaseError,
+    MemoryBudgetError,
+    PackageError,
+    PlacementError,
+    ProgramError,
+    ReplyMismatchError,
+    RequestError,
+    ServiceUnavailable,
+    SessionFailed,
+    SignatureError,
+    TaoismError,
+    TrustError,
+)
+from taoism.placement import EnclaveMode, PlacementRules, Plan
 from taoism.runtime import Profile, ShieldedModel, shield
 from taoism.runtime.deploy import deploy
 from taoism.runtime.package import Packaged, package
@@ -30,14 +49,44 @@ from taoism.runtime.package import Packaged, package
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailable", "BoundaryError", "BoundaryTimeout", "CaptureError", "ConfigError",
-    "EnclaveBackend", "EnclaveConfig", "EnclaveCrashed", "EnclaveError", "EnclaveMode",
-    "EnclaveRemoteError", "FrameError", "HandshakeError", "InputError", "IntegrityError",
-    "MemoryBudgetError", "PlacementError", "PlacementRules", "Plan", "Profile", "ProgramError",
-    "ReplyMismatchError", "RequestError", "ServiceUnavailable",
+    "BackendUnavailable",
+    "BoundaryError",
+    "BoundaryTimeout",
+    "CaptureError",
+    "ConfigError",
+    "EnclaveBackend",
+    "EnclaveConfig",
+    "EnclaveCrashed",
+    "EnclaveError",
+    "EnclaveMode",
+    "EnclaveRemoteError",
+    "FrameError",
+    "HandshakeError",
+    "InputError",
+    "IntegrityError",
+    "MemoryBudgetError",
+    "PlacementError",
+    "PlacementRules",
+    "Plan",
+    "Profile",
+    "ProgramError",
+    "ReplyMismatchError",
+    "RequestError",
+    "ServiceUnavailable",
     "ShieldedModel",
     "SessionFailed",
-    "TaoismError", "available_backends", "get_backend", "shield", "__version__",
-    "AttestationError", "KeyFileError", "KeyReleaseError", "PackageError", "SignatureError", "TrustError",
-    "Packaged", "deploy", "package",
+    "TaoismError",
+    "available_backends",
+    "get_backend",
+    "shield",
+    "__version__",
+    "AttestationError",
+    "KeyFileError",
+    "KeyReleaseError",
+    "PackageError",
+    "SignatureError",
+    "TrustError",
+    "Packaged",
+    "deploy",
+    "package",
 ]

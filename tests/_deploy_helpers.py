@@ -29,11 +29,15 @@ def raw_view(t: Any) -> memoryview:
 
 def run_keys(tensors: list[Any], limit: int) -> list[list[str]]:
     """Up to ``limit`` evenly spread 64-byte runs (at 64-byte offsets) of ``tensors``, as [8-byte key, sha256]."""
-    runs = [(i, off) for i, t in enumerate(tensors) for off in range(0, t.numel() * t.element_size() - RUN + 1, RUN)]
+    runs = [
+        (i, off)
+        for i, t in enumerate(tensors)
+        for off in range(0, t.numel() * t.element_size() - RUN + 1, RUN)
+    ]
     step = max(1, len(runs) // limit)
     keys = []
     for i, off in runs[::step][:limit]:
-        v = raw_view(tensors[i].detach().contiguous())[off:off + RUN]
+        v = raw_view(tensors[i].detach().contiguous())[off : off + RUN]
         keys.append([bytes(v[:8]).hex(), hashlib.sha256(v).hexdigest()])
     return keys
 
@@ -74,7 +78,7 @@ def scan(keys: list[list[str]]) -> int:
                         continue
                     at = buf.find(key, 0, got)
                     while at != -1 and at + RUN <= got:
-                        if hashlib.sha256(view[at:at + RUN]).digest() == digest:
+                        if hashlib.sha256(view[at : at + RUN]).digest() == digest:
                             found.add(j)
                             break
                         at = buf.find(key, at + 1, got)
@@ -102,14 +106,18 @@ def owner(out_dir: str, owner_key: str) -> None:
     torch.manual_seed(secrets.randbits(62))
     meta: dict[str, Any] = {}
     for name, (zoo, kw) in CASES.items():
-        model = get_model(zoo, dataset_shape="cifar", seed=None).eval()  # weights from the secret seed
+        model = get_model(
+            zoo, dataset_shape="cifar", seed=None
+        ).eval()  # weights from the secret seed
         with torch.no_grad():  # non-trivial BN statistics so outputs are not near-constant
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.running_mean.uniform_(-0.2, 0.2)
                     m.running_var.uniform_(0.5, 1.5)
         xs = [torch.randn(2, 3, 32, 32) for _ in range(3)]
-        done = taoism.package(model, xs[0], out=Path(out_dir) / f"{name}.taoism", owner_key=owner_key, **kw)
+        done = taoism.package(
+            model, xs[0], out=Path(out_dir) / f"{name}.taoism", owner_key=owner_key, **kw
+        )
         with torch.no_grad():
             ys = [model(x) for x in xs]
         for i, (x, y) in enumerate(zip(xs, ys)):
@@ -119,12 +127,25 @@ def owner(out_dir: str, owner_key: str) -> None:
         desc = pkg_program(done.path, Path(owner_key).with_suffix(".pub"))
         enclave_paths = {spec["path"] for spec in desc["enclave"]["modules"].values()}
         device_paths = {spec["path"] for spec in desc["device"]["modules"].values()}
-        shielded = [t for k, t in sd.items() if k.rsplit(".", 1)[0] in enclave_paths and t.dtype == torch.float32]
-        device = [t for k, t in sd.items() if k.rsplit(".", 1)[0] in device_paths and t.dtype == torch.float32]
-        meta[name] = {"shielded": run_keys(shielded, 16), "device": run_keys(device, 4),
-                      "y_shape": list(ys[0].shape), "shielded_sections": done.shielded_tensors,
-                      "shielded_elements": sum(t.numel() for k, t in sd.items()
-                                               if k.rsplit(".", 1)[0] in enclave_paths)}
+        shielded = [
+            t
+            for k, t in sd.items()
+            if k.rsplit(".", 1)[0] in enclave_paths and t.dtype == torch.float32
+        ]
+        device = [
+            t
+            for k, t in sd.items()
+            if k.rsplit(".", 1)[0] in device_paths and t.dtype == torch.float32
+        ]
+        meta[name] = {
+            "shielded": run_keys(shielded, 16),
+            "device": run_keys(device, 4),
+            "y_shape": list(ys[0].shape),
+            "shielded_sections": done.shielded_tensors,
+            "shielded_elements": sum(
+                t.numel() for k, t in sd.items() if k.rsplit(".", 1)[0] in enclave_paths
+            ),
+        }
     (Path(out_dir) / "meta.json").write_text(json.dumps(meta))
 
 
@@ -191,8 +212,9 @@ def mem_host(package: str, keyserver: str, owner_public: str, platform_key: str)
     finally:
         child.kill()
         child.wait()
-    with taoism.deploy(package, keyserver, owner_public=owner_public, platform_key=platform_key,
-                       device="cpu") as sm:
+    with taoism.deploy(
+        package, keyserver, owner_public=owner_public, platform_key=platform_key, device="cpu"
+    ) as sm:
         enclave = read_mem(sm.backend.pid)
     print(json.dumps({"enclave": enclave, "control": control}))
 

@@ -53,11 +53,19 @@ class MobileStyle(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        block = lambda cin, cout: nn.Sequential(nn.Sequential(  # noqa: E731
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6()))
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Sequential(
+                    nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6()
+                )
+            )
+
         self.features = nn.Sequential(
             nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), LayerNorm2d(8), nn.ReLU()),
-            nn.Sequential(block(8, 8), nn.GELU()), block(8, 12))
+            nn.Sequential(block(8, 8), nn.GELU()),
+            block(8, 12),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
 
@@ -73,8 +81,9 @@ class WindowAttention(nn.Module):
         self.heads, self.window, self.shift = heads, window, shift
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.bias_table = nn.Parameter(torch.randn((2 * window - 1) ** 2, heads) * 0.5)
-        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window),
-                                            indexing="ij")).flatten(1)
+        coords = torch.stack(
+            torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+        ).flatten(1)
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
         self.register_buffer("rel_index", rel[..., 0] * (2 * window - 1) + rel[..., 1])
 
@@ -89,13 +98,21 @@ class WindowAttention(nn.Module):
         win = self.window
         x = x.view(b, hp // win, win, wp // win, win, c).permute(0, 1, 3, 2, 4, 5)
         x = x.reshape(-1, win * win, c)
-        q, k, v = self.qkv(x).reshape(x.shape[0], win * win, 3, self.heads, -1).permute(
-            2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (
+            self.qkv(x)
+            .reshape(x.shape[0], win * win, 3, self.heads, -1)
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )
         attn = torch.einsum("bhqd,bhkd->bhqk", q, k) / (q.shape[-1] ** 0.5)
         bias = self.bias_table[self.rel_index.reshape(-1)].reshape(win * win, win * win, -1)
         attn = (attn + bias.permute(2, 0, 1).unsqueeze(0)).softmax(-1)
         x = self.proj(torch.swapaxes(attn @ v, 1, 2).reshape(x.shape[0], win * win, c))
-        x = x.view(b, hp // win, wp // win, win, win, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+        x = (
+            x.view(b, hp // win, wp // win, win, win, c)
+            .permute(0, 1, 3, 2, 4, 5)
+            .reshape(b, hp, wp, c)
+        )
         if self.shift:
             x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
         return x[:, :h, :w, :].contiguous()
@@ -141,14 +158,19 @@ class HFEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(2, dim)
         self.LayerNorm = nn.LayerNorm(dim, eps=1e-12)
         self.dropout = nn.Dropout(0.1)
-        self.register_buffer("position_ids", torch.arange(max_len).expand((1, -1)), persistent=False)
+        self.register_buffer(
+            "position_ids", torch.arange(max_len).expand((1, -1)), persistent=False
+        )
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         seq_length = input_ids.size()[1]
         position_ids = self.position_ids[:, 0:seq_length]  # fx: "slice indices must be integers"
         token_type_ids = torch.zeros_like(input_ids)
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
-             + self.token_type_embeddings(token_type_ids))
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+        )
         return self.dropout(self.LayerNorm(x))
 
 
@@ -158,7 +180,11 @@ class HFLayer(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.query, self.key, self.value = (
+            nn.Linear(dim, dim),
+            nn.Linear(dim, dim),
+            nn.Linear(dim, dim),
+        )
         self.attn_out, self.ln1 = nn.Linear(dim, dim), nn.LayerNorm(dim, eps=1e-12)
         self.intermediate, self.act = nn.Linear(dim, 2 * dim), nn.GELU()
         self.output, self.ln2 = nn.Linear(2 * dim, dim), nn.LayerNorm(dim, eps=1e-12)
@@ -198,7 +224,9 @@ class HFBert(nn.Module):
         self.classifier = nn.Linear(dim, 3)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        ext = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
+        ext = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * torch.finfo(
+            torch.float32
+        ).min
         x = self.encoder(self.embeddings(input_ids), ext)
         return self.classifier(self.pooler(x[:, 0]))
 
@@ -243,7 +271,9 @@ def bert_export(bert):
 
 # --- capture -----------------------------------------------------------------------------------
 def test_fx_cannot_trace_hf_bert_and_auto_falls_back_to_export(bert, bert_export):
-    with pytest.raises(CaptureError, match=r"submodule 'embeddings'.*leaf_modules=\['embeddings'\]"):
+    with pytest.raises(
+        CaptureError, match=r"submodule 'embeddings'.*leaf_modules=\['embeddings'\]"
+    ):
         capture(bert, _tokens(3), capture="fx")
     assert bert_export.kind == "export"
     paths = {i.module_path for i in bert_export.nodes.values()}
@@ -287,9 +317,16 @@ def test_layernorm_subclass_is_traced_through_and_runs_in_the_enclave():
     x = torch.randn(2, 3, 8, 8)
     cg = capture(model, x, capture="fx")
     inside = [i for i in cg.nodes.values() if i.module_path == "features.0.1"]
-    assert cg.kind == "fx" and {i.target for i in inside} >= {"permute", "torch.nn.functional.layer_norm"}
-    with taoism.shield(model, x, {"features.0.1": "ENCLAVE", "type:ReLU6": "ENCLAVE",
-                                  nn.GELU: "ENCLAVE"}, device="cpu") as sm:
+    assert cg.kind == "fx" and {i.target for i in inside} >= {
+        "permute",
+        "torch.nn.functional.layer_norm",
+    }
+    with taoism.shield(
+        model,
+        x,
+        {"features.0.1": "ENCLAVE", "type:ReLU6": "ENCLAVE", nn.GELU: "ENCLAVE"},
+        device="cpu",
+    ) as sm:
         placed = {l.info.name for l in sm.plan.layers if l.placement is ENCLAVE}
         relu6 = {i.name for i in cg.nodes.values() if i.module_type == "ReLU6"}
         assert relu6 <= placed and "features_1_1" in placed  # the GELU
@@ -307,19 +344,40 @@ def test_placement_by_type_and_its_precedence():
     by_type = {i.name: i.module_type for i in cg.nodes.values()}
     acts = {n for n, t in by_type.items() if t in ("ReLU", "ReLU6", "GELU")}
     # "type:" matches the class or a base class, by short or dotted name; class keys match too.
-    for spec in ({"type:ReLU": "ENCLAVE", "type:ReLU6": "ENCLAVE", "type:GELU": "ENCLAVE"},
-                 {nn.ReLU: "ENCLAVE", nn.ReLU6: "ENCLAVE", "type:torch.nn.modules.activation.GELU": "ENCLAVE"}):
+    for spec in (
+        {"type:ReLU": "ENCLAVE", "type:ReLU6": "ENCLAVE", "type:GELU": "ENCLAVE"},
+        {
+            nn.ReLU: "ENCLAVE",
+            nn.ReLU6: "ENCLAVE",
+            "type:torch.nn.modules.activation.GELU": "ENCLAVE",
+        },
+    ):
         got = _placed(cg, spec)
         assert {n for n, m in got.items() if m is ENCLAVE} == acts
     # Node name > module path > type (innermost module) > regex > default.
-    got = _placed(cg, {"features.1": "GPU", "type:ReLU6": "ENCLAVE", "features_2_0_2": "GPU",
-                       "re:.*conv.*|features_2.*": "ENCLAVE", "_default": "GPU"})
+    got = _placed(
+        cg,
+        {
+            "features.1": "GPU",
+            "type:ReLU6": "ENCLAVE",
+            "features_2_0_2": "GPU",
+            "re:.*conv.*|features_2.*": "ENCLAVE",
+            "_default": "GPU",
+        },
+    )
     assert got["features_1_0_0_2"] is GPU  # module path beats type
     assert got["features_2_0_2"] is GPU  # node name beats type
     assert got["features_2_0_0"] is ENCLAVE  # regex applies where no name or type matched
     assert got["classifier_1"] is GPU
-    assert _placed(cg, {"type:Sequential": "ENCLAVE"})["features_2_0_1"] is ENCLAVE  # containers too
-    assert PlacementRules.from_spec({nn.GELU: "GPU"}).to_json()["type:torch.nn.modules.activation.GELU"] == "GPU"
+    assert (
+        _placed(cg, {"type:Sequential": "ENCLAVE"})["features_2_0_1"] is ENCLAVE
+    )  # containers too
+    assert (
+        PlacementRules.from_spec({nn.GELU: "GPU"}).to_json()[
+            "type:torch.nn.modules.activation.GELU"
+        ]
+        == "GPU"
+    )
     with pytest.raises(PlacementError, match=r"'type:Conv3d' matches no module.*ReLU6"):
         _placed(cg, {"type:Conv3d": "ENCLAVE"})
     with pytest.raises(ConfigError, match="names no class"):
@@ -353,12 +411,16 @@ def test_shape_value_with_users_on_both_sides_is_computed_on_each_side(tmp_path)
     crossing = {v for s in plan.enclave_segments for v in s.send_in + s.returns}
     assert crossing == {"x", "reshape"}  # only tensors cross: the size is computed on each side
     twins = [l.info.name for l in plan.layers if l.info.name.endswith("_enclave")]
-    assert twins and all(plan.layers[[l.info.name for l in plan.layers].index(t)].placement is ENCLAVE
-                         for t in twins)
+    assert twins and all(
+        plan.layers[[l.info.name for l in plan.layers].index(t)].placement is ENCLAVE for t in twins
+    )
     plan.save(tmp_path / "plan.json")  # a saved plan names no duplicate and reloads the same
-    again = build_plan(capture(model, x, capture="fx"), PlacementRules.from_file(tmp_path / "plan.json"))
+    again = build_plan(
+        capture(model, x, capture="fx"), PlacementRules.from_file(tmp_path / "plan.json")
+    )
     assert [(l.info.name, l.placement) for l in again.layers] == [
-        (l.info.name, l.placement) for l in plan.layers]
+        (l.info.name, l.placement) for l in plan.layers
+    ]
 
 
 class ShapeOfSecret(ShapeBothSides):
@@ -373,22 +435,27 @@ class ShapeOfSecret(ShapeBothSides):
 def test_device_reading_only_the_shape_of_an_enclave_tensor_is_refused():
     cg = capture(ShapeOfSecret().eval(), torch.randn(2, 3, 6, 6), capture="fx")
     rules = PlacementRules.from_spec({"conv": "ENCLAVE", "fc": "ENCLAVE", "flatten": "ENCLAVE"})
-    with pytest.raises(PlacementError, match="reads only the shape of enclave tensor 'conv'.*would "
-                                             "send 'conv' to the host"):
+    with pytest.raises(
+        PlacementError,
+        match="reads only the shape of enclave tensor 'conv'.*would send 'conv' to the host",
+    ):
         build_plan(cg, rules)
 
 
 # --- strategies on any captured model ----------------------------------------------------------
 def test_strategies_honour_leaf_modules(bert):
     ids, mask = _tokens(3)
-    with pytest.raises(CaptureError, match=r"strategy 'magnitude:0.01'.*submodule 'embeddings'.*leaf_modules"):
+    with pytest.raises(
+        CaptureError, match=r"strategy 'magnitude:0.01'.*submodule 'embeddings'.*leaf_modules"
+    ):
         apply_strategy(bert, "magnitude:0.01")
     ref = _not_constant(bert(ids, mask))
     for s in ("magnitude:0.01", "intermediate:0.8", "nonlinear", "deep:1", "shallow:1"):
         m2, _ = apply_strategy(bert, s, leaf_modules=["embeddings"])
         assert_same(m2(ids, mask), ref)
-    with taoism.shield(bert, (ids, mask), strategy="deep:1", leaf_modules=["embeddings"],
-                       device="cpu") as sm:
+    with taoism.shield(
+        bert, (ids, mask), strategy="deep:1", leaf_modules=["embeddings"], device="cpu"
+    ) as sm:
         assert_same(sm(ids, mask), ref)
         enclave = {l.info.module_path for l in sm.plan.layers if l.placement is ENCLAVE}
         assert enclave == {"classifier"}
@@ -398,7 +465,12 @@ def test_transformer_units_are_embedding_each_layer_and_head(bert):
     from taoism.strategies.layerwise import model_units
 
     assert model_units(bert, None, opts=_opts(leaf_modules=("embeddings",))) == [
-        ("embeddings",), ("encoder.layer.0",), ("encoder.layer.1",), ("pooler",), ("classifier",)]
+        ("embeddings",),
+        ("encoder.layer.0",),
+        ("encoder.layer.1",),
+        ("pooler",),
+        ("classifier",),
+    ]
     # Layer-wise strategies also work through torch.export (no leaf_modules needed).
     m2, placement = apply_strategy(bert, "shallow:1", example_inputs=_tokens(3))
     assert placement["embeddings"] == "ENCLAVE" and placement["encoder.layer.0"] == "GPU"

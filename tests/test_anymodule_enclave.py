@@ -71,7 +71,7 @@ def _activations(model: nn.Module) -> dict[str, str]:
 
 def _first_half(model) -> dict[str, str]:
     us = units(model)
-    return {**{p: "ENCLAVE" for u in us[:len(us) // 2] for p in u}, "_default": "GPU"}
+    return {**{p: "ENCLAVE" for u in us[: len(us) // 2] for p in u}, "_default": "GPU"}
 
 
 # --- the zoo transformers: whole, split, every activation; both capture paths ---------------------
@@ -86,20 +86,28 @@ def test_zoo_transformer_whole_split_and_activations_in_the_enclave(name, split_
         plan = _run(model, xs, ref, {"_default": "ENCLAVE"}, capture=kind)
         assert all(l.placement is ENCLAVE for l in plan.layers)
     plan = _run(model, xs, ref, _first_half(model), capture=split_capture)
-    half = {p.split(".")[0] for u in units(model)[:len(units(model)) // 2] for p in u}
-    enclave = {l.info.module_path.split(".")[0] for l in plan.layers
-               if l.placement is ENCLAVE and l.info.module_path}  # (shape values: both sides)
+    half = {p.split(".")[0] for u in units(model)[: len(units(model)) // 2] for p in u}
+    enclave = {
+        l.info.module_path.split(".")[0]
+        for l in plan.layers
+        if l.placement is ENCLAVE and l.info.module_path
+    }  # (shape values: both sides)
     assert enclave == half, enclave
     plan = _run(model, xs, ref, _activations(model), capture=split_capture)
-    kinds = {type(model.get_submodule(l.info.module_path)).__name__ for l in plan.layers
-             if l.placement is ENCLAVE and l.info.module_path}
+    kinds = {
+        type(model.get_submodule(l.info.module_path)).__name__
+        for l in plan.layers
+        if l.placement is ENCLAVE and l.info.module_path
+    }
     assert kinds == {"GELU", "Tanh"} & {type(m).__name__ for m in model.modules()}, kinds
 
 
 # Each strategy once per model; the rewriting ones (magnitude, intermediate, nonlinear) need an
 # fx graph, the layer-wise ones run on both paths (one each per model here, alternating).
-@pytest.mark.parametrize("name,fx_layerwise,export_layerwise", [
-    ("vit_tiny", "deep:1", "shallow:1"), ("bert_tiny", "shallow:1", "deep:1")])
+@pytest.mark.parametrize(
+    "name,fx_layerwise,export_layerwise",
+    [("vit_tiny", "deep:1", "shallow:1"), ("bert_tiny", "shallow:1", "deep:1")],
+)
 def test_zoo_transformer_under_every_strategy(name, fx_layerwise, export_layerwise):
     model = get_model(name)
     xs = example_inputs(name, batch=2)
@@ -122,7 +130,9 @@ def test_torchvision_and_hf_style_models_whole_in_the_enclave(kind):
     else:
         model, xs = MobileStyle().eval(), (torch.randn(2, 3, 8, 8),)
     ref = _ref(model, xs)
-    plan = _run(model, xs, ref, {"_default": "ENCLAVE"}, capture="export")  # (auto picks it for HF/Swin)
+    plan = _run(
+        model, xs, ref, {"_default": "ENCLAVE"}, capture="export"
+    )  # (auto picks it for HF/Swin)
     assert all(l.placement is ENCLAVE for l in plan.layers)
 
 
@@ -165,23 +175,35 @@ def test_attention_runs_chunked_under_a_tight_budget_and_is_refused_when_it_cann
     model, xs = HFBert(vocab=50, dim=32, heads=4).eval(), _tokens(8, seq=32)
     ref = _ref(model, xs)
     cfg = EnclaveConfig(tee=TEE, memory_budget=250 << 10)
-    with taoism.shield(model, xs, {"_default": "ENCLAVE"}, device="cpu", capture="export", enclave=cfg) as sm:
+    with taoism.shield(
+        model, xs, {"_default": "ENCLAVE"}, device="cpu", capture="export", enclave=cfg
+    ) as sm:
         assert_same(sm(*xs), ref)
         nodes = sm.stats()["enclave"]["memory"]["nodes"]
     chunked = {n["kind"] for n in nodes if n["mode"] == "chunked"}
     assert {"attention", "linear", "layernorm"} <= chunked, chunked
     with pytest.raises(MemoryBudgetError, match="enclave memory budget"):
-        taoism.shield(model, xs, {"_default": "ENCLAVE"}, device="cpu", capture="export",
-                      enclave=EnclaveConfig(tee=TEE, memory_budget=170 << 10))
+        taoism.shield(
+            model,
+            xs,
+            {"_default": "ENCLAVE"},
+            device="cpu",
+            capture="export",
+            enclave=EnclaveConfig(tee=TEE, memory_budget=170 << 10),
+        )
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["resident", "sealed"])
-@pytest.mark.parametrize("sa,sb", [((3, 2, 9, 7), (3, 2, 7, 5)), ((4, 9, 6), (6, 11)), ((2, 1, 5, 4), (3, 4, 6))])
+@pytest.mark.parametrize(
+    "sa,sb", [((3, 2, 9, 7), (3, 2, 7, 5)), ((4, 9, 6), (6, 11)), ((2, 1, 5, 4), (3, 4, 6))]
+)
 def test_matmul_chunked_equals_whole(sa, sb, paged):
     torch.manual_seed(8)
     a, b = torch.randn(sa), torch.randn(sb)
     shape = matmul_shape(sa, sb)
-    _check(lambda ctx, p: MatmulExecutor(_op(ctx, a, p), _op(ctx, b, p), shape, a.dtype), a @ b, paged)
+    _check(
+        lambda ctx, p: MatmulExecutor(_op(ctx, a, p), _op(ctx, b, p), shape, a.dtype), a @ b, paged
+    )
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["resident", "sealed"])
@@ -189,22 +211,42 @@ def test_matmul_chunked_equals_whole(sa, sb, paged):
 def test_attention_chunked_equals_whole(mask, paged):
     torch.manual_seed(9)
     q, k, v = torch.randn(2, 3, 9, 8), torch.randn(2, 3, 11, 8), torch.randn(2, 3, 11, 5)
-    m = {"none": None, "float": torch.randn(2, 1, 9, 11), "bool": torch.rand(9, 11) > 0.3,
-         "causal": None}[mask]
+    m = {
+        "none": None,
+        "float": torch.randn(2, 1, 9, 11),
+        "bool": torch.rand(9, 11) > 0.3,
+        "causal": None,
+    }[mask]
     causal = mask == "causal"
     if causal:
         k, v = k[:, :, :9], v[:, :, :9]
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal, scale=0.3)
-    _check(lambda ctx, p: AttentionExecutor(_op(ctx, q, p), _op(ctx, k, p), _op(ctx, v, p), _op(ctx, m, p),
-                                            causal, 0.3, ref.shape, q.dtype), ref, paged)
+    _check(
+        lambda ctx, p: AttentionExecutor(
+            _op(ctx, q, p),
+            _op(ctx, k, p),
+            _op(ctx, v, p),
+            _op(ctx, m, p),
+            causal,
+            0.3,
+            ref.shape,
+            q.dtype,
+        ),
+        ref,
+        paged,
+    )
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["resident", "sealed"])
 def test_embedding_chunked_equals_whole(paged):
     torch.manual_seed(10)
     table, idx = torch.randn(40, 6), torch.randint(0, 40, (5, 9))
-    _check(lambda ctx, p: EmbeddingExecutor(Operand(idx), _op(ctx, table, p), (5, 9, 6), table.dtype),
-           F.embedding(idx, table), paged, frac=0.6)
+    _check(
+        lambda ctx, p: EmbeddingExecutor(Operand(idx), _op(ctx, table, p), (5, 9, 6), table.dtype),
+        F.embedding(idx, table),
+        paged,
+        frac=0.6,
+    )
 
 
 # --- the whitelist: by overload, validated; the precise error for an op still missing -------------
@@ -240,7 +282,9 @@ def test_op_still_missing_gets_the_precise_error_and_the_device_works_around_it(
     with pytest.raises(PlacementError) as err:
         build_plan(cg, PlacementRules.from_spec({"_default": "ENCLAVE"}))
     msg = str(err.value)
-    assert "node 'cumsum' calls ATen op 'aten.cumsum.default', which the enclave does not run" in msg
+    assert (
+        "node 'cumsum' calls ATen op 'aten.cumsum.default', which the enclave does not run" in msg
+    )
     assert "{'cumsum': 'GPU'}" in msg and "ATEN_OPS" in msg
     ref = _ref(model, (x,))
     plan = _run(model, (x,), ref, {"_default": "ENCLAVE", "cumsum": "GPU"}, capture="export")
@@ -256,5 +300,10 @@ def test_layernorm_chunked_equals_whole(affine, paged):
     x, w, b = torch.randn(3, 7, 2, 5), torch.randn(2, 5), torch.randn(2, 5)
     w, b = (w, b) if affine else (None, None)
     ref = F.layer_norm(x, (2, 5), w, b, 1e-5)
-    _check(lambda ctx, p: LayerNormExecutor(_op(ctx, x, p), (2, 5), _op(ctx, w, p), _op(ctx, b, p), 1e-5,
-                                            x.dtype), ref, paged)
+    _check(
+        lambda ctx, p: LayerNormExecutor(
+            _op(ctx, x, p), (2, 5), _op(ctx, w, p), _op(ctx, b, p), 1e-5, x.dtype
+        ),
+        ref,
+        paged,
+    )

@@ -24,13 +24,15 @@ from taoism.boundary import (
     ChannelConfig,
     ChannelStatsSnapshot,
     Message,
+    crypto,
     decode_frame,
     encode_frame,
+    frame,
     new_launch_token,
     open_enclave_channel,
     open_host_channel,
+    transport,
 )
-from taoism.boundary import crypto, frame, transport
 from taoism.errors import (
     BoundaryError,
     BoundaryTimeout,
@@ -46,8 +48,17 @@ _spec = importlib.util.spec_from_file_location("_boundary_peer", _PEER_PATH)
 peer_mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(peer_mod)
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
-          torch.uint8, torch.bool]
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
 SHAPES = [(), (0,), (3, 0, 2), (1,), (7,), (2, 3, 4), (1, 2, 1, 2, 1, 2, 1, 2)]
 HDR = frame.HEADER_SIZE
 
@@ -75,22 +86,46 @@ def _assert_same(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
 class Peer:
     """A host channel to a real enclave-side process running tests/_boundary_peer.py."""
 
-    def __init__(self, *, peer_token: bytes | None = None, host_token: bytes | None = None,
-                 max_frame_bytes: int = 1 << 30, spin_us: float = 200.0, open_host: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        peer_token: bytes | None = None,
+        host_token: bytes | None = None,
+        max_frame_bytes: int = 1 << 30,
+        spin_us: float = 200.0,
+        open_host: bool = True,
+    ) -> None:
         host_sock, peer_sock = socket.socketpair()
         token = host_token or new_launch_token()
         self.proc = subprocess.Popen(
-            [sys.executable, str(_PEER_PATH), str(peer_sock.fileno()), str(max_frame_bytes), str(spin_us)],
-            pass_fds=[peer_sock.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                str(_PEER_PATH),
+                str(peer_sock.fileno()),
+                str(max_frame_bytes),
+                str(spin_us),
+            ],
+            pass_fds=[peer_sock.fileno()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         peer_sock.close()  # or the host would never see the peer's EOF
         self.proc.stdin.write((peer_token or token).hex() + "\n")
         self.proc.stdin.close()
         self.sock = host_sock
         self.chan = None
         if open_host:
-            self.chan = open_host_channel(host_sock, token, config=ChannelConfig(
-                max_frame_bytes=max_frame_bytes, spin_us=spin_us, timeout_s=30.0,
-                handshake_timeout_s=60.0))  # a loaded machine can take >10 s to start python + torch
+            self.chan = open_host_channel(
+                host_sock,
+                token,
+                config=ChannelConfig(
+                    max_frame_bytes=max_frame_bytes,
+                    spin_us=spin_us,
+                    timeout_s=30.0,
+                    handshake_timeout_s=60.0,
+                ),
+            )  # a loaded machine can take >10 s to start python + torch
 
     def echo(self, tensors, blob: bytes = b"", tag: int = 5) -> Message:
         self.chan.send(peer_mod.ECHO, tag, tensors, blob)
@@ -125,8 +160,12 @@ def echo_peer():
     assert "HOST_CLOSED BoundaryError" in out
 
 
-def _pair(host_config: ChannelConfig | None = None, enclave_config: ChannelConfig | None = None,
-          host_token: bytes | None = None, enclave_token: bytes | None = None):
+def _pair(
+    host_config: ChannelConfig | None = None,
+    enclave_config: ChannelConfig | None = None,
+    host_token: bytes | None = None,
+    enclave_token: bytes | None = None,
+):
     """Open host and enclave channels in this process (the enclave handshake runs in a thread)."""
     a, b = socket.socketpair()
     token = new_launch_token()
@@ -134,15 +173,18 @@ def _pair(host_config: ChannelConfig | None = None, enclave_config: ChannelConfi
 
     def enclave() -> None:
         try:
-            result["enclave"] = open_enclave_channel(b, enclave_token or token,
-                                                     config=enclave_config or ChannelConfig(timeout_s=5.0))
+            result["enclave"] = open_enclave_channel(
+                b, enclave_token or token, config=enclave_config or ChannelConfig(timeout_s=5.0)
+            )
         except Exception as exc:  # noqa: BLE001 - reported to the test thread
             result["enclave_error"] = exc
 
     thread = threading.Thread(target=enclave)
     thread.start()
     try:
-        host = open_host_channel(a, host_token or token, config=host_config or ChannelConfig(timeout_s=5.0))
+        host = open_host_channel(
+            a, host_token or token, config=host_config or ChannelConfig(timeout_s=5.0)
+        )
     except Exception as exc:  # noqa: BLE001
         result["host_error"] = exc
         host = None
@@ -175,8 +217,13 @@ def test_round_trip_every_dtype_and_shape(echo_peer):
 
 def test_round_trip_non_contiguous_inputs(echo_peer):
     base = torch.arange(48, dtype=torch.float32).reshape(6, 8)
-    tensors = [base.t(), base[:, ::3], torch.randn(3, 1).expand(3, 4),
-               torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last), base[2]]
+    tensors = [
+        base.t(),
+        base[:, ::3],
+        torch.randn(3, 1).expand(3, 4),
+        torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+        base[2],
+    ]
     assert not all(t.is_contiguous() for t in tensors)
     msg = echo_peer.echo(tensors)
     _assert_same(msg.tensors, tensors)
@@ -265,7 +312,9 @@ def test_peer_death_while_writer_waits_for_slot():
         chan.send(peer_mod.ECHO, 1, [torch.randn(10)])  # fills the slot; the peer never consumes it
         t0 = time.perf_counter()
         with pytest.raises(EnclaveCrashed):
-            chan.send(peer_mod.ECHO, 2, [torch.randn(10)])  # waits for the slot, then sees the death
+            chan.send(
+                peer_mod.ECHO, 2, [torch.randn(10)]
+            )  # waits for the slot, then sees the death
         assert time.perf_counter() - t0 < 10.0
     finally:
         peer.kill()
@@ -276,7 +325,9 @@ def test_wrong_launch_token_fails_on_both_sides():
     peer = Peer(peer_token=new_launch_token(), open_host=False)
     try:
         with pytest.raises(HandshakeError, match="token"):
-            open_host_channel(peer.sock, new_launch_token(), config=ChannelConfig(handshake_timeout_s=60.0))
+            open_host_channel(
+                peer.sock, new_launch_token(), config=ChannelConfig(handshake_timeout_s=60.0)
+            )
         rc, out = peer.finish()
         assert rc == peer_mod.EXIT_HANDSHAKE, out
         assert "HANDSHAKE_ERROR" in out and "token" in out
@@ -315,7 +366,13 @@ def test_tampered_header_byte_is_rejected(pair, offset):
     host, enclave = pair
     raw = bytearray(host._seal_frame(1, 2, [torch.randn(16)], b"x"))
     raw[offset] ^= 0x01
-    _expect_failure(host, enclave, bytes(raw), (IntegrityError, FrameError), "authentication|inconsistent|length")
+    _expect_failure(
+        host,
+        enclave,
+        bytes(raw),
+        (IntegrityError, FrameError),
+        "authentication|inconsistent|length",
+    )
 
 
 def test_tampered_magic_is_a_frame_error(pair):
@@ -340,7 +397,9 @@ def test_oversized_header_length_rejected_before_allocation(pair):
     host, enclave = pair
     raw = bytearray(host._seal_frame(1, 2, [torch.randn(4)]))
     struct.pack_into("<Q", raw, 32, 1 << 50)  # body_len = 1 PiB
-    _expect_failure(host, enclave, bytes(raw), FrameError, "body_len=1125899906842624.*exceeds the maximum")
+    _expect_failure(
+        host, enclave, bytes(raw), FrameError, "body_len=1125899906842624.*exceeds the maximum"
+    )
 
 
 def _descriptor(code: int, ndim: int, nbytes: int, shape: tuple[int, ...]) -> bytes:
@@ -371,7 +430,9 @@ def test_shape_nbytes_mismatch_is_rejected(pair):
 
 def test_parts_not_summing_to_body_length_is_rejected(pair):
     host, enclave = pair
-    raw = host._seal_body(1, 0, _body(_descriptor(1, 1, 8, (2,)), bytes(8 + 64)), 1, 0)  # trailing junk
+    raw = host._seal_body(
+        1, 0, _body(_descriptor(1, 1, 8, (2,)), bytes(8 + 64)), 1, 0
+    )  # trailing junk
     _expect_failure(host, enclave, raw, FrameError, "body length mismatch")
 
 
@@ -463,7 +524,9 @@ def test_blocking_waits_with_spin_zero_in_both_directions():
     thread.start()
     try:
         for i in range(100):
-            t = torch.full((i * 97,), float(i))  # crosses the 4 KiB slot: grows under blocking waits
+            t = torch.full(
+                (i * 97,), float(i)
+            )  # crosses the 4 KiB slot: grows under blocking waits
             host.send(1, i, [t])
             msg = host.recv()
             assert msg.tag == i + 1
@@ -476,7 +539,9 @@ def test_blocking_waits_with_spin_zero_in_both_directions():
 
 
 def test_doorbell_wakes_a_blocked_reader_at_once():
-    cfg = ChannelConfig(spin_us=0, timeout_s=10.0, block_slice_s=2.0)  # a missed doorbell would cost 2 s
+    cfg = ChannelConfig(
+        spin_us=0, timeout_s=10.0, block_slice_s=2.0
+    )  # a missed doorbell would cost 2 s
     host, enclave, result = _pair(cfg, cfg)
     assert host is not None and enclave is not None, result
     got: list[float] = []
@@ -542,9 +607,14 @@ def test_enclave_rejects_a_host_without_the_token():
     thread = threading.Thread(target=enclave)
     thread.start()
     try:
-        a.sendall(crypto._HS.pack(crypto._HS_MAGIC, crypto._HS_VERSION, crypto._HELLO, 64) + bytes(range(64)))
+        a.sendall(
+            crypto._HS.pack(crypto._HS_MAGIC, crypto._HS_VERSION, crypto._HELLO, 64)
+            + bytes(range(64))
+        )
         crypto._recv_msg(a, crypto._REPLY, 128, time.monotonic() + 5)
-        a.sendall(crypto._HS.pack(crypto._HS_MAGIC, crypto._HS_VERSION, crypto._FINISH, 64) + bytes(64))
+        a.sendall(
+            crypto._HS.pack(crypto._HS_MAGIC, crypto._HS_VERSION, crypto._FINISH, 64) + bytes(64)
+        )
         thread.join(timeout=10)
         assert isinstance(result.get("error"), HandshakeError)
         assert "host failed peer authentication" in str(result["error"])
@@ -582,8 +652,12 @@ def test_sessions_have_fresh_keys():
     a2, b2 = socket.socketpair()
     token = new_launch_token()
     out = {}
-    threads = [threading.Thread(target=lambda s=s, k=k: out.__setitem__(k, crypto.enclave_handshake(s, token, 5)))
-               for s, k in ((b1, 1), (b2, 2))]
+    threads = [
+        threading.Thread(
+            target=lambda s=s, k=k: out.__setitem__(k, crypto.enclave_handshake(s, token, 5))
+        )
+        for s, k in ((b1, 1), (b2, 2))
+    ]
     for t in threads:
         t.start()
     h1 = crypto.host_handshake(a1, token, 5)
@@ -599,11 +673,15 @@ def test_sessions_have_fresh_keys():
 
 
 def test_region_larger_than_reader_maximum_is_refused():
-    host, enclave, result = _pair(ChannelConfig(max_frame_bytes=64 << 20, initial_capacity=1 << 20, timeout_s=5.0),
-                                  ChannelConfig(max_frame_bytes=8 << 20, initial_capacity=1 << 20, timeout_s=5.0))
+    host, enclave, result = _pair(
+        ChannelConfig(max_frame_bytes=64 << 20, initial_capacity=1 << 20, timeout_s=5.0),
+        ChannelConfig(max_frame_bytes=8 << 20, initial_capacity=1 << 20, timeout_s=5.0),
+    )
     assert host is not None and enclave is not None, result
     try:
-        host.send(1, 0, [torch.zeros(4 << 20, dtype=torch.uint8)])  # 4 MiB: fits the enclave's maximum
+        host.send(
+            1, 0, [torch.zeros(4 << 20, dtype=torch.uint8)]
+        )  # 4 MiB: fits the enclave's maximum
         assert enclave.recv().tensors[0].numel() == 4 << 20
         host.send(1, 0, [torch.zeros(16 << 20, dtype=torch.uint8)])
         with pytest.raises(FrameError, match="announced a 33558528-byte shared-memory region"):
@@ -679,8 +757,17 @@ def test_closed_channel_refuses_use(pair):
         enclave.recv(timeout=5)
 
 
-@pytest.mark.parametrize("kwargs", [dict(spin_us=-1), dict(max_frame_bytes=0), dict(block_slice_s=0),
-                                    dict(max_frame_bytes=1024), dict(initial_capacity=0), dict(timeout_s=-2.0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(spin_us=-1),
+        dict(max_frame_bytes=0),
+        dict(block_slice_s=0),
+        dict(max_frame_bytes=1024),
+        dict(initial_capacity=0),
+        dict(timeout_s=-2.0),
+    ],
+)
 def test_channel_config_validation(kwargs):
     with pytest.raises(ConfigError):
         ChannelConfig(**kwargs)
@@ -704,22 +791,31 @@ def test_plain_frame_round_trip_and_layout():
     tensors = [_sample(d, (2, 3), gen) for d in DTYPES]
     raw = encode_frame(7, 8, 9, tensors, b"meta")
     header, decoded, blob = decode_frame(raw, 1 << 20)
-    assert (header.kind, header.tag, header.seq, header.n_tensors, blob) == (7, 8, 9, len(DTYPES), b"meta")
+    assert (header.kind, header.tag, header.seq, header.n_tensors, blob) == (
+        7,
+        8,
+        9,
+        len(DTYPES),
+        b"meta",
+    )
     _assert_same(decoded, tensors)
     plan = frame.plan_body(tensors, 4)
     assert all(off % frame.ALIGN == 0 for *_, off in plan.entries)
     assert len(raw) == HDR + plan.body_len
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda r: r.__setitem__(slice(0, 4), b"XXXX"), "bad magic"),
-    (lambda r: struct.pack_into("<H", r, 4, 1), "unsupported frame version 1"),
-    (lambda r: struct.pack_into("<I", r, 12, 70000), "n_tensors=70000"),
-    (lambda r: struct.pack_into("<Q", r, 24, 10**6), "blob_len"),
-    (lambda r: struct.pack_into("<Q", r, 32, 10**9), "exceeds the maximum"),
-    (lambda r: r.extend(b"\0"), "truncated or padded"),
-    (lambda r: r.__delitem__(slice(-1, None)), "truncated or padded"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda r: r.__setitem__(slice(0, 4), b"XXXX"), "bad magic"),
+        (lambda r: struct.pack_into("<H", r, 4, 1), "unsupported frame version 1"),
+        (lambda r: struct.pack_into("<I", r, 12, 70000), "n_tensors=70000"),
+        (lambda r: struct.pack_into("<Q", r, 24, 10**6), "blob_len"),
+        (lambda r: struct.pack_into("<Q", r, 32, 10**9), "exceeds the maximum"),
+        (lambda r: r.extend(b"\0"), "truncated or padded"),
+        (lambda r: r.__delitem__(slice(-1, None)), "truncated or padded"),
+    ],
+)
 def test_plain_frame_header_validation(mutate, match):
     raw = encode_frame(1, 2, 3, [torch.randn(4)], b"b")
     mutate(raw)
@@ -731,7 +827,12 @@ def test_plain_frame_header_validation(mutate, match):
 def test_cuda_tensors_are_copied_to_host_and_metered(pair):
     host, enclave = pair
     t = torch.randn(64, 33, device="cuda")
-    tensors = [t, t.t(), torch.arange(5, device="cuda"), torch.ones(3, device="cuda", dtype=torch.bfloat16)]
+    tensors = [
+        t,
+        t.t(),
+        torch.arange(5, device="cuda"),
+        torch.ones(3, device="cuda", dtype=torch.bfloat16),
+    ]
     host.stats.reset()
     host.send(1, 0, tensors)
     msg = enclave.recv(timeout=10)
@@ -750,7 +851,9 @@ def test_reply_with_a_wrong_request_id_is_refused(pair):
     rid = host.send(1, 0, [torch.arange(3)])
     assert enclave.recv(timeout=5).request_id == rid
     enclave.send(11, 0, [torch.arange(3)], reply_to=rid + 1)
-    with pytest.raises(ReplyMismatchError, match=f"request id {rid + 1}.*oldest unanswered request is {rid}"):
+    with pytest.raises(
+        ReplyMismatchError, match=f"request id {rid + 1}.*oldest unanswered request is {rid}"
+    ):
         host.recv(timeout=5)
     with pytest.raises(BoundaryError, match="unusable.*ReplyMismatchError"):
         host.send(1, 0)
@@ -805,12 +908,20 @@ def test_concurrent_senders_never_repeat_a_sequence_number(pair):
 
     def reader() -> None:
         for _ in range(n_threads * n_each):
-            got.append(int(enclave.recv(timeout=20).tensors[0]))  # raises on any repeated or skipped seq
+            got.append(
+                int(enclave.recv(timeout=20).tensors[0])
+            )  # raises on any repeated or skipped seq
 
     r = threading.Thread(target=reader)
     r.start()
-    senders = [threading.Thread(target=lambda k=k: [host.send(1, 0, [torch.tensor(k * 1000 + i)])
-                                                    for i in range(n_each)]) for k in range(n_threads)]
+    senders = [
+        threading.Thread(
+            target=lambda k=k: [
+                host.send(1, 0, [torch.tensor(k * 1000 + i)]) for i in range(n_each)
+            ]
+        )
+        for k in range(n_threads)
+    ]
     for t in senders:
         t.start()
     for t in senders + [r]:
@@ -835,7 +946,7 @@ def test_request_timeout_leaves_the_channel_unusable_not_out_of_step(pair):
 def _runs_found(secret: torch.Tensor, buffers) -> int:
     """How many 64-byte runs of ``secret``'s bytes occur in any of ``buffers``."""
     data = secret.numpy().tobytes()
-    runs = [data[i:i + 64] for i in range(0, len(data) - 63, 64)]
+    runs = [data[i : i + 64] for i in range(0, len(data) - 63, 64)]
     blobs = [bytes(b) for b in buffers]
     return sum(any(r in b for b in blobs) for r in runs)
 
@@ -850,7 +961,9 @@ def test_no_plaintext_run_of_a_sent_tensor_stays_in_host_buffers(pair, secret):
     weights = torch.randn(5120)  # 20 KiB, e.g. ResNet-18's fc: below the streaming threshold
     host.send(1, 0, [weights], b'{"tensors": ["fc.weight"]}', secret=secret)
     msg = enclave.recv(timeout=5)
-    assert _runs_found(weights, [msg.tensors[0].numpy()]) == 320  # positive control: the scan finds them
+    assert (
+        _runs_found(weights, [msg.tensors[0].numpy()]) == 320
+    )  # positive control: the scan finds them
     assert _runs_found(weights, _host_buffers(host)) == 0
     assert not any(host._staging)  # the staging buffer is wiped after use
 
@@ -880,7 +993,9 @@ def test_a_send_failing_before_encryption_leaves_no_plaintext(pair, monkeypatch,
 def test_staging_is_wiped_before_it_is_grown(pair):
     host, enclave = pair
     old = host._staging  # keep the old buffer alive to look at it after the growth
-    blob = os.urandom(100_000)  # a streamed frame's descriptors + blob pass through staging: grows 64 KiB
+    blob = os.urandom(
+        100_000
+    )  # a streamed frame's descriptors + blob pass through staging: grows 64 KiB
     host.send(1, 0, [torch.randn(4096)], blob, secret=True)
     assert enclave.recv(timeout=5).blob == blob
     assert host._staging is not old and host.staging_bytes > len(old)

@@ -164,8 +164,14 @@ def test_usage_errors_exit_2(args, hint):
         (["models", "--quiet", "--verbose"], "--quiet and --verbose contradict"),
         (["models", "--json", "/no/such/dir/models.json"], "directory /no/such/dir does not exist"),
         (["attack", "--dataset", "no_such_data", "--smoke"], "ConfigError"),
-        (["teeslice", "train", "--set", "max_proxies=4"], "ConfigError: TeeSliceConfig: max_proxies"),
-        (["teeslice", "train", "--model", "teeslice_small_cnn"], "UnsupportedBackbone: TEESlice cannot"),
+        (
+            ["teeslice", "train", "--set", "max_proxies=4"],
+            "ConfigError: TeeSliceConfig: max_proxies",
+        ),
+        (
+            ["teeslice", "train", "--model", "teeslice_small_cnn"],
+            "UnsupportedBackbone: TEESlice cannot",
+        ),
         (["teeslice", "train", "--model", "no_such_model"], "ConfigError: unknown model"),
     ],
 )
@@ -342,11 +348,37 @@ def test_attack_smoke_uses_the_cache_dir(tmp_path):
 
 def test_teeslice_train_digits_prints_and_writes_the_figures(tmp_path):
     """``taoism teeslice train``: options reach TeeSliceConfig, figures in JSON, rerun cached."""
-    args = ["teeslice", "train", "--model", "small_cnn", "--dataset", "digits", "--train-size", "600",
-            "--public-epochs", "2", "--victim-epochs", "4", "--public-task", "supervised",
-            "--set", "teacher_epochs=1", "--set", "student-epochs=2", "--set", "prune_every=1",
-            "--set", "max_prune_steps=1", "--set", "batch_size=64", "--threads", "1", "--quiet",
-            "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "teeslice",
+        "train",
+        "--model",
+        "small_cnn",
+        "--dataset",
+        "digits",
+        "--train-size",
+        "600",
+        "--public-epochs",
+        "2",
+        "--victim-epochs",
+        "4",
+        "--public-task",
+        "supervised",
+        "--set",
+        "teacher_epochs=1",
+        "--set",
+        "student-epochs=2",
+        "--set",
+        "prune_every=1",
+        "--set",
+        "max_prune_steps=1",
+        "--set",
+        "batch_size=64",
+        "--threads",
+        "1",
+        "--quiet",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     first = invoke(*args, "--json", str(tmp_path / "a.json"), "--out", str(tmp_path / "out"))
     assert first.exit_code == 0, first.output
     result = json.loads((tmp_path / "a.json").read_text())
@@ -355,7 +387,9 @@ def test_teeslice_train_digits_prints_and_writes_the_figures(tmp_path):
     assert result["model"] == "small_cnn" and result["dataset"] == "digits"
     assert result["train_size"] + result["val_size"] == 300  # the private half
     after = result["after_prune"]
-    assert 0 < after["flops_tee_pct"] < 100 and after["proxies"] <= result["before_prune"]["proxies"]
+    assert (
+        0 < after["flops_tee_pct"] < 100 and after["proxies"] <= result["before_prune"]["proxies"]
+    )
     assert f"{after['test_accuracy']:.4f}" in first.stdout and "%FLOPs TEE" in first.stdout
     assert result["victim_test_accuracy"] > 0.5 and not result["cached"]
     assert json.loads((tmp_path / "out" / "teeslice_small_cnn_digits.json").read_text()) == result
@@ -387,8 +421,10 @@ def test_serve_subprocess_answers_one_correct_prediction():
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    with ServerProcess(["--model", "small_cnn", "--strategy", "deep:1", "--max-wait-ms", "1"],
-                       prefix=[sys.executable, "-m", "taoism.cli", "serve"]) as srv:
+    with ServerProcess(
+        ["--model", "small_cnn", "--strategy", "deep:1", "--max-wait-ms", "1"],
+        prefix=[sys.executable, "-m", "taoism.cli", "serve"],
+    ) as srv:
         r = httpx.post(f"{srv.url}/v1/predict", json={"inputs": x.tolist()}, timeout=60)
         assert r.status_code == 200, r.text
         with torch.no_grad():

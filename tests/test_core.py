@@ -16,6 +16,8 @@ import textwrap
 import pytest
 import torch
 import torch.nn as nn
+from conftest import assert_same
+from models import AllLayers, TwoInTwoOut, WithUntraceable
 
 import taoism
 from taoism import EnclaveConfig, EnclaveMode
@@ -24,13 +26,11 @@ from taoism.capture import capture
 from taoism.placement import PlacementRules, build_plan
 from taoism.zoo import example_input, get_model
 
-from conftest import assert_same
-from models import AllLayers, TwoInTwoOut, WithUntraceable
-
 E, G, A = EnclaveMode.ENCLAVE, EnclaveMode.GPU, EnclaveMode.AUTO
 
 
 # -- every layer type, in every placement ---------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def all_layers():
@@ -38,13 +38,23 @@ def all_layers():
     return AllLayers().eval(), torch.randn(3, 3, 16, 16)
 
 
-@pytest.mark.parametrize("placement", [
-    {"_default": "ENCLAVE"},
-    {"_default": "GPU"},
-    {"re:.*(relu|act|pool|bn).*": "ENCLAVE", "_default": "GPU"},  # non-linear layers shielded
-    {"conv": "ENCLAVE", "gconv": "ENCLAVE", "fc2": "ENCLAVE", "ln": "ENCLAVE", "_default": "GPU"},
-    {"sconv": "ENCLAVE", "_default": "AUTO"},  # everything downstream follows into the enclave
-], ids=["enclave", "device", "nonlinear", "mixed", "auto"])
+@pytest.mark.parametrize(
+    "placement",
+    [
+        {"_default": "ENCLAVE"},
+        {"_default": "GPU"},
+        {"re:.*(relu|act|pool|bn).*": "ENCLAVE", "_default": "GPU"},  # non-linear layers shielded
+        {
+            "conv": "ENCLAVE",
+            "gconv": "ENCLAVE",
+            "fc2": "ENCLAVE",
+            "ln": "ENCLAVE",
+            "_default": "GPU",
+        },
+        {"sconv": "ENCLAVE", "_default": "AUTO"},  # everything downstream follows into the enclave
+    ],
+    ids=["enclave", "device", "nonlinear", "mixed", "auto"],
+)
 def test_all_layer_types_match_plain(all_layers, placement):
     model, x = all_layers
     ref = model(x)
@@ -58,7 +68,9 @@ def test_all_layer_types_match_plain(all_layers, placement):
 def test_alternating_placement_every_node(all_layers):
     """Every other graph node in the enclave: the worst case for crossings and residuals."""
     model, x = all_layers
-    names = [n.name for n in capture(model, x).gm.graph.nodes if n.op not in ("placeholder", "output")]
+    names = [
+        n.name for n in capture(model, x).gm.graph.nodes if n.op not in ("placeholder", "output")
+    ]
     placement = {n: ("ENCLAVE" if i % 2 else "GPU") for i, n in enumerate(names)}
     with taoism.shield(model, x, placement) as sm:
         assert sm.plan.totals()["segments"] >= len(names) // 2
@@ -122,6 +134,7 @@ def test_small_cnn_shapes():
 
 # -- placement and partition ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def resnet():
     model = get_model("resnet18", dataset_shape="cifar")
@@ -134,8 +147,11 @@ def _plan(model, x, placement):
 
 def test_matching_order_exact_then_regex_then_default(resnet):
     model, x = resnet
-    plan = _plan(model, x, {"layer1": "ENCLAVE", "layer1.0.conv1": "GPU",
-                            "re:.*relu.*": "ENCLAVE", "_default": "GPU"})
+    plan = _plan(
+        model,
+        x,
+        {"layer1": "ENCLAVE", "layer1.0.conv1": "GPU", "re:.*relu.*": "ENCLAVE", "_default": "GPU"},
+    )
     where = {l.info.name: l.placement for l in plan.layers}
     assert where["layer1_0_conv1"] is G  # the longer exact name wins
     assert where["layer1_0_bn1"] is E  # module "layer1" covers everything inside it
@@ -243,6 +259,7 @@ def test_untraceable_model_names_the_submodule_and_the_fix():
 
 # -- inputs ---------------------------------------------------------------------------------
 
+
 def test_bad_inputs_are_typed_errors(resnet):
     model, x = resnet
     with taoism.shield(model, x, {"fc": "ENCLAVE"}) as sm:
@@ -258,6 +275,7 @@ def test_bad_inputs_are_typed_errors(resnet):
 
 
 # -- the enclave process --------------------------------------------------------------------
+
 
 def test_enclave_is_a_separate_process_with_its_own_threads(resnet):
     model, x = resnet
@@ -326,7 +344,9 @@ def test_no_enclave_left_behind_when_host_dies(how, tmp_path):
             os.kill(os.getpid(), signal.SIGKILL)
         sys.exit(0)  # no close(): the exit itself must stop the enclave
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     pid = int(proc.stdout.strip().splitlines()[-1])
     assert wait_gone(pid, timeout=10.0), f"enclave {pid} outlived its host ({how})"
 
@@ -338,18 +358,27 @@ def test_backend_registry():
     with pytest.raises(taoism.BackendUnavailable, match="SGX|gramine"):
         taoism.get_backend("gramine")
     with pytest.raises(taoism.BackendUnavailable):
-        taoism.shield(nn.Linear(2, 2), torch.randn(1, 2), {"_default": "ENCLAVE"}, backend="gramine")
+        taoism.shield(
+            nn.Linear(2, 2), torch.randn(1, 2), {"_default": "ENCLAVE"}, backend="gramine"
+        )
 
 
 # -- no shielded weight on the host ---------------------------------------------------------
+
 
 def _reachable_tensors(root) -> list[torch.Tensor]:
     """Every tensor reachable from ``root`` through instance state (not through modules/classes)."""
     import types
 
     seen, out, stack = set(), [], [root]
-    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType,
-            types.FrameType)
+    skip = (
+        type,
+        types.ModuleType,
+        types.FunctionType,
+        types.BuiltinFunctionType,
+        types.CodeType,
+        types.FrameType,
+    )
     while stack:
         obj = stack.pop()
         if id(obj) in seen or isinstance(obj, skip):
@@ -366,8 +395,11 @@ def test_host_holds_no_shielded_weight():
     model = get_model("resnet18", dataset_shape="cifar")
     x = example_input("resnet18", "cifar", batch=1)
     ref = model(x)
-    shielded = {k: v.clone() for k, v in model.state_dict().items()
-                if k.startswith(("layer3", "fc")) and v.dtype.is_floating_point and v.numel() > 1}
+    shielded = {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k.startswith(("layer3", "fc")) and v.dtype.is_floating_point and v.numel() > 1
+    }
     sm = taoism.shield(model, x, {"layer3": "ENCLAVE", "fc": "ENCLAVE"})
     try:
         del model
@@ -377,8 +409,9 @@ def test_host_holds_no_shielded_weight():
         assert len(tensors) > 10  # the device segments' weights are reachable: the walk works
         for name, w in shielded.items():
             for t in tensors:
-                assert not (t.shape == w.shape and torch.equal(t.detach().cpu(), w)), \
+                assert not (t.shape == w.shape and torch.equal(t.detach().cpu(), w)), (
                     f"shielded weight {name} is reachable from the host side"
+                )
         assert not any(k.startswith(("layer3", "fc")) for k in sm.host_state_dict())
         assert any(k.startswith("layer2") for k in sm.host_state_dict())
     finally:
@@ -386,6 +419,7 @@ def test_host_holds_no_shielded_weight():
 
 
 # -- profiling ------------------------------------------------------------------------------
+
 
 def test_profile_breakdown(resnet):
     model, x = resnet
@@ -415,8 +449,14 @@ def test_reload_reapplies_the_strategy():
         assert_same(sm(x), model(x))
         original = model.state_dict()
         host = sm.host_state_dict()
-        morphed = [k for k in host if k.endswith("weight") and k in original
-                   and host[k].shape == original[k].shape and host[k].dim() > 1]
+        morphed = [
+            k
+            for k in host
+            if k.endswith("weight")
+            and k in original
+            and host[k].shape == original[k].shape
+            and host[k].dim() > 1
+        ]
         assert morphed, "intermediate offloads at least the last layer to the device"
         assert all(not torch.equal(host[k].cpu(), original[k]) for k in morphed)
     finally:

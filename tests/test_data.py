@@ -30,9 +30,13 @@ def _write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
 def _fake_fmnist(root: Path, n_train: int = 40, n_test: int = 10) -> None:
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
-    _write_idx(root / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8))
+    _write_idx(
+        root / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
+    )
     _write_idx(root / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, n_train, dtype=np.uint8))
-    _write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8))
+    _write_idx(
+        root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8)
+    )
     _write_idx(root / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, n_test, dtype=np.uint8))
 
 
@@ -60,7 +64,9 @@ def test_digits_offline():
     assert float(ds.x_train.max()) <= float(hi.max()) + 1e-5
 
 
-@pytest.mark.skipif(not FMNIST_INSTALLED, reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not FMNIST_INSTALLED, reason="Debian package dataset-fashion-mnist not installed"
+)
 def test_fashion_mnist_system_copy():
     ds = data.load_dataset("Fashion-MNIST")
     _check_tensors(ds, (1, 28, 28), 10)
@@ -106,10 +112,15 @@ def test_read_idx_validates_header(tmp_path):
         data.read_idx(tmp_path / "dtype")
 
 
-def _cifar_batch(path: Path, n: int, label_key: str, classes: int, seed: int, protocol: int = 2) -> None:
+def _cifar_batch(
+    path: Path, n: int, label_key: str, classes: int, seed: int, protocol: int = 2
+) -> None:
     rng = np.random.default_rng(seed)
-    obj = {b"batch_label": b"fake", b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-           label_key.encode(): [int(v) for v in rng.integers(0, classes, n)]}
+    obj = {
+        b"batch_label": b"fake",
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        label_key.encode(): [int(v) for v in rng.integers(0, classes, n)],
+    }
     path.write_bytes(pickle.dumps(obj, protocol=protocol))
 
 
@@ -151,7 +162,9 @@ def test_cifar_pickle_refuses_foreign_globals(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for i in range(1, 6):
         _cifar_batch(tmp_path / f"data_batch_{i}", 4, "labels", 10, i)
-    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": _Evil(), b"labels": [0]}, protocol=2))
+    (tmp_path / "test_batch").write_bytes(
+        pickle.dumps({b"data": _Evil(), b"labels": [0]}, protocol=2)
+    )
     with pytest.raises(ConfigError, match="not allowed"):
         data.cifar10(tmp_path)
     assert not (tmp_path / "evil_ran").exists()
@@ -168,8 +181,13 @@ def test_attack_splits_disjoint_and_deterministic():
     parts = [sp[n] for n in data.SPLIT_NAMES]
     allidx = torch.cat(parts)
     assert len(torch.unique(allidx)) == len(allidx)  # pairwise disjoint
-    assert sp.sizes() == {"public": 500, "target_train": 125, "target_test": 125,
-                          "shadow_train": 125, "shadow_test": 125}
+    assert sp.sizes() == {
+        "public": 500,
+        "target_train": 125,
+        "target_test": 125,
+        "shadow_train": 125,
+        "shadow_test": 125,
+    }
     again = data.attack_splits(1000, seed=3)
     assert all(torch.equal(a, again[n]) for a, n in zip(parts, data.SPLIT_NAMES))
     other = data.attack_splits(1000, seed=4)
@@ -217,7 +235,9 @@ def test_glyphs_classes_fonts_and_splits(glyph_set):
     assert len(meta["groups"]["attacker"]) == len(meta["fonts"]["attacker"]) * 8 * 2
     assert set(ds.y_test.tolist()) == set(range(8))
     pub = meta["public"]
-    assert pub["num_classes"] == len(meta["public_classes"]) and set(pub["y"].tolist()) == set(range(pub["num_classes"]))
+    assert pub["num_classes"] == len(meta["public_classes"]) and set(pub["y"].tolist()) == set(
+        range(pub["num_classes"])
+    )
     # not near-constant: every rendering has ink, and the distortions differ between renders
     lo = ds.pixel_bounds()[0].item()
     assert bool(((ds.x_train > lo + 0.5).flatten(1).sum(1) > 5).all())
@@ -227,7 +247,10 @@ def test_glyphs_classes_fonts_and_splits(glyph_set):
 def test_glyphs_group_splits_follow_the_fonts(glyph_set):
     ds, _ = glyph_set
     sp = data.group_splits(ds.meta["groups"], seed=3)
-    priv, att = set(ds.meta["groups"]["private"].tolist()), set(ds.meta["groups"]["attacker"].tolist())
+    priv, att = (
+        set(ds.meta["groups"]["private"].tolist()),
+        set(ds.meta["groups"]["attacker"].tolist()),
+    )
     assert set(sp.target_train.tolist()) | set(sp.target_test.tolist()) <= priv
     assert set(sp.shadow_train.tolist()) | set(sp.shadow_test.tolist()) <= att
     assert not set(sp.target_train.tolist()) & set(sp.target_test.tolist())

@@ -19,25 +19,34 @@ from pathlib import Path
 
 import pytest
 import torch
+from _deploy_helpers import drop_ptrace, scan
+from conftest import assert_same
+from test_trust import KeyServerProcess
 
 import taoism
 from taoism.backends import get_backend
 from taoism.config import EnclaveConfig
-from taoism.errors import (AttestationError, ConfigError, KeyReleaseError, PackageError, ProgramError,
-                           SignatureError)
+from taoism.errors import (
+    AttestationError,
+    ConfigError,
+    KeyReleaseError,
+    PackageError,
+    ProgramError,
+    SignatureError,
+)
 from taoism.protocol.kinds import Kind
 from taoism.runtime.deploy import PackageSource, start_package_enclave
 from taoism.trust import KeyServiceClient, keygen, open_package
-from taoism.trust.keys import fingerprint, load_public_key, load_private_key
+from taoism.trust.keys import fingerprint, load_private_key, load_public_key
 from taoism.trust.measurement import package_measurement
 
-from conftest import assert_same
-from _deploy_helpers import drop_ptrace, scan
-from test_trust import KeyServerProcess
-
 HELPERS = Path(__file__).with_name("_deploy_helpers.py")
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(taoism.__file__).parents[1]),
-                                                    os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+        [str(Path(taoism.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    ),
+}
 
 
 def _enclave_children() -> list[int]:
@@ -76,8 +85,12 @@ def owner(tmp_path_factory) -> Path:
     keygen(d, "owner")
     keygen(d, "platform")
     keygen(d / "other", "owner")
-    subprocess.run([sys.executable, str(HELPERS), "owner", str(d), str(d / "owner.key")], check=True,
-                   timeout=300, env=ENV)
+    subprocess.run(
+        [sys.executable, str(HELPERS), "owner", str(d), str(d / "owner.key")],
+        check=True,
+        timeout=300,
+        env=ENV,
+    )
     return d
 
 
@@ -94,10 +107,12 @@ def measurement(owner) -> str:
 @pytest.fixture(scope="module")
 def servers(owner, measurement):
     """Key services: the genuine ones, one allowing another measurement, one with a 1 s nonce TTL."""
-    made = {"small": _key_server(owner, "small", [measurement]),
-            "large": _key_server(owner, "large", [measurement]),
-            "wrong": _key_server(owner, "small", ["ab" * 32]),
-            "short": _key_server(owner, "small", [measurement], "--nonce-ttl", "1")}
+    made = {
+        "small": _key_server(owner, "small", [measurement]),
+        "large": _key_server(owner, "large", [measurement]),
+        "wrong": _key_server(owner, "small", ["ab" * 32]),
+        "short": _key_server(owner, "small", [measurement], "--nonce-ttl", "1"),
+    }
     try:
         assert all(s.address for s in made.values())
         yield {k: s.address for k, s in made.items()}
@@ -108,14 +123,17 @@ def servers(owner, measurement):
 
 def _deploy(owner: Path, address: str, name: str = "small", **kw):
     kw.setdefault("owner_public", owner / "owner.pub")
-    return taoism.deploy(owner / f"{name}.taoism", address, platform_key=owner / "platform.key", device="cpu",
-                         **kw)
+    return taoism.deploy(
+        owner / f"{name}.taoism", address, platform_key=owner / "platform.key", device="cpu", **kw
+    )
 
 
 def _refs(owner: Path, name: str, meta: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
     def load(suffix: str, shape) -> torch.Tensor:
-        return torch.frombuffer(bytearray((owner / f"{name}.{suffix}").read_bytes()), dtype=torch.float32
-                                ).reshape(shape)
+        return torch.frombuffer(
+            bytearray((owner / f"{name}.{suffix}").read_bytes()), dtype=torch.float32
+        ).reshape(shape)
+
     return [(load(f"x{i}", (2, 3, 32, 32)), load(f"y{i}", meta[name]["y_shape"])) for i in range(3)]
 
 
@@ -129,15 +147,21 @@ def test_deploy_equals_plain_and_host_holds_no_shielded_weight(owner, meta, serv
         for x, y in _refs(owner, name, meta):
             assert y.std() > 1e-3  # outputs are not near-constant
             assert_same(sm(x), y)
-        assert sm.plan.enclave_segments and sm.stats()["enclave"]["weight_elements"] == meta[name][
-            "shielded_elements"]
+        assert (
+            sm.plan.enclave_segments
+            and sm.stats()["enclave"]["weight_elements"] == meta[name]["shielded_elements"]
+        )
         held = sm.host_state_dict()
         assert {"small": "features.0.weight", "large": "conv1.weight"}[name] in held
         assert not any(k.startswith("fc.") for k in held)
         found = scan(meta[name]["shielded"])
         control = scan(meta[name]["device"])
-    assert found == 0, f"{found} of {len(meta[name]['shielded'])} shielded 64-byte runs are in host memory"
-    assert control == len(meta[name]["device"]), "positive control: the scan must find the device weights"
+    assert found == 0, (
+        f"{found} of {len(meta[name]['shielded'])} shielded 64-byte runs are in host memory"
+    )
+    assert control == len(meta[name]["device"]), (
+        "positive control: the scan must find the device weights"
+    )
     _no_enclave_left()
 
 
@@ -164,11 +188,18 @@ def test_shield_fc_only_leaves_no_staging_residue():
     Without the wipe, 20 of 32 runs are found (the caller's freed tensor); tests/test_boundary.py
     holds the control that a staging residue would be detected.
     """
-    out = subprocess.run([sys.executable, str(HELPERS), "shield-fc"], capture_output=True, timeout=300, env=ENV,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, str(HELPERS), "shield-fc"],
+        capture_output=True,
+        timeout=300,
+        env=ENV,
+        check=True,
+    )
     res = json.loads(out.stdout.decode().strip().splitlines()[-1])
     assert res["device_found"] == 4, res  # positive control
-    assert res["found"] == 0, f"{res['found']} of {res['total']} fc.weight 64-byte runs in host memory"
+    assert res["found"] == 0, (
+        f"{res['found']} of {res['total']} fc.weight 64-byte runs in host memory"
+    )
 
 
 # ------------------------------------------------------------------------------ the enclave process
@@ -176,9 +207,22 @@ def test_shield_fc_only_leaves_no_staging_residue():
 
 def test_enclave_memory_is_unreadable_by_its_parent(owner, servers):
     """A parent without CAP_SYS_PTRACE gets EPERM on the enclave's /proc/PID/mem; a dumpable child is readable."""
-    out = subprocess.run([sys.executable, str(HELPERS), "mem", str(owner / "small.taoism"), servers["small"],
-                          str(owner / "owner.pub"), str(owner / "platform.key")], capture_output=True, timeout=300,
-                         env=ENV, preexec_fn=drop_ptrace, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(HELPERS),
+            "mem",
+            str(owner / "small.taoism"),
+            servers["small"],
+            str(owner / "owner.pub"),
+            str(owner / "platform.key"),
+        ],
+        capture_output=True,
+        timeout=300,
+        env=ENV,
+        preexec_fn=drop_ptrace,
+        check=True,
+    )
     res = json.loads(out.stdout.decode().strip().splitlines()[-1])
     assert res == {"enclave": "EPERM", "control": "read"}, res
 
@@ -189,25 +233,38 @@ def test_host_edited_program_is_refused_by_the_enclave(owner, servers, tmp_path)
         sec = pkg.header.by_kind("program")[0]
         start = pkg._data_start + sec.offset
         prog = pkg.program()
-    prog["enclave"]["segments"][0]["returns"].append(prog["enclave"]["segments"][0]["nodes"][0]["name"])
-    edited = json.dumps(prog).encode()[:sec.length].ljust(sec.length)
+    prog["enclave"]["segments"][0]["returns"].append(
+        prog["enclave"]["segments"][0]["nodes"][0]["name"]
+    )
+    edited = json.dumps(prog).encode()[: sec.length].ljust(sec.length)
     raw = bytearray((owner / "small.taoism").read_bytes())
-    raw[start:start + sec.length] = edited
+    raw[start : start + sec.length] = edited
     bad = tmp_path / "edited.taoism"
     bad.write_bytes(bytes(raw))
-    src = PackageSource(str(bad), servers["small"], str(owner / "owner.pub"), str(owner / "platform.key"))
+    src = PackageSource(
+        str(bad), servers["small"], str(owner / "owner.pub"), str(owner / "platform.key")
+    )
     with pytest.raises(PackageError, match="program section .* does not match its signed SHA-256"):
         start_package_enclave(src, EnclaveConfig())  # skips the host's own check on purpose
     _no_enclave_left()
 
 
 def test_package_mode_enclave_refuses_a_host_described_program(owner, servers):
-    src = PackageSource(str(owner / "small.taoism"), servers["small"], str(owner / "owner.pub"),
-                        str(owner / "platform.key"))
+    src = PackageSource(
+        str(owner / "small.taoism"),
+        servers["small"],
+        str(owner / "owner.pub"),
+        str(owner / "platform.key"),
+    )
     backend = start_package_enclave(src, EnclaveConfig())
     try:
-        desc = {"format": "taoism-enclave-program/1", "modules": {}, "constants": [], "tensors": [],
-                "segments": []}
+        desc = {
+            "format": "taoism-enclave-program/1",
+            "modules": {},
+            "constants": [],
+            "tensors": [],
+            "segments": [],
+        }
         with pytest.raises(ProgramError, match="refuses a program described by the host"):
             backend.load(desc, [])
         with pytest.raises(AttestationError, match="already attested"):
@@ -229,8 +286,13 @@ def test_tampered_shielded_tensor_is_refused_by_the_enclave(owner, servers, tmp_
     bad = tmp_path / "tampered.taoism"
     bad.write_bytes(bytes(raw))
     with pytest.raises(PackageError, match="shielded section .* signed SHA-256"):
-        taoism.deploy(bad, servers["small"], owner_public=owner / "owner.pub",
-                      platform_key=owner / "platform.key", device="cpu")
+        taoism.deploy(
+            bad,
+            servers["small"],
+            owner_public=owner / "owner.pub",
+            platform_key=owner / "platform.key",
+            device="cpu",
+        )
     _no_enclave_left()
 
 
@@ -238,7 +300,12 @@ def test_truncated_package_is_refused_before_an_enclave_starts(owner, servers, t
     bad = tmp_path / "truncated.taoism"
     bad.write_bytes((owner / "small.taoism").read_bytes()[:-100])
     with pytest.raises(PackageError, match="truncated|end"):
-        taoism.deploy(bad, servers["small"], owner_public=owner / "owner.pub", platform_key=owner / "platform.key")
+        taoism.deploy(
+            bad,
+            servers["small"],
+            owner_public=owner / "owner.pub",
+            platform_key=owner / "platform.key",
+        )
     assert not _enclave_children()
 
 
@@ -254,16 +321,21 @@ def test_resigned_package_gets_no_key(owner, servers, tmp_path):
 
     raw = bytearray((owner / "small.taoism").read_bytes())
     header_len = PREFIX.unpack_from(raw)[3]
-    header = json.loads(bytes(raw[PREFIX.size:PREFIX.size + header_len]))
+    header = json.loads(bytes(raw[PREFIX.size : PREFIX.size + header_len]))
     header["owner"] = fingerprint(load_public_key(owner / "other" / "owner.pub"))
     new = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     signed = PREFIX.pack(*PREFIX.unpack_from(raw)[:3], len(new), bytes(64))[:SIGNED_PREFIX]
     sig = load_private_key(owner / "other" / "owner.key").sign(SIGN_LABEL + signed + new)
     bad = tmp_path / "resigned.taoism"
-    bad.write_bytes(signed + sig + new + bytes(raw[PREFIX.size + header_len:]))
+    bad.write_bytes(signed + sig + new + bytes(raw[PREFIX.size + header_len :]))
     with pytest.raises(AttestationError) as e:
-        taoism.deploy(bad, servers["small"], owner_public=owner / "other" / "owner.pub",
-                      platform_key=owner / "platform.key", device="cpu")
+        taoism.deploy(
+            bad,
+            servers["small"],
+            owner_public=owner / "other" / "owner.pub",
+            platform_key=owner / "platform.key",
+            device="cpu",
+        )
     assert e.value.reason in ("measurement", "package")
     _no_enclave_left()
 
@@ -278,7 +350,9 @@ def test_wrong_measurement_is_refused(owner, servers):
 def _bare_enclave(owner: Path, address: str):
     cls = get_backend("sim", EnclaveConfig())
     backend = cls(EnclaveConfig())
-    backend.package_mode(str(owner / "small.taoism"), str(owner / "owner.pub"), str(owner / "platform.key"))
+    backend.package_mode(
+        str(owner / "small.taoism"), str(owner / "owner.pub"), str(owner / "platform.key")
+    )
     backend.start()
     return backend
 
@@ -296,7 +370,9 @@ def test_replayed_report_and_replayed_wrapped_key_are_refused(owner, servers):
         second.attest(client.fetch_nonce())
         with pytest.raises(KeyReleaseError, match="another enclave key or report"):
             second.provision(wrapped)  # released for the first enclave only
-        with pytest.raises(ProgramError, match="no enclave segment"):  # refused: no partial state, nothing runs
+        with pytest.raises(
+            ProgramError, match="no enclave segment"
+        ):  # refused: no partial state, nothing runs
             second.run(1, [torch.zeros(2, 16)])
     finally:
         first.close()
@@ -391,19 +467,57 @@ def test_cli_keygen_measure_package_keyserver_run(tmp_path):
     ok("keygen", "--dir", str(tmp_path))
     ok("keygen", "--dir", str(tmp_path), "--name", "platform")
     pkg = tmp_path / "m.taoism"
-    assert "shielded" in ok("package", "--model", "small_cnn", "--strategy", "deep:1", "--owner-key",
-                            str(tmp_path / "owner.key"), "--package", str(pkg))
+    assert "shielded" in ok(
+        "package",
+        "--model",
+        "small_cnn",
+        "--strategy",
+        "deep:1",
+        "--owner-key",
+        str(tmp_path / "owner.key"),
+        "--package",
+        str(pkg),
+    )
     measurement = ok("measure", "--owner-public", str(tmp_path / "owner.pub")).strip()
     assert len(measurement) == 64
-    proc = subprocess.Popen([sys.executable, "-m", "taoism.cli", "keyserver", "--package", str(pkg),
-                             "--owner-public", str(tmp_path / "owner.pub"), "--platform-public",
-                             str(tmp_path / "platform.pub"), "--allow", measurement],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ENV)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taoism.cli",
+            "keyserver",
+            "--package",
+            str(pkg),
+            "--owner-public",
+            str(tmp_path / "owner.pub"),
+            "--platform-public",
+            str(tmp_path / "platform.pub"),
+            "--allow",
+            measurement,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     try:
         address = proc.stdout.readline().decode().split()[-1]
-        out = ok("run", "--package", str(pkg), "--keyserver", address, "--owner-public",
-                 str(tmp_path / "owner.pub"), "--platform-key", str(tmp_path / "platform.key"), "--repeats", "2",
-                 "--warmup", "1", "--json", str(tmp_path / "run.json"))
+        out = ok(
+            "run",
+            "--package",
+            str(pkg),
+            "--keyserver",
+            address,
+            "--owner-public",
+            str(tmp_path / "owner.pub"),
+            "--platform-key",
+            str(tmp_path / "platform.key"),
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            str(tmp_path / "run.json"),
+        )
         assert "ENCLAVE" in out
         assert json.loads((tmp_path / "run.json").read_text())["package"] == str(pkg)
     finally:

@@ -17,29 +17,53 @@ import time
 
 import pytest
 import torch
+from test_boundary import _pair  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from taoism.boundary import crypto, frame
 from taoism.boundary.frame import HEADER, HEADER_SIZE, decode_frame, encode_frame
 from taoism.errors import BoundaryError, FrameError
 
-from test_boundary import _pair  # noqa: E402  (tests/ is on sys.path under pytest)
-
 LONG = os.environ.get("TAOISM_FUZZ_LONG") == "1"
 SEED = int(os.environ.get("TAOISM_FUZZ_SEED", "20260901"))
 MAX_FRAME = 1 << 20
-INTERESTING_U64 = (0, 1, 2, 7, 8, 63, 64, 65, 255, 4096, (1 << 31) - 1, 1 << 31, 1 << 32, (1 << 32) + 1,
-                   1 << 48, (1 << 62) + 1, 1 << 63, (1 << 63) + 1, (1 << 64) - 1, MAX_FRAME, MAX_FRAME + 1)
+INTERESTING_U64 = (
+    0,
+    1,
+    2,
+    7,
+    8,
+    63,
+    64,
+    65,
+    255,
+    4096,
+    (1 << 31) - 1,
+    1 << 31,
+    1 << 32,
+    (1 << 32) + 1,
+    1 << 48,
+    (1 << 62) + 1,
+    1 << 63,
+    (1 << 63) + 1,
+    (1 << 64) - 1,
+    MAX_FRAME,
+    MAX_FRAME + 1,
+)
 
 
 def _desc(code: int, shape: tuple[int, ...], nbytes: int) -> bytes:
-    return struct.pack("<BBHIQ", code, len(shape), 0, 0, nbytes) + struct.pack(f"<{len(shape)}Q", *shape)
+    return struct.pack("<BBHIQ", code, len(shape), 0, 0, nbytes) + struct.pack(
+        f"<{len(shape)}Q", *shape
+    )
 
 
 def _raw_frame(descs: list[bytes], data: bytes = b"", blob: bytes = b"") -> bytearray:
     """A plaintext frame with hand-written descriptors (``data`` starts at the first 64-byte boundary)."""
     head = b"".join(descs) + blob
     body = head + bytes(frame.align_up(len(head)) - len(head)) + data if descs else head
-    out = bytearray(HEADER.pack(frame.MAGIC, frame.VERSION, 1, 0, len(descs), 0, len(blob), len(body), 0))
+    out = bytearray(
+        HEADER.pack(frame.MAGIC, frame.VERSION, 1, 0, len(descs), 0, len(blob), len(body), 0)
+    )
     return out + body
 
 
@@ -89,16 +113,30 @@ def test_sender_refuses_an_empty_tensor_the_receiver_would_refuse():
 
 GOLDEN_HEX = (
     # header: magic, version 2, kind 3, tag 7, n_tensors 2, seq 5, blob_len 2, body_len 132, request_id 9
-    "54414f31" "0200" "0300" "07000000" "02000000" "0500000000000000" "0200000000000000"
-    "8400000000000000" "0900000000000000"
+    "54414f31"
+    "0200"
+    "0300"
+    "07000000"
+    "02000000"
+    "0500000000000000"
+    "0200000000000000"
+    "8400000000000000"
+    "0900000000000000"
     # descriptor 0: int32 (code 6), ndim 1, nbytes 12, shape (3,)
-    "0601000000000000" "0c00000000000000" "0300000000000000"
+    "0601000000000000"
+    "0c00000000000000"
+    "0300000000000000"
     # descriptor 1: float32 (code 1), ndim 2, nbytes 4, shape (1, 1)
-    "0102000000000000" "0400000000000000" "0100000000000000" "0100000000000000"
+    "0102000000000000"
+    "0400000000000000"
+    "0100000000000000"
+    "0100000000000000"
     # blob "hi", zero padding to offset 64
-    "6869" + "00" * 6
+    "6869"
+    + "00" * 6
     # tensor 0 at offset 64: 0, 1, 2 (int32); zero padding to offset 128
-    + "000000000100000002000000" + "00" * 52
+    + "000000000100000002000000"
+    + "00" * 52
     # tensor 1 at offset 128: 1.5 (float32)
     + "0000c03f"
 )
@@ -121,6 +159,7 @@ def test_golden_bytes_pin_the_aead_framing():
     out = bytearray(len(raw) - HEADER_SIZE + crypto.TAG_SIZE)
     sealer.seal_into(5, raw[:HEADER_SIZE], raw[HEADER_SIZE:], out)
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     nonce = b"TH2E" + (5).to_bytes(8, "big")
     assert bytes(out) == AESGCM(key).encrypt(nonce, raw[HEADER_SIZE:], raw[:HEADER_SIZE])
     assert out[-16:].hex() == GOLDEN_TAG_HEX
@@ -135,12 +174,25 @@ GOLDEN_TAG_HEX = "0c7d7bd5790e21f3f1c0b4ac724830b4"  # AES-256-GCM, key bytes(ra
 def _seed_frames(rng: random.Random) -> list[bytearray]:
     gen = torch.Generator().manual_seed(rng.randrange(1 << 30))
     frames = [encode_frame(1, 0, 0, [], b""), encode_frame(2, 1, 3, [], b"blob")]
-    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
-                  torch.uint8, torch.bool):
+    for dtype in (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    ):
         for shape in ((), (0,), (3,), (2, 3), (1, 0, 4), (2, 1, 2, 1, 2)):
             t = (torch.rand(shape, generator=gen) * 10).to(dtype)
-            frames.append(encode_frame(rng.randrange(8), rng.randrange(99), 0, [t], b"x" * rng.randrange(3)))
-    frames.append(encode_frame(1, 0, 0, [torch.ones(2), torch.zeros(0, 3), torch.arange(5)], b"json"))
+            frames.append(
+                encode_frame(rng.randrange(8), rng.randrange(99), 0, [t], b"x" * rng.randrange(3))
+            )
+    frames.append(
+        encode_frame(1, 0, 0, [torch.ones(2), torch.zeros(0, 3), torch.arange(5)], b"json")
+    )
     frames += [bytearray(f) for f in CORPUS.values()]
     return frames
 
@@ -167,14 +219,20 @@ def mutate(raw: bytearray, rng: random.Random) -> bytearray:
             width = rng.choice((8, 8, 4, 2))
             if off + width <= len(out):
                 value = rng.choice(INTERESTING_U64) if rng.random() < 0.8 else rng.getrandbits(64)
-                out[off:off + width] = (value % (1 << (8 * width))).to_bytes(width, "little")
+                out[off : off + width] = (value % (1 << (8 * width))).to_bytes(width, "little")
         elif op == 4 and out:  # truncate
-            del out[rng.randrange(len(out)):]
+            del out[rng.randrange(len(out)) :]
         elif op == 5:  # extend with junk or zeros
-            out += bytes(rng.randrange(1, 80)) if rng.random() < 0.5 else rng.randbytes(rng.randrange(1, 80))
+            out += (
+                bytes(rng.randrange(1, 80))
+                if rng.random() < 0.5
+                else rng.randbytes(rng.randrange(1, 80))
+            )
         elif op == 6 and len(out) > HEADER_SIZE:  # recompute body_len so the length check passes
             struct.pack_into("<Q", out, 32, len(out) - HEADER_SIZE)
-        elif op == 7 and len(out) >= HEADER_SIZE + 16:  # a descriptor dim set huge with a zero dim beside it
+        elif (
+            op == 7 and len(out) >= HEADER_SIZE + 16
+        ):  # a descriptor dim set huge with a zero dim beside it
             pos = HEADER_SIZE + 16
             if pos + 16 <= len(out):
                 struct.pack_into("<QQ", out, pos, 0, rng.choice(INTERESTING_U64))
@@ -195,8 +253,10 @@ def test_fuzz_frame_decoder_never_fails_untyped():
         try:
             decoded += _decode_ok_or_frame_error(raw)
         except Exception as exc:  # noqa: BLE001 - the point of the test
-            pytest.fail(f"untyped {type(exc).__name__} ({exc}) from decode_frame on seed {SEED}, case {cases}: "
-                        f"{bytes(raw).hex()}")
+            pytest.fail(
+                f"untyped {type(exc).__name__} ({exc}) from decode_frame on seed {SEED}, case {cases}: "
+                f"{bytes(raw).hex()}"
+            )
         cases += 1
     # The mutator must reach both outcomes, or it is not exploring anything.
     assert 0 < decoded < cases, (decoded, cases)
@@ -215,7 +275,10 @@ def test_fuzz_channel_with_authenticated_malformed_frames():
             if len(plain) < HEADER_SIZE:
                 plain += bytes(HEADER_SIZE - len(plain))
             fields = list(HEADER.unpack_from(plain))
-            fields[0], fields[5] = frame.MAGIC if rng.random() < 0.9 else fields[0], host._sealer.take_seq()
+            fields[0], fields[5] = (
+                frame.MAGIC if rng.random() < 0.9 else fields[0],
+                host._sealer.take_seq(),
+            )
             header = HEADER.pack(*fields)
             body = bytes(plain[HEADER_SIZE:])
             raw = bytearray(header) + bytearray(len(body) + crypto.TAG_SIZE)
@@ -231,8 +294,10 @@ def test_fuzz_channel_with_authenticated_malformed_frames():
                 enclave.close()
                 host, enclave, _ = _pair()
             except Exception as exc:  # noqa: BLE001
-                pytest.fail(f"untyped {type(exc).__name__} ({exc}) from Channel.recv, seed {SEED + 1}, case {cases}: "
-                            f"header {header.hex()} body {body.hex()}")
+                pytest.fail(
+                    f"untyped {type(exc).__name__} ({exc}) from Channel.recv, seed {SEED + 1}, case {cases}: "
+                    f"header {header.hex()} body {body.hex()}"
+                )
             cases += 1
     finally:
         host.close()
@@ -254,7 +319,9 @@ def test_live_enclave_closes_the_session_with_status_3_on_a_malformed_frame(name
     try:
         proc, chan = backend._proc, backend._chan
         n_tensors, blob_len = HEADER.unpack_from(plain)[4], HEADER.unpack_from(plain)[6]
-        chan._send_raw(chan._seal_body(2, 0, bytes(plain[HEADER_SIZE:]), n_tensors, blob_len))  # kind RUN
+        chan._send_raw(
+            chan._seal_body(2, 0, bytes(plain[HEADER_SIZE:]), n_tensors, blob_len)
+        )  # kind RUN
         assert proc.wait(timeout=20) == 3
         log = backend._log_tail(4000)
         assert "closing the session: FrameError" in log and "Traceback" not in log, log

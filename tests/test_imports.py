@@ -35,17 +35,36 @@ ROOT = Path(taoism.__file__).resolve().parent
 # Lowest first. Within a layer packages may import each other.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"taoism.errors", "taoism.tee", "taoism.config", "taoism.protocol"}),
-    frozenset({"taoism.boundary", "taoism.capture", "taoism.zoo", "taoism.data"}),
+    frozenset({"taoism.boundary", "taoism.capture", "taoism.zoo", "taoism.data", "taoism.trust"}),
     frozenset({"taoism.enclave", "taoism.placement"}),
     frozenset({"taoism.strategies", "taoism.backends"}),
     frozenset({"taoism.runtime"}),
-    frozenset({"taoism.security", "taoism.bench"}),
+    frozenset({"taoism.security", "taoism.bench", "taoism.teeslice", "taoism.serve"}),
     frozenset({"taoism.cli", "taoism"}),
 )
-ENCLAVE_TRUST = tuple(f"taoism.trust.{m}" for m in (
-    "attest", "format", "keys", "measurement", "quotes", "reader", "report", "sealing", "shielded", "tensors",
-    "wrap"))
-ENCLAVE_MAY_IMPORT = ("taoism.enclave", "taoism.protocol", "taoism.boundary", "taoism.errors", *ENCLAVE_TRUST)
+ENCLAVE_TRUST = tuple(
+    f"taoism.trust.{m}"
+    for m in (
+        "attest",
+        "format",
+        "keys",
+        "measurement",
+        "quotes",
+        "reader",
+        "report",
+        "sealing",
+        "shielded",
+        "tensors",
+        "wrap",
+    )
+)
+ENCLAVE_MAY_IMPORT = (
+    "taoism.enclave",
+    "taoism.protocol",
+    "taoism.boundary",
+    "taoism.errors",
+    *ENCLAVE_TRUST,
+)
 HOST_ENCLAVE_DOOR = ("taoism.enclave.planning", "taoism.enclave.program")
 PROTOCOL_MAY_IMPORT = ("taoism.protocol", "taoism.errors")
 
@@ -70,7 +89,7 @@ def _imports(path: Path, root: Path) -> list[tuple[int, str]]:
                 base = me.split(".")
                 if path.name != "__init__.py":
                     base = base[:-1]
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -100,7 +119,7 @@ def _rank(pkg: str, layers: tuple[frozenset[str], ...]) -> int | None:
 def violations(root: Path = ROOT, layers: tuple[frozenset[str], ...] = LAYERS) -> list[str]:
     """Every broken rule in the package at ``root``, as ``file:line: what``."""
     name = root.name
-    rename = (lambda s: name + s[len("taoism"):]) if name != "taoism" else (lambda s: s)
+    rename = (lambda s: name + s[len("taoism") :]) if name != "taoism" else (lambda s: s)
     enclave, door = rename("taoism.enclave"), tuple(rename(d) for d in HOST_ENCLAVE_DOOR)
     allowed_in_enclave = tuple(rename(p) for p in ENCLAVE_MAY_IMPORT)
     allowed_in_protocol = tuple(rename(p) for p in PROTOCOL_MAY_IMPORT)
@@ -114,14 +133,18 @@ def violations(root: Path = ROOT, layers: tuple[frozenset[str], ...] = LAYERS) -
             at = f"{where}:{line}: {me} imports {mod}"
             if _within(me, enclave):
                 if not _within(mod, allowed_in_enclave):
-                    bad.append(f"{at} (the enclave imports only {', '.join(ENCLAVE_MAY_IMPORT[:4])} and "
-                               "the enclave side of taoism.trust)")
+                    bad.append(
+                        f"{at} (the enclave imports only {', '.join(ENCLAVE_MAY_IMPORT[:4])} and "
+                        "the enclave side of taoism.trust)"
+                    )
                 continue
             if _within(mod, enclave):
                 if _within(me, no_enclave_at_all):
                     bad.append(f"{at} (strategies/ and security/ import no enclave code)")
                 elif not _within(mod, door):
-                    bad.append(f"{at} (the host imports only {' and '.join(HOST_ENCLAVE_DOOR)} from the enclave)")
+                    bad.append(
+                        f"{at} (the host imports only {' and '.join(HOST_ENCLAVE_DOOR)} from the enclave)"
+                    )
             if _within(me, rename("taoism.protocol")) and not _within(mod, allowed_in_protocol):
                 bad.append(f"{at} (the protocol imports only {', '.join(PROTOCOL_MAY_IMPORT)})")
             if _within(me, rename("taoism.backends")) and _within(mod, rename("taoism.cli")):

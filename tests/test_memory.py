@@ -15,13 +15,26 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import assert_same
+from models import AllLayers
 
 import taoism
 from taoism.capture import capture
 from taoism.config import EnclaveConfig
-from taoism.enclave.exec import (AdaptivePoolExecutor, BatchNormExecutor, BinaryExecutor,
-                                 CatExecutor, ConvExecutor, ExecContext, FlattenExecutor,
-                                 LinearExecutor, Operand, PoolExecutor, UnaryExecutor, run_chunked)
+from taoism.enclave.exec import (
+    AdaptivePoolExecutor,
+    BatchNormExecutor,
+    BinaryExecutor,
+    CatExecutor,
+    ConvExecutor,
+    ExecContext,
+    FlattenExecutor,
+    LinearExecutor,
+    Operand,
+    PoolExecutor,
+    UnaryExecutor,
+    run_chunked,
+)
 from taoism.enclave.memory import Accountant
 from taoism.enclave.sealing import PagedTensor, PageSealer
 from taoism.enclave.server import EnclaveServer
@@ -31,14 +44,12 @@ from taoism.placement.memory import format_memory_plan, memory_plan
 from taoism.runtime.lowering import enclave_program
 from taoism.tee import PROFILES, TeeCostModel, cost_table, get_profile, project
 
-from conftest import assert_same
-from models import AllLayers
-
 MiB = 1 << 20
 _names = itertools.count()
 
 
 # -- profiles and configuration ---------------------------------------------------------------
+
 
 def test_profiles_and_config() -> None:
     assert set(PROFILES) >= {"sgx1-client", "sgx2-server", "trustzone", "unlimited"}
@@ -60,6 +71,7 @@ def test_profiles_and_config() -> None:
 
 def dataclass_frozen_error() -> type[Exception]:
     import dataclasses
+
     return dataclasses.FrozenInstanceError
 
 
@@ -72,11 +84,21 @@ def test_cost_model_replace_and_projection() -> None:
     with pytest.raises(ConfigError):
         TeeCostModel(cpu_ghz=0)
     stat = SimpleNamespace(median=0.010)
-    prof = SimpleNamespace(end_to_end=stat, segments=[
-        SimpleNamespace(side="ENCLAVE", crossings=2, enclave_compute=0.004),
-        SimpleNamespace(side="GPU", crossings=0, enclave_compute=0.0)])
-    mem = {"budget_bytes": 16 * MiB, "last_inference": {"sealed_bytes": 4096 * 10, "unsealed_bytes": 4096 * 30,
-                                                        "peak_bytes": 10 * MiB}}
+    prof = SimpleNamespace(
+        end_to_end=stat,
+        segments=[
+            SimpleNamespace(side="ENCLAVE", crossings=2, enclave_compute=0.004),
+            SimpleNamespace(side="GPU", crossings=0, enclave_compute=0.0),
+        ],
+    )
+    mem = {
+        "budget_bytes": 16 * MiB,
+        "last_inference": {
+            "sealed_bytes": 4096 * 10,
+            "unsealed_bytes": 4096 * 30,
+            "peak_bytes": 10 * MiB,
+        },
+    }
     p = project(prof, mem, "sgx1-client", fast)
     assert p.transitions == 2 and p.pages == 40
     assert p.model_paging_s == pytest.approx(40 * 40_000 / 4e9)
@@ -86,14 +108,17 @@ def test_cost_model_replace_and_projection() -> None:
     js = p.to_json()
     assert js["kind"].startswith("projection") and js["measured"]["end_to_end_s"] == 0.010
     # an unbudgeted run whose peak exceeds the TEE's budget: evict + reload the overflow once
-    unb = {"budget_bytes": None, "last_inference": {"sealed_bytes": 0, "unsealed_bytes": 0,
-                                                    "peak_bytes": 20 * MiB}}
+    unb = {
+        "budget_bytes": None,
+        "last_inference": {"sealed_bytes": 0, "unsealed_bytes": 0, "peak_bytes": 20 * MiB},
+    }
     p2 = project(prof, unb, "trustzone")
     assert p2.paged_bytes == 2 * 4 * MiB
     assert "PROJECTION" in str(p2)
 
 
 # -- chunked executors, called directly ----------------------------------------------------------
+
 
 def _ctx(budget: int | None) -> ExecContext:
     acct = Accountant(budget)
@@ -146,8 +171,22 @@ def test_conv2d_chunked_equals_whole(case, paged: bool) -> None:
     n, c, h, w, o, k, s, p, d, g = case
     x, wt, b = torch.randn(n, c, h, w), torch.randn(o, c // g, k, k), torch.randn(o)
     ref = F.conv2d(x, wt, b, s, p, d, g)
-    _check(lambda ctx, pg: ConvExecutor(_op(ctx, x, pg), _op(ctx, wt, pg), _op(ctx, b, pg), s, p, d, g,
-                                        "zeros", ref.shape, ref.dtype), ref, paged)
+    _check(
+        lambda ctx, pg: ConvExecutor(
+            _op(ctx, x, pg),
+            _op(ctx, wt, pg),
+            _op(ctx, b, pg),
+            s,
+            p,
+            d,
+            g,
+            "zeros",
+            ref.shape,
+            ref.dtype,
+        ),
+        ref,
+        paged,
+    )
 
 
 @pytest.mark.parametrize("kind", ["conv1d", "reflect", "same"])
@@ -163,10 +202,23 @@ def test_conv_variants_chunked(kind: str) -> None:
         x = torch.randn(3, 5, 9, 9)
     with torch.no_grad():
         ref = m(x)
-    _check(lambda ctx, pg: ConvExecutor(_op(ctx, x, pg), _op(ctx, m.weight.detach(), pg),
-                                        _op(ctx, m.bias.detach(), pg), m.stride, m.padding,
-                                        m.dilation, m.groups, m.padding_mode, ref.shape, ref.dtype),
-           ref, False, frac=0.5)
+    _check(
+        lambda ctx, pg: ConvExecutor(
+            _op(ctx, x, pg),
+            _op(ctx, m.weight.detach(), pg),
+            _op(ctx, m.bias.detach(), pg),
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.padding_mode,
+            ref.shape,
+            ref.dtype,
+        ),
+        ref,
+        False,
+        frac=0.5,
+    )
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["resident", "sealed"])
@@ -174,8 +226,13 @@ def test_conv_variants_chunked(kind: str) -> None:
 def test_linear_chunked(shape, out: int, paged: bool) -> None:
     x, w, b = torch.randn(*shape), torch.randn(out, shape[-1]), torch.randn(out)
     ref = F.linear(x, w, b)
-    _check(lambda ctx, pg: LinearExecutor(_op(ctx, x, pg), _op(ctx, w, pg), _op(ctx, b, pg),
-                                          ref.shape, ref.dtype), ref, paged)
+    _check(
+        lambda ctx, pg: LinearExecutor(
+            _op(ctx, x, pg), _op(ctx, w, pg), _op(ctx, b, pg), ref.shape, ref.dtype
+        ),
+        ref,
+        paged,
+    )
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["resident", "sealed"])
@@ -183,11 +240,22 @@ def test_linear_chunked(shape, out: int, paged: bool) -> None:
 def test_batchnorm_chunked(shape, paged: bool) -> None:
     c = shape[1]
     x = torch.randn(*shape)
-    p = {"running_mean": torch.randn(c), "running_var": torch.rand(c) + 0.5,
-         "weight": torch.randn(c), "bias": torch.randn(c)}
-    ref = F.batch_norm(x, p["running_mean"], p["running_var"], p["weight"], p["bias"], False, 0.0, 1e-5)
-    _check(lambda ctx, pg: BatchNormExecutor(_op(ctx, x, pg), {k: _op(ctx, v, pg) for k, v in p.items()},
-                                             1e-5, ref.shape, ref.dtype), ref, paged)
+    p = {
+        "running_mean": torch.randn(c),
+        "running_var": torch.rand(c) + 0.5,
+        "weight": torch.randn(c),
+        "bias": torch.randn(c),
+    }
+    ref = F.batch_norm(
+        x, p["running_mean"], p["running_var"], p["weight"], p["bias"], False, 0.0, 1e-5
+    )
+    _check(
+        lambda ctx, pg: BatchNormExecutor(
+            _op(ctx, x, pg), {k: _op(ctx, v, pg) for k, v in p.items()}, 1e-5, ref.shape, ref.dtype
+        ),
+        ref,
+        paged,
+    )
 
 
 POOLS = [  # nd, max?, kernel, stride, pad, dil, ceil, count_include_pad, shape
@@ -211,36 +279,75 @@ def test_pool_chunked(case, paged: bool) -> None:
         ref = F.max_pool2d(x, k, s, p, d, ceil) if is_max else F.avg_pool2d(x, k, s, p, ceil, cip)
     else:
         ref = F.max_pool1d(x, k, s, p, d, ceil) if is_max else F.avg_pool1d(x, k, s, p, ceil, cip)
-    _check(lambda ctx, pg: PoolExecutor(_op(ctx, x, pg), nd, is_max, k, s, p, d, ceil, cip, None,
-                                        ref.shape, ref.dtype), ref, paged)
+    _check(
+        lambda ctx, pg: PoolExecutor(
+            _op(ctx, x, pg), nd, is_max, k, s, p, d, ceil, cip, None, ref.shape, ref.dtype
+        ),
+        ref,
+        paged,
+    )
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["resident", "sealed"])
 def test_adaptive_unary_binary_cat_flatten_chunked(paged: bool) -> None:
     x = torch.randn(3, 7, 7, 5)
     ref = F.adaptive_avg_pool2d(x, (2, 3))
-    _check(lambda ctx, pg: AdaptivePoolExecutor(F.adaptive_avg_pool2d, _op(ctx, x, pg), (2, 3), 2,
-                                                ref.shape, ref.dtype), ref, paged)
+    _check(
+        lambda ctx, pg: AdaptivePoolExecutor(
+            F.adaptive_avg_pool2d, _op(ctx, x, pg), (2, 3), 2, ref.shape, ref.dtype
+        ),
+        ref,
+        paged,
+    )
     ref = F.adaptive_max_pool2d(x, 1)
-    _check(lambda ctx, pg: AdaptivePoolExecutor(F.adaptive_max_pool2d, _op(ctx, x, pg), 1, 2,
-                                                ref.shape, ref.dtype), ref, paged)
+    _check(
+        lambda ctx, pg: AdaptivePoolExecutor(
+            F.adaptive_max_pool2d, _op(ctx, x, pg), 1, 2, ref.shape, ref.dtype
+        ),
+        ref,
+        paged,
+    )
     for fn in (F.relu, F.gelu, F.hardswish, torch.sigmoid):
         ref = fn(x)
-        _check(lambda ctx, pg: UnaryExecutor(fn, _op(ctx, x, pg), (), {}, ref.shape, ref.dtype), ref, paged)
+        _check(
+            lambda ctx, pg: UnaryExecutor(fn, _op(ctx, x, pg), (), {}, ref.shape, ref.dtype),
+            ref,
+            paged,
+        )
     y = torch.randn(7, 1, 5)  # broadcast over batch and rows
-    for fn, args in ((torch.add, (x, y)), (torch.mul, (x, 0.5)), (torch.sub, (2.0, x)), (torch.div, (x, x + 3))):
+    for fn, args in (
+        (torch.add, (x, y)),
+        (torch.mul, (x, 0.5)),
+        (torch.sub, (2.0, x)),
+        (torch.div, (x, x + 3)),
+    ):
         ref = fn(*args)
-        _check(lambda ctx, pg: BinaryExecutor(fn, [_op(ctx, a, pg) if isinstance(a, torch.Tensor) else a
-                                                   for a in args], ref.shape, ref.dtype), ref, paged)
+        _check(
+            lambda ctx, pg: BinaryExecutor(
+                fn,
+                [_op(ctx, a, pg) if isinstance(a, torch.Tensor) else a for a in args],
+                ref.shape,
+                ref.dtype,
+            ),
+            ref,
+            paged,
+        )
     parts = [torch.randn(3, c, 7, 5) for c in (2, 5, 3)]
     for dim in (1, 0):
         ps = parts if dim == 1 else [p.transpose(0, 1).contiguous() for p in parts]
         ref = torch.cat(ps, dim)
-        _check(lambda ctx, pg: CatExecutor([_op(ctx, p, pg) for p in ps], dim, ref.shape, ref.dtype),
-               ref, paged)
+        _check(
+            lambda ctx, pg: CatExecutor([_op(ctx, p, pg) for p in ps], dim, ref.shape, ref.dtype),
+            ref,
+            paged,
+        )
     if paged:
         ref = torch.flatten(x, 1)
-        _check(lambda ctx, pg: FlattenExecutor(_op(ctx, x, True), 1, -1, ref.shape, ref.dtype), ref, True)
+        _check(
+            lambda ctx, pg: FlattenExecutor(_op(ctx, x, True), 1, -1, ref.shape, ref.dtype),
+            ref,
+            True,
+        )
 
 
 def test_smallest_chunk_that_does_not_fit_is_refused() -> None:
@@ -252,6 +359,7 @@ def test_smallest_chunk_that_does_not_fit_is_refused() -> None:
 
 
 # -- sealed paging ---------------------------------------------------------------------------
+
 
 def test_sealed_pages_reject_tamper_swap_stale_and_foreign() -> None:
     sealer = PageSealer()
@@ -298,6 +406,7 @@ def test_sealed_pages_reject_tamper_swap_stale_and_foreign() -> None:
 
 # -- whole models: the enclave server in-process, and shield() -------------------------------
 
+
 def _program(model: nn.Module, x: torch.Tensor):
     cap = capture(model, x)
     plan = build_plan(cap, PlacementRules.from_spec({"_default": "ENCLAVE"}))
@@ -316,8 +425,9 @@ def _serve(desc, tensors, plan, inputs, runs: int = 2):
     return srv, env
 
 
-@pytest.mark.parametrize("batch,budget", [(3, None), (3, 160 << 10), (3, 100 << 10), (1, 84 << 10),
-                                          (257, 1 << 20)])
+@pytest.mark.parametrize(
+    "batch,budget", [(3, None), (3, 160 << 10), (3, 100 << 10), (1, 84 << 10), (257, 1 << 20)]
+)
 def test_all_layers_in_enclave_within_budget(batch: int, budget: int | None) -> None:
     torch.manual_seed(1)
     model = AllLayers().eval()
@@ -375,8 +485,13 @@ def test_refusal_names_the_layer_before_the_enclave_starts() -> None:
     msg = str(err.value)
     assert "'norm'" in msg and "163,840" in msg and "needs" in msg
     with pytest.raises(MemoryBudgetError, match="'norm'"):
-        taoism.shield(model, x, placement={"_default": "ENCLAVE"}, device="cpu",
-                      enclave=EnclaveConfig(tee="trustzone", memory_budget=160 << 10))
+        taoism.shield(
+            model,
+            x,
+            placement={"_default": "ENCLAVE"},
+            device="cpu",
+            enclave=EnclaveConfig(tee="trustzone", memory_budget=160 << 10),
+        )
     # weights that cannot be sealed and do not fit: named at plan time too
     with pytest.raises(MemoryBudgetError, match="'norm'"):
         memory_plan(plan, 96 << 10, cap)
@@ -384,7 +499,9 @@ def test_refusal_names_the_layer_before_the_enclave_starts() -> None:
     conv = nn.Sequential(nn.Conv2d(512, 512, 3, padding=1)).eval()
     cap2 = capture(conv, torch.randn(1, 512, 4, 4))
     plan2 = build_plan(cap2, PlacementRules.from_spec({"_default": "ENCLAVE"}))
-    with pytest.raises(MemoryBudgetError, match=r"'_0' \(conv\).*163,840 bytes even at its smallest"):
+    with pytest.raises(
+        MemoryBudgetError, match=r"'_0' \(conv\).*163,840 bytes even at its smallest"
+    ):
         memory_plan(plan2, 160 << 10, cap2)
     with pytest.raises(ConfigError):
         taoism.shield(model, x, placement={"_default": "ENCLAVE"}, device="cpu", tee="sgx9")
@@ -397,7 +514,9 @@ def test_shield_with_budget_matches_plain_model() -> None:
     with torch.inference_mode():
         ref = model(x)
     cfg = EnclaveConfig(tee="trustzone", memory_budget=96 << 10)
-    with taoism.shield(model, x, placement={"_default": "ENCLAVE"}, device="cpu", enclave=cfg) as sm:
+    with taoism.shield(
+        model, x, placement={"_default": "ENCLAVE"}, device="cpu", enclave=cfg
+    ) as sm:
         assert sm.memory_plan is not None and sm.memory_plan.chunked_nodes
         for _ in range(2):
             assert_same(sm(x), ref)
@@ -410,8 +529,13 @@ def test_shield_with_budget_matches_plain_model() -> None:
         prof = sm.profile(x, repeats=1, warmup=0)
         proj = project(prof, sm.stats(), "trustzone")
         assert proj.measured_end_to_end_s == prof.end_to_end.median
-        assert proj.paged_bytes == mem["last_inference"]["sealed_bytes"] + mem["last_inference"]["unsealed_bytes"]
-    with taoism.shield(model, x, placement={"_default": "ENCLAVE"}, device="cpu", tee="sgx1-client") as sm:
+        assert (
+            proj.paged_bytes
+            == mem["last_inference"]["sealed_bytes"] + mem["last_inference"]["unsealed_bytes"]
+        )
+    with taoism.shield(
+        model, x, placement={"_default": "ENCLAVE"}, device="cpu", tee="sgx1-client"
+    ) as sm:
         assert_same(sm(x), ref)
         mem = sm.stats()["enclave"]["memory"]
         assert mem["tee"] == "sgx1-client" and mem["peak_bytes"] <= int(93.5 * MiB)

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import torch
+from conftest import assert_same
 
 from taoism import EnclaveConfig, shield
 from taoism.backends.process import wait_gone
@@ -16,8 +17,6 @@ from taoism.errors import BoundaryTimeout, EnclaveCrashed, InputError, SessionFa
 from taoism.protocol.kinds import Kind
 from taoism.runtime.observe import Observer
 from taoism.zoo import example_input, get_model
-
-from conftest import assert_same
 
 SHAPE = (3, 32, 32)
 
@@ -28,8 +27,11 @@ def _model(name: str = "small_cnn") -> torch.nn.Module:
 
 
 def _placement(kind: str, model: torch.nn.Module) -> dict:
-    return {"strategy": "teeslice"} if kind == "teeslice" else {
-        "placement": {"_default": "ENCLAVE"} if kind == "whole" else default_split(model)}
+    return (
+        {"strategy": "teeslice"}
+        if kind == "teeslice"
+        else {"placement": {"_default": "ENCLAVE"} if kind == "whole" else default_split(model)}
+    )
 
 
 def _inputs(seed: int, n: int, batch: int = 2) -> list[torch.Tensor]:
@@ -40,8 +42,12 @@ def _inputs(seed: int, n: int, batch: int = 2) -> list[torch.Tensor]:
 @pytest.mark.parametrize("kind,sessions", [("whole", 1), ("split", 1), ("split", 2)])
 def test_threads_share_one_model_and_each_gets_its_own_output(kind, sessions):
     model = _model()
-    with shield(model, example_input("small_cnn", "cifar", batch=2), **_placement(kind, model),
-                enclave=EnclaveConfig(sessions=sessions)) as sm:
+    with shield(
+        model,
+        example_input("small_cnn", "cifar", batch=2),
+        **_placement(kind, model),
+        enclave=EnclaveConfig(sessions=sessions),
+    ) as sm:
         results: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         errors: list[BaseException] = []
 
@@ -60,7 +66,9 @@ def test_threads_share_one_model_and_each_gets_its_own_output(kind, sessions):
         assert not errors, errors
         assert len(results) == 40
         outs = [y for _, y in results.values()]
-        assert max((a - b).abs().max().item() for a, b in zip(outs, outs[1:])) > 1e-3  # not constant
+        assert (
+            max((a - b).abs().max().item() for a, b in zip(outs, outs[1:])) > 1e-3
+        )  # not constant
         with torch.no_grad():
             for x, y in results.values():
                 assert_same(y, model(x))
@@ -159,8 +167,12 @@ def test_interrupt_mid_request_fails_the_session_and_reload_recovers():
 
 def test_timeout_against_a_stopped_enclave_fails_the_session():
     model = _model()
-    sm = shield(model, example_input("small_cnn", "cifar", batch=2), {"_default": "ENCLAVE"},
-                enclave=EnclaveConfig(timeout_s=1.0))
+    sm = shield(
+        model,
+        example_input("small_cnn", "cifar", batch=2),
+        {"_default": "ENCLAVE"},
+        enclave=EnclaveConfig(timeout_s=1.0),
+    )
     with sm:
         x = _inputs(5, 1)[0]
         sm(x)
@@ -180,14 +192,21 @@ def test_timeout_against_a_stopped_enclave_fails_the_session():
             assert_same(sm(x), model(x))
 
 
-@pytest.mark.parametrize("name,kind,sessions", [("small_cnn", "split", 1),
-                                                ("teeslice_small_cnn", "teeslice", 1),
-                                                ("teeslice_small_cnn", "teeslice", 2)])
+@pytest.mark.parametrize(
+    "name,kind,sessions",
+    [
+        ("small_cnn", "split", 1),
+        ("teeslice_small_cnn", "teeslice", 1),
+        ("teeslice_small_cnn", "teeslice", 2),
+    ],
+)
 def test_map_equals_sequential_calls_and_the_plain_model(name, kind, sessions):
     model = _model(name)
     x = _inputs(6, 1, batch=16)[0]
-    with shield(model, x[:4], **_placement(kind, model), enclave=EnclaveConfig(sessions=sessions)) as sm:
-        seq = torch.cat([sm(x[i:i + 4]) for i in range(0, 16, 4)])
+    with shield(
+        model, x[:4], **_placement(kind, model), enclave=EnclaveConfig(sessions=sessions)
+    ) as sm:
+        seq = torch.cat([sm(x[i : i + 4]) for i in range(0, 16, 4)])
         with torch.no_grad():
             ref = model(x)
         assert_same(seq, ref)
@@ -202,8 +221,12 @@ def test_map_equals_sequential_calls_and_the_plain_model(name, kind, sessions):
 
 def test_a_failed_pool_stops_every_session():
     model = _model()
-    sm = shield(model, example_input("small_cnn", "cifar", batch=2), **_placement("split", model),
-                enclave=EnclaveConfig(sessions=2))
+    sm = shield(
+        model,
+        example_input("small_cnn", "cifar", batch=2),
+        **_placement("split", model),
+        enclave=EnclaveConfig(sessions=2),
+    )
     with sm:
         pids = [b.pid for b in sm._pool]
         x = _inputs(8, 1)[0]

@@ -7,7 +7,6 @@ attacks must clear.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -19,16 +18,36 @@ import torch
 import taoism
 from taoism import data, zoo
 from taoism.errors import ConfigError
-from taoism.security import (AttackConfig, Cache, JobSpec, black_box_view, build_surrogate,
-                             config_hash, default_cache_dir, format_table, membership_inference, pgd,
-                             reconstruct_state, run_attack_table, run_job, sweep, threshold_attack,
-                             white_box_view)
-from taoism.security.experiment import (attack_starts, dataset_for, deploy, prepare_models,
-                                       sliced_counterpart, torch_threads)
-from taoism.security.models import build, splits_for
+from taoism.security import (
+    AttackConfig,
+    Cache,
+    JobSpec,
+    black_box_view,
+    build_surrogate,
+    config_hash,
+    default_cache_dir,
+    format_table,
+    membership_inference,
+    pgd,
+    reconstruct_state,
+    run_attack_table,
+    run_job,
+    sweep,
+    threshold_attack,
+    white_box_view,
+)
+from taoism.security.experiment import (
+    attack_starts,
+    dataset_for,
+    deploy,
+    prepare_models,
+    sliced_counterpart,
+    torch_threads,
+)
+from taoism.security.models import build
 from taoism.security.sliced import attacker_sliced, sliced_model
+from taoism.security.training import accuracy, train_classifier
 from taoism.security.tuning import AttackGrid, fit_surrogate, grid_edges
-from taoism.security.training import accuracy, predict_logits, train_classifier
 from taoism.security.views import exposed_param, match_rows
 from taoism.strategies import attacker_view
 
@@ -58,8 +77,17 @@ def table_run(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     out = tmp_path_factory.mktemp("out")
     t0 = time.perf_counter()
-    res = run_attack_table(MODEL, DATASET, None, queries=[50], seeds=[0], cache_dir=cache,
-                           out_dir=out, progress=False, smoke=True)
+    res = run_attack_table(
+        MODEL,
+        DATASET,
+        None,
+        queries=[50],
+        seeds=[0],
+        cache_dir=cache,
+        out_dir=out,
+        progress=False,
+        smoke=True,
+    )
     return res, cache, out, time.perf_counter() - t0
 
 
@@ -68,6 +96,7 @@ def _row(res, strategy, q=50):
 
 
 # -- pure pieces -------------------------------------------------------------------------------
+
 
 def test_cache_key_and_default_location(tmp_path):
     a = config_hash({"x": 1, "y": [1.0, "z"]})
@@ -114,9 +143,20 @@ def test_match_rows_and_reconstruction_rules():
     assert torch.equal(victim[perm][order], victim)
 
     # A synthetic view of each kind, checked against the rules of the published attacks.
-    template = {"a.weight": torch.zeros(6, 5), "a.bias": torch.zeros(6), "b.weight": torch.zeros(6, 5),
-                "c.weight": torch.zeros(6, 5), "d.weight": torch.zeros(6, 5)}
-    public = {"a.weight": pub, "a.bias": torch.zeros(6), "b.weight": pub, "c.weight": pub, "d.weight": pub}
+    template = {
+        "a.weight": torch.zeros(6, 5),
+        "a.bias": torch.zeros(6),
+        "b.weight": torch.zeros(6, 5),
+        "c.weight": torch.zeros(6, 5),
+        "d.weight": torch.zeros(6, 5),
+    }
+    public = {
+        "a.weight": pub,
+        "a.bias": torch.zeros(6),
+        "b.weight": pub,
+        "c.weight": pub,
+        "d.weight": pub,
+    }
     zeroed = victim.clone()
     zeroed[0, 0] = 0.0
     noise = (torch.rand(2, 5, generator=g) * 2 - 1) * 10
@@ -124,7 +164,9 @@ def test_match_rows_and_reconstruction_rules():
     shuffle = torch.randperm(8, generator=g)
     view = {
         "a.weight": exposed_param("obfuscated", rows[shuffle]),
-        "a.bias": exposed_param("obfuscated", torch.cat([torch.arange(6.0), torch.tensor([7.0, 8.0])])[shuffle]),
+        "a.bias": exposed_param(
+            "obfuscated", torch.cat([torch.arange(6.0), torch.tensor([7.0, 8.0])])[shuffle]
+        ),
         "b.weight": exposed_param("morphed", 3.5 * victim),
         "c.weight": exposed_param("zeroed", zeroed),
         "d.weight": exposed_param("absent", None),
@@ -134,7 +176,9 @@ def test_match_rows_and_reconstruction_rules():
     assert torch.equal(rec.state["a.bias"], torch.arange(6.0))  # bias follows its weight's rows
     ratio = rec.state["b.weight"] / victim
     assert float(ratio.std()) < 1e-5 and 0.9 < float(ratio.mean()) < 1.1  # scalar divided out
-    assert rec.state["c.weight"][0, 0] == pub[0, 0] and torch.equal(rec.state["c.weight"][1:], victim[1:])
+    assert rec.state["c.weight"][0, 0] == pub[0, 0] and torch.equal(
+        rec.state["c.weight"][1:], victim[1:]
+    )
     assert torch.equal(rec.state["d.weight"], pub)
 
 
@@ -142,7 +186,9 @@ def test_white_and_black_box_views_without_deployment(digits):
     net = zoo.get_model(MODEL, dataset_shape="digits", seed=1)
     pub = zoo.get_model(MODEL, dataset_shape="digits", seed=2).state_dict()
     sur, _ = build_surrogate(net, white_box_view(net), pub)
-    assert all(torch.equal(a, b) for a, b in zip(sur.state_dict().values(), net.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(sur.state_dict().values(), net.state_dict().values())
+    )
     sur, _ = build_surrogate(net, black_box_view(net), pub)
     assert all(torch.equal(sur.state_dict()[k], v) for k, v in pub.items())
 
@@ -161,21 +207,27 @@ def test_pgd_fools_its_own_model(digits):
 def test_mia_on_deliberately_overfit_victim(digits):
     """White-box MIA (surrogate = the victim) against a victim memorising 150 samples."""
     sp = data.attack_splits(len(digits.y_train), seed=0)
-    tr, te, sh_in, sh_out = (sp.target_train[:150], sp.target_test[:150], sp.shadow_train[:150],
-                             sp.shadow_test[:150])
+    tr, te, sh_in, sh_out = (
+        sp.target_train[:150],
+        sp.target_test[:150],
+        sp.shadow_train[:150],
+        sp.shadow_test[:150],
+    )
     x, y = digits.x_train, digits.y_train
     victim = zoo.get_model(MODEL, dataset_shape="digits", seed=5)
     train_classifier(victim, x[tr], y[tr], epochs=100, lr=0.05, seed=1, batch_size=32)
     assert accuracy(victim, x[tr], y[tr]) == 1.0
     shadow = zoo.get_model(MODEL, dataset_shape="digits", seed=6)  # trained on its own
     train_classifier(shadow, x[sh_in], y[sh_in], epochs=100, lr=0.05, seed=2, batch_size=32)
-    res = membership_inference(victim, x[tr], y[tr], x[te], y[te], shadow, (x[sh_in], y[sh_in]),
-                               (x[sh_out], y[sh_out]))
+    res = membership_inference(
+        victim, x[tr], y[tr], x[te], y[te], shadow, (x[sh_in], y[sh_in]), (x[sh_out], y[sh_out])
+    )
     assert res["mia_accuracy"] > 0.58, res
     assert res["generalization_gap"] > 0.03 and res["confidence_gap"] > 0.05
 
 
 # -- through the deployment --------------------------------------------------------------------
+
 
 def test_magnitude_view_lacks_the_shielded_weights(digits, smoke_cfg, tmp_path):
     public_sd, victim_sd, _ = prepare_models(MODEL, digits, 0, smoke_cfg, Cache(tmp_path))
@@ -239,11 +291,20 @@ def test_ray_missing_is_a_config_error(tmp_path):
     else:
         pytest.skip("ray is installed")
     with pytest.raises(ConfigError, match=r"pip install 'taoism\[ray\]'"):
-        run_attack_table(MODEL, DATASET, ["deep:1"], seeds=[0], ray=True, cache_dir=tmp_path,
-                         progress=False, smoke=True)
+        run_attack_table(
+            MODEL,
+            DATASET,
+            ["deep:1"],
+            seeds=[0],
+            ray=True,
+            cache_dir=tmp_path,
+            progress=False,
+            smoke=True,
+        )
 
 
 # -- the table ---------------------------------------------------------------------------------
+
 
 def test_table_white_box_vs_black_box(table_run):
     res, _, _, _ = table_run
@@ -266,8 +327,14 @@ def test_table_white_box_vs_black_box(table_run):
     assert wb["flops_tee_pct"] == 0.0 and bb["flops_tee_pct"] == 100.0
     for r in res["rows"]:
         assert r["latency_ms"]["mean"] > 0
-        for m in ("ms_accuracy", "fidelity", "adv_success", "mia_accuracy", "generalization_gap",
-                  "confidence_gap"):
+        for m in (
+            "ms_accuracy",
+            "fidelity",
+            "adv_success",
+            "mia_accuracy",
+            "generalization_gap",
+            "confidence_gap",
+        ):
             assert r["metrics"][m]["mean"] is not None, (r["strategy"], m)
     # Every job attacked what the deployment exposed, labelled by the deployed oracle.
     for j in res["jobs"]:
@@ -285,18 +352,30 @@ def test_table_teeslice_row_is_measured_on_the_sliced_model(table_run):
     assert "teeslice" not in res["skipped"]
     row = _row(res, "teeslice")
     assert row["model"] == MODEL  # the plain victim, sliced by taoism.teeslice
-    for m in ("ms_accuracy", "fidelity", "adv_success", "mia_accuracy", "mia_auc", "victim_accuracy",
-              "plain_victim_accuracy", "accuracy_vs_victim"):
+    for m in (
+        "ms_accuracy",
+        "fidelity",
+        "adv_success",
+        "mia_accuracy",
+        "mia_auc",
+        "victim_accuracy",
+        "plain_victim_accuracy",
+        "accuracy_vs_victim",
+    ):
         v = row["metrics"][m]["mean"]
         assert v is not None and math.isfinite(v), m
     # the deployed sliced model learnt the private task, and is measured against the plain victim
     m = row["metrics"]
     assert m["victim_accuracy"]["mean"] > 0.5
     assert m["plain_victim_accuracy"]["mean"] == pytest.approx(
-        _row(res, "none")["metrics"]["victim_accuracy"]["mean"], abs=1e-6)
+        _row(res, "none")["metrics"]["victim_accuracy"]["mean"], abs=1e-6
+    )
     assert m["accuracy_vs_victim"]["mean"] == pytest.approx(
-        m["victim_accuracy"]["mean"] - m["plain_victim_accuracy"]["mean"])
-    assert _row(res, "none")["metrics"]["accuracy_vs_victim"]["mean"] is None  # only the TEESlice row
+        m["victim_accuracy"]["mean"] - m["plain_victim_accuracy"]["mean"]
+    )
+    assert (
+        _row(res, "none")["metrics"]["accuracy_vs_victim"]["mean"] is None
+    )  # only the TEESlice row
     job = next(j for j in res["jobs"] if j["job"]["strategy"] == "teeslice")
     info = job["teeslice"]
     assert info["victim_test_accuracy"] == job["victim"]["victim_test_accuracy"]
@@ -307,11 +386,14 @@ def test_table_teeslice_row_is_measured_on_the_sliced_model(table_run):
     t = row["teeslice"]
     assert t["sliced_test_accuracy"]["mean"] == info["sliced_test_accuracy"]
     assert t["accuracy_vs_victim"]["mean"] == pytest.approx(
-        info["sliced_test_accuracy"] - info["victim_test_accuracy"])
+        info["sliced_test_accuracy"] - info["victim_test_accuracy"]
+    )
     rep = job["report"]
     # Shares relative to the plain small_cnn (the "none" job's totals), not to the sliced model.
     plain = next(j for j in res["jobs"] if j["job"]["strategy"] == "none")["report"]
-    assert rep["relative_to"]["model"] == MODEL and rep["sliced_model"] == "taoism.teeslice.SlicedNet"
+    assert (
+        rep["relative_to"]["model"] == MODEL and rep["sliced_model"] == "taoism.teeslice.SlicedNet"
+    )
     assert rep["relative_to"]["params_total"] == plain["params_total"]
     assert row["params_tee_pct"] == pytest.approx(100 * rep["params_tee"] / plain["params_total"])
     assert row["flops_tee_pct"] == pytest.approx(100 * rep["flops_tee"] / plain["flops_total"])
@@ -324,8 +406,12 @@ def test_table_teeslice_row_is_measured_on_the_sliced_model(table_run):
     assert job["attacker"]["oracle_matches_plain_victim"] == 1.0
     # attacked fairly: three starts, the row reports the best of them for MS and for MIA
     assert set(job["starts"]) == {"sliced_unfrozen", "backbone_new_head", "plain_public"}
-    assert row["metrics"]["ms_accuracy"]["mean"] == max(s["ms_accuracy"] for s in job["starts"].values())
-    assert row["metrics"]["mia_accuracy"]["mean"] == max(s["mia_accuracy"] for s in job["starts"].values())
+    assert row["metrics"]["ms_accuracy"]["mean"] == max(
+        s["ms_accuracy"] for s in job["starts"].values()
+    )
+    assert row["metrics"]["mia_accuracy"]["mean"] == max(
+        s["mia_accuracy"] for s in job["starts"].values()
+    )
     text = format_table(res)
     assert "teeslice q=50: sliced model test" in text and "after pruning" in text
 
@@ -342,8 +428,10 @@ def test_sliced_counterpart_and_job_keys(smoke_cfg):
     other = AttackConfig.preset(DATASET, smoke=True, teeslice_options=(("student_epochs", 3),))
     assert JobSpec("small_cnn", "digits", "teeslice", 0, 50, other).key() != a.key()
     for s in ("none", "deep:1"):
-        assert JobSpec("small_cnn", "digits", s, 0, 50, other).key() == JobSpec("small_cnn", "digits", s, 0, 50,
-                                                                                  smoke_cfg).key()
+        assert (
+            JobSpec("small_cnn", "digits", s, 0, 50, other).key()
+            == JobSpec("small_cnn", "digits", s, 0, 50, smoke_cfg).key()
+        )
     assert other.teeslice_config(5).student_epochs == 3 and other.teeslice_config(5).seed == 5
     with pytest.raises(ConfigError, match="unknown TeeSliceConfig field"):
         AttackConfig(teeslice_options=(("no_such_field", 1),))
@@ -354,8 +442,12 @@ def test_sliced_counterpart_and_job_keys(smoke_cfg):
 def test_teeslice_skipped_with_the_reason_on_an_unsupported_backbone(digits):
     from taoism.security.sliced import teeslice_applies
 
-    assert teeslice_applies(MODEL, digits) is None and teeslice_applies("gap_resnet20", digits) is None
-    assert "cannot place proxies on a TEESliceSmallCNN" in teeslice_applies("teeslice_small_cnn", digits)
+    assert (
+        teeslice_applies(MODEL, digits) is None and teeslice_applies("gap_resnet20", digits) is None
+    )
+    assert "cannot place proxies on a TEESliceSmallCNN" in teeslice_applies(
+        "teeslice_small_cnn", digits
+    )
 
 
 def test_table_files(table_run):
@@ -367,15 +459,30 @@ def test_table_files(table_run):
     loaded = json.loads(files["json"].read_text())
     assert [r["strategy"] for r in loaded["rows"]] == [r["strategy"] for r in res["rows"]]
     header = files["csv"].read_text().splitlines()[0].split(",")
-    assert {"strategy", "flops_tee_pct", "ms_accuracy_mean", "ms_accuracy_x_bb_mean",
-            "mia_accuracy_std", "latency_ms_mean"} <= set(header)
+    assert {
+        "strategy",
+        "flops_tee_pct",
+        "ms_accuracy_mean",
+        "ms_accuracy_x_bb_mean",
+        "mia_accuracy_std",
+        "latency_ms_mean",
+    } <= set(header)
 
 
 def test_second_run_hits_the_cache_in_worker_processes(table_run, tmp_path):
     res, cache, _, first_s = table_run
     t0 = time.perf_counter()
-    again = run_attack_table(MODEL, DATASET, None, queries=[50], seeds=[0], cache_dir=cache,
-                             progress=False, smoke=True, jobs=2)
+    again = run_attack_table(
+        MODEL,
+        DATASET,
+        None,
+        queries=[50],
+        seeds=[0],
+        cache_dir=cache,
+        progress=False,
+        smoke=True,
+        jobs=2,
+    )
     n = len(res["jobs"])
     assert again["cache"]["job_hits"] == n and again["cache"]["job_misses"] == 0
     assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in res["rows"]]
@@ -385,8 +492,16 @@ def test_second_run_hits_the_cache_in_worker_processes(table_run, tmp_path):
 def test_same_seed_same_table(table_run, tmp_path):
     """Recomputed from scratch (fresh cache: public model, victim, attacks) -> identical metrics."""
     res, _, _, _ = table_run
-    fresh = run_attack_table(MODEL, DATASET, ["deep:1"], queries=[50], seeds=[0], cache_dir=tmp_path,
-                             progress=False, smoke=True)
+    fresh = run_attack_table(
+        MODEL,
+        DATASET,
+        ["deep:1"],
+        queries=[50],
+        seeds=[0],
+        cache_dir=tmp_path,
+        progress=False,
+        smoke=True,
+    )
     assert fresh["cache"]["job_hits"] == 0
     for r in fresh["rows"]:
         assert r["metrics"] == _row(res, r["strategy"])["metrics"], r["strategy"]
@@ -395,8 +510,16 @@ def test_same_seed_same_table(table_run, tmp_path):
 
 def test_sweep_finds_the_sweet_spot(table_run):
     _, cache, _, _ = table_run
-    res = sweep(MODEL, DATASET, strategies=("deep",), queries=50, seeds=[0], cache_dir=cache,
-                progress=False, smoke=True)
+    res = sweep(
+        MODEL,
+        DATASET,
+        strategies=("deep",),
+        queries=50,
+        seeds=[0],
+        cache_dir=cache,
+        progress=False,
+        smoke=True,
+    )
     fam = res["families"]["deep"]
     n_units = len(zoo.units(zoo.get_model(MODEL, dataset_shape="digits")))
     assert [p["config"] for p in fam["points"]] == [f"deep:{k}" for k in range(n_units + 1)]
@@ -414,6 +537,7 @@ def test_sweep_finds_the_sweet_spot(table_run):
 
 # -- the attacker's tuning -----------------------------------------------------------------------
 
+
 def test_fit_surrogate_chooses_on_held_out_queries_only(digits):
     net = zoo.get_model(MODEL, dataset_shape="digits", seed=3)
     x, y = digits.x_train[:200], digits.y_train[:200]
@@ -426,10 +550,17 @@ def test_fit_surrogate_chooses_on_held_out_queries_only(digits):
     assert tun["grid"][str(tun["lr"])][str(tun["epochs"])]["accuracy"] == best
     assert accuracy(sur, digits.x_test, digits.y_test) > 0.5
     # the start is left untouched; the same seed gives the same choice and weights
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
-                                                 zoo.get_model(MODEL, dataset_shape="digits", seed=3).state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            net.state_dict().values(),
+            zoo.get_model(MODEL, dataset_shape="digits", seed=3).state_dict().values(),
+        )
+    )
     sur2, tun2 = fit_surrogate(net, x, y, {}, grid, seed=0)
-    assert tun2 == tun and all(torch.equal(a, b) for a, b in zip(sur.state_dict().values(), sur2.state_dict().values()))
+    assert tun2 == tun and all(
+        torch.equal(a, b) for a, b in zip(sur.state_dict().values(), sur2.state_dict().values())
+    )
     assert grid_edges({"lr": 0.1, "epochs": 2}, grid) == {"lr": True, "epochs": False}
     assert grid_edges({"lr": "paper", "epochs": 6}, grid) == {"lr": False, "epochs": True}
 
@@ -444,8 +575,16 @@ def glyph_run(tmp_path_factory):
     """White-box and black-box on a tiny glyph set (10 classes, 5 queries per class)."""
     cache = tmp_path_factory.mktemp("glyph-cache")
     t0 = time.perf_counter()
-    res = run_attack_table(MODEL, GLYPHS, ["none"], queries_per_class=[5], seeds=[0], cache_dir=cache,
-                           progress=False, smoke=True)
+    res = run_attack_table(
+        MODEL,
+        GLYPHS,
+        ["none"],
+        queries_per_class=[5],
+        seeds=[0],
+        cache_dir=cache,
+        progress=False,
+        smoke=True,
+    )
     return res, cache, time.perf_counter() - t0  # about 100 s on the loaded 2-core box
 
 
@@ -465,7 +604,10 @@ def test_glyphs_white_box_beats_black_box_and_guards(glyph_run):
     # the victim's own figures and the public model's transfer value are reported
     v = ref["victim"]
     assert v["victim_test_accuracy"]["mean"] > 0.8 and v["members_per_class"]["mean"] >= 10
-    assert v["public_probe_accuracy"]["mean"] is not None and v["random_probe_accuracy"]["mean"] is not None
+    assert (
+        v["public_probe_accuracy"]["mean"] is not None
+        and v["random_probe_accuracy"]["mean"] is not None
+    )
     assert ref["per_queries"]["50"]["ms_ceiling_x_black_box"] > 1.0
     assert "chance" in format_table(res)
 
@@ -475,11 +617,18 @@ def test_glyphs_attacker_start_never_holds_victim_values(glyph_run):
     res, cache, _ = glyph_run
     cfg = AttackConfig.preset(GLYPHS, smoke=True)
     ds = dataset_for(GLYPHS, None, cache, cfg.data_options)
-    for strategy, model in (("all", MODEL), ("deep:1", MODEL), ("teeslice", MODEL), ("teeslice", "teeslice_small_cnn")):
+    for strategy, model in (
+        ("all", MODEL),
+        ("deep:1", MODEL),
+        ("teeslice", MODEL),
+        ("teeslice", "teeslice_small_cnn"),
+    ):
         _, victim_sd, _ = prepare_models(model, ds, 0, cfg, Cache(cache))
         victim = build(model, ds)
         victim.load_state_dict(victim_sd)
-        other_init = build(model, ds, 777).state_dict()  # constant inits (e.g. gate logits 0) match anyway
+        other_init = build(
+            model, ds, 777
+        ).state_dict()  # constant inits (e.g. gate logits 0) match anyway
         spec = JobSpec(model, ds.name, strategy, 0, 50, cfg, None, ds.fingerprint)
         if model == MODEL and strategy == "teeslice":  # the slices taoism.teeslice trains
             victim = sliced_model(MODEL, ds, 0, cfg, Cache(cache))[0]
@@ -504,8 +653,16 @@ def test_glyphs_attacker_start_never_holds_victim_values(glyph_run):
 
 def test_glyphs_same_seed_same_table(glyph_run, tmp_path):
     res, _, _ = glyph_run
-    again = run_attack_table(MODEL, GLYPHS, ["none"], queries_per_class=[5], seeds=[0], cache_dir=tmp_path,
-                             progress=False, smoke=True)
+    again = run_attack_table(
+        MODEL,
+        GLYPHS,
+        ["none"],
+        queries_per_class=[5],
+        seeds=[0],
+        cache_dir=tmp_path,
+        progress=False,
+        smoke=True,
+    )
     assert again["cache"]["job_hits"] == 0
     for r in again["rows"]:
         assert r["metrics"] == _row(res, r["strategy"], 50)["metrics"], r["strategy"]

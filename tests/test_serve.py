@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import torch
+from conftest import assert_same
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from conftest import assert_same
 from taoism.cli import default_split
 from taoism.serve.launch import ServerProcess, kill_process, process_gone
 from taoism.serve.metrics import parse_metrics
@@ -29,8 +29,9 @@ class Server(ServerProcess):
 
     def __init__(self, *args: str) -> None:
         placement = json.dumps(default_split(get_model(MODEL, dataset_shape=SHAPE)))
-        super().__init__(["--model", MODEL, "--dataset-shape", SHAPE, "--placement", placement,
-                          *args])
+        super().__init__(
+            ["--model", MODEL, "--dataset-shape", SHAPE, "--placement", placement, *args]
+        )
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def metrics(self) -> dict[str, float]:
@@ -60,8 +61,9 @@ def _input(seed: int, rows: int = 1) -> torch.Tensor:
 
 def _predict(client: httpx.Client, x: torch.Tensor, binary: bool = False) -> httpx.Response:
     if binary:
-        return client.post("/v1/predict", content=st_save({"inputs": x}),
-                           headers={"content-type": BIN})
+        return client.post(
+            "/v1/predict", content=st_save({"inputs": x}), headers={"content-type": BIN}
+        )
     return client.post("/v1/predict", json={"inputs": x.tolist()})
 
 
@@ -91,8 +93,11 @@ def test_predict_matches_plain_model(server, plain, binary, rows):
 
 def test_octet_stream_is_safetensors(server, plain):
     x = _input(7)
-    r = server.client.post("/v1/predict", content=st_save({"inputs": x}),
-                           headers={"content-type": "application/octet-stream"})
+    r = server.client.post(
+        "/v1/predict",
+        content=st_save({"inputs": x}),
+        headers={"content-type": "application/octet-stream"},
+    )
     _check(r, x, plain)
     assert r.headers["content-type"] == "application/octet-stream"
 
@@ -100,25 +105,47 @@ def test_octet_stream_is_safetensors(server, plain):
 _BAD = [
     ("malformed json", b'{"inputs": [1, 2', "application/json", 400, "not valid JSON"),
     ("wrong key", b'{"input": []}', "application/json", 400, 'exactly one key, "inputs"'),
-    ("wrong shape", json.dumps({"inputs": [[[0.0] * 32] * 32]}).encode(), "application/json", 400,
-     "(batch, 3, 32, 32)"),
-    ("ragged", json.dumps({"inputs": [[1.0, 2.0], [1.0]]}).encode(), "application/json", 400,
-     "rectangular"),
+    (
+        "wrong shape",
+        json.dumps({"inputs": [[[0.0] * 32] * 32]}).encode(),
+        "application/json",
+        400,
+        "(batch, 3, 32, 32)",
+    ),
+    (
+        "ragged",
+        json.dumps({"inputs": [[1.0, 2.0], [1.0]]}).encode(),
+        "application/json",
+        400,
+        "rectangular",
+    ),
     ("strings", json.dumps({"inputs": [["a"]]}).encode(), "application/json", 400, "numbers"),
     ("nan", b'{"inputs": [NaN]}', "application/json", 400, "finite"),
     ("too many rows", st_save({"inputs": torch.zeros(9, 3, 32, 32)}), BIN, 413, "1 to 8"),
-    ("wrong dtype", st_save({"inputs": torch.zeros(1, 3, 32, 32, dtype=torch.float64)}), BIN, 400,
-     "torch.float64"),
+    (
+        "wrong dtype",
+        st_save({"inputs": torch.zeros(1, 3, 32, 32, dtype=torch.float64)}),
+        BIN,
+        400,
+        "torch.float64",
+    ),
     ("wrong tensor name", st_save({"x": torch.zeros(1, 3, 32, 32)}), BIN, 400, "named 'inputs'"),
-    ("malformed safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{bad}xxx", BIN, 400,
-     "not valid safetensors"),
+    (
+        "malformed safetensors",
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{bad}xxx",
+        BIN,
+        400,
+        "not valid safetensors",
+    ),
     ("pickle", b"\x80\x04\x95", "application/python-pickle", 415, "not supported"),
     ("no content type", b"{}", "", 415, "not supported"),
     ("over the size limit", b"0" * 200_001, "application/json", 413, "at most 200000"),
 ]
 
 
-@pytest.mark.parametrize("body,ctype,status,needle", [b[1:] for b in _BAD], ids=[b[0] for b in _BAD])
+@pytest.mark.parametrize(
+    "body,ctype,status,needle", [b[1:] for b in _BAD], ids=[b[0] for b in _BAD]
+)
 def test_bad_requests_get_4xx_with_message(server, body, ctype, status, needle):
     r = server.client.post("/v1/predict", content=body, headers={"content-type": ctype})
     assert r.status_code == status, r.text
@@ -149,15 +176,20 @@ def test_concurrent_load_every_output_checked_and_batched(server, plain):
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(n)))
     assert len(results) == n
-    for i, x, r in results:
+    for _i, x, r in results:
         _check(r, x, plain)
     after = server.metrics()
     batches = after["taoism_batch_requests_count"] - before["taoism_batch_requests_count"]
-    single = (after['taoism_batch_requests_bucket{le=1.0}']
-              - before['taoism_batch_requests_bucket{le=1.0}'])
+    single = (
+        after["taoism_batch_requests_bucket{le=1.0}"]
+        - before["taoism_batch_requests_bucket{le=1.0}"]
+    )
     assert after["taoism_batch_requests_sum"] - before["taoism_batch_requests_sum"] == n
     assert batches < n and single < batches, (batches, single)  # requests were batched
-    assert after["taoism_requests_total{status=200}"] - before["taoism_requests_total{status=200}"] == n
+    assert (
+        after["taoism_requests_total{status=200}"] - before["taoism_requests_total{status=200}"]
+        == n
+    )
     assert after["taoism_request_latency_quantile_seconds{quantile=0.99}"] > 0
 
 
@@ -226,9 +258,11 @@ def test_sigterm_finishes_in_flight_requests_and_stops_the_enclave(plain):
         n = 6
         xs = [_input(7000 + i) for i in range(n)]
         with ThreadPoolExecutor(n) as pool:
+
             def one(x):
                 with httpx.Client(base_url=srv.url, timeout=60) as c:
                     return _predict(c, x)
+
             futures = [pool.submit(one, x) for x in xs]
             deadline = time.monotonic() + 60
             while srv.metrics()["taoism_requests_in_flight"] < n:  # all n wait in the batcher
@@ -254,8 +288,10 @@ def test_codec_fuzz_bad_bodies_get_request_error_only():
     from taoism.serve import codec
 
     spec = codec.InputSpec(torch.float32, (2, 3), 4)
-    good = {codec.JSON: json.dumps({"inputs": torch.randn(2, 2, 3).tolist()}).encode(),
-            codec.SAFETENSORS: st_save({"inputs": torch.randn(3, 2, 3)})}
+    good = {
+        codec.JSON: json.dumps({"inputs": torch.randn(2, 2, 3).tolist()}).encode(),
+        codec.SAFETENSORS: st_save({"inputs": torch.randn(3, 2, 3)}),
+    }
     rng = random.Random(0)
     accepted = 0
     for i in range(3000):
@@ -267,7 +303,7 @@ def test_codec_fuzz_bad_bodies_get_request_error_only():
             if op < 0.4 and body:
                 body[min(pos, len(body) - 1)] = rng.randrange(256)
             elif op < 0.7:
-                del body[pos:pos + rng.randint(1, 16)]
+                del body[pos : pos + rng.randint(1, 16)]
             else:
                 body[pos:pos] = rng.randbytes(rng.randint(1, 8))
         try:

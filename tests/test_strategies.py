@@ -22,11 +22,29 @@ import torch.nn.functional as F
 import taoism
 from taoism import zoo
 from taoism.errors import ConfigError
-from taoism.strategies import (Deep, Intermediate, Magnitude, NonLinear, Shallow, apply_strategy,
-                               attacker_view, expand_strategies, parse_strategy, strategy_report)
+from taoism.strategies import (
+    Deep,
+    Intermediate,
+    Magnitude,
+    NonLinear,
+    Shallow,
+    apply_strategy,
+    attacker_view,
+    expand_strategies,
+    parse_strategy,
+    strategy_report,
+)
 
 RTOL, ATOL = 1e-4, 1e-5
-STRATEGIES = ("none", "all", "deep:1", "shallow:1", "magnitude:0.01", "intermediate:0.8", "nonlinear")
+STRATEGIES = (
+    "none",
+    "all",
+    "deep:1",
+    "shallow:1",
+    "magnitude:0.01",
+    "intermediate:0.8",
+    "nonlinear",
+)
 RANKED = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -82,13 +100,22 @@ def _trained_like(model: nn.Module, seed: int) -> nn.Module:
 def models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     torch.manual_seed(0)
     return {
-        "small_cnn": (_trained_like(zoo.get_model("small_cnn", dataset_shape="digits"), 1),
-                      zoo.example_input("small_cnn", "digits", batch=2)),
-        "resnet18": (_trained_like(zoo.get_model("resnet18", dataset_shape="cifar"), 2),
-                     zoo.example_input("resnet18", "cifar", batch=1)),
-        "tiny": (Tiny().eval(), torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))),
-        "teeslice_resnet18": (_trained_like(zoo.get_model("teeslice_resnet18", dataset_shape="cifar"), 4),
-                              zoo.example_input("teeslice_resnet18", "cifar", batch=1)),
+        "small_cnn": (
+            _trained_like(zoo.get_model("small_cnn", dataset_shape="digits"), 1),
+            zoo.example_input("small_cnn", "digits", batch=2),
+        ),
+        "resnet18": (
+            _trained_like(zoo.get_model("resnet18", dataset_shape="cifar"), 2),
+            zoo.example_input("resnet18", "cifar", batch=1),
+        ),
+        "tiny": (
+            Tiny().eval(),
+            torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3)),
+        ),
+        "teeslice_resnet18": (
+            _trained_like(zoo.get_model("teeslice_resnet18", dataset_shape="cifar"), 4),
+            zoo.example_input("teeslice_resnet18", "cifar", batch=1),
+        ),
     }
 
 
@@ -141,7 +168,9 @@ def test_strategy_matches_unprotected_model(deployed, models, model_key, strateg
         torch.testing.assert_close(sm(x2), model(x2), rtol=RTOL, atol=ATOL)
     after = _state(model)
     assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before), "shield(strategy=) mutated the model"
+    assert all(torch.equal(before[k], after[k]) for k in before), (
+        "shield(strategy=) mutated the model"
+    )
 
 
 def test_teeslice_matches_and_keeps_slices_in_enclave(deployed, models):
@@ -159,7 +188,9 @@ def test_teeslice_matches_and_keeps_slices_in_enclave(deployed, models):
             assert e.status == "absent" and e.tensor is None and e.in_enclave, name
     assert any(n.startswith("slices.") for n in view) and "fc.weight" in view
     rep = strategy_report(sm, model, "teeslice")
-    slice_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone."))
+    slice_params = sum(
+        p.numel() for n, p in model.named_parameters() if not n.startswith("backbone.")
+    )
     assert rep["params_tee"] == slice_params
     assert 0 < rep["flops_tee_pct"] < 50
 
@@ -248,8 +279,12 @@ def test_magnitude_zeroes_exactly_the_top_r_entries(deployed, models, model_key)
     r = 0.01
     sm = deployed.get(model_key, "magnitude:0.01")
     host = sm.host_state_dict()
-    ranked = [(f"{mn}.{pn}", p.detach()) for mn, m in model.named_modules() if isinstance(m, RANKED)
-              for pn, p in m.named_parameters(recurse=False)]
+    ranked = [
+        (f"{mn}.{pn}", p.detach())
+        for mn, m in model.named_modules()
+        if isinstance(m, RANKED)
+        for pn, p in m.named_parameters(recurse=False)
+    ]
     n = sum(p.numel() for _, p in ranked)
     k = round(r * n)
     assert k > 0
@@ -292,7 +327,9 @@ def test_intermediate_morphs_offloaded_layers(deployed, models):
         assert 1.0 <= s <= 5.0
         torch.testing.assert_close(ratio, torch.full_like(ratio, s), rtol=1e-5, atol=0)
         if mod.bias is not None:
-            torch.testing.assert_close(host[f"{name}.bias"], mod.bias.detach() * s, rtol=1e-5, atol=1e-8)
+            torch.testing.assert_close(
+                host[f"{name}.bias"], mod.bias.detach() * s, rtol=1e-5, atol=1e-8
+            )
         assert view[f"{name}.weight"].status == "morphed"
         scales.append(s)
     assert len(set(round(s, 6) for s in scales)) == len(scales), "each layer has its own scalar"
@@ -369,20 +406,30 @@ def test_no_shielded_weight_in_host_plaintext(deployed, models, model_key, strat
 
 
 # --- accounting ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("strategy", "params_tee", "flops_tee", "crossings"), [
-    ("none", 0, 0, 0),
-    ("all", TINY_PARAMS, TINY_FLOPS, 2),
-    ("deep:1", 99, TINY_FLOPS_PARTS["fc"], 2),  # fc; relu/flatten follow their input (device)
-    ("shallow:1", 20, TINY_FLOPS_PARTS["conv"], 2),
-    ("deep:2", 103, 64 + 32 + 195, 2),  # bn + fc, and relu/flatten now follow bn into the enclave
-    # top-12 |w| = 12 of conv.weight's 18 entries; each does 2*16 FLOPs (one MAC per output pixel)
-    ("magnitude:0.1", 12, 12 * 2 * 16, 3),
-    # layers conv, fc; round(0.5 * 2) = 1 offloaded = fc (the last); conv/bn/relu in the enclave
-    ("intermediate:0.5", 24, 608 + 64 + 32, 4),
-    # conv is the first layer (plain on device), fc obfuscated; bn + relu in the enclave
-    ("nonlinear", 4, 64 + 32, 4),
-])
-def test_accounting_matches_hand_count(deployed, models, strategy, params_tee, flops_tee, crossings):
+@pytest.mark.parametrize(
+    ("strategy", "params_tee", "flops_tee", "crossings"),
+    [
+        ("none", 0, 0, 0),
+        ("all", TINY_PARAMS, TINY_FLOPS, 2),
+        ("deep:1", 99, TINY_FLOPS_PARTS["fc"], 2),  # fc; relu/flatten follow their input (device)
+        ("shallow:1", 20, TINY_FLOPS_PARTS["conv"], 2),
+        (
+            "deep:2",
+            103,
+            64 + 32 + 195,
+            2,
+        ),  # bn + fc, and relu/flatten now follow bn into the enclave
+        # top-12 |w| = 12 of conv.weight's 18 entries; each does 2*16 FLOPs (one MAC per output pixel)
+        ("magnitude:0.1", 12, 12 * 2 * 16, 3),
+        # layers conv, fc; round(0.5 * 2) = 1 offloaded = fc (the last); conv/bn/relu in the enclave
+        ("intermediate:0.5", 24, 608 + 64 + 32, 4),
+        # conv is the first layer (plain on device), fc obfuscated; bn + relu in the enclave
+        ("nonlinear", 4, 64 + 32, 4),
+    ],
+)
+def test_accounting_matches_hand_count(
+    deployed, models, strategy, params_tee, flops_tee, crossings
+):
     model, x = models["tiny"]
     sm = deployed.get("tiny", strategy)
     with torch.no_grad():
@@ -431,16 +478,44 @@ def test_dataclass_forms(deployed, models):
     with torch.no_grad():
         torch.testing.assert_close(sm(x), model(x), rtol=RTOL, atol=ATOL)
     assert strategy_report(sm, model)["params_tee"] == 24
-    assert expand_strategies("all") == ["none", "all", "deep:1", "shallow:1", "magnitude:0.01",
-                                        "intermediate:0.8", "nonlinear", "teeslice"]
+    assert expand_strategies("all") == [
+        "none",
+        "all",
+        "deep:1",
+        "shallow:1",
+        "magnitude:0.01",
+        "intermediate:0.8",
+        "nonlinear",
+        "teeslice",
+    ]
     assert expand_strategies(["all"]) == expand_strategies("all")
     assert expand_strategies("deep:1, none,deep:1") == ["deep:1", "none"]
 
 
-@pytest.mark.parametrize("bad", ["", "bogus", "deep", "deep:", "deep:x", "deep:-1", "deep:1.5",
-                                 "shallow:two", "magnitude", "magnitude:2", "magnitude:abc",
-                                 "magnitude:nan", "intermediate", "intermediate:-0.1",
-                                 "nonlinear:0.5", "nonlinear:x", "teeslice:3", "none:1", "all:0"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "bogus",
+        "deep",
+        "deep:",
+        "deep:x",
+        "deep:-1",
+        "deep:1.5",
+        "shallow:two",
+        "magnitude",
+        "magnitude:2",
+        "magnitude:abc",
+        "magnitude:nan",
+        "intermediate",
+        "intermediate:-0.1",
+        "nonlinear:0.5",
+        "nonlinear:x",
+        "teeslice:3",
+        "none:1",
+        "all:0",
+    ],
+)
 def test_bad_strategy_strings_raise_config_error(bad):
     with pytest.raises(ConfigError, match="valid strategies"):
         parse_strategy(bad)
@@ -470,12 +545,29 @@ def test_bad_strategy_objects_and_models(models):
 def test_strategy_bench_and_outputs(tmp_path):
     from taoism.bench.strategies import format_table, run_strategy_bench, write_outputs
 
-    result = run_strategy_bench("small_cnn", "digits", 2, ["deep:1", "magnitude:0.05", "teeslice", "deep:99"],
-                                repeats=2, warmup=1, progress=False)
+    result = run_strategy_bench(
+        "small_cnn",
+        "digits",
+        2,
+        ["deep:1", "magnitude:0.05", "teeslice", "deep:99"],
+        repeats=2,
+        warmup=1,
+        progress=False,
+    )
     rows = {r["name"]: r for r in result["rows"]}
-    assert list(rows) == ["plain-device", "plain-cpu", "none", "all", "deep:1", "magnitude:0.05",
-                          "teeslice", "deep:99"]
-    assert "partition units" in rows["deep:99"]["error"]  # a failing strategy is recorded, run goes on
+    assert list(rows) == [
+        "plain-device",
+        "plain-cpu",
+        "none",
+        "all",
+        "deep:1",
+        "magnitude:0.05",
+        "teeslice",
+        "deep:99",
+    ]
+    assert (
+        "partition units" in rows["deep:99"]["error"]
+    )  # a failing strategy is recorded, run goes on
     # small_cnn's teeslice row runs the zoo's teeslice_small_cnn
     assert rows["teeslice"]["error"] is None, rows["teeslice"]["error"]
     assert rows["teeslice"]["model"] == "teeslice_small_cnn"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_same
 from torch import nn
 
 import taoism
@@ -14,7 +15,6 @@ from taoism.teeslice.losses import feature_loss, kd_loss, student_loss
 from taoism.teeslice.prune import first_prune, next_prune
 from taoism.teeslice.train import _prune
 from taoism.zoo import get_model, input_shape
-from conftest import assert_same
 
 TINY = TeeSliceConfig(teacher_epochs=3, student_epochs=3, prune_every=1, batch_size=64)
 
@@ -42,11 +42,21 @@ def _n_proxies(model: nn.Module) -> int:
 
 
 # layouts ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,shape,blocks", [
-    ("resnet18", "cifar", 9), ("resnet18", "imagenet", 9), ("resnet34", "cifar", 17), ("resnet50", "cifar", 17),
-    ("vgg16_bn", "cifar", 13), ("alexnet", "imagenet", 5), ("alexnet", "cifar", 5),
-    ("small_cnn", "digits", 2), ("gap_resnet20", "digits", 10), ("gap_resnet20", "mnist", 10),
-])
+@pytest.mark.parametrize(
+    "name,shape,blocks",
+    [
+        ("resnet18", "cifar", 9),
+        ("resnet18", "imagenet", 9),
+        ("resnet34", "cifar", 17),
+        ("resnet50", "cifar", 17),
+        ("vgg16_bn", "cifar", 13),
+        ("alexnet", "imagenet", 5),
+        ("alexnet", "cifar", 5),
+        ("small_cnn", "digits", 2),
+        ("gap_resnet20", "digits", 10),
+        ("gap_resnet20", "mnist", 10),
+    ],
+)
 def test_every_supported_backbone_gets_proxies_per_block(name, shape, blocks):
     model = _sliced(name, shape, classes=7)
     assert len(backbone_layout(get_model(name, dataset_shape=shape)).blocks) == blocks
@@ -56,18 +66,25 @@ def test_every_supported_backbone_gets_proxies_per_block(name, shape, blocks):
     logits, feats = model.features(x)
     assert logits.shape == (2, 7) and len(feats) == blocks
     assert all(not p.requires_grad for p in model.backbone.parameters())
-    assert all(p.requires_grad for n in ("slices", "head") for p in model.get_submodule(n).parameters())
+    assert all(
+        p.requires_grad for n in ("slices", "head") for p in model.get_submodule(n).parameters()
+    )
 
 
 def test_gap_resnet_blocks_are_stem_and_residual_blocks_with_a_gap_head():
     """The glyphs victim (gap_resnet20): stem, nine residual blocks; head = GAP + fc, private."""
     net = get_model("gap_resnet20", dataset_shape="mnist")
     layout = backbone_layout(net)
-    assert layout.blocks == (("conv1", "bn1", "relu"),
-                             *((f"layer{i}.{b}",) for i in (1, 2, 3) for b in range(3)))
+    assert layout.blocks == (
+        ("conv1", "bn1", "relu"),
+        *((f"layer{i}.{b}",) for i in (1, 2, 3) for b in range(3)),
+    )
     assert (layout.pool, layout.classifier) == ("avgpool", "fc")
     model = _randomise(SlicedNet(net, input_shape("gap_resnet20", "mnist"), 7), seed=4)
-    assert isinstance(model.head.pool, nn.AdaptiveAvgPool2d) and model.head.classifier.out_features == 7
+    assert (
+        isinstance(model.head.pool, nn.AdaptiveAvgPool2d)
+        and model.head.classifier.out_features == 7
+    )
     assert not hasattr(model.backbone, "fc") and not hasattr(model.backbone, "avgpool")
     model.remove_proxies([("block4", 2), ("block9", 1)])
     x = torch.randn(3, 1, 28, 28)
@@ -100,19 +117,33 @@ def test_each_loss_term_is_in_the_total_with_its_weight():
     logits, feats = model.features(x)
     cfg = TeeSliceConfig(ce_weight=0.5)
     total, parts = student_loss(logits, feats, model.expected_flops(), t_logits, t_feats, y, cfg)
-    kd, fe, fl = kd_loss(logits, t_logits, 4.0), feature_loss(feats, t_feats), model.expected_flops()
+    kd, fe, fl = (
+        kd_loss(logits, t_logits, 4.0),
+        feature_loss(feats, t_feats),
+        model.expected_flops(),
+    )
     ce = nn.functional.cross_entropy(logits, y)
     assert all(float(v.detach()) > 1e-3 for v in (kd, fe, fl, ce))
     assert_same(total, 1.0 * kd + 10.0 * fe + 0.3 * fl + 0.5 * ce)
-    assert parts == pytest.approx({k: float(v.detach()) for k, v in zip(("kd", "feature", "flops", "ce"), (kd, fe, fl, ce))}, rel=1e-5)
+    assert parts == pytest.approx(
+        {k: float(v.detach()) for k, v in zip(("kd", "feature", "flops", "ce"), (kd, fe, fl, ce))},
+        rel=1e-5,
+    )
     # kd uses T = 4: T^2 * KL of the softened distributions
     p = torch.softmax(t_logits / 4, 1)
     manual = (p * (p.log() - torch.log_softmax(logits / 4, 1))).sum(1).mean() * 16
     assert_same(kd, manual)
 
 
-@pytest.mark.parametrize("term,where", [("kd_weight", "head"), ("feature_weight", "slices"),
-                                        ("flops_weight", "alphas"), ("ce_weight", "head")])
+@pytest.mark.parametrize(
+    "term,where",
+    [
+        ("kd_weight", "head"),
+        ("feature_weight", "slices"),
+        ("flops_weight", "alphas"),
+        ("ce_weight", "head"),
+    ],
+)
 def test_each_loss_term_alone_drives_its_parameters(term, where):
     """With only one weight set, that term's gradient reaches the parameters it must train."""
     torch.manual_seed(2)
@@ -173,7 +204,7 @@ def test_prune_rules_pick_lowest_gates():
     gates = model.proxy_gates()
     low = sorted(gates, key=gates.get)
     picked = first_prune(model, 0.1, 0.5)
-    assert picked == [p for p in low if gates[p] < 0.1][:len(gates) // 2] and picked
+    assert picked == [p for p in low if gates[p] < 0.1][: len(gates) // 2] and picked
     assert next_prune(model, 0.05) == low[:1]  # 5% of 24 rounds to 1
     assert len(next_prune(model, 0.25)) == 6
 
@@ -194,8 +225,15 @@ def test_prune_loop_stops_and_undoes_the_step_that_breaks_the_rule():
 def digits_run(tmp_path_factory):
     """public model, victim and TEESlice model of small_cnn on digits (a tiny configuration)."""
     cache = tmp_path_factory.mktemp("teeslice-cache")
-    kw = dict(cache_dir=cache, config=TINY, public_epochs=4, victim_epochs=4, public_task="supervised",
-              threads=1, progress=False)
+    kw = dict(
+        cache_dir=cache,
+        config=TINY,
+        public_epochs=4,
+        victim_epochs=4,
+        public_task="supervised",
+        threads=1,
+        progress=False,
+    )
     result, victim, out = run_teeslice("small_cnn", "digits", **kw)
     return kw, result, victim, out
 
@@ -220,9 +258,8 @@ def test_smoke_digits_trains_prunes_and_caches(digits_run):
 
 
 def test_trained_sliced_model_deploys_with_teeslice(digits_run):
-    from taoism.strategies import strategy_report
-
     from taoism.data import load_dataset
+    from taoism.strategies import strategy_report
 
     _, result, _, out = digits_run
     model = result.model
@@ -248,5 +285,11 @@ def test_untrained_resnet_slices_deploy_equal(digits_run):
         assert_same(sm(x), model(x))
         placed = {n.name: n.placement for n in sm.plan.nodes} if hasattr(sm.plan, "nodes") else None
     if placed is not None:
-        assert all(str(p).endswith("ENCLAVE") for n, p in placed.items() if n.startswith(("slices", "head")))
-        assert all(not str(p).endswith("ENCLAVE") for n, p in placed.items() if n.startswith("backbone"))
+        assert all(
+            str(p).endswith("ENCLAVE")
+            for n, p in placed.items()
+            if n.startswith(("slices", "head"))
+        )
+        assert all(
+            not str(p).endswith("ENCLAVE") for n, p in placed.items() if n.startswith("backbone")
+        )

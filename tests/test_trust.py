@@ -21,13 +21,42 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from taoism.errors import (AttestationError, BackendUnavailable, ConfigError, KeyFileError, KeyReleaseError,
-                           PackageError, SignatureError, TaoismError)
-from taoism.trust import (KeyServer, KeyServerConfig, KeyServiceClient, NonceBook, ReportVerifier,
-                          SgxQuoteSource, SgxQuoteVerifier, SimQuoteSource, SimQuoteVerifier, VerifierConfig, attest,
-                          decrypt_shielded, enclave_measurement, keygen, load_private_key, load_public_key,
-                          main_inspect, main_keygen, main_measure, open_package, unwrap_model_key, wrap_model_key,
-                          write_package, write_secret)
+from taoism.errors import (
+    AttestationError,
+    BackendUnavailable,
+    ConfigError,
+    KeyFileError,
+    KeyReleaseError,
+    PackageError,
+    SignatureError,
+    TaoismError,
+)
+from taoism.trust import (
+    KeyServer,
+    KeyServerConfig,
+    KeyServiceClient,
+    NonceBook,
+    ReportVerifier,
+    SgxQuoteSource,
+    SgxQuoteVerifier,
+    SimQuoteSource,
+    SimQuoteVerifier,
+    VerifierConfig,
+    attest,
+    decrypt_shielded,
+    enclave_measurement,
+    keygen,
+    load_private_key,
+    load_public_key,
+    main_inspect,
+    main_keygen,
+    main_measure,
+    open_package,
+    unwrap_model_key,
+    wrap_model_key,
+    write_package,
+    write_secret,
+)
 from taoism.trust.format import MAGIC, PREFIX, SIGN_LABEL, SIGNED_PREFIX, VERSION
 from taoism.trust.tensors import tensor_bytes
 from taoism.trust.writer import canonical_json
@@ -49,13 +78,22 @@ def _split(model: torch.nn.Module) -> tuple[dict, dict]:
 
 
 EXTRA = {  # every stored dtype, a 0-dim and an empty tensor
-    "x.f64": torch.randn(3, 2, dtype=torch.float64), "x.f16": torch.randn(5).half(),
-    "x.bf16": torch.randn(2, 3).bfloat16(), "x.i64": torch.arange(-4, 5), "x.i32": torch.arange(7).int(),
-    "x.i16": torch.arange(3).short(), "x.i8": torch.tensor([-128, 0, 127], dtype=torch.int8),
-    "x.u8": torch.arange(256, dtype=torch.uint8), "x.bool": torch.tensor([True, False, True]),
-    "x.scalar": torch.tensor(3.5), "x.empty": torch.empty(0, 4),
+    "x.f64": torch.randn(3, 2, dtype=torch.float64),
+    "x.f16": torch.randn(5).half(),
+    "x.bf16": torch.randn(2, 3).bfloat16(),
+    "x.i64": torch.arange(-4, 5),
+    "x.i32": torch.arange(7).int(),
+    "x.i16": torch.arange(3).short(),
+    "x.i8": torch.tensor([-128, 0, 127], dtype=torch.int8),
+    "x.u8": torch.arange(256, dtype=torch.uint8),
+    "x.bool": torch.tensor([True, False, True]),
+    "x.scalar": torch.tensor(3.5),
+    "x.empty": torch.empty(0, 4),
 }
-PLAN = {"nodes": [{"name": "0", "placement": "GPU"}, {"name": "2", "placement": "ENCLAVE"}], "version": 1}
+PLAN = {
+    "nodes": [{"name": "0", "placement": "GPU"}, {"name": "2", "placement": "ENCLAVE"}],
+    "version": 1,
+}
 PROGRAM = {"ops": [{"op": "linear", "weight": "2.weight", "bias": "2.bias"}], "version": 1}
 
 
@@ -65,8 +103,15 @@ def keys(tmp_path_factory) -> dict[str, Path]:
     owner_key, owner_pub = keygen(d)
     platform_key, platform_pub = keygen(d, "platform")
     other_key, other_pub = keygen(d, "other")
-    return {"owner_key": owner_key, "owner_pub": owner_pub, "platform_key": platform_key,
-            "platform_pub": platform_pub, "other_key": other_key, "other_pub": other_pub, "dir": d}
+    return {
+        "owner_key": owner_key,
+        "owner_pub": owner_pub,
+        "platform_key": platform_key,
+        "platform_pub": platform_pub,
+        "other_key": other_key,
+        "other_pub": other_pub,
+        "dir": d,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +122,14 @@ def pkg(keys) -> dict:
     path = keys["dir"] / "model.taoism"
     key = write_package(path, PLAN, device, PROGRAM, shielded_all, keys["owner_key"])
     key_file = write_secret(keys["dir"] / "model.key", key)
-    return {"path": path, "key": key, "key_file": key_file, "model": model, "device": device,
-            "shielded": shielded_all}
+    return {
+        "path": path,
+        "key": key,
+        "key_file": key_file,
+        "model": model,
+        "device": device,
+        "shielded": shielded_all,
+    }
 
 
 def _bits(t: torch.Tensor) -> tuple:
@@ -91,7 +142,9 @@ def _bits(t: torch.Tensor) -> tuple:
 
 def test_round_trip_is_bit_identical_and_runs_the_same(pkg, keys):
     with open_package(pkg["path"], keys["owner_pub"]) as r:
-        assert r.plan_bytes() == canonical_json(PLAN) and r.plan() == PLAN and r.program() == PROGRAM
+        assert (
+            r.plan_bytes() == canonical_json(PLAN) and r.plan() == PLAN and r.program() == PROGRAM
+        )
         device = r.device_tensors()
         shielded = decrypt_shielded(r, pkg["key"])
     assert list(device) == list(pkg["device"]) and list(shielded) == list(pkg["shielded"])
@@ -99,7 +152,9 @@ def test_round_trip_is_bit_identical_and_runs_the_same(pkg, keys):
         assert _bits({**device, **shielded}[name]) == _bits(t), name
     rebuilt = _model()
     torch.nn.init.zeros_(rebuilt[0].weight)  # make sure the weights really come from the package
-    rebuilt.load_state_dict({**device, **{k: v for k, v in shielded.items() if not k.startswith("x.")}})
+    rebuilt.load_state_dict(
+        {**device, **{k: v for k, v in shielded.items() if not k.startswith("x.")}}
+    )
     x = torch.randn(64, 16)
     y = pkg["model"](x)
     assert y.std() > 0.05  # not a near-constant output
@@ -120,7 +175,7 @@ def test_package_file_holds_device_plaintext_but_no_shielded_run(pkg):
     for name in ("2.weight", "x.u8"):
         raw = bytes(tensor_bytes(pkg["shielded"][name], name)[2])
         assert len(raw) >= RUN
-        assert not any(raw[i:i + RUN] in blob for i in range(0, len(raw) - RUN + 1, 8)), name
+        assert not any(raw[i : i + RUN] in blob for i in range(0, len(raw) - RUN + 1, 8)), name
 
 
 def _flip(path: Path, pos: int, out: Path) -> Path:
@@ -153,7 +208,9 @@ def test_truncated_package_is_refused(pkg, keys, tmp_path):
 def _parts(path: Path) -> tuple[dict, bytes]:
     data = path.read_bytes()
     header_len = PREFIX.unpack_from(data)[3]
-    return json.loads(data[PREFIX.size:PREFIX.size + header_len]), data[PREFIX.size + header_len:]
+    return json.loads(data[PREFIX.size : PREFIX.size + header_len]), data[
+        PREFIX.size + header_len :
+    ]
 
 
 def _resign(out: Path, header: dict | bytes, body: bytes, key: Ed25519PrivateKey) -> Path:
@@ -169,9 +226,13 @@ def test_resigned_package_and_unknown_owner_key_are_refused(pkg, keys, tmp_path)
     resigned = _resign(tmp_path / "r.taoism", header, body, other)
     with pytest.raises(SignatureError):
         open_package(resigned, keys["owner_pub"])
-    with pytest.raises(SignatureError, match="names owner"):  # signed by "other", header still names the owner
+    with pytest.raises(
+        SignatureError, match="names owner"
+    ):  # signed by "other", header still names the owner
         open_package(resigned, keys["other_pub"])
-    with pytest.raises(SignatureError):  # a genuine package checked against a key that is not its owner's
+    with pytest.raises(
+        SignatureError
+    ):  # a genuine package checked against a key that is not its owner's
         open_package(pkg["path"], keys["other_pub"])
 
 
@@ -182,10 +243,13 @@ def test_owner_signed_but_swapped_ciphertexts_fail_authentication(pkg, keys, tmp
     for k in ("nonce", "sha256"):  # same length (3 B + tag); move b's ciphertext under a's name
         secs[a][k] = secs[b][k]
     body = bytearray(body)
-    body[secs[a]["offset"]:secs[a]["offset"] + secs[a]["length"]] = \
-        body[secs[b]["offset"]:secs[b]["offset"] + secs[b]["length"]]
+    body[secs[a]["offset"] : secs[a]["offset"] + secs[a]["length"]] = body[
+        secs[b]["offset"] : secs[b]["offset"] + secs[b]["length"]
+    ]
     owner = load_private_key(keys["owner_key"])
-    with open_package(_resign(tmp_path / "s.taoism", header, bytes(body), owner), keys["owner_pub"]) as r:
+    with open_package(
+        _resign(tmp_path / "s.taoism", header, bytes(body), owner), keys["owner_pub"]
+    ) as r:
         with pytest.raises(PackageError, match="failed AES-GCM authentication"):
             decrypt_shielded(r, pkg["key"])
         with pytest.raises(KeyReleaseError, match="key check mismatch"):
@@ -195,8 +259,17 @@ def test_owner_signed_but_swapped_ciphertexts_fail_authentication(pkg, keys, tmp
 def test_header_fields_with_huge_or_wrong_values_are_refused(pkg, keys, tmp_path):
     owner = load_private_key(keys["owner_key"])
     header, body = _parts(pkg["path"])
-    cases = [("length", 1 << 62), ("length", 1 << 40), ("offset", -1), ("shape", [1 << 40, 1 << 40]),
-             ("shape", [2] * 40), ("dtype", "object"), ("kind", "pickle"), ("name", ""), ("sha256", "zz")]
+    cases = [
+        ("length", 1 << 62),
+        ("length", 1 << 40),
+        ("offset", -1),
+        ("shape", [1 << 40, 1 << 40]),
+        ("shape", [2] * 40),
+        ("dtype", "object"),
+        ("kind", "pickle"),
+        ("name", ""),
+        ("sha256", "zz"),
+    ]
     t0 = time.monotonic()
     for field, value in cases:
         h = json.loads(json.dumps(header))
@@ -239,7 +312,9 @@ def test_fuzzed_packages_raise_typed_errors_only(pkg, keys, tmp_path):
             (tmp_path / "z.taoism").write_bytes(blob)
         elif mode == 1:  # truncations and appended garbage
             cut = rng.randrange(len(data))
-            (tmp_path / "z.taoism").write_bytes(data[:cut] if rng.random() < 0.8 else data + os.urandom(cut % 50 + 1))
+            (tmp_path / "z.taoism").write_bytes(
+                data[:cut] if rng.random() < 0.8 else data + os.urandom(cut % 50 + 1)
+            )
         else:  # owner-signed structural mutations of the header (reach the validator past the signature)
             h = bytearray(raw_header)
             for _ in range(rng.randint(1, 3)):
@@ -251,7 +326,10 @@ def test_fuzzed_packages_raise_typed_errors_only(pkg, keys, tmp_path):
                 decrypt_shielded(r, pkg["key"])
                 r.device_tensors()
                 accepted = json.loads(r.header_bytes)
-        except (PackageError, KeyReleaseError):  # KeyReleaseError: an owner-signed edit of package_id/key_check
+        except (
+            PackageError,
+            KeyReleaseError,
+        ):  # KeyReleaseError: an owner-signed edit of package_id/key_check
             refused[mode] += 1
             continue
         # only an owner-signed mutation can be accepted, and only one the owner could have meant: a new
@@ -263,8 +341,12 @@ def test_fuzzed_packages_raise_typed_errors_only(pkg, keys, tmp_path):
 
 
 def test_writer_refuses_bad_inputs(tmp_path, keys):
-    cases = [({"w": [1.0, 2.0]}, "not a torch.Tensor"), ({"w": torch.zeros(2, dtype=torch.complex64)}, "dtype"),
-             ({"": torch.zeros(1)}, "printable"), ({"w": torch.zeros(2).to_sparse()}, "dense")]
+    cases = [
+        ({"w": [1.0, 2.0]}, "not a torch.Tensor"),
+        ({"w": torch.zeros(2, dtype=torch.complex64)}, "dtype"),
+        ({"": torch.zeros(1)}, "printable"),
+        ({"w": torch.zeros(2).to_sparse()}, "dense"),
+    ]
     for tensors, match in cases:
         with pytest.raises(PackageError, match=match):
             write_package(tmp_path / "w.taoism", {}, tensors, {}, {}, keys["owner_key"])
@@ -281,7 +363,10 @@ def test_command_functions(tmp_path, pkg, keys):
     with pytest.raises(KeyFileError):
         main_keygen(str(tmp_path / "k"))
     out = io.StringIO()
-    assert main_measure(CONFIG, out=out) == 0 and out.getvalue().strip() == enclave_measurement(CONFIG).hex()
+    assert (
+        main_measure(CONFIG, out=out) == 0
+        and out.getvalue().strip() == enclave_measurement(CONFIG).hex()
+    )
     out = io.StringIO()
     assert main_inspect(str(pkg["path"]), str(keys["owner_pub"]), out=out) == 0
     doc = json.loads(out.getvalue())
@@ -291,11 +376,25 @@ def test_command_functions(tmp_path, pkg, keys):
 def test_key_server_refuses_a_package_it_cannot_verify(pkg, keys, tmp_path):
     bad = _flip(pkg["path"], PREFIX.size + 3, tmp_path / "bad.taoism")
     with pytest.raises(SignatureError):
-        KeyServer(KeyServerConfig(str(bad), str(pkg["key_file"]), str(keys["owner_pub"]),
-                                  str(keys["platform_pub"]), ("00" * 32,)))
+        KeyServer(
+            KeyServerConfig(
+                str(bad),
+                str(pkg["key_file"]),
+                str(keys["owner_pub"]),
+                str(keys["platform_pub"]),
+                ("00" * 32,),
+            )
+        )
     with pytest.raises(ConfigError, match="--allow"):
-        KeyServer(KeyServerConfig(str(pkg["path"]), str(pkg["key_file"]), str(keys["owner_pub"]),
-                                  str(keys["platform_pub"]), ("not-hex",)))
+        KeyServer(
+            KeyServerConfig(
+                str(pkg["path"]),
+                str(pkg["key_file"]),
+                str(keys["owner_pub"]),
+                str(keys["platform_pub"]),
+                ("not-hex",),
+            )
+        )
 
 
 # ------------------------------------------------------------------------------ keys
@@ -312,8 +411,11 @@ def test_key_files_modes_and_typed_errors(keys, tmp_path):
     with pytest.raises(KeyFileError, match="chmod 600"):
         load_private_key(loose)
     x = tmp_path / "x.pub"
-    x.write_bytes(X25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    x.write_bytes(
+        X25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     with pytest.raises(KeyFileError, match="not an Ed25519"):
         load_public_key(x)
     (tmp_path / "junk.pub").write_text("hello")
@@ -327,6 +429,7 @@ def test_key_files_modes_and_typed_errors(keys, tmp_path):
 
 def test_measurement_is_stable_and_covers_code_and_config(tmp_path):
     import taoism
+
     m = enclave_measurement(CONFIG)
     assert m == enclave_measurement(dict(reversed(list(CONFIG.items())))) and len(m) == 32
     assert m != enclave_measurement({**CONFIG, "threads": 2})
@@ -362,7 +465,9 @@ def test_wrapped_key_opens_only_for_its_enclave_and_report(keys):
     att = attest(source, os.urandom(32), os.urandom(32), os.urandom(32))
     key = os.urandom(32)
     wrapped = wrap_model_key(key, att.report.enclave_public, att.report_bytes)
-    assert key not in wrapped and unwrap_model_key(att.private_key, wrapped, att.report_bytes) == key
+    assert (
+        key not in wrapped and unwrap_model_key(att.private_key, wrapped, att.report_bytes) == key
+    )
     with pytest.raises(KeyReleaseError):
         unwrap_model_key(X25519PrivateKey.generate(), wrapped, att.report_bytes)
     with pytest.raises(KeyReleaseError):
@@ -388,7 +493,7 @@ def test_fuzzed_envelopes_and_wrapped_keys_raise_typed_errors_only(keys):
             for _ in range(rng.randint(1, 3)):
                 blob[rng.randrange(len(blob))] ^= 1 << rng.randrange(8)
         elif i % 3 == 1:
-            blob = bytearray(env[:rng.randrange(len(env))])
+            blob = bytearray(env[: rng.randrange(len(env))])
         else:
             blob = bytearray(os.urandom(rng.randrange(300)))
         if blob == env:  # two flips of the same bit cancel out
@@ -397,7 +502,7 @@ def test_fuzzed_envelopes_and_wrapped_keys_raise_typed_errors_only(keys):
             verifier.verify(bytes(blob))
         w = bytearray(wrapped)
         w[rng.randrange(len(w))] ^= 1 << rng.randrange(8)
-        for candidate in (bytes(w), bytes(wrapped[:rng.randrange(len(wrapped))])):
+        for candidate in (bytes(w), bytes(wrapped[: rng.randrange(len(wrapped))])):
             with pytest.raises(KeyReleaseError):
                 unwrap_model_key(good.private_key, candidate, good.report_bytes)
     assert verifier.verify(env).nonce == good.report.nonce  # the untouched envelope still verifies
@@ -418,9 +523,21 @@ class KeyServerProcess:
     """``python -m taoism.trust.keyserver`` as a child process; stopped by the fixture."""
 
     def __init__(self, pkg: dict, keys: dict, allow: list[str], *extra: str) -> None:
-        args = [sys.executable, "-m", "taoism.trust.keyserver", "--package", str(pkg["path"]),
-                "--model-key", str(pkg["key_file"]), "--owner-public", str(keys["owner_pub"]),
-                "--platform-public", str(keys["platform_pub"]), *sum((["--allow", m] for m in allow), []), *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "taoism.trust.keyserver",
+            "--package",
+            str(pkg["path"]),
+            "--model-key",
+            str(pkg["key_file"]),
+            "--owner-public",
+            str(keys["owner_pub"]),
+            "--platform-public",
+            str(keys["platform_pub"]),
+            *sum((["--allow", m] for m in allow), []),
+            *extra,
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.address = self._ready(timeout_s=90)
 
@@ -459,8 +576,14 @@ def server(pkg, keys):
     assert srv.stop() == 0  # SIGTERM is a clean shutdown
 
 
-def _enclave(keys, pkg, platform_key: Path | None = None, measurement: bytes | None = None,
-             package: bytes | None = None, age_s: float = 0.0):
+def _enclave(
+    keys,
+    pkg,
+    platform_key: Path | None = None,
+    measurement: bytes | None = None,
+    package: bytes | None = None,
+    age_s: float = 0.0,
+):
     """What the enclave does: attest for a nonce, then unwrap with its private key."""
     source = SimQuoteSource(load_private_key(platform_key or keys["platform_key"]))
     with open_package(pkg["path"], keys["owner_pub"], verify=False) as r:
@@ -468,8 +591,13 @@ def _enclave(keys, pkg, platform_key: Path | None = None, measurement: bytes | N
     state = {}
 
     def make(nonce: bytes) -> bytes:
-        state["att"] = attest(source, measurement or enclave_measurement(CONFIG), nonce, package or header_hash,
-                              int((time.time() - age_s) * 1000))
+        state["att"] = attest(
+            source,
+            measurement or enclave_measurement(CONFIG),
+            nonce,
+            package or header_hash,
+            int((time.time() - age_s) * 1000),
+        )
         return state["att"].envelope.encode()
 
     return make, state
@@ -489,12 +617,22 @@ def test_good_report_releases_the_key_to_the_enclave_only(server, keys, pkg):
     assert e.value.reason == "replay"
 
 
-@pytest.mark.parametrize("case,reason", [("measurement", "measurement"), ("signature", "signature"),
-                                         ("package", "package"), ("old", "stale-report")])
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("measurement", "measurement"),
+        ("signature", "signature"),
+        ("package", "package"),
+        ("old", "stale-report"),
+    ],
+)
 def test_bad_reports_are_refused(server, keys, pkg, case, reason):
-    kwargs = {"measurement": {"measurement": enclave_measurement({**CONFIG, "threads": 9})},
-              "signature": {"platform_key": keys["other_key"]}, "package": {"package": os.urandom(32)},
-              "old": {"age_s": 3600.0}}[case]
+    kwargs = {
+        "measurement": {"measurement": enclave_measurement({**CONFIG, "threads": 9})},
+        "signature": {"platform_key": keys["other_key"]},
+        "package": {"package": os.urandom(32)},
+        "old": {"age_s": 3600.0},
+    }[case]
     make, _ = _enclave(keys, pkg, **kwargs)
     with pytest.raises(AttestationError, match="refused the attestation report") as e:
         KeyServiceClient(server.address, timeout_s=10).request_key(make)
@@ -543,7 +681,9 @@ def test_key_service_down_or_hung_is_a_typed_error_within_the_timeout():
         hung.listen(4)
         t0 = time.monotonic()
         with pytest.raises(KeyReleaseError, match="timed out"):
-            KeyServiceClient(f"http://127.0.0.1:{hung.getsockname()[1]}", timeout_s=0.5).fetch_nonce()
+            KeyServiceClient(
+                f"http://127.0.0.1:{hung.getsockname()[1]}", timeout_s=0.5
+            ).fetch_nonce()
         assert time.monotonic() - t0 < 3
 
 

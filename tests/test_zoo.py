@@ -14,9 +14,19 @@ from taoism import zoo
 from taoism.errors import ConfigError
 
 EXPECTED_MODELS = {
-    "resnet18", "resnet34", "resnet50", "vgg16_bn", "alexnet", "small_cnn", "gap_resnet20",
-    "teeslice_resnet18", "teeslice_resnet34", "teeslice_resnet50", "teeslice_small_cnn",
-    "vit_tiny", "bert_tiny",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vgg16_bn",
+    "alexnet",
+    "small_cnn",
+    "gap_resnet20",
+    "teeslice_resnet18",
+    "teeslice_resnet34",
+    "teeslice_resnet50",
+    "teeslice_small_cnn",
+    "vit_tiny",
+    "bert_tiny",
 }
 CASES = [(name, shape) for name in sorted(EXPECTED_MODELS) for shape in zoo.supported_shapes(name)]
 
@@ -62,7 +72,9 @@ def test_forward_trace_units(name: str, shape: str) -> None:
         torch.testing.assert_close(graph_module(*xs), y, rtol=1e-4, atol=1e-5)
 
     # Clean trace: every module call is its own module instance (no shared ReLUs).
-    called = collections.Counter(n.target for n in graph_module.graph.nodes if n.op == "call_module")
+    called = collections.Counter(
+        n.target for n in graph_module.graph.nodes if n.op == "call_module"
+    )
     assert called and max(called.values()) == 1, called.most_common(3)
 
     # Units resolve, do not overlap, and cover every parameter.
@@ -90,8 +102,15 @@ def test_resnet18_cifar_counts_and_units() -> None:
     assert len(expected) == 10
     # torchvision-compatible names
     keys = model.state_dict().keys()
-    for k in ("conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
-              "layer2.0.downsample.1.weight", "layer4.1.bn2.bias", "fc.weight"):
+    for k in (
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.weight",
+        "layer4.1.bn2.bias",
+        "fc.weight",
+    ):
         assert k in keys
     assert "maxpool" not in dict(model.named_modules())
 
@@ -124,7 +143,9 @@ def test_seed_determinism_and_global_rng() -> None:
     c = zoo.get_model("resnet18", seed=2)
     assert not torch.equal(a.conv1.weight, c.conv1.weight)
     assert torch.equal(zoo.example_input("resnet18", seed=3), zoo.example_input("resnet18", seed=3))
-    assert not torch.equal(zoo.example_input("resnet18", seed=3), zoo.example_input("resnet18", seed=4))
+    assert not torch.equal(
+        zoo.example_input("resnet18", seed=3), zoo.example_input("resnet18", seed=4)
+    )
 
 
 def test_weights_roundtrip_dict_and_files(tmp_path) -> None:
@@ -195,7 +216,9 @@ def test_bad_weights_raise_config_error(tmp_path) -> None:
 
 
 def test_name_and_shape_errors() -> None:
-    with pytest.raises(ConfigError, match=r"unknown model 'resnet19'.*did you mean 'resnet18'.*available models"):
+    with pytest.raises(
+        ConfigError, match=r"unknown model 'resnet19'.*did you mean 'resnet18'.*available models"
+    ):
         zoo.get_model("resnet19")
     with pytest.raises(ConfigError, match="list_models"):
         zoo.input_shape("transformer", "cifar")
@@ -294,10 +317,14 @@ class TestTEESlice:
     def test_roundtrip_and_rank(self) -> None:
         src = zoo.get_model("teeslice_resnet18", seed=3)
         _assert_same_state(src, zoo.get_model("teeslice_resnet18", weights=src.state_dict()))
-        low = zoo.TEESliceResNet(zoo.ResNet(zoo.Bottleneck, (1, 1, 1, 1)), num_classes=10, rank=16).eval()
+        low = zoo.TEESliceResNet(
+            zoo.ResNet(zoo.Bottleneck, (1, 1, 1, 1)), num_classes=10, rank=16
+        ).eval()
         x = torch.randn(1, 3, 32, 32)
         with torch.no_grad():
-            torch.testing.assert_close(torch.fx.symbolic_trace(low)(x), low(x), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                torch.fx.symbolic_trace(low)(x), low(x), rtol=1e-4, atol=1e-5
+            )
         with pytest.raises(ConfigError, match="max_proxies"):
             zoo.TEESliceResNet(zoo.ResNet(zoo.BasicBlock, (1, 1, 1, 1)), max_proxies=4)
 
@@ -316,10 +343,20 @@ class TestTEESliceSmallCNN:
         assert [c.in_channels for c in convs] == [16, 1]
         assert all(c.kernel_size == (1, 1) and c.out_channels == 32 for c in convs)
         assert zoo.units(model) == [
-            ("backbone.features.0", "backbone.features.1", "backbone.features.2", "backbone.features.3",
-             "slices.group0"),
-            ("backbone.features.4", "backbone.features.5", "backbone.features.6", "backbone.features.7",
-             "slices.group1"),
+            (
+                "backbone.features.0",
+                "backbone.features.1",
+                "backbone.features.2",
+                "backbone.features.3",
+                "slices.group0",
+            ),
+            (
+                "backbone.features.4",
+                "backbone.features.5",
+                "backbone.features.6",
+                "backbone.features.7",
+                "slices.group1",
+            ),
             ("fc",),
         ]
         for name, p in model.named_parameters():
@@ -335,7 +372,9 @@ class TestTEESliceSmallCNN:
         x = zoo.example_input("teeslice_small_cnn", shape, batch=2)
         with torch.no_grad():
             base = model(x)
-            torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), base, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                torch.fx.symbolic_trace(model)(x), base, rtol=1e-4, atol=1e-5
+            )
             model.slices["group1"].alphas.copy_(torch.tensor([5.0, -5.0]))
             assert not torch.allclose(model(x), base)
             for g in model.slices.values():
@@ -348,15 +387,19 @@ class TestTEESliceSmallCNN:
         public = zoo.get_model("small_cnn", dataset_shape="digits", seed=11)
         model = zoo.get_model("teeslice_small_cnn", dataset_shape="digits")
         model.load_backbone(public.state_dict())
-        assert model.backbone.state_dict().keys() == {k for k in public.state_dict() if not k.startswith("fc.")}
+        assert model.backbone.state_dict().keys() == {
+            k for k in public.state_dict() if not k.startswith("fc.")
+        }
         for k, v in model.backbone.state_dict().items():
             assert torch.equal(v, public.state_dict()[k]), k
         x = zoo.example_input("small_cnn", "digits", batch=2)
         with torch.no_grad():
             torch.testing.assert_close(model.backbone(x), torch.flatten(public.features(x), 1))
         src = zoo.get_model("teeslice_small_cnn", dataset_shape="digits", seed=3)
-        _assert_same_state(src, zoo.get_model("teeslice_small_cnn", dataset_shape="digits",
-                                              weights=src.state_dict()))
+        _assert_same_state(
+            src,
+            zoo.get_model("teeslice_small_cnn", dataset_shape="digits", weights=src.state_dict()),
+        )
         with pytest.raises(ConfigError, match="missing keys"):
             model.load_backbone({"features.0.weight": public.features[0].weight})
 

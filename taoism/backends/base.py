@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -17,7 +18,9 @@ class RunReply:
 
     tensors: list[torch.Tensor]
     enclave_compute_s: float  # time spent computing inside the enclave
-    enclave_crypto_s: float  # time the enclave spent decrypting the request and encrypting the reply
+    enclave_crypto_s: (
+        float  # time the enclave spent decrypting the request and encrypting the reply
+    )
     node_times: tuple[float, ...] | None = None  # per node, when profiling
     memory: dict[str, Any] | None = None  # the enclave's memory accounting, when profiling
 
@@ -44,11 +47,15 @@ class EnclaveBackend(abc.ABC):
         """Start the enclave and open the authenticated, encrypted session."""
 
     @abc.abstractmethod
-    def load(self, description: Mapping[str, Any], tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
+    def load(
+        self, description: Mapping[str, Any], tensors: Sequence[torch.Tensor]
+    ) -> dict[str, Any]:
         """Send the program description and its weights (encrypted, once)."""
 
     @abc.abstractmethod
-    def run(self, segment: int, tensors: Sequence[torch.Tensor], *, profile: bool = False) -> RunReply:
+    def run(
+        self, segment: int, tensors: Sequence[torch.Tensor], *, profile: bool = False
+    ) -> RunReply:
         """Run one enclave segment on the given inputs."""
 
     @abc.abstractmethod
@@ -68,7 +75,7 @@ class EnclaveBackend(abc.ABC):
     def alive(self) -> bool:
         """True while the enclave can take requests."""
 
-    def __enter__(self) -> "EnclaveBackend":
+    def __enter__(self) -> EnclaveBackend:
         return self
 
     def __exit__(self, *exc: object) -> None:

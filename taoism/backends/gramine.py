@@ -31,17 +31,20 @@ class GramineBackend(ProcessBackend):
             raise BackendUnavailable(
                 "backend 'gramine' needs Intel SGX, but no SGX device was found "
                 f"(looked for {', '.join(SGX_DEVICES)}). Use backend='sim' (the default) on this "
-                "machine, or run on an SGX-capable Xeon with the in-kernel SGX driver")
+                "machine, or run on an SGX-capable Xeon with the in-kernel SGX driver"
+            )
         if shutil.which("gramine-sgx") is None:
             raise BackendUnavailable(
                 f"backend 'gramine' found the SGX device {device} but not the `gramine-sgx` "
-                "command; install Gramine (https://gramine.readthedocs.io) and make sure it is on PATH")
+                "command; install Gramine (https://gramine.readthedocs.io) and make sure it is on PATH"
+            )
         manifest = config.gramine_manifest
         if not manifest or not Path(manifest).is_file():
             raise BackendUnavailable(
                 "backend 'gramine' needs a signed manifest for the taoism enclave server: build "
                 "one with `gramine-manifest` + `gramine-sgx-sign` for `python -m "
-                "taoism.enclave.server` and pass EnclaveConfig(gramine_manifest=PATH) (the .manifest.sgx file)")
+                "taoism.enclave.server` and pass EnclaveConfig(gramine_manifest=PATH) (the .manifest.sgx file)"
+            )
 
     def command(self, sock_fd: int) -> list[str]:
         manifest = Path(str(self.config.gramine_manifest))

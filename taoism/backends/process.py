@@ -19,16 +19,24 @@ import sys
 import tempfile
 import time
 import weakref
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
+from taoism import errors as _errors
 from taoism.backends.base import EnclaveBackend, RunReply
 from taoism.boundary import Channel, ChannelConfig, open_host_channel
 from taoism.config import EnclaveConfig
-from taoism.errors import (BoundaryError, BoundaryTimeout, EnclaveCrashed, EnclaveError,
-                           EnclaveRemoteError, SessionFailed, TaoismError)
-from taoism import errors as _errors
+from taoism.errors import (
+    BoundaryError,
+    BoundaryTimeout,
+    EnclaveCrashed,
+    EnclaveError,
+    EnclaveRemoteError,
+    SessionFailed,
+    TaoismError,
+)
 from taoism.protocol.kinds import Kind
 from taoism.protocol.schema import ReplyMeta
 
@@ -59,16 +67,35 @@ class ProcessBackend(EnclaveBackend):
 
     def command(self, sock_fd: int) -> list[str]:
         """The command line that starts the enclave server."""
-        return [sys.executable, "-m", "taoism.enclave.server", "--sock-fd", str(sock_fd),
-                "--threads", str(self.config.threads), "--spin-us", str(self.config.spin_us),
-                "--max-frame-bytes", str(self.config.max_frame_bytes), *self.launch_args]
+        return [
+            sys.executable,
+            "-m",
+            "taoism.enclave.server",
+            "--sock-fd",
+            str(sock_fd),
+            "--threads",
+            str(self.config.threads),
+            "--spin-us",
+            str(self.config.spin_us),
+            "--max-frame-bytes",
+            str(self.config.max_frame_bytes),
+            *self.launch_args,
+        ]
 
-    def package_mode(self, package: str, owner_public: str, platform_key: str | None = None) -> None:
+    def package_mode(
+        self, package: str, owner_public: str, platform_key: str | None = None
+    ) -> None:
         """Before :meth:`start`: launch the enclave pinned to ``owner_public``, to run only ``package``."""
         if self._proc is not None:
             raise EnclaveError("package_mode() must be chosen before start()")
-        args = ["--package", os.path.abspath(package), "--owner-public", os.path.abspath(owner_public),
-                "--quote", self.quote_kind]
+        args = [
+            "--package",
+            os.path.abspath(package),
+            "--owner-public",
+            os.path.abspath(owner_public),
+            "--quote",
+            self.quote_kind,
+        ]
         if platform_key is not None:
             args += ["--platform-key", os.path.abspath(platform_key)]
         self.launch_args[:] = args
@@ -108,9 +135,14 @@ class ProcessBackend(EnclaveBackend):
             env[var] = str(self.config.threads)
         try:
             self._proc = subprocess.Popen(
-                self.command(child_sock.fileno()), stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL, stderr=self._log, pass_fds=(child_sock.fileno(),),
-                env=env, close_fds=True)
+                self.command(child_sock.fileno()),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=self._log,
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+                close_fds=True,
+            )
         except OSError as exc:
             host_sock.close()
             child_sock.close()
@@ -122,10 +154,16 @@ class ProcessBackend(EnclaveBackend):
             assert self._proc.stdin is not None
             self._proc.stdin.write(token)
             self._proc.stdin.close()
-            self._chan = open_host_channel(host_sock, token, config=ChannelConfig(
-                spin_us=self.config.spin_us, timeout_s=self.config.timeout_s,
-                handshake_timeout_s=self.config.start_timeout_s,
-                max_frame_bytes=self.config.max_frame_bytes))
+            self._chan = open_host_channel(
+                host_sock,
+                token,
+                config=ChannelConfig(
+                    spin_us=self.config.spin_us,
+                    timeout_s=self.config.timeout_s,
+                    handshake_timeout_s=self.config.start_timeout_s,
+                    max_frame_bytes=self.config.max_frame_bytes,
+                ),
+            )
         except (BoundaryError, OSError) as exc:
             self._fail(f"the enclave process did not complete the key exchange: {exc}")
             raise self._crash_error("start") from exc
@@ -154,27 +192,42 @@ class ProcessBackend(EnclaveBackend):
 
     @property
     def alive(self) -> bool:
-        return (self._dead_reason is None and self._proc is not None and self._chan is not None
-                and self._proc.poll() is None)
+        return (
+            self._dead_reason is None
+            and self._proc is not None
+            and self._chan is not None
+            and self._proc.poll() is None
+        )
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
     # -- requests ----------------------------------------------------------------------------
-    def load(self, description: Mapping[str, Any], tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
-        self._returns = {int(s["id"]): len(s.get("returns", ())) for s in description.get("segments", ())
-                         if isinstance(s, Mapping) and "id" in s}
+    def load(
+        self, description: Mapping[str, Any], tensors: Sequence[torch.Tensor]
+    ) -> dict[str, Any]:
+        self._returns = {
+            int(s["id"]): len(s.get("returns", ()))
+            for s in description.get("segments", ())
+            if isinstance(s, Mapping) and "id" in s
+        }
         reply = self._request(Kind.LOAD, 0, tensors, json.dumps(description).encode(), what="load")
         return json.loads(reply.blob or b"{}")
 
-    def run(self, segment: int, tensors: Sequence[torch.Tensor], *, profile: bool = False) -> RunReply:
+    def run(
+        self, segment: int, tensors: Sequence[torch.Tensor], *, profile: bool = False
+    ) -> RunReply:
         kind = Kind.RUN_PROFILE if profile else Kind.RUN
         reply = self._request(kind, segment, tensors, b"", what=f"segment {segment}")
         meta = ReplyMeta.decode(reply.blob)
-        return RunReply(tensors=list(reply.tensors), enclave_compute_s=meta.compute_s,
-                        enclave_crypto_s=meta.crypto_s, node_times=meta.node_times,
-                        memory=dict(meta.memory) if meta.memory is not None else None)
+        return RunReply(
+            tensors=list(reply.tensors),
+            enclave_compute_s=meta.compute_s,
+            enclave_crypto_s=meta.crypto_s,
+            node_times=meta.node_times,
+            memory=dict(meta.memory) if meta.memory is not None else None,
+        )
 
     def stats(self) -> dict[str, Any]:
         reply = self._request(Kind.STATS, 0, (), b"", what="stats")
@@ -188,20 +241,24 @@ class ProcessBackend(EnclaveBackend):
             raise EnclaveError("the enclave is not running")
         return self._chan.stats.snapshot()
 
-    def _request(self, kind: Kind, tag: int, tensors: Sequence[torch.Tensor], blob: bytes,
-                 *, what: str) -> Any:
+    def _request(
+        self, kind: Kind, tag: int, tensors: Sequence[torch.Tensor], blob: bytes, *, what: str
+    ) -> Any:
         if not self.alive:
             raise self._crash_error(what)
         chan = self._chan
         assert chan is not None
         try:
             # request(): the reply must echo this request's id; LOAD weights are streamed, never staged
-            reply = chan.request(kind, tag, tensors, blob, timeout=self.config.timeout_s, secret=kind == Kind.LOAD)
+            reply = chan.request(
+                kind, tag, tensors, blob, timeout=self.config.timeout_s, secret=kind == Kind.LOAD
+            )
         except BoundaryTimeout as exc:
             self._fail(f"no answer to {what} within {self.config.timeout_s:g} s")
             raise BoundaryTimeout(
                 f"the enclave did not answer {what} within {self.config.timeout_s:g} s and was "
-                "stopped; raise EnclaveConfig(timeout_s=...) for very large models or batches") from exc
+                "stopped; raise EnclaveConfig(timeout_s=...) for very large models or batches"
+            ) from exc
         except (EnclaveCrashed, BoundaryError, OSError) as exc:
             self._fail(str(exc))
             raise self._crash_error(what) from exc
@@ -223,12 +280,18 @@ class ProcessBackend(EnclaveBackend):
         problem = None
         if reply.kind not in (want, Kind.ERROR) or (want == Kind.RESULT and reply.tag != tag):
             problem = f"kind {reply.kind} tag {reply.tag}, expected kind {int(want)} tag {tag}"
-        elif reply.kind == Kind.RESULT and tag in self._returns and len(reply.tensors) != self._returns[tag]:
+        elif (
+            reply.kind == Kind.RESULT
+            and tag in self._returns
+            and len(reply.tensors) != self._returns[tag]
+        ):
             problem = f"{len(reply.tensors)} tensor(s), expected {self._returns[tag]}"
         if problem is not None:
             self._fail(f"a reply that does not match {what}")
-            raise SessionFailed(f"the enclave's reply to {what} has {problem}: the session is out of "
-                                "step and was stopped; call ShieldedModel.reload(model)")
+            raise SessionFailed(
+                f"the enclave's reply to {what} has {problem}: the session is out of "
+                "step and was stopped; call ShieldedModel.reload(model)"
+            )
 
     # -- failure reporting -------------------------------------------------------------------
     def _fail(self, reason: str) -> None:
@@ -255,12 +318,19 @@ class ProcessBackend(EnclaveBackend):
     def _crash_error(self, what: str) -> EnclaveCrashed:
         code = self._proc.poll() if self._proc is not None else None
         tail = self._log_tail()
-        status = ("was never started" if self._proc is None
-                  else f"exited with code {code}" if code is not None else "stopped answering")
-        msg = (f"the enclave process {status} ({self._dead_reason or 'unknown reason'}) during {what}. "
-               "Its shielded weights died with it and the host holds no copy by design: call "
-               "ShieldedModel.reload(model) with the original model to start a fresh enclave (a model "
-               "from taoism.deploy: reload(), which restarts from its package).")
+        status = (
+            "was never started"
+            if self._proc is None
+            else f"exited with code {code}"
+            if code is not None
+            else "stopped answering"
+        )
+        msg = (
+            f"the enclave process {status} ({self._dead_reason or 'unknown reason'}) during {what}. "
+            "Its shielded weights died with it and the host holds no copy by design: call "
+            "ShieldedModel.reload(model) with the original model to start a fresh enclave (a model "
+            "from taoism.deploy: reload(), which restarts from its package)."
+        )
         if tail:
             msg += f"\n--- enclave log (tail) ---\n{tail}"
         return EnclaveCrashed(msg)

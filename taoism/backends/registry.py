@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from importlib import metadata
 from types import MappingProxyType
-from typing import Mapping
 
 from taoism.backends.base import EnclaveBackend
 from taoism.config import EnclaveConfig
 from taoism.errors import BackendUnavailable, ConfigError
 
 # name -> "module:Class"; imported lazily so a missing SDK never breaks `import taoism`.
-BUILTIN_BACKENDS: Mapping[str, str] = MappingProxyType({
-    "sim": "taoism.backends.sim:SimBackend",
-    "gramine": "taoism.backends.gramine:GramineBackend",
-})
+BUILTIN_BACKENDS: Mapping[str, str] = MappingProxyType(
+    {
+        "sim": "taoism.backends.sim:SimBackend",
+        "gramine": "taoism.backends.gramine:GramineBackend",
+    }
+)
 
 ENTRY_POINT_GROUP = "taoism.backends"
 
@@ -33,9 +35,11 @@ def get_backend(name: str, config: EnclaveConfig | None = None) -> type[EnclaveB
     if target is None:
         eps = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
         if name not in eps:
-            raise ConfigError(f"unknown enclave backend {name!r}; available: {available_backends()}. "
-                              f"Third-party backends register under the entry point group "
-                              f"{ENTRY_POINT_GROUP!r}")
+            raise ConfigError(
+                f"unknown enclave backend {name!r}; available: {available_backends()}. "
+                f"Third-party backends register under the entry point group "
+                f"{ENTRY_POINT_GROUP!r}"
+            )
         cls = eps[name].load()
     else:
         module, _, attr = target.partition(":")

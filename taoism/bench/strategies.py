@@ -37,10 +37,33 @@ from taoism.errors import ConfigError, TaoismError
 RATIO_FLAG = 1.15
 
 CSV_COLUMNS = (
-    "name", "model", "strategy", "error", "batch", "e2e_ms", "p10_ms", "p90_ms", "throughput_per_s",
-    "device_ms", "enclave_ms", "crypto_ms", "copy_ms", "wait_ms", "sum_parts_ms", "ratio",
-    "ratio_flag", "params_tee", "params_tee_pct", "flops_tee_pct", "flops_enclave_executed_pct",
-    "victim_params_pct", "victim_flops_pct", "crossings", "bytes", "segments", "max_abs_err",
+    "name",
+    "model",
+    "strategy",
+    "error",
+    "batch",
+    "e2e_ms",
+    "p10_ms",
+    "p90_ms",
+    "throughput_per_s",
+    "device_ms",
+    "enclave_ms",
+    "crypto_ms",
+    "copy_ms",
+    "wait_ms",
+    "sum_parts_ms",
+    "ratio",
+    "ratio_flag",
+    "params_tee",
+    "params_tee_pct",
+    "flops_tee_pct",
+    "flops_enclave_executed_pct",
+    "victim_params_pct",
+    "victim_flops_pct",
+    "crossings",
+    "bytes",
+    "segments",
+    "max_abs_err",
 )
 
 
@@ -64,24 +87,59 @@ def _ms(s: float) -> float:
 
 
 def _plain_row(name: str, model_name: str, stat: Any, batch: int, device: str) -> dict[str, Any]:
-    return {"name": name, "model": model_name, "strategy": None, "error": None, "batch": batch,
-            "device": device, "e2e_ms": _ms(stat.median), "p10_ms": _ms(stat.p10),
-            "p90_ms": _ms(stat.p90), "throughput_per_s": batch / stat.median if stat.median else 0.0,
-            "device_ms": _ms(stat.median), "enclave_ms": 0.0, "crypto_ms": 0.0, "copy_ms": 0.0,
-            "wait_ms": 0.0, "sum_parts_ms": _ms(stat.median), "ratio": 1.0, "ratio_flag": False,
-            "params_tee": 0, "params_tee_pct": 0.0, "flops_tee_pct": 0.0,
-            "flops_enclave_executed_pct": 0.0, "crossings": 0, "bytes": 0, "segments": 1,
-            "max_abs_err": 0.0}
+    return {
+        "name": name,
+        "model": model_name,
+        "strategy": None,
+        "error": None,
+        "batch": batch,
+        "device": device,
+        "e2e_ms": _ms(stat.median),
+        "p10_ms": _ms(stat.p10),
+        "p90_ms": _ms(stat.p90),
+        "throughput_per_s": batch / stat.median if stat.median else 0.0,
+        "device_ms": _ms(stat.median),
+        "enclave_ms": 0.0,
+        "crypto_ms": 0.0,
+        "copy_ms": 0.0,
+        "wait_ms": 0.0,
+        "sum_parts_ms": _ms(stat.median),
+        "ratio": 1.0,
+        "ratio_flag": False,
+        "params_tee": 0,
+        "params_tee_pct": 0.0,
+        "flops_tee_pct": 0.0,
+        "flops_enclave_executed_pct": 0.0,
+        "crossings": 0,
+        "bytes": 0,
+        "segments": 1,
+        "max_abs_err": 0.0,
+    }
 
 
-def _strategy_row(spec: str, model_name: str, model: torch.nn.Module, x: torch.Tensor, *,
-                  device: torch.device, enclave: EnclaveConfig, repeats: int, warmup: int,
-                  victim: dict[str, int] | None) -> dict[str, Any]:
+def _strategy_row(
+    spec: str,
+    model_name: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    enclave: EnclaveConfig,
+    repeats: int,
+    warmup: int,
+    victim: dict[str, int] | None,
+) -> dict[str, Any]:
     from taoism.runtime import shield
     from taoism.strategies import strategy_report
 
-    row: dict[str, Any] = {"name": spec, "model": model_name, "strategy": spec, "error": None,
-                           "batch": int(x.shape[0]), "device": str(device)}
+    row: dict[str, Any] = {
+        "name": spec,
+        "model": model_name,
+        "strategy": spec,
+        "error": None,
+        "batch": int(x.shape[0]),
+        "device": str(device),
+    }
     with shield(model, x, strategy=spec, device=device, enclave=enclave) as sm:
         with torch.inference_mode():
             ref = model(x)
@@ -90,32 +148,58 @@ def _strategy_row(spec: str, model_name: str, model: torch.nn.Module, x: torch.T
         prof = sm.profile(x, repeats=repeats, warmup=warmup)
         rep = strategy_report(sm, model, spec)
     t = prof.totals()
-    parts = (t["device_compute_s"] + t["enclave_compute_s"] + t["crypto_s"] + t["copy_s"]
-             + t["wait_s"])
+    parts = (
+        t["device_compute_s"] + t["enclave_compute_s"] + t["crypto_s"] + t["copy_s"] + t["wait_s"]
+    )
     ratio = t["end_to_end_s"] / parts if parts > 0 else float("nan")
-    row.update({
-        "e2e_ms": _ms(prof.end_to_end.median), "p10_ms": _ms(prof.end_to_end.p10),
-        "p90_ms": _ms(prof.end_to_end.p90), "throughput_per_s": t["throughput_per_s"],
-        "device_ms": _ms(t["device_compute_s"]), "enclave_ms": _ms(t["enclave_compute_s"]),
-        "crypto_ms": _ms(t["crypto_s"]), "copy_ms": _ms(t["copy_s"]), "wait_ms": _ms(t["wait_s"]),
-        "sum_parts_ms": _ms(parts), "ratio": ratio, "ratio_flag": bool(ratio > RATIO_FLAG),
-        "params_tee": rep["params_tee"], "params_tee_pct": rep["params_tee_pct"],
-        "flops_tee_pct": rep["flops_tee_pct"],
-        "flops_enclave_executed_pct": rep["flops_enclave_executed_pct"],
-        "crossings": rep["crossings"], "bytes": int(t["bytes"]), "segments": rep["segments"],
-        "report": {k: v for k, v in rep.items() if k != "per_param"},
-        "profile": prof.to_json(),
-    })
+    row.update(
+        {
+            "e2e_ms": _ms(prof.end_to_end.median),
+            "p10_ms": _ms(prof.end_to_end.p10),
+            "p90_ms": _ms(prof.end_to_end.p90),
+            "throughput_per_s": t["throughput_per_s"],
+            "device_ms": _ms(t["device_compute_s"]),
+            "enclave_ms": _ms(t["enclave_compute_s"]),
+            "crypto_ms": _ms(t["crypto_s"]),
+            "copy_ms": _ms(t["copy_s"]),
+            "wait_ms": _ms(t["wait_s"]),
+            "sum_parts_ms": _ms(parts),
+            "ratio": ratio,
+            "ratio_flag": bool(ratio > RATIO_FLAG),
+            "params_tee": rep["params_tee"],
+            "params_tee_pct": rep["params_tee_pct"],
+            "flops_tee_pct": rep["flops_tee_pct"],
+            "flops_enclave_executed_pct": rep["flops_enclave_executed_pct"],
+            "crossings": rep["crossings"],
+            "bytes": int(t["bytes"]),
+            "segments": rep["segments"],
+            "report": {k: v for k, v in rep.items() if k != "per_param"},
+            "profile": prof.to_json(),
+        }
+    )
     if victim is not None:
-        row["victim_params_pct"] = 100.0 * rep["params_tee"] / victim["params"] if victim["params"] else 0.0
-        row["victim_flops_pct"] = 100.0 * rep["flops_tee"] / victim["flops"] if victim["flops"] else 0.0
+        row["victim_params_pct"] = (
+            100.0 * rep["params_tee"] / victim["params"] if victim["params"] else 0.0
+        )
+        row["victim_flops_pct"] = (
+            100.0 * rep["flops_tee"] / victim["flops"] if victim["flops"] else 0.0
+        )
     return row
 
 
-def run_strategy_bench(model_name: str, dataset_shape: str, batch: int,
-                       strategies: str | Sequence[str], *, repeats: int = 10, warmup: int = 2,
-                       threads: int = 1, progress: bool = True, device: str | None = None,
-                       backend: str | None = None) -> dict[str, Any]:
+def run_strategy_bench(
+    model_name: str,
+    dataset_shape: str,
+    batch: int,
+    strategies: str | Sequence[str],
+    *,
+    repeats: int = 10,
+    warmup: int = 2,
+    threads: int = 1,
+    progress: bool = True,
+    device: str | None = None,
+    backend: str | None = None,
+) -> dict[str, Any]:
     """Measure the baselines and every strategy on zoo model ``model_name``, in one run.
 
     ``strategies``: a list of strategy strings, a comma-separated string, or ``"all"`` (the six
@@ -169,19 +253,36 @@ def run_strategy_bench(model_name: str, dataset_shape: str, batch: int,
                         if variant is None:
                             raise ConfigError(
                                 f"'teeslice' needs a sliced model and the zoo has no TEESlice "
-                                f"variant of {model_name!r} (available: teeslice_resnet18/34/50, teeslice_small_cnn)")
+                                f"variant of {model_name!r} (available: teeslice_resnet18/34/50, teeslice_small_cnn)"
+                            )
                         target_name = variant
                         target = zoo.get_model(variant, dataset_shape=dataset_shape)
                         vict = victim
-                    row = _strategy_row(step, target_name, target, x, device=dev, enclave=enclave,
-                                        repeats=repeats, warmup=warmup, victim=vict)
+                    row = _strategy_row(
+                        step,
+                        target_name,
+                        target,
+                        x,
+                        device=dev,
+                        enclave=enclave,
+                        repeats=repeats,
+                        warmup=warmup,
+                        victim=vict,
+                    )
                     if step == "all":
                         rep = row["report"]
                         victim = {"params": rep["params_total"], "flops": rep["flops_total"]}
                     rows.append(row)
             except TaoismError as exc:
-                rows.append({"name": step, "model": model_name, "strategy": step,
-                             "error": f"{type(exc).__name__}: {exc}", "batch": batch})
+                rows.append(
+                    {
+                        "name": step,
+                        "model": model_name,
+                        "strategy": step,
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "batch": batch,
+                    }
+                )
             if bar is not None:
                 bar.update(1)
     finally:
@@ -193,23 +294,34 @@ def run_strategy_bench(model_name: str, dataset_shape: str, batch: int,
             row["victim_params_pct"] = row.get("params_tee_pct", 0.0)
             row["victim_flops_pct"] = row.get("flops_tee_pct", 0.0)
     meta = {
-        "format": "taoism-strategy-bench/1", "model": model_name, "dataset_shape": dataset_shape,
-        "batch": batch, "repeats": repeats, "warmup": warmup, "threads": threads,
-        "device": str(dev), "backend": enclave.backend, "strategies": specs,
-        "torch": torch.__version__, "python": platform.python_version(),
-        "machine": platform.machine(), "cuda": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda" else None,
+        "format": "taoism-strategy-bench/1",
+        "model": model_name,
+        "dataset_shape": dataset_shape,
+        "batch": batch,
+        "repeats": repeats,
+        "warmup": warmup,
+        "threads": threads,
+        "device": str(dev),
+        "backend": enclave.backend,
+        "strategies": specs,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cuda": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "wall_s": time.time() - started, "ratio_flag_above": RATIO_FLAG,
+        "wall_s": time.time() - started,
+        "ratio_flag_above": RATIO_FLAG,
     }
     return {"meta": meta, "rows": rows}
 
 
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of the rows (milliseconds; % of the victim model)."""
-    head = (f"{'config':<18} {'model':<18} {'e2e ms':>9} {'p10':>8} {'p90':>8} {'img/s':>8} "
-            f"{'device':>8} {'enclave':>8} {'crypto':>7} {'copy':>7} {'wait':>7} {'ratio':>6} "
-            f"{'%par':>7} {'%FLOP':>7} {'cross':>5} {'KiB':>8}")
+    head = (
+        f"{'config':<18} {'model':<18} {'e2e ms':>9} {'p10':>8} {'p90':>8} {'img/s':>8} "
+        f"{'device':>8} {'enclave':>8} {'crypto':>7} {'copy':>7} {'wait':>7} {'ratio':>6} "
+        f"{'%par':>7} {'%FLOP':>7} {'cross':>5} {'KiB':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         if r.get("error"):
@@ -221,21 +333,28 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['p90_ms']:>8.3f} {r['throughput_per_s']:>8.1f} {r['device_ms']:>8.3f} "
             f"{r['enclave_ms']:>8.3f} {r['crypto_ms']:>7.3f} {r['copy_ms']:>7.3f} {r['wait_ms']:>7.3f} "
             f"{r['ratio']:>5.2f}{flag} {r.get('victim_params_pct', 0.0):>7.3f} "
-            f"{r.get('victim_flops_pct', 0.0):>7.3f} {r['crossings']:>5} {r['bytes'] / 1024:>8.1f}")
+            f"{r.get('victim_flops_pct', 0.0):>7.3f} {r['crossings']:>5} {r['bytes'] / 1024:>8.1f}"
+        )
     m = result["meta"]
-    lines.append(f"{m['model']} {m['dataset_shape']} batch {m['batch']}, {m['repeats']} repeats "
-                 f"(+{m['warmup']} warm-up), {m['threads']} thread(s), device {m['device']}, "
-                 f"backend {m['backend']}, torch {m['torch']}; ratio = end-to-end / sum of parts "
-                 f"('!' above {m['ratio_flag_above']}); %par/%FLOP in the TEE, of the plain model")
+    lines.append(
+        f"{m['model']} {m['dataset_shape']} batch {m['batch']}, {m['repeats']} repeats "
+        f"(+{m['warmup']} warm-up), {m['threads']} thread(s), device {m['device']}, "
+        f"backend {m['backend']}, torch {m['torch']}; ratio = end-to-end / sum of parts "
+        f"('!' above {m['ratio_flag_above']}); %par/%FLOP in the TEE, of the plain model"
+    )
     return "\n".join(lines)
 
 
-def write_outputs(result: dict[str, Any], out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
+def write_outputs(
+    result: dict[str, Any], out_dir: str | Path, *, plots: bool = True
+) -> dict[str, Path]:
     """Write ``strategies.json``, ``strategies.csv`` and (with matplotlib) the PNG plots."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "strategies.json", "csv": out / "strategies.csv"}
-    paths["json"].write_text(json.dumps(finite_floats(result), indent=2, default=str, allow_nan=False))
+    paths["json"].write_text(
+        json.dumps(finite_floats(result), indent=2, default=str, allow_nan=False)
+    )
     with paths["csv"].open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
@@ -259,5 +378,11 @@ def finite_floats(o: Any) -> Any:
     return o
 
 
-__all__ = ["CSV_COLUMNS", "RATIO_FLAG", "finite_floats", "format_table", "run_strategy_bench",
-           "write_outputs"]
+__all__ = [
+    "CSV_COLUMNS",
+    "RATIO_FLAG",
+    "finite_floats",
+    "format_table",
+    "run_strategy_bench",
+    "write_outputs",
+]

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from taoism.bench.stats import Stat
 
 
-def time_callable(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3,
-                  device: torch.device | str | None = None) -> Stat:
+def time_callable(
+    fn: Callable[[], Any],
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+    device: torch.device | str | None = None,
+) -> Stat:
     """Median and spread of ``fn()``'s wall time; synchronises CUDA around each call."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
@@ -28,8 +34,14 @@ def time_callable(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3,
     return Stat.of(times)
 
 
-def time_plain(model: torch.nn.Module, x: torch.Tensor, *, device: torch.device | str,
-               repeats: int = 20, warmup: int = 3) -> Stat:
+def time_plain(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device | str,
+    repeats: int = 20,
+    warmup: int = 3,
+) -> Stat:
     """Plain PyTorch baseline: ``model`` on ``device`` in eval mode (a private copy)."""
     import copy
 

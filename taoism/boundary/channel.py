@@ -8,7 +8,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -16,11 +16,23 @@ from cryptography.exceptions import InvalidTag
 
 from taoism.boundary import crypto, frame
 from taoism.boundary.frame import HEADER_SIZE
-from taoism.boundary.messages import (ChannelConfig, ChannelStats, ChannelStatsSnapshot, Message,
-                                      _new_message)
+from taoism.boundary.messages import (
+    ChannelConfig,
+    ChannelStats,
+    ChannelStatsSnapshot,
+    Message,
+    _new_message,
+)
 from taoism.boundary.transport import _CONSUMED, CTL_BYTES, ShmTransport
-from taoism.errors import (BoundaryError, BoundaryTimeout, ConfigError, EnclaveCrashed, FrameError,
-                           ReplyMismatchError, TaoismError)
+from taoism.errors import (
+    BoundaryError,
+    BoundaryTimeout,
+    ConfigError,
+    EnclaveCrashed,
+    FrameError,
+    ReplyMismatchError,
+    TaoismError,
+)
 
 _TAG = crypto.TAG_SIZE
 _OVERHEAD = HEADER_SIZE + _TAG
@@ -28,7 +40,12 @@ _perf = time.perf_counter
 _Tensor = torch.Tensor
 _HEADER_PACK = frame.HEADER.pack
 _HEADER_UNPACK = frame.HEADER.unpack
-_MAGIC, _VERSION, _MAX_TENSORS, _DESC = frame.MAGIC, frame.VERSION, frame.MAX_TENSORS, frame.DESC_FIXED_SIZE
+_MAGIC, _VERSION, _MAX_TENSORS, _DESC = (
+    frame.MAGIC,
+    frame.VERSION,
+    frame.MAX_TENSORS,
+    frame.DESC_FIXED_SIZE,
+)
 _stage_body = frame.stage_body
 _decode_body = frame.decode_body_parts
 _np_empty = np.empty
@@ -49,7 +66,9 @@ class _Closed(Exception):
 def _as_blob(blob: object) -> bytes:
     if isinstance(blob, (bytearray, memoryview)):
         return bytes(blob)
-    raise FrameError(f"blob must be bytes (e.g. json.dumps(...).encode()), got {type(blob).__name__}")
+    raise FrameError(
+        f"blob must be bytes (e.g. json.dumps(...).encode()), got {type(blob).__name__}"
+    )
 
 
 class Channel:
@@ -63,9 +82,16 @@ class Channel:
     After an integrity, frame or peer-death error the channel is unusable.
     """
 
-    def __init__(self, transport: ShmTransport, sealer: crypto.Sealer, opener: crypto.Opener,
-                 config: ChannelConfig, stats: ChannelStats, peer_closed_error: type[Exception],
-                 is_host: bool = True) -> None:
+    def __init__(
+        self,
+        transport: ShmTransport,
+        sealer: crypto.Sealer,
+        opener: crypto.Opener,
+        config: ChannelConfig,
+        stats: ChannelStats,
+        peer_closed_error: type[Exception],
+        is_host: bool = True,
+    ) -> None:
         self._tr = transport
         self._sealer = sealer
         self._opener = opener
@@ -89,13 +115,23 @@ class Channel:
         self._recv_lock = threading.Lock()
         self._request_lock = threading.Lock()
         self._next_rid = 1  # host: id of the next request
-        self._pending: collections.deque[int] = collections.deque()  # host: ids sent, not yet answered
+        self._pending: collections.deque[int] = (
+            collections.deque()
+        )  # host: ids sent, not yet answered
         self._last_rid = 0  # enclave: id of the last request received
 
     # ------------------------------------------------------------------ public API
 
-    def send(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"", *,
-             secret: bool = False, reply_to: int | None = None) -> int:
+    def send(
+        self,
+        kind: int,
+        tag: int,
+        tensors: Sequence[torch.Tensor] = (),
+        blob: bytes = b"",
+        *,
+        secret: bool = False,
+        reply_to: int | None = None,
+    ) -> int:
         """Encrypt and send one message; returns its request id. Thread-safe (one sender at a time).
 
         Tensors may be non-contiguous or on an accelerator (copied to contiguous
@@ -124,14 +160,24 @@ class Channel:
         lock = self._recv_lock
         if not lock.acquire(False):  # uncontended: the common case, without the timed wait
             if not lock.acquire(True, -1 if timeout is None else timeout):
-                raise BoundaryTimeout(f"another thread held the channel's receiver for {timeout:g} s")
+                raise BoundaryTimeout(
+                    f"another thread held the channel's receiver for {timeout:g} s"
+                )
         try:
             return self._recv(timeout, expect)
         finally:
             lock.release()
 
-    def request(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"", *,
-                timeout: float | None = None, secret: bool = False) -> Message:
+    def request(
+        self,
+        kind: int,
+        tag: int,
+        tensors: Sequence[torch.Tensor] = (),
+        blob: bytes = b"",
+        *,
+        timeout: float | None = None,
+        secret: bool = False,
+    ) -> Message:
         """Send a request and return its reply (host side); thread-safe: concurrent callers take turns.
 
         Any failure between the send and the reply (time-out, interrupt,
@@ -143,8 +189,13 @@ class Channel:
                 return self.recv(timeout, expect=rid)
             except BaseException as exc:
                 if self._unusable is None:
-                    self._unusable = exc if isinstance(exc, TaoismError) else BoundaryError(
-                        f"interrupted ({type(exc).__name__}) while waiting for the reply to request {rid}")
+                    self._unusable = (
+                        exc
+                        if isinstance(exc, TaoismError)
+                        else BoundaryError(
+                            f"interrupted ({type(exc).__name__}) while waiting for the reply to request {rid}"
+                        )
+                    )
                 raise
 
     @property
@@ -159,8 +210,15 @@ class Channel:
 
     # ------------------------------------------------------------------ the data path
 
-    def _send(self, kind: int, tag: int, tensors: Sequence[torch.Tensor], blob: bytes, secret: bool,
-              reply_to: int | None) -> int:
+    def _send(
+        self,
+        kind: int,
+        tag: int,
+        tensors: Sequence[torch.Tensor],
+        blob: bytes,
+        secret: bool,
+        reply_to: int | None,
+    ) -> int:
         if self._unusable is not None:
             self._raise_unusable()
         t_start = _perf()
@@ -178,7 +236,9 @@ class Channel:
         plain = 0  # bytes of plaintext body in the shared slot, until they are encrypted in place
         staged = 0  # bytes of plaintext in the staging buffer (streamed head), wiped in the finally below
         try:
-            if secret and tensors:  # never copy the tensor bytes anywhere: encrypt straight from them
+            if (
+                secret and tensors
+            ):  # never copy the tensor bytes anywhere: encrypt straight from them
                 body_len = frame.plan_body(tensors, blob_len).body_len
                 streamed = True
             else:
@@ -186,8 +246,14 @@ class Channel:
                 region = tr.outbound
                 if region is None or region.ctl[_CONSUMED] != tr._out_pub:  # not free yet: wait
                     region = self._writable()
-                body_len = _stage_body(tensors, blob, region.data, HEADER_SIZE, region.data_addr,
-                                       region.capacity - _OVERHEAD)
+                body_len = _stage_body(
+                    tensors,
+                    blob,
+                    region.data,
+                    HEADER_SIZE,
+                    region.data_addr,
+                    region.capacity - _OVERHEAD,
+                )
                 streamed = False
                 if body_len < 0:  # does not fit the slot
                     body_len = -body_len
@@ -198,9 +264,11 @@ class Channel:
             t_copied = _perf()
             frame_len = body_len + _OVERHEAD
             if body_len > self._max_body:
-                raise FrameError(f"message of {frame_len} bytes exceeds max_frame_bytes="
-                                 f"{self._config.max_frame_bytes}; raise ChannelConfig.max_frame_bytes (both "
-                                 "sides) or split the tensors")
+                raise FrameError(
+                    f"message of {frame_len} bytes exceeds max_frame_bytes="
+                    f"{self._config.max_frame_bytes}; raise ChannelConfig.max_frame_bytes (both "
+                    "sides) or split the tensors"
+                )
             if region is None:  # streamed, or the slot must grow first
                 try:
                     tr.reserve(frame_len, self._timeout)
@@ -215,24 +283,47 @@ class Channel:
                     plain = body_len
                 t_copied = _perf()
             sealer = self._sealer
-            rid = self._next_rid if self._is_host else (self._last_rid if reply_to is None else reply_to)
+            rid = (
+                self._next_rid
+                if self._is_host
+                else (self._last_rid if reply_to is None else reply_to)
+            )
             try:
-                header = _HEADER_PACK(_MAGIC, _VERSION, kind, tag, len(tensors), sealer.next_seq, blob_len, body_len,
-                                      rid)
+                header = _HEADER_PACK(
+                    _MAGIC,
+                    _VERSION,
+                    kind,
+                    tag,
+                    len(tensors),
+                    sealer.next_seq,
+                    blob_len,
+                    body_len,
+                    rid,
+                )
             except struct.error:
-                header = frame.pack_header(kind, tag, len(tensors), sealer.next_seq, blob_len, body_len, rid)  # raises
+                header = frame.pack_header(
+                    kind, tag, len(tensors), sealer.next_seq, blob_len, body_len, rid
+                )  # raises
             seq = sealer.next_seq
-            sealer.next_seq = seq + 1  # taken before encrypting (under the send lock): a nonce is never reused
+            sealer.next_seq = (
+                seq + 1
+            )  # taken before encrypting (under the send lock): a nonce is never reused
             if self._is_host:
                 self._next_rid = rid + 1
             data = region.data
             data[:HEADER_SIZE] = header
             t_crypto = _perf()
             if streamed:
-                staged = self._seal_streamed(seq, header, tensors, blob, body_len, data[HEADER_SIZE:frame_len])
+                staged = self._seal_streamed(
+                    seq, header, tensors, blob, body_len, data[HEADER_SIZE:frame_len]
+                )
             else:
-                sealer.aead.encrypt_into(_NONCE_PACK(sealer.prefix, seq), data[HEADER_SIZE:HEADER_SIZE + body_len],
-                                         header, data[HEADER_SIZE:frame_len])
+                sealer.aead.encrypt_into(
+                    _NONCE_PACK(sealer.prefix, seq),
+                    data[HEADER_SIZE : HEADER_SIZE + body_len],
+                    header,
+                    data[HEADER_SIZE:frame_len],
+                )
                 plain = 0
             t_end = _perf()
         finally:
@@ -278,10 +369,16 @@ class Channel:
         region = tr.inbound
         seq = -1
         try:
-            hb = region.mm[CTL_BYTES:CTL_BYTES + HEADER_SIZE]
+            hb = region.mm[CTL_BYTES : CTL_BYTES + HEADER_SIZE]
             magic, version, kind, tag, n, seq, blob_len, body_len, request_id = _HEADER_UNPACK(hb)
-            if (magic != _MAGIC or version != _VERSION or body_len > self._max_body or n > _MAX_TENSORS
-                    or n * _DESC + blob_len > body_len or body_len + _OVERHEAD != frame_len):
+            if (
+                magic != _MAGIC
+                or version != _VERSION
+                or body_len > self._max_body
+                or n > _MAX_TENSORS
+                or n * _DESC + blob_len > body_len
+                or body_len + _OVERHEAD != frame_len
+            ):
                 self._bad_header(hb, frame_len)
             opener = self._opener
             if seq != opener.next_seq:
@@ -307,8 +404,9 @@ class Channel:
             self._unusable = exc
             raise
         except Exception as exc:  # a decoder bug must still fail closed and typed, never untyped
-            self._unusable = FrameError(f"malformed frame seq={seq} rejected by the decoder "
-                                        f"({type(exc).__name__}: {exc})")
+            self._unusable = FrameError(
+                f"malformed frame seq={seq} rejected by the decoder ({type(exc).__name__}: {exc})"
+            )
             raise self._unusable from exc
         stats = self.stats
         stats.frames_recv += 1
@@ -325,10 +423,14 @@ class Channel:
             elif request_id != want:
                 what = f"the oldest unanswered request is {want}"
             else:
-                what = f"the caller waits for request {expect}, but request {want} is answered first"
-            raise ReplyMismatchError(f"reply (kind={kind}, tag={tag}) carries request id {request_id} but {what}: "
-                                     "refused, the session is out of step; restart it (call requests through "
-                                     "Channel.request, which pairs each request with its reply)")
+                what = (
+                    f"the caller waits for request {expect}, but request {want} is answered first"
+                )
+            raise ReplyMismatchError(
+                f"reply (kind={kind}, tag={tag}) carries request id {request_id} but {what}: "
+                "refused, the session is out of step; restart it (call requests through "
+                "Channel.request, which pairs each request with its reply)"
+            )
         pending.popleft()
 
     def close(self) -> None:
@@ -351,19 +453,32 @@ class Channel:
             raise BoundaryError(str(reason))
         if isinstance(reason, self._peer_closed_error):
             raise self._peer_closed_error(f"the channel is unusable: {reason}")
-        raise BoundaryError(f"the channel is unusable after an earlier failure ({type(reason).__name__}: "
-                            f"{reason}); close it and open a new session")
+        raise BoundaryError(
+            f"the channel is unusable after an earlier failure ({type(reason).__name__}: "
+            f"{reason}); close it and open a new session"
+        )
 
     def _bad_header(self, hb: bytes, frame_len: int) -> None:
         if frame_len < _OVERHEAD:
-            raise FrameError(f"truncated frame: {frame_len} bytes, shorter than the {HEADER_SIZE}-byte header "
-                             f"plus the {_TAG}-byte tag")
+            raise FrameError(
+                f"truncated frame: {frame_len} bytes, shorter than the {HEADER_SIZE}-byte header "
+                f"plus the {_TAG}-byte tag"
+            )
         header = frame.decode_header(hb, self._max_body)  # raises for a bad field
-        raise FrameError(f"frame is {frame_len} bytes but its header announces {header.body_len + _OVERHEAD} "
-                         f"({HEADER_SIZE} header + body_len={header.body_len} + {_TAG} tag): truncated or padded")
+        raise FrameError(
+            f"frame is {frame_len} bytes but its header announces {header.body_len + _OVERHEAD} "
+            f"({HEADER_SIZE} header + body_len={header.body_len} + {_TAG} tag): truncated or padded"
+        )
 
-    def _seal_streamed(self, seq: int, header: bytes, tensors: Sequence[torch.Tensor], blob: bytes, body_len: int,
-                       out: memoryview) -> int:
+    def _seal_streamed(
+        self,
+        seq: int,
+        header: bytes,
+        tensors: Sequence[torch.Tensor],
+        blob: bytes,
+        body_len: int,
+        out: memoryview,
+    ) -> int:
         """Encrypt a body part by part straight from the tensors into shared memory; returns bytes staged.
 
         Only the descriptors and the blob pass through the staging buffer (the caller wipes them).
@@ -389,23 +504,33 @@ class Channel:
 
     # ------------------------------------------------------------------ test-only hooks (attacker's view)
 
-    def _seal_body(self, kind: int, tag: int, body: bytes, n_tensors: int, blob_len: int,
-                   request_id: int = 0) -> bytes:
+    def _seal_body(
+        self, kind: int, tag: int, body: bytes, n_tensors: int, blob_len: int, request_id: int = 0
+    ) -> bytes:
         """Encrypt an arbitrary body under this session's keys; returns raw frame bytes (consumes a seq)."""
         seq = self._sealer.take_seq()
-        header = frame.HEADER.pack(frame.MAGIC, frame.VERSION, kind, tag, n_tensors, seq, blob_len, len(body),
-                                   request_id)
+        header = frame.HEADER.pack(
+            frame.MAGIC, frame.VERSION, kind, tag, n_tensors, seq, blob_len, len(body), request_id
+        )
         out = bytearray(HEADER_SIZE + len(body) + _TAG)
         out[:HEADER_SIZE] = header
         self._sealer.seal_into(seq, header, body, memoryview(out)[HEADER_SIZE:])
         return bytes(out)
 
-    def _seal_frame(self, kind: int, tag: int, tensors: Sequence[torch.Tensor] = (), blob: bytes = b"",
-                    request_id: int = 0) -> bytes:
+    def _seal_frame(
+        self,
+        kind: int,
+        tag: int,
+        tensors: Sequence[torch.Tensor] = (),
+        blob: bytes = b"",
+        request_id: int = 0,
+    ) -> bytes:
         """Encrypt a well-formed message without sending it; returns raw frame bytes (consumes a seq)."""
         plain = frame.encode_frame(kind, tag, 0, tensors, blob)
         n_tensors = frame.HEADER.unpack_from(plain)[4]
-        return self._seal_body(kind, tag, bytes(plain[HEADER_SIZE:]), n_tensors, len(blob), request_id)
+        return self._seal_body(
+            kind, tag, bytes(plain[HEADER_SIZE:]), n_tensors, len(blob), request_id
+        )
 
     def _send_raw(self, raw: bytes) -> None:
         """Write raw bytes into the outbound slot and publish them as a frame."""
@@ -415,7 +540,9 @@ class Channel:
         self._tr.publish(len(raw))
 
 
-def _open(sock: socket.socket, launch_token: bytes, config: ChannelConfig, is_host: bool) -> Channel:
+def _open(
+    sock: socket.socket, launch_token: bytes, config: ChannelConfig, is_host: bool
+) -> Channel:
     if not isinstance(config, ChannelConfig):
         raise ConfigError(f"config must be a ChannelConfig, got {type(config).__name__}")
     if not isinstance(sock, socket.socket) or sock.family != socket.AF_UNIX:
@@ -434,9 +561,15 @@ def _open(sock: socket.socket, launch_token: bytes, config: ChannelConfig, is_ho
             sealer = crypto.Sealer(keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST)
             opener = crypto.Opener(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
             peer_closed = BoundaryError
-        transport = ShmTransport(sock, initial_capacity=config.initial_capacity,
-                                 max_frame_bytes=config.max_frame_bytes, spin_s=config.spin_us * 1e-6,
-                                 block_slice_s=config.block_slice_s, peer_closed_error=peer_closed, stats=stats)
+        transport = ShmTransport(
+            sock,
+            initial_capacity=config.initial_capacity,
+            max_frame_bytes=config.max_frame_bytes,
+            spin_s=config.spin_us * 1e-6,
+            block_slice_s=config.block_slice_s,
+            peer_closed_error=peer_closed,
+            stats=stats,
+        )
         transport.establish(_perf() + config.handshake_timeout_s)
     except BaseException:
         # A failed session is useless: release everything, the socket included (the peer sees EOF).
@@ -448,7 +581,9 @@ def _open(sock: socket.socket, launch_token: bytes, config: ChannelConfig, is_ho
     return Channel(transport, sealer, opener, config, stats, peer_closed, is_host)
 
 
-def open_host_channel(sock: socket.socket, launch_token: bytes, *, config: ChannelConfig = ChannelConfig()) -> Channel:
+def open_host_channel(
+    sock: socket.socket, launch_token: bytes, *, config: ChannelConfig = ChannelConfig()
+) -> Channel:
     """Open the host end over ``sock`` (handshake + shared memory); the channel then owns ``sock``.
 
     The host created ``launch_token`` (``new_launch_token()``) and handed it to
@@ -460,11 +595,19 @@ def open_host_channel(sock: socket.socket, launch_token: bytes, *, config: Chann
     return _open(sock, launch_token, config, is_host=True)
 
 
-def open_enclave_channel(sock: socket.socket, launch_token: bytes, *,
-                         config: ChannelConfig = ChannelConfig()) -> Channel:
+def open_enclave_channel(
+    sock: socket.socket, launch_token: bytes, *, config: ChannelConfig = ChannelConfig()
+) -> Channel:
     """Open the enclave end over ``sock`` (which the channel then owns); host death raises ``BoundaryError``."""
     return _open(sock, launch_token, config, is_host=False)
 
 
-__all__ = ["Channel", "ChannelConfig", "ChannelStats", "ChannelStatsSnapshot", "Message",
-           "open_enclave_channel", "open_host_channel"]
+__all__ = [
+    "Channel",
+    "ChannelConfig",
+    "ChannelStats",
+    "ChannelStatsSnapshot",
+    "Message",
+    "open_enclave_channel",
+    "open_host_channel",
+]

@@ -35,8 +35,9 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -83,13 +84,24 @@ class SessionKeys:
     transcript_hash: bytes
 
 
-def derive_session_keys(shared_secret: bytes, host_pub: bytes, enclave_pub: bytes,
-                        host_nonce: bytes, enclave_nonce: bytes) -> SessionKeys:
+def derive_session_keys(
+    shared_secret: bytes,
+    host_pub: bytes,
+    enclave_pub: bytes,
+    host_nonce: bytes,
+    enclave_nonce: bytes,
+) -> SessionKeys:
     """HKDF-SHA256 over the X25519 secret, with the transcript as ``info``."""
     transcript = _LABEL + host_pub + enclave_pub + host_nonce + enclave_nonce
-    okm = HKDF(algorithm=hashes.SHA256(), length=3 * KEY_SIZE, salt=None, info=transcript).derive(shared_secret)
-    return SessionKeys(okm[:KEY_SIZE], okm[KEY_SIZE:2 * KEY_SIZE], okm[2 * KEY_SIZE:],
-                       hashlib.sha256(transcript).digest())
+    okm = HKDF(algorithm=hashes.SHA256(), length=3 * KEY_SIZE, salt=None, info=transcript).derive(
+        shared_secret
+    )
+    return SessionKeys(
+        okm[:KEY_SIZE],
+        okm[KEY_SIZE : 2 * KEY_SIZE],
+        okm[2 * KEY_SIZE :],
+        hashlib.sha256(transcript).digest(),
+    )
 
 
 def auth_proof(launch_token: bytes, role: bytes, transcript_hash: bytes) -> bytes:
@@ -126,8 +138,14 @@ class Sealer:
         """Encrypt ``plaintext`` into ``out`` (len(plaintext) + 16 bytes) with ``header`` as AD."""
         self.aead.encrypt_into(NONCE.pack(self.prefix, seq), plaintext, header, out)
 
-    def seal_parts_into(self, seq: int, header: bytes, parts: Sequence[tuple[int, Any]], body_len: int,
-                        out: memoryview) -> None:
+    def seal_parts_into(
+        self,
+        seq: int,
+        header: bytes,
+        parts: Sequence[tuple[int, Any]],
+        body_len: int,
+        out: memoryview,
+    ) -> None:
         """Encrypt a body given as ``(offset, bytes)`` parts straight into ``out`` (streaming GCM).
 
         Gaps between parts are encrypted as zero bytes, so the result equals
@@ -147,7 +165,7 @@ class Sealer:
         if pos != body_len:
             update_into(bytes(body_len - pos), out[pos:body_len])
         enc.finalize()
-        out[body_len:body_len + TAG_SIZE] = enc.tag
+        out[body_len : body_len + TAG_SIZE] = enc.tag
 
 
 class Opener:
@@ -168,7 +186,9 @@ class Opener:
         expected = self.next_seq
         if seq != expected:
             what = "replayed" if seq < expected else "skipped or reordered"
-            raise IntegrityError(f"frame sequence number {seq} but expected {expected}: {what} frame rejected")
+            raise IntegrityError(
+                f"frame sequence number {seq} but expected {expected}: {what} frame rejected"
+            )
 
     def open_into(self, seq: int, header: bytes, ciphertext: Any, out: Any) -> None:
         """Check ``seq`` is the expected next one, authenticate and decrypt into ``out``."""
@@ -182,8 +202,10 @@ class Opener:
 
 def auth_failure(seq: int) -> IntegrityError:
     """The error for a frame that fails AES-GCM authentication."""
-    return IntegrityError(f"frame seq={seq} failed AES-GCM authentication: header or body was tampered with, "
-                          "or it comes from another session")
+    return IntegrityError(
+        f"frame seq={seq} failed AES-GCM authentication: header or body was tampered with, "
+        "or it comes from another session"
+    )
 
 
 # ----------------------------------------------------------------------------- handshake
@@ -192,8 +214,10 @@ def auth_failure(seq: int) -> IntegrityError:
 def check_launch_token(token: Any) -> bytes:
     """Validate the launch token argument."""
     if not isinstance(token, (bytes, bytearray)) or len(token) < MIN_TOKEN_BYTES:
-        raise ConfigError(f"launch_token must be at least {MIN_TOKEN_BYTES} random bytes (got "
-                          f"{type(token).__name__}); create one per launch with new_launch_token()")
+        raise ConfigError(
+            f"launch_token must be at least {MIN_TOKEN_BYTES} random bytes (got "
+            f"{type(token).__name__}); create one per launch with new_launch_token()"
+        )
     return bytes(token)
 
 
@@ -201,7 +225,9 @@ def _send_msg(sock: socket.socket, kind: int, payload: bytes) -> None:
     try:
         sock.sendall(_HS.pack(_HS_MAGIC, _HS_VERSION, kind, len(payload)) + payload)
     except OSError as exc:
-        raise HandshakeError(f"could not send handshake {_HS_NAMES[kind]}: {exc}; the peer closed the socket") from exc
+        raise HandshakeError(
+            f"could not send handshake {_HS_NAMES[kind]}: {exc}; the peer closed the socket"
+        ) from exc
 
 
 def _recv_exact(sock: socket.socket, n: int, deadline: float, stage: str) -> bytes:
@@ -212,8 +238,10 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float, stage: str) -> byt
     while len(buf) < n:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise HandshakeError(f"handshake timed out waiting for {stage}; is the peer running and "
-                                 "using the same protocol? (ChannelConfig.handshake_timeout_s)")
+            raise HandshakeError(
+                f"handshake timed out waiting for {stage}; is the peer running and "
+                "using the same protocol? (ChannelConfig.handshake_timeout_s)"
+            )
         if not poller.poll(remaining * 1000.0):
             continue
         try:
@@ -223,8 +251,10 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float, stage: str) -> byt
         except OSError as exc:
             raise HandshakeError(f"socket error while waiting for {stage}: {exc}") from exc
         if not chunk:
-            raise HandshakeError(f"peer closed the socket while we waited for {stage} (it crashed or "
-                                 "rejected the session)")
+            raise HandshakeError(
+                f"peer closed the socket while we waited for {stage} (it crashed or "
+                "rejected the session)"
+            )
         buf += chunk
     return bytes(buf)
 
@@ -234,14 +264,20 @@ def _recv_msg(sock: socket.socket, expected: int, size: int, deadline: float) ->
     head = _recv_exact(sock, _HS.size, deadline, stage)
     magic, version, kind, length = _HS.unpack(head)
     if magic != _HS_MAGIC or version != _HS_VERSION:
-        raise HandshakeError(f"bad handshake header {head!r} while waiting for {stage}: the peer is not a "
-                             f"taoism boundary endpoint of version {_HS_VERSION}")
+        raise HandshakeError(
+            f"bad handshake header {head!r} while waiting for {stage}: the peer is not a "
+            f"taoism boundary endpoint of version {_HS_VERSION}"
+        )
     if kind == _ABORT:
-        reason = _recv_exact(sock, min(length, 1024), deadline, "ABORT reason").decode("utf-8", "replace")
+        reason = _recv_exact(sock, min(length, 1024), deadline, "ABORT reason").decode(
+            "utf-8", "replace"
+        )
         raise _PeerAborted(f"peer aborted the handshake: {reason}")
     if kind != expected or length != size:
-        raise HandshakeError(f"unexpected handshake message type={kind} length={length} while waiting for "
-                             f"{stage} ({size} bytes)")
+        raise HandshakeError(
+            f"unexpected handshake message type={kind} length={length} while waiting for "
+            f"{stage} ({size} bytes)"
+        )
     return _recv_exact(sock, size, deadline, stage)
 
 
@@ -287,16 +323,24 @@ def _host_handshake(sock: socket.socket, token: bytes, timeout_s: float) -> Sess
     host_nonce = os.urandom(SESSION_NONCE_SIZE)
     _send_msg(sock, _HELLO, host_pub + host_nonce)
     reply = _recv_msg(sock, _REPLY, _PUB + SESSION_NONCE_SIZE + 64, deadline)
-    enclave_pub, enclave_nonce = reply[:_PUB], reply[_PUB:_PUB + SESSION_NONCE_SIZE]
+    enclave_pub, enclave_nonce = reply[:_PUB], reply[_PUB : _PUB + SESSION_NONCE_SIZE]
     proof, confirm = reply[-64:-32], reply[-32:]
-    keys = derive_session_keys(_exchange(private, enclave_pub), host_pub, enclave_pub, host_nonce, enclave_nonce)
+    keys = derive_session_keys(
+        _exchange(private, enclave_pub), host_pub, enclave_pub, host_nonce, enclave_nonce
+    )
     th = keys.transcript_hash
     if not hmac.compare_digest(proof, auth_proof(token, b"enclave", th)):
-        raise HandshakeError("enclave failed peer authentication: its proof does not match this launch's token "
-                             "(wrong token handed to the enclave, or not our enclave)")
+        raise HandshakeError(
+            "enclave failed peer authentication: its proof does not match this launch's token "
+            "(wrong token handed to the enclave, or not our enclave)"
+        )
     if not hmac.compare_digest(confirm, key_confirmation(keys.confirm, b"enclave", th)):
-        raise HandshakeError("enclave key confirmation failed: session keys differ (man in the middle?)")
-    _send_msg(sock, _FINISH, auth_proof(token, b"host", th) + key_confirmation(keys.confirm, b"host", th))
+        raise HandshakeError(
+            "enclave key confirmation failed: session keys differ (man in the middle?)"
+        )
+    _send_msg(
+        sock, _FINISH, auth_proof(token, b"host", th) + key_confirmation(keys.confirm, b"host", th)
+    )
     _recv_msg(sock, _ACK, 0, deadline)
     return keys
 
@@ -308,21 +352,43 @@ def _enclave_handshake(sock: socket.socket, token: bytes, timeout_s: float) -> S
     private = X25519PrivateKey.generate()
     enclave_pub = private.public_key().public_bytes_raw()
     enclave_nonce = os.urandom(SESSION_NONCE_SIZE)
-    keys = derive_session_keys(_exchange(private, host_pub), host_pub, enclave_pub, host_nonce, enclave_nonce)
+    keys = derive_session_keys(
+        _exchange(private, host_pub), host_pub, enclave_pub, host_nonce, enclave_nonce
+    )
     th = keys.transcript_hash
-    _send_msg(sock, _REPLY, enclave_pub + enclave_nonce + auth_proof(token, b"enclave", th)
-              + key_confirmation(keys.confirm, b"enclave", th))
+    _send_msg(
+        sock,
+        _REPLY,
+        enclave_pub
+        + enclave_nonce
+        + auth_proof(token, b"enclave", th)
+        + key_confirmation(keys.confirm, b"enclave", th),
+    )
     finish = _recv_msg(sock, _FINISH, 64, deadline)
     if not hmac.compare_digest(finish[:32], auth_proof(token, b"host", th)):
-        raise HandshakeError("host failed peer authentication: its proof does not match our launch token")
+        raise HandshakeError(
+            "host failed peer authentication: its proof does not match our launch token"
+        )
     if not hmac.compare_digest(finish[32:], key_confirmation(keys.confirm, b"host", th)):
-        raise HandshakeError("host key confirmation failed: session keys differ (man in the middle?)")
+        raise HandshakeError(
+            "host key confirmation failed: session keys differ (man in the middle?)"
+        )
     _send_msg(sock, _ACK, b"")
     return keys
 
 
 __all__ = [
-    "PREFIX_ENCLAVE_TO_HOST", "PREFIX_HOST_TO_ENCLAVE", "TAG_SIZE", "Opener", "Sealer", "SessionKeys",
-    "auth_proof", "check_launch_token", "derive_session_keys", "enclave_handshake", "host_handshake",
-    "key_confirmation", "new_launch_token",
+    "PREFIX_ENCLAVE_TO_HOST",
+    "PREFIX_HOST_TO_ENCLAVE",
+    "TAG_SIZE",
+    "Opener",
+    "Sealer",
+    "SessionKeys",
+    "auth_proof",
+    "check_launch_token",
+    "derive_session_keys",
+    "enclave_handshake",
+    "host_handshake",
+    "key_confirmation",
+    "new_launch_token",
 ]

@@ -43,8 +43,11 @@ class ChannelConfig:
 
     def __post_init__(self) -> None:
         def positive(name: str, value: object, allow_zero: bool = False) -> None:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                value >= 0 if allow_zero else value > 0)
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and (value >= 0 if allow_zero else value > 0)
+            )
             if not ok:
                 need = "a non-negative" if allow_zero else "a positive"
                 raise ConfigError(f"ChannelConfig.{name}={value!r} must be {need} number")
@@ -58,7 +61,9 @@ class ChannelConfig:
         if self.timeout_s is not None:
             positive("timeout_s", self.timeout_s)
         if self.max_frame_bytes < 4096:
-            raise ConfigError(f"ChannelConfig.max_frame_bytes={self.max_frame_bytes} is below the 4096-byte minimum")
+            raise ConfigError(
+                f"ChannelConfig.max_frame_bytes={self.max_frame_bytes} is below the 4096-byte minimum"
+            )
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,9 @@ _set_tensors, _set_blob = Message.tensors.__set__, Message.blob.__set__  # type:
 _set_rid = Message.request_id.__set__  # type: ignore[attr-defined]
 
 
-def _new_message(kind: int, tag: int, tensors: list[torch.Tensor], blob: bytes, request_id: int) -> Message:
+def _new_message(
+    kind: int, tag: int, tensors: list[torch.Tensor], blob: bytes, request_id: int
+) -> Message:
     """``Message(kind, tag, tensors, blob, request_id)`` at half the cost (sets the slots as __init__ does)."""
     msg = _object_new(Message)
     _set_kind(msg, kind)

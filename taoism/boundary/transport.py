@@ -79,7 +79,9 @@ class _Region:
         self.ctl = self.view[:CTL_BYTES].cast("Q")
         self.data = self.view[CTL_BYTES:]
         probe = ctypes.c_char.from_buffer(self.mm)  # only to learn the address; released at once
-        self.data_addr = ctypes.addressof(probe) + CTL_BYTES  # address of data[0] (valid while mapped)
+        self.data_addr = (
+            ctypes.addressof(probe) + CTL_BYTES
+        )  # address of data[0] (valid while mapped)
         del probe
         self.capacity = size - CTL_BYTES
         self.gen = gen
@@ -93,7 +95,11 @@ class _Region:
             pass
 
 
-_SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0) | getattr(fcntl, "F_SEAL_SEAL", 0)
+_SEALS = (
+    getattr(fcntl, "F_SEAL_SHRINK", 0)
+    | getattr(fcntl, "F_SEAL_GROW", 0)
+    | getattr(fcntl, "F_SEAL_SEAL", 0)
+)
 
 
 def _create_fd(size: int) -> tuple[int, bool]:
@@ -105,7 +111,9 @@ def _create_fd(size: int) -> tuple[int, bool]:
     """
     sealed = False
     try:
-        fd = os.memfd_create("taoism-boundary", os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 0))
+        fd = os.memfd_create(
+            "taoism-boundary", os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 0)
+        )
     except (AttributeError, OSError):
         fd, path = tempfile.mkstemp(prefix="taoism-boundary-", dir="/dev/shm")
         os.unlink(path)
@@ -143,8 +151,17 @@ class ShmTransport:
     the socket (e.g. ``EnclaveCrashed`` on the host side).
     """
 
-    def __init__(self, sock: socket.socket, *, initial_capacity: int, max_frame_bytes: int, spin_s: float,
-                 block_slice_s: float, peer_closed_error: type[Exception], stats: Any = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        initial_capacity: int,
+        max_frame_bytes: int,
+        spin_s: float,
+        block_slice_s: float,
+        peer_closed_error: type[Exception],
+        stats: Any = None,
+    ) -> None:
         self._sock = sock
         self._fileno = sock.fileno()
         self._max = max_frame_bytes
@@ -157,7 +174,9 @@ class ShmTransport:
         self._poll.register(self._fileno, select.POLLIN)
         self._inbox = bytearray()
         self._fds: collections.deque[int] = collections.deque()
-        self._regions: collections.deque[tuple[int, int, int]] = collections.deque()  # gen, size, fd
+        self._regions: collections.deque[tuple[int, int, int]] = (
+            collections.deque()
+        )  # gen, size, fd
         self._eof = False
         self.outbound: _Region | None = None
         self.inbound: _Region | None = None
@@ -175,7 +194,9 @@ class ShmTransport:
 
     def _new_out_region(self, size: int, gen: int) -> _Region:
         fd, sealed = _create_fd(size)
-        self._require_seals = self._require_seals or sealed  # this kernel can seal: demand it of the peer
+        self._require_seals = (
+            self._require_seals or sealed
+        )  # this kernel can seal: demand it of the peer
         try:
             region = _Region(fd, size, gen)
             region.ctl[_MAGIC] = _REGION_MAGIC
@@ -197,18 +218,26 @@ class ShmTransport:
         rgen, size, fd = self._regions.popleft()
         try:
             if rgen != gen:
-                raise BoundaryError(f"peer announced shared-memory region generation {rgen}, expected {gen}")
+                raise BoundaryError(
+                    f"peer announced shared-memory region generation {rgen}, expected {gen}"
+                )
             limit = region_size_for(self._max, self._max)
             if size > limit or size < CTL_BYTES + _MIN_CAPACITY:
-                raise FrameError(f"peer announced a {size}-byte shared-memory region; this side accepts "
-                                 f"{CTL_BYTES + _MIN_CAPACITY}..{limit} bytes (max_frame_bytes={self._max}). "
-                                 "Use the same ChannelConfig.max_frame_bytes on both sides.")
+                raise FrameError(
+                    f"peer announced a {size}-byte shared-memory region; this side accepts "
+                    f"{CTL_BYTES + _MIN_CAPACITY}..{limit} bytes (max_frame_bytes={self._max}). "
+                    "Use the same ChannelConfig.max_frame_bytes on both sides."
+                )
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-                raise BoundaryError(f"shared-memory region fd is {st.st_size} bytes, announced {size}")
+                raise BoundaryError(
+                    f"shared-memory region fd is {st.st_size} bytes, announced {size}"
+                )
             if self._require_seals and not _is_size_sealed(fd):
-                raise BoundaryError("the peer's shared-memory region is not sealed against shrinking "
-                                    "(F_SEAL_SHRINK): it could be truncated under our mapping")
+                raise BoundaryError(
+                    "the peer's shared-memory region is not sealed against shrinking "
+                    "(F_SEAL_SHRINK): it could be truncated under our mapping"
+                )
             region = _Region(fd, size, gen)
         finally:
             os.close(fd)
@@ -220,16 +249,20 @@ class ShmTransport:
     # ------------------------------------------------------------------ socket records
 
     def _closed_error(self, while_doing: str) -> Exception:
-        return self._peer_closed_error(f"the peer closed the boundary socket while {while_doing} "
-                                       "(the other process exited or crashed)")
+        return self._peer_closed_error(
+            f"the peer closed the boundary socket while {while_doing} "
+            "(the other process exited or crashed)"
+        )
 
     def _remaining(self, deadline: float | None, what: str) -> float:
         if deadline is None:
             return self._slice
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
-            raise BoundaryTimeout(f"timed out waiting for {what}; the peer may be busy or stuck "
-                                  "(raise the timeout, or check the other process)")
+            raise BoundaryTimeout(
+                f"timed out waiting for {what}; the peer may be busy or stuck "
+                "(raise the timeout, or check the other process)"
+            )
         return min(self._slice, remaining)
 
     def _pump(self, wait_s: float) -> None:
@@ -263,7 +296,9 @@ class ShmTransport:
                     raise BoundaryError("peer sent a REGION record without a file descriptor")
                 self._regions.append((gen, size, self._fds.popleft()))
                 continue
-            raise BoundaryError(f"unknown socket record type {rtype:#x} from the peer: protocol violation")
+            raise BoundaryError(
+                f"unknown socket record type {rtype:#x} from the peer: protocol violation"
+            )
         del inbox[:n]
 
     def _recv_records(self) -> tuple[bytes, list[int]]:
@@ -272,11 +307,13 @@ class ShmTransport:
         fds = array.array("i")
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
         if msg_flags & socket.MSG_CTRUNC:
             for fd in fds:
                 os.close(fd)
-            raise BoundaryError("too many file descriptors from the peer in one message: protocol violation")
+            raise BoundaryError(
+                "too many file descriptors from the peer in one message: protocol violation"
+            )
         return data, list(fds)
 
     def _ring(self) -> None:
@@ -292,8 +329,9 @@ class ShmTransport:
         if n != REC_SIZE:
             self._sock.sendall(_DOORBELL[n:])
 
-    def _block_until(self, ctl: memoryview, index: int, value: int, flag: int, deadline: float | None,
-                     what: str) -> None:
+    def _block_until(
+        self, ctl: memoryview, index: int, value: int, flag: int, deadline: float | None, what: str
+    ) -> None:
         """Spin then block until ``ctl[index] != value``."""
         perf = time.perf_counter
         t0 = perf()
@@ -331,7 +369,9 @@ class ShmTransport:
         out = self.outbound
         if out is not None and out.ctl[_CONSUMED] == self._out_pub and frame_len <= out.capacity:
             return out.data[:frame_len]  # fast path: free and big enough
-        return self._reserve_slow(frame_len, None if timeout is None else time.perf_counter() + timeout)
+        return self._reserve_slow(
+            frame_len, None if timeout is None else time.perf_counter() + timeout
+        )
 
     def writable(self, timeout: float | None) -> _Region:
         """Wait until the outbound slot is free (the reader consumed the last frame) and return its region.
@@ -348,8 +388,10 @@ class ShmTransport:
 
     def _reserve_slow(self, frame_len: int, deadline: float | None) -> memoryview:
         if frame_len > self._max:
-            raise FrameError(f"frame of {frame_len} bytes exceeds max_frame_bytes={self._max}; raise "
-                             "ChannelConfig.max_frame_bytes (both sides) or send fewer/smaller tensors")
+            raise FrameError(
+                f"frame of {frame_len} bytes exceeds max_frame_bytes={self._max}; raise "
+                "ChannelConfig.max_frame_bytes (both sides) or send fewer/smaller tensors"
+            )
         out = self.outbound
         if out is None:
             raise BoundaryError("transport is closed")
@@ -367,8 +409,12 @@ class ShmTransport:
             if consumed == self._out_pub:
                 return
             if consumed > self._out_pub:
-                raise BoundaryError(f"peer acknowledged {consumed} frames but only {self._out_pub} were sent")
-            self._block_until(ctl, _CONSUMED, consumed, _WSLEEP, deadline, "the peer to consume the last frame")
+                raise BoundaryError(
+                    f"peer acknowledged {consumed} frames but only {self._out_pub} were sent"
+                )
+            self._block_until(
+                ctl, _CONSUMED, consumed, _WSLEEP, deadline, "the peer to consume the last frame"
+            )
 
     def _grow(self, frame_len: int) -> _Region:
         old = self.outbound
@@ -404,7 +450,9 @@ class ShmTransport:
             pub = ctl[_PUB]
             if pub == self._in_seen + 1:
                 frame_len = ctl[_LEN]
-                if frame_len <= region.capacity:  # fast path: a frame is there (MOVED fails this test)
+                if (
+                    frame_len <= region.capacity
+                ):  # fast path: a frame is there (MOVED fails this test)
                     self._in_seen = pub
                     return frame_len
         return self._wait_frame_slow(None if timeout is None else time.perf_counter() + timeout)
@@ -421,8 +469,10 @@ class ShmTransport:
                 self._block_until(ctl, _PUB, seen, _RSLEEP, deadline, "a frame from the peer")
                 pub = ctl[_PUB]
             if pub != seen + 1:
-                raise BoundaryError(f"shared-memory publish counter jumped from {seen} to {pub}: protocol "
-                                    "violation by the peer")
+                raise BoundaryError(
+                    f"shared-memory publish counter jumped from {seen} to {pub}: protocol "
+                    "violation by the peer"
+                )
             frame_len = ctl[_LEN]
             if frame_len != MOVED:
                 break
@@ -433,8 +483,10 @@ class ShmTransport:
             self._in_seen = 0
         self._in_seen = pub
         if frame_len > region.capacity:
-            raise FrameError(f"published frame length {frame_len} exceeds the {region.capacity}-byte "
-                             "shared slot: protocol violation by the peer")
+            raise FrameError(
+                f"published frame length {frame_len} exceeds the {region.capacity}-byte "
+                "shared slot: protocol violation by the peer"
+            )
         return frame_len
 
     def release(self) -> None:

@@ -9,7 +9,8 @@ and outputs match the model's forward; each node's module path comes from its
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -21,19 +22,51 @@ from torch.utils.flop_counter import FlopCounterMode
 from taoism.errors import CaptureError
 
 # Ops that only reinterpret or inspect a tensor: no floating-point work.
-_NO_FLOP_OPS = frozenset({
-    "view", "reshape", "_unsafe_view", "permute", "transpose", "t", "expand", "slice", "select",
-    "unsqueeze", "squeeze", "flatten", "contiguous", "clone", "alias", "detach", "sym_size",
-    "sym_numel", "sym_stride", "_assert_tensor_metadata", "_assert_scalar", "to", "_to_copy",
-    "dropout", "split", "chunk", "unbind", "cat", "stack", "embedding", "lift_fresh_copy",
-})
+_NO_FLOP_OPS = frozenset(
+    {
+        "view",
+        "reshape",
+        "_unsafe_view",
+        "permute",
+        "transpose",
+        "t",
+        "expand",
+        "slice",
+        "select",
+        "unsqueeze",
+        "squeeze",
+        "flatten",
+        "contiguous",
+        "clone",
+        "alias",
+        "detach",
+        "sym_size",
+        "sym_numel",
+        "sym_stride",
+        "_assert_tensor_metadata",
+        "_assert_scalar",
+        "to",
+        "_to_copy",
+        "dropout",
+        "split",
+        "chunk",
+        "unbind",
+        "cat",
+        "stack",
+        "embedding",
+        "lift_fresh_copy",
+    }
+)
 _EMPTY_SCOPE = "_empty_nn_module_stack_from_metadata_hook"
 
 
 def op_name(target: Any) -> str:
     """``aten.linear.default`` for an ATen overload, else the target's repr."""
-    return str(target) if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) \
+    return (
+        str(target)
+        if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
         else getattr(target, "__name__", repr(target))
+    )
 
 
 def is_aten(target: Any) -> bool:
@@ -62,7 +95,8 @@ def export_graph(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> fx.Graph
             f"torch.export could not export {type(model).__name__}: {str(exc).splitlines()[0][:400]}. "
             "Fix: capture='fx' with leaf_modules=[...] naming the submodule that cannot be "
             "captured (it then runs opaque, on the device), or make that code exportable "
-            "(see torch.export's error above)") from exc
+            "(see torch.export's error above)"
+        ) from exc
     finally:
         model.train(was_training)
     unlifted = ep.module()
@@ -129,7 +163,9 @@ class FlopProp(ShapeProp):
         return out
 
 
-def propagate(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], count: bool = True) -> dict[str, int]:
+def propagate(
+    gm: fx.GraphModule, inputs: Sequence[torch.Tensor], count: bool = True
+) -> dict[str, int]:
     """Run ``gm`` on ``inputs`` recording ``tensor_meta``; returns FLOPs per node (whole batch,
     counted only with ``count``)."""
     prop = FlopProp(gm, count)

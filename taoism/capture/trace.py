@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -57,15 +58,40 @@ class CapturedGraph:
     input_shapes: tuple[tuple[int, ...], ...]
     input_dtypes: tuple[torch.dtype, ...]
     kind: str = "fx"  # how it was captured: "fx" or "export"
-    module_classes: dict[str, type] = field(default_factory=dict)  # the model's module path -> class
+    module_classes: dict[str, type] = field(
+        default_factory=dict
+    )  # the model's module path -> class
 
 
 _STANDARD_LEAVES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.ELU,
-    nn.Hardswish, nn.Hardsigmoid, nn.Softmax, nn.LogSoftmax,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Identity,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.LayerNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.ELU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
 )
 
 
@@ -82,7 +108,11 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # Standard layers by exact class only: a subclass (e.g. a LayerNorm2d) is traced through,
         # since the enclave rebuilds layers by exact class. Classes the user lists match subclasses.
-        if qualname in self._leaf_names or type(m) in _STANDARD_LEAVES or isinstance(m, self._leaf_types):
+        if (
+            qualname in self._leaf_names
+            or type(m) in _STANDARD_LEAVES
+            or isinstance(m, self._leaf_types)
+        ):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -125,22 +155,34 @@ def _tensor_metas(meta: Any) -> list[Any]:
     return []
 
 
-def _node_flops(node: fx.Node, mod: nn.Module | None, in_shapes: list[tuple[int, ...]],
-                out_shapes: list[tuple[int, ...]], batch: int) -> int:
+def _node_flops(
+    node: fx.Node,
+    mod: nn.Module | None,
+    in_shapes: list[tuple[int, ...]],
+    out_shapes: list[tuple[int, ...]],
+    batch: int,
+) -> int:
     """FLOPs for the whole batch (multiply-add = 2); divided by batch by the caller."""
     out_numel = sum(math.prod(s) for s in out_shapes)
     if mod is not None:
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and out_shapes:
             k = math.prod(mod.kernel_size) * (mod.in_channels // mod.groups)
-            return 2 * k * math.prod(out_shapes[0]) + (math.prod(out_shapes[0]) if mod.bias is not None else 0)
+            return 2 * k * math.prod(out_shapes[0]) + (
+                math.prod(out_shapes[0]) if mod.bias is not None else 0
+            )
         if isinstance(mod, nn.Linear) and out_shapes:
             return 2 * mod.in_features * math.prod(out_shapes[0]) + (
-                math.prod(out_shapes[0]) if mod.bias is not None else 0)
+                math.prod(out_shapes[0]) if mod.bias is not None else 0
+            )
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
             return 2 * out_numel
         if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)):
-            ks = mod.kernel_size if isinstance(mod.kernel_size, tuple) else (mod.kernel_size,) * (
-                2 if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)) else 1)
+            ks = (
+                mod.kernel_size
+                if isinstance(mod.kernel_size, tuple)
+                else (mod.kernel_size,)
+                * (2 if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)) else 1)
+            )
             return out_numel * math.prod(ks)
         if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             return sum(math.prod(s) for s in in_shapes[:1])
@@ -152,8 +194,21 @@ def _node_flops(node: fx.Node, mod: nn.Module | None, in_shapes: list[tuple[int,
         if name.endswith(("matmul", "bmm", "mm")) and len(in_shapes) >= 2:
             k = in_shapes[0][-1] if in_shapes[0] else 1
             return 2 * k * out_numel
-        if name.endswith(("flatten", "view", "reshape", "size", "getitem", "permute",
-                          "transpose", "contiguous", "squeeze", "unsqueeze", "dim")):
+        if name.endswith(
+            (
+                "flatten",
+                "view",
+                "reshape",
+                "size",
+                "getitem",
+                "permute",
+                "transpose",
+                "contiguous",
+                "squeeze",
+                "unsqueeze",
+                "dim",
+            )
+        ):
             return 0
         if name.endswith(("mean", "sum", "adaptive_avg_pool2d")):
             return sum(math.prod(s) for s in in_shapes[:1])
@@ -182,11 +237,14 @@ def capture(
         raise ConfigError(f"capture must be one of {CAPTURE_KINDS}, got {capture!r}")
     if not isinstance(model, nn.Module):
         raise InputError(f"shield() needs an nn.Module, got {type(model).__name__}")
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = (
+        (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    )
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise InputError(
             "example_input must be a tensor or a sequence of tensors shaped like a real batch "
-            f"(got {type(example_inputs).__name__})")
+            f"(got {type(example_inputs).__name__})"
+        )
     kind = capture
     if capture == "export":
         gm = export_graph(model, inputs)
@@ -204,7 +262,9 @@ def capture(
     return annotate(gm, model, inputs, kind)
 
 
-def trace_fx(model: nn.Module, leaf_modules: Iterable[str | type[nn.Module]] = ()) -> fx.GraphModule:
+def trace_fx(
+    model: nn.Module, leaf_modules: Iterable[str | type[nn.Module]] = ()
+) -> fx.GraphModule:
     """torch.fx-trace ``model`` (standard torch.nn layers and ``leaf_modules`` stay whole)."""
     leaf_modules = tuple(leaf_modules)
     names = frozenset(s for s in leaf_modules if isinstance(s, str))
@@ -212,41 +272,54 @@ def trace_fx(model: nn.Module, leaf_modules: Iterable[str | type[nn.Module]] = (
     known = dict(model.named_modules())
     for n in names:
         if n not in known:
-            raise CaptureError(f"leaf_modules names {n!r}, which is not a submodule of the model; "
-                               f"examples of valid names: {sorted(known)[1:6]}")
+            raise CaptureError(
+                f"leaf_modules names {n!r}, which is not a submodule of the model; "
+                f"examples of valid names: {sorted(known)[1:6]}"
+            )
     tracer = _Tracer(names, types)
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
         where = tracer.failed_scope or (tracer.scope_stack[-1] if tracer.scope_stack else None)
         if where:
-            hint = (f"treat it as one opaque layer: capture/shield(..., leaf_modules=[{where!r}]) "
-                    "(an opaque layer can run only on the device), capture='export', or make its "
-                    "forward traceable")
-            raise CaptureError(f"torch.fx could not trace submodule {where!r} "
-                               f"({type(known[where]).__name__}): {exc}. Fix: {hint}") from exc
-        raise CaptureError(f"torch.fx could not trace the top-level forward of "
-                           f"{type(model).__name__}: {exc}. Fix: capture='export', make the "
-                           "data-dependent part a submodule and pass it in leaf_modules, or "
-                           "simplify the forward") from exc
+            hint = (
+                f"treat it as one opaque layer: capture/shield(..., leaf_modules=[{where!r}]) "
+                "(an opaque layer can run only on the device), capture='export', or make its "
+                "forward traceable"
+            )
+            raise CaptureError(
+                f"torch.fx could not trace submodule {where!r} "
+                f"({type(known[where]).__name__}): {exc}. Fix: {hint}"
+            ) from exc
+        raise CaptureError(
+            f"torch.fx could not trace the top-level forward of "
+            f"{type(model).__name__}: {exc}. Fix: capture='export', make the "
+            "data-dependent part a submodule and pass it in leaf_modules, or "
+            "simplify the forward"
+        ) from exc
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-def annotate(gm: fx.GraphModule, model: nn.Module, inputs: tuple[torch.Tensor, ...],
-             kind: str) -> CapturedGraph:
+def annotate(
+    gm: fx.GraphModule, model: nn.Module, inputs: tuple[torch.Tensor, ...], kind: str
+) -> CapturedGraph:
     """Run ``gm`` on the example inputs and record every node's facts."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
-        raise InputError(f"the model's forward takes {len(placeholders)} tensor input(s) "
-                         f"({[p.name for p in placeholders]}) but {len(inputs)} example input(s) "
-                         "were given; pass one example tensor per forward argument")
+        raise InputError(
+            f"the model's forward takes {len(placeholders)} tensor input(s) "
+            f"({[p.name for p in placeholders]}) but {len(inputs)} example input(s) "
+            "were given; pass one example tensor per forward argument"
+        )
     was_training = model.training
     gm.eval()
     try:
         aten_flops = propagate(gm, inputs, count=kind == "export")
     except Exception as exc:
-        raise CaptureError(f"running the captured model on the example input failed: {exc}. "
-                           "Check that example_input has the shape and dtype the model expects") from exc
+        raise CaptureError(
+            f"running the captured model on the example input failed: {exc}. "
+            "Check that example_input has the shape and dtype the model expects"
+        ) from exc
     finally:
         gm.train(was_training)
     batch = int(inputs[0].shape[0]) if inputs[0].dim() > 0 else 1
@@ -255,8 +328,11 @@ def annotate(gm: fx.GraphModule, model: nn.Module, inputs: tuple[torch.Tensor, .
     for node in gm.graph.nodes:
         metas = _tensor_metas(node.meta.get("tensor_meta"))
         out_shapes = [tuple(int(d) for d in m.shape) for m in metas]
-        in_shapes = [tuple(int(d) for d in m.shape)
-                     for a in node.all_input_nodes for m in _tensor_metas(a.meta.get("tensor_meta"))]
+        in_shapes = [
+            tuple(int(d) for d in m.shape)
+            for a in node.all_input_nodes
+            for m in _tensor_metas(a.meta.get("tensor_meta"))
+        ]
         mod = modules.get(node.target) if node.op == "call_module" else None
         params = 0
         if mod is not None:
@@ -269,11 +345,16 @@ def annotate(gm: fx.GraphModule, model: nn.Module, inputs: tuple[torch.Tensor, .
             flops = aten_flops.get(node.name, 0)
         else:
             stack = node.meta.get("nn_module_stack") or {}
-            scope = str(node.target) if node.op == "call_module" else (list(stack)[-1] if stack else "")
+            scope = (
+                str(node.target) if node.op == "call_module" else (list(stack)[-1] if stack else "")
+            )
             if node.op == "get_attr":
                 scope = str(node.target).rpartition(".")[0]
-            flops = _node_flops(node, mod, in_shapes, out_shapes, batch) if node.op not in (
-                "placeholder", "output", "get_attr") else 0
+            flops = (
+                _node_flops(node, mod, in_shapes, out_shapes, batch)
+                if node.op not in ("placeholder", "output", "get_attr")
+                else 0
+            )
         infos[node.name] = NodeInfo(
             name=node.name,
             op=node.op,
@@ -287,16 +368,25 @@ def annotate(gm: fx.GraphModule, model: nn.Module, inputs: tuple[torch.Tensor, .
             flops=flops // max(batch, 1),
             value_kind=_value_kind(node.meta.get("tensor_meta")),
         )
-    return CapturedGraph(gm=gm, nodes=infos, batch=batch,
-                         input_shapes=tuple(tuple(t.shape) for t in inputs),
-                         input_dtypes=tuple(t.dtype for t in inputs), kind=kind,
-                         module_classes={n: type(m) for n, m in model.named_modules()})
+    return CapturedGraph(
+        gm=gm,
+        nodes=infos,
+        batch=batch,
+        input_shapes=tuple(tuple(t.shape) for t in inputs),
+        input_dtypes=tuple(t.dtype for t in inputs),
+        kind=kind,
+        module_classes={n: type(m) for n, m in model.named_modules()},
+    )
 
 
 def _value_kind(meta: Any) -> str:
     if isinstance(meta, TensorMetadata):
         return "tensor"
-    if isinstance(meta, (list, tuple)) and meta and all(isinstance(m, TensorMetadata) for m in meta):
+    if (
+        isinstance(meta, (list, tuple))
+        and meta
+        and all(isinstance(m, TensorMetadata) for m in meta)
+    ):
         return "tensors"
     return "other"
 

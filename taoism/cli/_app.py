@@ -78,8 +78,21 @@ def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 
 
 #: The command modules in help order; other modules of this package are found after them.
-COMMANDS = ("models", "plan", "run", "serve", "demo", "bench", "attack", "teeslice", "keygen", "package",
-            "measure", "keyserver", "completion")
+COMMANDS = (
+    "models",
+    "plan",
+    "run",
+    "serve",
+    "demo",
+    "bench",
+    "attack",
+    "teeslice",
+    "keygen",
+    "package",
+    "measure",
+    "keyserver",
+    "completion",
+)
 
 
 def command_modules() -> list[str]:

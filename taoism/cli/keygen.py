@@ -10,10 +10,19 @@ from taoism.cli._options import Output, output_options
 
 
 @click.command()
-@click.option("--dir", "key_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for NAME.key (0600) and NAME.pub.")
-@click.option("--name", type=click.Choice(("owner", "platform")), default="owner",
-              help="owner: signs packages; platform: the simulated platform key of the sim backend.")
+@click.option(
+    "--dir",
+    "key_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for NAME.key (0600) and NAME.pub.",
+)
+@click.option(
+    "--name",
+    type=click.Choice(("owner", "platform")),
+    default="owner",
+    help="owner: signs packages; platform: the simulated platform key of the sim backend.",
+)
 @click.option("--overwrite", is_flag=True, default=False, help="Replace an existing key pair.")
 @output_options(out_help="Write keygen.json (the two paths) into DIR.")
 def keygen(key_dir: Path, name: str, overwrite: bool, out: Output) -> None:

@@ -10,8 +10,12 @@ from taoism.cli._options import Output, output_options
 
 
 @click.command()
-@click.option("--owner-public", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="The owner public key a package-mode enclave is pinned to.")
+@click.option(
+    "--owner-public",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The owner public key a package-mode enclave is pinned to.",
+)
 @output_options(out_help="Write measure.json into DIR.")
 def measure(owner_public: Path, out: Output) -> None:
     """Print the measurement of this taoism's package-mode enclave (64 hex digits, for --allow)."""

@@ -18,17 +18,26 @@ from taoism.cli._options import Output, output_options, repeats_options, write_j
     "--enclave-threads", type=click.IntRange(min=1), default=1, help="Enclave torch threads."
 )
 @click.option(
-    "--package", "package", type=click.Path(exists=True, dir_okay=False), default=None,
+    "--package",
+    "package",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
     help="Deploy this sealed model.taoism instead of shielding a zoo model (the deployment "
     "threat model: the host never holds a shielded weight); needs --keyserver and --owner-public.",
 )
-@click.option("--keyserver", default=None, help="Key service URL for --package, e.g. http://127.0.0.1:PORT.")
 @click.option(
-    "--owner-public", type=click.Path(exists=True, dir_okay=False), default=None,
+    "--keyserver", default=None, help="Key service URL for --package, e.g. http://127.0.0.1:PORT."
+)
+@click.option(
+    "--owner-public",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
     help="With --package: the owner public key the package must be signed with.",
 )
 @click.option(
-    "--platform-key", type=click.Path(exists=True, dir_okay=False), default=None,
+    "--platform-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
     help="With --package on the sim backend: the simulated platform key the enclave quotes with.",
 )
 @output_options(out_help="Write run.json (as --json) and plan.json (reuse with --plan) into DIR.")
@@ -56,7 +65,9 @@ def run(
 
     set_host_threads(threads)
     if package is not None:
-        _run_package(package, keyserver, owner_public, platform_key, repeats, warmup, enclave_threads, out)
+        _run_package(
+            package, keyserver, owner_public, platform_key, repeats, warmup, enclave_threads, out
+        )
         return
     model, x = spec.build()
     if spec.places:
@@ -108,22 +119,39 @@ def run(
     out.emit(result, "run", files)
 
 
-def _run_package(package: str, keyserver: str | None, owner_public: str | None, platform_key: str | None,
-                 repeats: int, warmup: int, enclave_threads: int, out: Output) -> None:
+def _run_package(
+    package: str,
+    keyserver: str | None,
+    owner_public: str | None,
+    platform_key: str | None,
+    repeats: int,
+    warmup: int,
+    enclave_threads: int,
+    out: Output,
+) -> None:
     from taoism.errors import ConfigError
     from taoism.runtime.deploy import deploy
 
     if not keyserver or not owner_public:
         raise ConfigError("--package needs --keyserver URL and --owner-public owner.pub")
-    with deploy(package, keyserver, owner_public=owner_public, platform_key=platform_key,
-                threads=enclave_threads) as sm:
+    with deploy(
+        package,
+        keyserver,
+        owner_public=owner_public,
+        platform_key=platform_key,
+        threads=enclave_threads,
+    ) as sm:
         x = sm.example_inputs(1)
         prof = sm.profile(*x, repeats=repeats, warmup=warmup)
         click.echo(sm.plan.table())
         click.echo()
         click.echo(prof.table())
-        result = {"package": package, "plan": sm.plan.to_json(), "profile": prof.to_json(),
-                  "enclave_stats": sm.stats()}
+        result = {
+            "package": package,
+            "plan": sm.plan.to_json(),
+            "profile": prof.to_json(),
+            "enclave_stats": sm.stats(),
+        }
     out.emit(result, "run", lambda d: {"run": write_json(d / "run.json", result)})
 
 

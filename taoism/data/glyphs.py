@@ -41,12 +41,27 @@ import torch
 
 from taoism.errors import ConfigError
 
-__all__ = ["FONT_PACKAGES", "GLYPH_SCRIPTS", "FontNotFoundError", "GlyphConfig", "discover_fonts", "glyphs"]
+__all__ = [
+    "FONT_PACKAGES",
+    "GLYPH_SCRIPTS",
+    "FontNotFoundError",
+    "GlyphConfig",
+    "discover_fonts",
+    "glyphs",
+]
 
 #: The Debian packages the setup installs for this data set (scripts/system-data.sh, `make data`).
-FONT_PACKAGES = ("fonts-dejavu-core", "fonts-dejavu-extra", "fonts-liberation", "fonts-liberation2",
-                 "fonts-urw-base35", "fonts-freefont-ttf", "fonts-noto-core", "fonts-noto-mono",
-                 "fonts-crosextra-carlito")
+FONT_PACKAGES = (
+    "fonts-dejavu-core",
+    "fonts-dejavu-extra",
+    "fonts-liberation",
+    "fonts-liberation2",
+    "fonts-urw-base35",
+    "fonts-freefont-ttf",
+    "fonts-noto-core",
+    "fonts-noto-mono",
+    "fonts-crosextra-carlito",
+)
 DEFAULT_FONT_DIRS = ("/usr/share/fonts",)
 
 GLYPH_SCRIPTS: dict[str, str] = {
@@ -80,7 +95,12 @@ class GlyphConfig:
     size: int = 28
     font_dirs: tuple[str, ...] = DEFAULT_FONT_DIRS
     private_scripts: tuple[str, ...] = ("digits", "latin_upper", "latin_lower")
-    public_scripts: tuple[str, ...] = ("greek_upper", "greek_lower", "cyrillic_upper", "cyrillic_lower")
+    public_scripts: tuple[str, ...] = (
+        "greek_upper",
+        "greek_lower",
+        "cyrillic_upper",
+        "cyrillic_lower",
+    )
     renders: int = 20
     fractions: tuple[float, float, float, float] = (0.3, 0.3, 0.25, 0.15)
     max_fonts_per_family: int | None = None
@@ -96,11 +116,15 @@ class GlyphConfig:
     def __post_init__(self) -> None:
         for s in (*self.private_scripts, *self.public_scripts):
             if s not in GLYPH_SCRIPTS:
-                raise ConfigError(f"GlyphConfig: unknown script {s!r}; one of {', '.join(GLYPH_SCRIPTS)}")
+                raise ConfigError(
+                    f"GlyphConfig: unknown script {s!r}; one of {', '.join(GLYPH_SCRIPTS)}"
+                )
         if set(self.private_scripts) & set(self.public_scripts):
             raise ConfigError("GlyphConfig: private_scripts and public_scripts must be disjoint")
         if len(self.fractions) != 4 or any(f <= 0 for f in self.fractions):
-            raise ConfigError(f"GlyphConfig.fractions must be 4 positive shares, got {self.fractions!r}")
+            raise ConfigError(
+                f"GlyphConfig.fractions must be 4 positive shares, got {self.fractions!r}"
+            )
         if self.size < 8 or self.renders < 1 or self.min_fonts < 4:
             raise ConfigError("GlyphConfig: need size >= 8, renders >= 1 and min_fonts >= 4")
 
@@ -132,13 +156,17 @@ def discover_fonts(font_dirs: Sequence[str | os.PathLike], needed: str) -> list[
     try:
         from fontTools.ttLib import TTFont
     except ImportError as exc:
-        raise ConfigError("the glyphs data set needs fontTools and Pillow: pip install 'taoism[data]'") from exc
+        raise ConfigError(
+            "the glyphs data set needs fontTools and Pillow: pip install 'taoism[data]'"
+        ) from exc
     found = []
     for d in font_dirs:
         root = Path(d).expanduser()
         if not root.is_dir():
             continue
-        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in (".ttf", ".otf") and p.is_file()):
+        for path in sorted(
+            p for p in root.rglob("*") if p.suffix.lower() in (".ttf", ".otf") and p.is_file()
+        ):
             try:
                 with TTFont(path, lazy=True, fontNumber=0) as tt:
                     cmap = tt.getBestCmap() or {}
@@ -151,7 +179,9 @@ def discover_fonts(font_dirs: Sequence[str | os.PathLike], needed: str) -> list[
     return found
 
 
-def _render(font: Any, ch: str, size: int, rng: np.random.Generator | None, cfg: GlyphConfig) -> np.ndarray:
+def _render(
+    font: Any, ch: str, size: int, rng: np.random.Generator | None, cfg: GlyphConfig
+) -> np.ndarray:
     """One character, white on black, baseline-anchored (case and descenders keep their place)."""
     from PIL import Image, ImageDraw
 
@@ -167,9 +197,12 @@ def _render(font: Any, ch: str, size: int, rng: np.random.Generator | None, cfg:
         m = np.array([[math.cos(a), -math.sin(a) + sh], [math.sin(a), math.cos(a)]]) / sc
         c = big / 2
         off = np.array([c, c]) - m @ np.array([c + tx, c + ty])
-        img = img.transform((big, big), Image.Transform.AFFINE,
-                            (m[0, 0], m[0, 1], off[0], m[1, 0], m[1, 1], off[1]),
-                            resample=Image.Resampling.BILINEAR)
+        img = img.transform(
+            (big, big),
+            Image.Transform.AFFINE,
+            (m[0, 0], m[0, 1], off[0], m[1, 0], m[1, 1], off[1]),
+            resample=Image.Resampling.BILINEAR,
+        )
     return np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
 
 
@@ -184,14 +217,32 @@ def _distinct_classes(chars: str, fonts: list[_Font], size: int) -> str:
 
     "Like": the pixel difference is under 15% of the two glyphs' ink (identical glyphs give 0).
     """
-    imgs = np.stack([np.stack([_render(_load_font(f.path, size), ch, size, None, GlyphConfig()) for ch in chars])
-                     for f in fonts]).astype(np.float32) / 255.0  # (fonts, chars, H, W)
+    imgs = (
+        np.stack(
+            [
+                np.stack(
+                    [
+                        _render(_load_font(f.path, size), ch, size, None, GlyphConfig())
+                        for ch in chars
+                    ]
+                )
+                for f in fonts
+            ]
+        ).astype(np.float32)
+        / 255.0
+    )  # (fonts, chars, H, W)
     kept: list[int] = []
     for i in range(len(chars)):
         if imgs[:, i].max() == 0:
             continue
-        same = [np.mean(np.abs(imgs[:, i] - imgs[:, j]).sum(axis=(1, 2))
-                        < 0.15 * (imgs[:, i] + imgs[:, j]).sum(axis=(1, 2)) / 2) >= 0.5 for j in kept]
+        same = [
+            np.mean(
+                np.abs(imgs[:, i] - imgs[:, j]).sum(axis=(1, 2))
+                < 0.15 * (imgs[:, i] + imgs[:, j]).sum(axis=(1, 2)) / 2
+            )
+            >= 0.5
+            for j in kept
+        ]
         if not any(same):
             kept.append(i)
     return "".join(chars[i] for i in kept)
@@ -202,7 +253,7 @@ def _split_families(fonts: list[_Font], cfg: GlyphConfig) -> dict[str, list[_Fon
     for f in fonts:
         fams.setdefault(f.family, []).append(f)
     if cfg.max_fonts_per_family is not None:
-        fams = {k: v[:cfg.max_fonts_per_family] for k, v in fams.items()}
+        fams = {k: v[: cfg.max_fonts_per_family] for k, v in fams.items()}
     names = sorted(fams)
     order = np.random.default_rng(cfg.seed).permutation(len(names))
     total = sum(len(v) for v in fams.values())
@@ -224,11 +275,15 @@ def _fonts_sha(fonts: list[_Font]) -> str:
     return h.hexdigest()
 
 
-def _render_group(fonts: list[_Font], chars: str, cfg: GlyphConfig, tag: str) -> tuple[np.ndarray, np.ndarray]:
+def _render_group(
+    fonts: list[_Font], chars: str, cfg: GlyphConfig, tag: str
+) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
-    for fi, f in enumerate(sorted(fonts, key=lambda f: f.path)):
+    for f in sorted(fonts, key=lambda f: f.path):
         font = _load_font(f.path, cfg.size)
-        seed = int(hashlib.sha256(f"{cfg.seed}:{tag}:{Path(f.path).name}".encode()).hexdigest()[:12], 16)
+        seed = int(
+            hashlib.sha256(f"{cfg.seed}:{tag}:{Path(f.path).name}".encode()).hexdigest()[:12], 16
+        )
         rng = np.random.default_rng(seed)
         for c, ch in enumerate(chars):
             for _ in range(cfg.renders):
@@ -239,7 +294,9 @@ def _render_group(fonts: list[_Font], chars: str, cfg: GlyphConfig, tag: str) ->
     return np.stack(xs)[:, None], np.asarray(ys, np.int64)
 
 
-def _build_arrays(cfg: GlyphConfig, fonts: list[_Font]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _build_arrays(
+    cfg: GlyphConfig, fonts: list[_Font]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     priv = "".join(GLYPH_SCRIPTS[s] for s in cfg.private_scripts)
     pub = "".join(GLYPH_SCRIPTS[s] for s in cfg.public_scripts)
     if len({f.family for f in fonts}) < 4 or len(fonts) < cfg.min_fonts:
@@ -247,7 +304,8 @@ def _build_arrays(cfg: GlyphConfig, fonts: list[_Font]) -> tuple[dict[str, np.nd
             f"glyphs: found {len(fonts)} font(s) in {len({f.family for f in fonts})} families covering every "
             f"character of {', '.join(cfg.private_scripts + cfg.public_scripts)} under "
             f"{', '.join(map(str, cfg.font_dirs))}; need >= {cfg.min_fonts} fonts in >= 4 families. Install "
-            f"`apt-get install {' '.join(FONT_PACKAGES)}` (the Makefile does), or pass font_dirs=")
+            f"`apt-get install {' '.join(FONT_PACKAGES)}` (the Makefile does), or pass font_dirs="
+        )
     groups = _split_families(fonts, cfg)
     used = [f for g in _GROUPS for f in groups[g]]
     classes = _distinct_classes(priv + pub, used, cfg.size)
@@ -257,15 +315,22 @@ def _build_arrays(cfg: GlyphConfig, fonts: list[_Font]) -> tuple[dict[str, np.nd
     for g in _GROUPS:
         x, y = _render_group(groups[g], pub_c if g == "public" else priv_c, cfg, g)
         arrays[f"x_{g}"], arrays[f"y_{g}"] = x, y
-    meta = {"classes": priv_c, "public_classes": pub_c, "distinct_classes": classes,
-            "fonts": {g: sorted(Path(f.path).name for f in groups[g]) for g in _GROUPS},
-            "families": {g: sorted({f.family for f in groups[g]}) for g in _GROUPS},
-            "fonts_found": len(fonts), "families_found": len({f.family for f in fonts})}
+    meta = {
+        "classes": priv_c,
+        "public_classes": pub_c,
+        "distinct_classes": classes,
+        "fonts": {g: sorted(Path(f.path).name for f in groups[g]) for g in _GROUPS},
+        "families": {g: sorted({f.family for f in groups[g]}) for g in _GROUPS},
+        "fonts_found": len(fonts),
+        "families_found": len({f.family for f in fonts}),
+    }
     return arrays, meta
 
 
 def _cached_arrays(cfg: GlyphConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    fonts = discover_fonts(cfg.font_dirs, "".join(GLYPH_SCRIPTS[s] for s in cfg.private_scripts + cfg.public_scripts))
+    fonts = discover_fonts(
+        cfg.font_dirs, "".join(GLYPH_SCRIPTS[s] for s in cfg.private_scripts + cfg.public_scripts)
+    )
     if cfg.cache_dir is None:
         return _build_arrays(cfg, fonts)
     blob = json.dumps({"config": cfg.key(), "fonts": _fonts_sha(fonts), "v": 1}, sort_keys=True)
@@ -310,15 +375,34 @@ def glyphs(config: GlyphConfig | None = None) -> Any:
     order = np.random.default_rng(cfg.seed).permutation(len(arr["y_test"]))
     arr = {**arr, "x_test": arr["x_test"][order], "y_test": arr["y_test"][order]}
     xtr, xte, mean, std = _normalise(x_tr_u8, arr["x_test"], 255.0)
-    m, s = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m, s = (
+        torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+        torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
+    )
     xpub = torch.from_numpy(arr["x_public"]).to(torch.float32).div_(255.0).sub_(m).div_(s)
     k = len(meta["classes"])
-    meta = {**meta, "groups": {"private": torch.arange(n_priv), "attacker": torch.arange(n_priv, len(y_tr))},
-            "public": {"x": xpub, "y": torch.from_numpy(arr["y_public"]),
-                       "num_classes": len(meta["public_classes"])},
-            "packages": list(FONT_PACKAGES), "config": cfg.key()}
-    return ImageDataset("glyphs", "mnist" if cfg.size == 28 else f"glyphs{cfg.size}", k, xtr,
-                        _labels(y_tr, len(y_tr), k, "glyphs train"), xte,
-                        _labels(arr["y_test"], len(arr["y_test"]), k, "glyphs test"), mean, std,
-                        _fingerprint(*(arr[n] for n in sorted(arr))), source="fonts: " + ", ".join(cfg.font_dirs),
-                        meta=meta)
+    meta = {
+        **meta,
+        "groups": {"private": torch.arange(n_priv), "attacker": torch.arange(n_priv, len(y_tr))},
+        "public": {
+            "x": xpub,
+            "y": torch.from_numpy(arr["y_public"]),
+            "num_classes": len(meta["public_classes"]),
+        },
+        "packages": list(FONT_PACKAGES),
+        "config": cfg.key(),
+    }
+    return ImageDataset(
+        "glyphs",
+        "mnist" if cfg.size == 28 else f"glyphs{cfg.size}",
+        k,
+        xtr,
+        _labels(y_tr, len(y_tr), k, "glyphs train"),
+        xte,
+        _labels(arr["y_test"], len(arr["y_test"]), k, "glyphs test"),
+        mean,
+        std,
+        _fingerprint(*(arr[n] for n in sorted(arr))),
+        source="fonts: " + ", ".join(cfg.font_dirs),
+        meta=meta,
+    )

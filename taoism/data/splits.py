@@ -48,8 +48,14 @@ class AttackSplits:
         return getattr(self, name)
 
 
-def attack_splits(n_train: int, seed: int, *, public_fraction: float = 0.5,
-                  split_size: int | None = None, public_size: int | None = None) -> AttackSplits:
+def attack_splits(
+    n_train: int,
+    seed: int,
+    *,
+    public_fraction: float = 0.5,
+    split_size: int | None = None,
+    public_size: int | None = None,
+) -> AttackSplits:
     """Split ``range(n_train)`` into public / target-train / target-test / shadow-train / shadow-test.
 
     ``split_size`` caps each of the four private parts and ``public_size`` the public part
@@ -60,8 +66,10 @@ def attack_splits(n_train: int, seed: int, *, public_fraction: float = 0.5,
     n_pub = int(round(n_train * public_fraction))
     quarter = (n_train - n_pub) // 4
     if n_pub < 1 or quarter < 2:
-        raise ConfigError(f"a training set of {n_train} samples is too small for a public part and "
-                          "four private parts of at least 2 samples each")
+        raise ConfigError(
+            f"a training set of {n_train} samples is too small for a public part and "
+            "four private parts of at least 2 samples each"
+        )
     for nm, v in (("split_size", split_size), ("public_size", public_size)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 2):
             raise ConfigError(f"{nm} must be an int >= 2 or None, got {v!r}")
@@ -69,12 +77,13 @@ def attack_splits(n_train: int, seed: int, *, public_fraction: float = 0.5,
     public = perm[:n_pub][: public_size or n_pub]
     q = min(quarter, split_size or quarter)
     rest = perm[n_pub:]
-    parts = [rest[i * quarter: i * quarter + q] for i in range(4)]
+    parts = [rest[i * quarter : i * quarter + q] for i in range(4)]
     return AttackSplits(public.clone(), *(p.clone() for p in parts))
 
 
-def group_splits(groups: dict[str, torch.Tensor], seed: int, *,
-                 split_size: int | None = None) -> AttackSplits:
+def group_splits(
+    groups: dict[str, torch.Tensor], seed: int, *, split_size: int | None = None
+) -> AttackSplits:
     """Splits for a data set whose training samples come in disjoint source groups (glyph fonts).
 
     ``groups["private"]`` (the victim's fonts) is halved into target-train / target-test and
@@ -83,7 +92,9 @@ def group_splits(groups: dict[str, torch.Tensor], seed: int, *,
     public data separately (another script in other fonts).
     """
     if set(groups) != {"private", "attacker"}:
-        raise ConfigError(f"group_splits needs 'private' and 'attacker' groups, got {sorted(groups)}")
+        raise ConfigError(
+            f"group_splits needs 'private' and 'attacker' groups, got {sorted(groups)}"
+        )
     gen = torch.Generator().manual_seed(int(seed))
     parts = []
     for name in ("private", "attacker"):
@@ -92,5 +103,5 @@ def group_splits(groups: dict[str, torch.Tensor], seed: int, *,
         if half < 2:
             raise ConfigError(f"group_splits: the {name} group has {len(idx)} samples; need >= 4")
         q = min(half, split_size or half)
-        parts += [idx[:q].clone(), idx[half:half + q].clone()]
+        parts += [idx[:q].clone(), idx[half : half + q].clone()]
     return AttackSplits(torch.zeros(0, dtype=torch.long), *parts)

@@ -8,8 +8,9 @@ peaks the STATS request reports. With ``meta=True`` it plans instead of running
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -54,9 +55,15 @@ class EnclaveMemory:
     per-node Python) and replay the recorded accounting.
     """
 
-    def __init__(self, root: nn.Module, programs: Mapping[int, SegmentProgram],
-                 spec: MemorySection | Mapping[str, Any] | None, constants: Sequence[str] = (), *,
-                 meta: bool = False) -> None:
+    def __init__(
+        self,
+        root: nn.Module,
+        programs: Mapping[int, SegmentProgram],
+        spec: MemorySection | Mapping[str, Any] | None,
+        constants: Sequence[str] = (),
+        *,
+        meta: bool = False,
+    ) -> None:
         mem = spec if isinstance(spec, MemorySection) else MemorySection.parse(spec)
         self.section = mem
         self.tee = mem.tee
@@ -88,8 +95,10 @@ class EnclaveMemory:
         if mem.sealed_modules is not None:
             bad = [n for n in mem.sealed_modules if n not in sealable]
             if bad:
-                raise ProgramError(f"memory section: sealed_modules lists {bad[:3]}, which are not "
-                                   f"sealable module keys (sealable: {sealable[:8]})")
+                raise ProgramError(
+                    f"memory section: sealed_modules lists {bad[:3]}, which are not "
+                    f"sealable module keys (sealable: {sealable[:8]})"
+                )
             to_seal = list(mem.sealed_modules)
         else:
             to_seal = choose_sealed_weights(sizes, sealable, budget, mem.resident_weight_fraction)
@@ -100,15 +109,21 @@ class EnclaveMemory:
         self.set_boundary_bytes(mem.boundary_bytes)
         if budget is not None and self.acct.total + self.ctx.reserve > budget:
             paths = mem.module_paths
-            fixed = sorted(((self.weights.module_bytes(k), paths.get(k, k), type(m).__name__)
-                            for k, m in self.weights.modules.items()
-                            if k not in self.weights.sealed and self.weights.module_bytes(k)), reverse=True)
+            fixed = sorted(
+                (
+                    (self.weights.module_bytes(k), paths.get(k, k), type(m).__name__)
+                    for k, m in self.weights.modules.items()
+                    if k not in self.weights.sealed and self.weights.module_bytes(k)
+                ),
+                reverse=True,
+            )
             names = ", ".join(f"{p!r} ({t}, {n:,} bytes)" for n, p, t in fixed[:5])
             raise MemoryBudgetError(
                 f"what the enclave must keep resident ({self.acct.total:,} bytes: {self.acct.current}; "
                 f"weights of layers without a chunked form: {names or 'none'}; the boundary's "
                 f"{self.boundary_bytes:,}-byte staging buffer) plus {self.ctx.reserve:,} bytes of "
-                f"sealing headroom exceeds the memory budget of {budget:,} bytes")
+                f"sealing headroom exceeds the memory budget of {budget:,} bytes"
+            )
 
     def reset_peaks(self) -> None:
         """Forget the per-node and overall peaks (a planning pass starts over)."""
@@ -130,14 +145,19 @@ class EnclaveMemory:
     def _rebase(self) -> None:
         """Reset the counters to what is resident between inferences (after a failed run too)."""
         acct = self.acct
-        acct.current = {"weights": self.weights.resident_bytes, "activations": 0, "scratch": 0,
-                        "crypto": self.boundary_bytes}
+        acct.current = {
+            "weights": self.weights.resident_bytes,
+            "activations": 0,
+            "scratch": 0,
+            "crypto": self.boundary_bytes,
+        }
         acct.total = sum(acct.current.values())
         acct.node = None
 
     # -- running ---------------------------------------------------------------------------
-    def run(self, prog: SegmentProgram, tensors: Sequence[torch.Tensor], profile: bool = False
-            ) -> tuple[list[torch.Tensor], list[float]]:
+    def run(
+        self, prog: SegmentProgram, tensors: Sequence[torch.Tensor], profile: bool = False
+    ) -> tuple[list[torch.Tensor], list[float]]:
         """Run one segment; returns (outputs to send, per-node times if ``profile``)."""
         acct = self.acct
         if prog.index == self.first_segment:
@@ -147,14 +167,24 @@ class EnclaveMemory:
             self.inference = InferenceStats()
         missing = [v for v in prog.inputs if v not in prog.send_in and v not in self.env]
         if missing:
-            raise ProgramError(f"segment {prog.index} needs value {missing[0]!r}, which the enclave does "
-                             "not hold (segments must run in plan order)")
+            raise ProgramError(
+                f"segment {prog.index} needs value {missing[0]!r}, which the enclave does "
+                "not hold (segments must run in plan order)"
+            )
         acct.reset_peak()
         sig = None
         if self.weights.all_resident:
-            sig = (prog.index, tuple((tuple(t.shape), t.dtype) for t in tensors),
-                   tuple(sorted((k, tuple(v.shape), isinstance(v, PagedTensor))
-                                for k, v in self.env.items() if is_value(v))))
+            sig = (
+                prog.index,
+                tuple((tuple(t.shape), t.dtype) for t in tensors),
+                tuple(
+                    sorted(
+                        (k, tuple(v.shape), isinstance(v, PagedTensor))
+                        for k, v in self.env.items()
+                        if is_value(v)
+                    )
+                ),
+            )
             fast = self._fast.get(sig)
             if fast is not None:
                 return self._run_fast(prog, tensors, fast, profile)
@@ -170,7 +200,9 @@ class EnclaveMemory:
             self._fast[sig] = _FastEntry(report.peak_bytes, dict(report.peak_breakdown), nodes)
         node_times = []
         if times is not None:
-            by = {nm.name: t for nm, t in zip([n for n in nodes if not n.name.startswith("<")], times)}
+            by = {
+                nm.name: t for nm, t in zip([n for n in nodes if not n.name.startswith("<")], times)
+            }
             node_times = [by.get(n, 0.0) for n in prog.node_names]
         return outs, node_times
 
@@ -179,11 +211,18 @@ class EnclaveMemory:
             return False
         if any(isinstance(v, PagedTensor) for v in self.env.values()):
             return False
-        return all(n.chunks == 1 and not n.out_sealed and not n.evicted and not n.sealed_bytes
-                   and not n.unsealed_bytes for n in nodes)
+        return all(
+            n.chunks == 1
+            and not n.out_sealed
+            and not n.evicted
+            and not n.sealed_bytes
+            and not n.unsealed_bytes
+            for n in nodes
+        )
 
-    def _run_fast(self, prog: SegmentProgram, tensors: Sequence[torch.Tensor], fast: _FastEntry,
-                  profile: bool) -> tuple[list[torch.Tensor], list[float]]:
+    def _run_fast(
+        self, prog: SegmentProgram, tensors: Sequence[torch.Tensor], fast: _FastEntry, profile: bool
+    ) -> tuple[list[torch.Tensor], list[float]]:
         runner = self.runner
         for v, t in zip(prog.send_in, tensors):
             runner.bind(v, t, strict=False)
@@ -206,8 +245,9 @@ class EnclaveMemory:
         self._finish(prog, fast.nodes, fast_path=True, merge=False)
         return list(outs[:n_ret]), times
 
-    def _finish(self, prog: SegmentProgram, nodes: list[NodeMemory], *, fast_path: bool,
-                merge: bool = True) -> MemoryReport:
+    def _finish(
+        self, prog: SegmentProgram, nodes: list[NodeMemory], *, fast_path: bool, merge: bool = True
+    ) -> MemoryReport:
         acct = self.acct
         self.runs += 1
         inf = self.inference
@@ -218,16 +258,23 @@ class EnclaveMemory:
         inf.unsealed_bytes += acct.unsealed_bytes
         if acct.peak >= self.overall_peak:
             self.overall_peak, self.overall_breakdown = acct.peak, dict(acct.peak_breakdown)
-        for nm in (nodes if merge else ()):
+        for nm in nodes if merge else ():
             cur = self.node_peaks.get(nm.name)
             if cur is None:
                 cur = self.node_peaks[nm.name] = NodeMemory(nm.name)
             cur.merge_max(nm)
         report = MemoryReport(
-            budget_bytes=self.budget, tee=self.tee, peak_bytes=acct.peak,
-            peak_breakdown=dict(acct.peak_breakdown), sealed_bytes=acct.sealed_bytes,
-            unsealed_bytes=acct.unsealed_bytes, weights_resident_bytes=self.weights.resident_bytes,
-            weights_sealed_bytes=self.weights.sealed_bytes, nodes=list(nodes), fast_path=fast_path)
+            budget_bytes=self.budget,
+            tee=self.tee,
+            peak_bytes=acct.peak,
+            peak_breakdown=dict(acct.peak_breakdown),
+            sealed_bytes=acct.sealed_bytes,
+            unsealed_bytes=acct.unsealed_bytes,
+            weights_resident_bytes=self.weights.resident_bytes,
+            weights_sealed_bytes=self.weights.sealed_bytes,
+            nodes=list(nodes),
+            fast_path=fast_path,
+        )
         self.last_report = report
         return report
 
@@ -236,21 +283,28 @@ class EnclaveMemory:
         """Everything the STATS request reports about memory (JSON-ready)."""
         inf = self.inference if self.inference.segments else self.last_inference
         return {
-            "tee": self.tee, "budget_bytes": self.budget, "peak_bytes": self.overall_peak,
+            "tee": self.tee,
+            "budget_bytes": self.budget,
+            "peak_bytes": self.overall_peak,
             "peak_breakdown": dict(self.overall_breakdown),
             "within_budget": self.budget is None or self.overall_peak <= self.budget,
             "load_peak_bytes": self.load_peak,
             "arrival_overflow_bytes": self.runner.arrival_overflow,
-            "last_inference": {"peak_bytes": inf.peak_bytes, "peak_breakdown": dict(inf.peak_breakdown),
-                               "sealed_bytes": inf.sealed_bytes, "unsealed_bytes": inf.unsealed_bytes,
-                               "segments": inf.segments},
+            "last_inference": {
+                "peak_bytes": inf.peak_bytes,
+                "peak_breakdown": dict(inf.peak_breakdown),
+                "sealed_bytes": inf.sealed_bytes,
+                "unsealed_bytes": inf.unsealed_bytes,
+                "segments": inf.segments,
+            },
             "sealed_bytes_total": self.sealer.stats.sealed_bytes,
             "unsealed_bytes_total": self.sealer.stats.unsealed_bytes,
             "seal": self.sealer.stats.to_json(),
             "page_store_bytes": self.sealer.store.nbytes,
             "weights": self.weights.report(),
             "boundary_staging_bytes": self.boundary_bytes,
-            "runs": self.runs, "fast_runs": self.fast_runs,
+            "runs": self.runs,
+            "fast_runs": self.fast_runs,
             "nodes": [n.to_json() for n in self.node_peaks.values()],
             "runtime_not_counted": runtime_rss(),
         }

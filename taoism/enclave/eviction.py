@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from taoism.enclave.exec.base import CHUNK_PENALTY_BYTES, ChunkPlan, Executor
 
@@ -69,7 +69,12 @@ def best_choice(ex: Executor, evs: Sequence[Evictable], free0: float) -> Choice 
             p = ex.plan(free0 + prefix[k], sealed)
             if p is None:
                 continue
-            c = ecosts[k] + p.traffic + (ex.out_bytes if sealed else 0) + (p.chunks - 1) * CHUNK_PENALTY_BYTES
+            c = (
+                ecosts[k]
+                + p.traffic
+                + (ex.out_bytes if sealed else 0)
+                + (p.chunks - 1) * CHUNK_PENALTY_BYTES
+            )
             if best is None or c < best[0]:
                 best = (c, Choice(tuple(evs[:k]), sealed, p))
     return best[1] if best is not None else None

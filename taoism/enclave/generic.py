@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -17,26 +18,95 @@ from taoism.protocol.vocabulary import FUNCTIONS
 Args = Any  # a node's evaluated arguments: values, scalars, nested containers (fx.node.Argument)
 MetaState = dict[str, torch.Tensor]
 
-_VIEW_METHODS = frozenset({"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute",
-                           "transpose", "t", "expand", "contiguous", "view_as", "reshape_as",
-                           "expand_as", "size", "dim", "chunk", "split", "__getitem__"})
-_VIEW_FUNCTIONS = frozenset({operator.getitem, torch.flatten, torch.reshape, torch.squeeze,
-                             torch.unsqueeze, torch.transpose, torch.permute, torch.chunk,
-                             torch.split, FUNCTIONS["getattr"], torch._assert,
-                             *(FUNCTIONS[f"aten.{n}"] for n in (
-                                 "view.default", "reshape.default", "permute.default", "transpose.int",
-                                 "swapaxes.default", "t.default", "unsqueeze.default", "squeeze.dim",
-                                 "squeeze.dims", "expand.default", "select.int", "slice.Tensor",
-                                 "unbind.int", "split.Tensor", "split_with_sizes.default",
-                                 "chunk.default", "alias.default", "detach.default", "sym_size.int",
-                                 "sym_numel.default", "_assert_tensor_metadata.default",
-                                 "_assert_scalar.default", "dropout.default"))})
+_VIEW_METHODS = frozenset(
+    {
+        "view",
+        "reshape",
+        "flatten",
+        "squeeze",
+        "unsqueeze",
+        "permute",
+        "transpose",
+        "t",
+        "expand",
+        "contiguous",
+        "view_as",
+        "reshape_as",
+        "expand_as",
+        "size",
+        "dim",
+        "chunk",
+        "split",
+        "__getitem__",
+    }
+)
+_VIEW_FUNCTIONS = frozenset(
+    {
+        operator.getitem,
+        torch.flatten,
+        torch.reshape,
+        torch.squeeze,
+        torch.unsqueeze,
+        torch.transpose,
+        torch.permute,
+        torch.chunk,
+        torch.split,
+        FUNCTIONS["getattr"],
+        torch._assert,
+        *(
+            FUNCTIONS[f"aten.{n}"]
+            for n in (
+                "view.default",
+                "reshape.default",
+                "permute.default",
+                "transpose.int",
+                "swapaxes.default",
+                "t.default",
+                "unsqueeze.default",
+                "squeeze.dim",
+                "squeeze.dims",
+                "expand.default",
+                "select.int",
+                "slice.Tensor",
+                "unbind.int",
+                "split.Tensor",
+                "split_with_sizes.default",
+                "chunk.default",
+                "alias.default",
+                "detach.default",
+                "sym_size.int",
+                "sym_numel.default",
+                "_assert_tensor_metadata.default",
+                "_assert_scalar.default",
+                "dropout.default",
+            )
+        ),
+    }
+)
 # Views that copy a non-contiguous resident input (a permuted tensor reshaped, made contiguous).
 _COPYING_METHODS = frozenset({"view", "reshape", "flatten", "contiguous", "view_as", "reshape_as"})
-_COPYING_FUNCTIONS = frozenset({torch.flatten, torch.reshape, *(FUNCTIONS[f"aten.{n}"] for n in (
-    "view.default", "_unsafe_view.default", "reshape.default", "flatten.using_ints", "contiguous.default"))})
-_ATTENTION = frozenset({FUNCTIONS["F.scaled_dot_product_attention"],
-                        FUNCTIONS["aten.scaled_dot_product_attention.default"]})
+_COPYING_FUNCTIONS = frozenset(
+    {
+        torch.flatten,
+        torch.reshape,
+        *(
+            FUNCTIONS[f"aten.{n}"]
+            for n in (
+                "view.default",
+                "_unsafe_view.default",
+                "reshape.default",
+                "flatten.using_ints",
+                "contiguous.default",
+            )
+        ),
+    }
+)
+_ATTENTION = frozenset(
+    {
+        FUNCTIONS["F.scaled_dot_product_attention"],
+        FUNCTIONS["aten.scaled_dot_product_attention.default"],
+    }
+)
 
 
 def generic_out_estimate(node: fx.Node, mod: nn.Module | None, args: Args, kwargs: Args) -> int:
@@ -48,18 +118,30 @@ def generic_out_estimate(node: fx.Node, mod: nn.Module | None, args: Args, kwarg
     reductions, softmax and norms). The real output is charged after the node runs.
     """
     if (node.op == "call_method" and node.target in _COPYING_METHODS) or (
-            node.op == "call_function" and node.target in _COPYING_FUNCTIONS):
-        return sum(v.nbytes for v in paged_and_tensors(args, kwargs)[:1]
-                   if isinstance(v, torch.Tensor) and not v.is_contiguous())
-    if (node.op == "call_method" and node.target in _VIEW_METHODS) or (
-            node.op == "call_function" and node.target in _VIEW_FUNCTIONS) or isinstance(mod, nn.Flatten):
+        node.op == "call_function" and node.target in _COPYING_FUNCTIONS
+    ):
+        return sum(
+            v.nbytes
+            for v in paged_and_tensors(args, kwargs)[:1]
+            if isinstance(v, torch.Tensor) and not v.is_contiguous()
+        )
+    if (
+        (node.op == "call_method" and node.target in _VIEW_METHODS)
+        or (node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+        or isinstance(mod, nn.Flatten)
+    ):
         return 0
     tensors = paged_and_tensors(args, kwargs)
     est = sum(v.nbytes for v in tensors)
-    if isinstance(mod, nn.MultiheadAttention) and tensors:  # (L, N, E) or (N, L, E): scores per head
+    if (
+        isinstance(mod, nn.MultiheadAttention) and tensors
+    ):  # (L, N, E) or (N, L, E): scores per head
         q, k = tensors[0], tensors[1] if len(tensors) > 1 else tensors[0]
         b = q.shape[0] if mod.batch_first else (q.shape[1] if len(q.shape) == 3 else 1)
-        rows, keys = q.shape[-2] if mod.batch_first else q.shape[0], k.shape[-2] if mod.batch_first else k.shape[0]
+        rows, keys = (
+            q.shape[-2] if mod.batch_first else q.shape[0],
+            k.shape[-2] if mod.batch_first else k.shape[0],
+        )
         est += attention_scores_bytes((b, mod.num_heads), rows, keys, q.itemsize) + 4 * q.nbytes
     elif node.op == "call_function" and node.target in _ATTENTION and len(tensors) >= 2:
         q, k = tensors[0], tensors[1]
@@ -77,6 +159,7 @@ def paged_and_tensors(args: Args, kwargs: Args) -> list[torch.Tensor | PagedTens
         if isinstance(v, (torch.Tensor, PagedTensor)):
             out.append(v)
         return v
+
     fx.node.map_aggregate((args, kwargs), visit)
     return out
 
@@ -116,13 +199,16 @@ def meta_state(shapes: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> Met
     return {k: torch.empty(shape, dtype=dt, device="meta") for k, (shape, dt) in shapes.items()}
 
 
-def meta_call(node: fx.Node, mod: nn.Module | None, args: Args, kwargs: Args,
-              state: MetaState | None) -> Any:
+def meta_call(
+    node: fx.Node, mod: nn.Module | None, args: Args, kwargs: Args, state: MetaState | None
+) -> Any:
     """The node's output on meta tensors (shapes and dtypes only); ``state``: the module's."""
+
     def to_meta(v: object) -> object:
         if isinstance(v, PagedTensor) or (isinstance(v, torch.Tensor) and v.device.type != "meta"):
             return torch.empty(v.shape, dtype=v.dtype, device="meta")
         return v
+
     margs = fx.node.map_aggregate(args, to_meta)
     mkwargs = fx.node.map_aggregate(kwargs, to_meta)
     if node.op == "call_module":
@@ -133,4 +219,11 @@ def meta_call(node: fx.Node, mod: nn.Module | None, args: Args, kwargs: Args,
     return call_node(node, mod, margs, mkwargs)
 
 
-__all__ = ["call_node", "generic_out_estimate", "kind_name", "meta_call", "meta_state", "paged_inputs"]
+__all__ = [
+    "call_node",
+    "generic_out_estimate",
+    "kind_name",
+    "meta_call",
+    "meta_state",
+    "paged_inputs",
+]

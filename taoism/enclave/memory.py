@@ -23,8 +23,9 @@ alias it.
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -42,6 +43,7 @@ def runtime_rss() -> dict[str, int]:
     try:
         with open("/proc/self/statm") as fh:
             import os
+
             cur = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         pass
@@ -68,20 +70,34 @@ class NodeMemory:
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object."""
-        return {"name": self.name, "kind": self.kind, "mode": self.mode, "chunks": self.chunks,
-                "grid": self.grid, "peak_bytes": self.peak_bytes,
-                "peak_breakdown": dict(self.peak_breakdown), "node_bytes": self.node_bytes,
-                "sealed_bytes": self.sealed_bytes, "unsealed_bytes": self.unsealed_bytes,
-                "evicted": list(self.evicted), "out_sealed": self.out_sealed}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "mode": self.mode,
+            "chunks": self.chunks,
+            "grid": self.grid,
+            "peak_bytes": self.peak_bytes,
+            "peak_breakdown": dict(self.peak_breakdown),
+            "node_bytes": self.node_bytes,
+            "sealed_bytes": self.sealed_bytes,
+            "unsealed_bytes": self.unsealed_bytes,
+            "evicted": list(self.evicted),
+            "out_sealed": self.out_sealed,
+        }
 
-    def merge_max(self, other: "NodeMemory") -> None:
+    def merge_max(self, other: NodeMemory) -> None:
         """Fold another run of the same node in, keeping maxima."""
         if other.peak_bytes >= self.peak_bytes:
             self.peak_bytes, self.peak_breakdown = other.peak_bytes, dict(other.peak_breakdown)
         self.node_bytes = max(self.node_bytes, other.node_bytes)
         self.sealed_bytes = max(self.sealed_bytes, other.sealed_bytes)
         self.unsealed_bytes = max(self.unsealed_bytes, other.unsealed_bytes)
-        self.kind, self.mode, self.chunks, self.grid = other.kind, other.mode, other.chunks, other.grid
+        self.kind, self.mode, self.chunks, self.grid = (
+            other.kind,
+            other.mode,
+            other.chunks,
+            other.grid,
+        )
         self.out_sealed = other.out_sealed
         self.evicted = list(other.evicted)
 
@@ -111,12 +127,17 @@ class Accountant:
         if n <= 0:
             return
         total = self.total + n
-        if (self.strict if strict is None else strict) and self.budget is not None and total > self.budget:
+        if (
+            (self.strict if strict is None else strict)
+            and self.budget is not None
+            and total > self.budget
+        ):
             where = f" in node {self.node.name!r}" if self.node is not None else ""
             raise MemoryBudgetError(
                 f"internal: enclave working set would reach {total:,} bytes{where} "
                 f"({cat} +{n:,}), over the budget of {self.budget:,} bytes "
-                f"(in use: {self.current})")
+                f"(in use: {self.current})"
+            )
         self.current[cat] += n
         self.total = total
         if total > self.peak:
@@ -136,7 +157,7 @@ class Accountant:
         self.total -= n
         assert self.current[cat] >= 0, (cat, n, self.current)
 
-    def hold(self, cat: str, n: int) -> "_Hold":
+    def hold(self, cat: str, n: int) -> _Hold:
         """Context: ``n`` bytes of ``cat`` charged while it is open."""
         return _Hold(self, cat, n)
 
@@ -181,7 +202,7 @@ class _Hold:
     def __init__(self, acct: Accountant, cat: str, n: int) -> None:
         self.acct, self.cat, self.n = acct, cat, n
 
-    def __enter__(self) -> "_Hold":
+    def __enter__(self) -> _Hold:
         self.acct.alloc(self.cat, self.n)
         return self
 
@@ -292,14 +313,26 @@ class MemoryReport:
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON object."""
-        return {"budget_bytes": self.budget_bytes, "tee": self.tee, "peak_bytes": self.peak_bytes,
-                "peak_breakdown": dict(self.peak_breakdown), "sealed_bytes": self.sealed_bytes,
-                "unsealed_bytes": self.unsealed_bytes,
-                "weights_resident_bytes": self.weights_resident_bytes,
-                "weights_sealed_bytes": self.weights_sealed_bytes, "fast_path": self.fast_path,
-                "nodes": [n.to_json() for n in self.nodes],
-                "runtime_not_counted": dict(self.runtime)}
+        return {
+            "budget_bytes": self.budget_bytes,
+            "tee": self.tee,
+            "peak_bytes": self.peak_bytes,
+            "peak_breakdown": dict(self.peak_breakdown),
+            "sealed_bytes": self.sealed_bytes,
+            "unsealed_bytes": self.unsealed_bytes,
+            "weights_resident_bytes": self.weights_resident_bytes,
+            "weights_sealed_bytes": self.weights_sealed_bytes,
+            "fast_path": self.fast_path,
+            "nodes": [n.to_json() for n in self.nodes],
+            "runtime_not_counted": dict(self.runtime),
+        }
 
 
-__all__ = ["Accountant", "CATEGORIES", "MemoryReport", "NodeMemory", "ResidentValues",
-           "runtime_rss"]
+__all__ = [
+    "Accountant",
+    "CATEGORIES",
+    "MemoryReport",
+    "NodeMemory",
+    "ResidentValues",
+    "runtime_rss",
+]

@@ -10,8 +10,9 @@ plain summary. This is the only module of :mod:`taoism.enclave` the host may imp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -41,8 +42,12 @@ class PlannedMemory:
     nodes: tuple[NodeMemory, ...]  # per node, maxima over the planned pass
 
 
-def plan_memory(desc: Mapping[str, Any], tensor_specs: Mapping[str, TensorSpec],
-                value_specs: Mapping[str, TensorSpec], section: MemorySection) -> PlannedMemory:
+def plan_memory(
+    desc: Mapping[str, Any],
+    tensor_specs: Mapping[str, TensorSpec],
+    value_specs: Mapping[str, TensorSpec],
+    section: MemorySection,
+) -> PlannedMemory:
     """Plan the program ``desc`` under ``section``'s budget from shapes only.
 
     ``tensor_specs``: shape and dtype of every weight/constant the description names;
@@ -62,20 +67,30 @@ def plan_memory(desc: Mapping[str, Any], tensor_specs: Mapping[str, TensorSpec],
             prog = programs[idx]
             missing = [v for v in prog.send_in if v not in value_specs]
             if missing:
-                raise ProgramError(f"plan_memory: no shape given for value {missing[0]!r} that segment "
-                                   f"{idx} receives from the host")
-            inputs = [torch.empty(value_specs[v][0], dtype=value_specs[v][1], device="meta")
-                      for v in prog.send_in]
+                raise ProgramError(
+                    f"plan_memory: no shape given for value {missing[0]!r} that segment "
+                    f"{idx} receives from the host"
+                )
+            inputs = [
+                torch.empty(value_specs[v][0], dtype=value_specs[v][1], device="meta")
+                for v in prog.send_in
+            ]
             with torch.inference_mode():
                 mem.run(prog, inputs)
         if mem.weights.epoch == epoch:
             break
     return PlannedMemory(
-        peak_bytes=mem.overall_peak, peak_breakdown=dict(mem.overall_breakdown),
-        weights_bytes=weights_total, weights_resident_bytes=mem.weights.resident_bytes,
-        weights_sealed_bytes=mem.weights.sealed_bytes, sealed_modules=tuple(sorted(mem.weights.sealed)),
-        sealed_bytes=int(mem.inference.sealed_bytes), unsealed_bytes=int(mem.inference.unsealed_bytes),
-        page_bytes=mem.ctx.page_bytes, nodes=tuple(mem.node_peaks.values()))
+        peak_bytes=mem.overall_peak,
+        peak_breakdown=dict(mem.overall_breakdown),
+        weights_bytes=weights_total,
+        weights_resident_bytes=mem.weights.resident_bytes,
+        weights_sealed_bytes=mem.weights.sealed_bytes,
+        sealed_modules=tuple(sorted(mem.weights.sealed)),
+        sealed_bytes=int(mem.inference.sealed_bytes),
+        unsealed_bytes=int(mem.inference.unsealed_bytes),
+        page_bytes=mem.ctx.page_bytes,
+        nodes=tuple(mem.node_peaks.values()),
+    )
 
 
 __all__ = ["PlannedMemory", "TensorSpec", "plan_memory"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -63,15 +64,22 @@ def build_modules(desc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) 
             raise ProgramError(f"segment description: module key {key!r} is not an identifier")
         kind = MODULE_KINDS.get(spec.get("type"))
         if kind is None:
-            raise ProgramError(f"segment description: module type {spec.get('type')!r} is not one the "
-                             "enclave can run")
+            raise ProgramError(
+                f"segment description: module type {spec.get('type')!r} is not one the "
+                "enclave can run"
+            )
         m = kind.build(spec.get("config", {}))
-        state = {name: tensors[f"{key}.{name}"] for name in _names(spec.get("tensors", []), "tensors")
-                 if f"{key}.{name}" in tensors}
+        state = {
+            name: tensors[f"{key}.{name}"]
+            for name in _names(spec.get("tensors", []), "tensors")
+            if f"{key}.{name}" in tensors
+        }
         missing, unexpected = m.load_state_dict(state, strict=False)
         if unexpected or set(missing) != set(spec.get("absent", [])):
-            raise ProgramError(f"segment description: module {key} ({spec.get('type')}) got tensors "
-                             f"missing={missing} unexpected={unexpected}")
+            raise ProgramError(
+                f"segment description: module {key} ({spec.get('type')}) got tensors "
+                f"missing={missing} unexpected={unexpected}"
+            )
         m.eval()
         root.add_module(key, m)
     consts = desc.get("constants", [])
@@ -101,25 +109,35 @@ def build_program(desc: Mapping[str, Any], root: nn.Module) -> list[SegmentProgr
             args = decode_arg(nd.get("args", []), lookup)
             raw_kwargs = nd.get("kwargs", {})
             if not isinstance(raw_kwargs, dict):
-                raise ProgramError(f"segment {seg.get('id')}: node {name}: kwargs must be an object")
+                raise ProgramError(
+                    f"segment {seg.get('id')}: node {name}: kwargs must be an object"
+                )
             kwargs = {str(k): decode_arg(v, lookup) for k, v in raw_kwargs.items()}
             if op == "call_module":
                 if not hasattr(root, nd["module"]):
-                    raise ProgramError(f"segment {seg.get('id')}: node {name}: unknown module {nd['module']!r}")
+                    raise ProgramError(
+                        f"segment {seg.get('id')}: node {name}: unknown module {nd['module']!r}"
+                    )
                 n = graph.call_module(nd["module"], tuple(args), kwargs)
             elif op == "call_function":
                 fn = FUNCTIONS.get(nd["fn"])
                 if fn is None:
-                    raise ProgramError(f"segment {seg.get('id')}: node {name}: function {nd['fn']!r} "
-                                     "is not on the enclave's whitelist")
+                    raise ProgramError(
+                        f"segment {seg.get('id')}: node {name}: function {nd['fn']!r} "
+                        "is not on the enclave's whitelist"
+                    )
                 n = graph.call_function(fn, tuple(args), kwargs)
             elif op == "call_method":
                 if nd["method"] not in METHODS:
-                    raise ProgramError(f"segment {seg.get('id')}: node {name}: method {nd['method']!r} "
-                                     "is not on the enclave's whitelist")
+                    raise ProgramError(
+                        f"segment {seg.get('id')}: node {name}: method {nd['method']!r} "
+                        "is not on the enclave's whitelist"
+                    )
                 if nd["method"] == "to":  # dtype only, checked when it runs
                     n = graph.call_function(to_dtype, tuple(args), kwargs)
-                elif nd["method"] == "view" and not (args[1:2] and isinstance(args[1], torch.dtype)):
+                elif nd["method"] == "view" and not (
+                    args[1:2] and isinstance(args[1], torch.dtype)
+                ):
                     n = graph.call_method("reshape", tuple(args), kwargs)  # strides may differ here
                 else:
                     n = graph.call_method(nd["method"], tuple(args), kwargs)
@@ -135,22 +153,33 @@ def build_program(desc: Mapping[str, Any], root: nn.Module) -> list[SegmentProgr
         returns, keep = _names(seg["returns"], "returns"), _names(seg["keep"], "keep")
         graph.output(tuple(lookup(v) for v in returns + keep))
         gm = fx.GraphModule(root, graph, f"EnclaveSegment{seg['id']}")
-        programs.append(SegmentProgram(
-            index=int(seg["id"]), inputs=inputs, send_in=_names(seg["send_in"], "send_in"),
-            returns=returns, keep=keep, free=_names(seg["free"], "free"), gm=gm,
-            node_names=tuple(node_names)))
+        programs.append(
+            SegmentProgram(
+                index=int(seg["id"]),
+                inputs=inputs,
+                send_in=_names(seg["send_in"], "send_in"),
+                returns=returns,
+                keep=keep,
+                free=_names(seg["free"], "free"),
+                gm=gm,
+                node_names=tuple(node_names),
+            )
+        )
     return programs
 
 
-def build_meta_modules(desc: Mapping[str, Any], tensor_specs: Mapping[str, tuple[tuple[int, ...], torch.dtype]]
-                       ) -> nn.Module:
+def build_meta_modules(
+    desc: Mapping[str, Any], tensor_specs: Mapping[str, tuple[tuple[int, ...], torch.dtype]]
+) -> nn.Module:
     """As :func:`build_modules`, on the meta device: shapes only, for memory planning."""
     root = nn.Module()
     for key, spec in desc.get("modules", {}).items():
         kind = MODULE_KINDS.get(spec.get("type"))
         if kind is None:
-            raise ProgramError(f"segment description: module type {spec.get('type')!r} is not one the "
-                             "enclave can run")
+            raise ProgramError(
+                f"segment description: module type {spec.get('type')!r} is not one the "
+                "enclave can run"
+            )
         with torch.device("meta"):
             m = kind.build(spec.get("config", {}))
         for name in spec.get("absent", []):

@@ -33,8 +33,11 @@ def quote_source(kind: str, platform_key: str | None) -> QuoteSource:
         return SgxQuoteSource()
     if kind == "sim":
         if not platform_key:
-            raise AttestationError("the sim quote source needs --platform-key (the simulated platform's "
-                                   "private key, made with `taoism keygen --name platform`)", "platform")
+            raise AttestationError(
+                "the sim quote source needs --platform-key (the simulated platform's "
+                "private key, made with `taoism keygen --name platform`)",
+                "platform",
+            )
         return SimQuoteSource(load_private_key(platform_key))
     raise AttestationError(f"unknown quote source {kind!r}; use 'sim' or 'sgx'", "platform")
 
@@ -53,9 +56,13 @@ class Provisioner:
     def attest(self, nonce: bytes) -> bytes:
         """Open and verify the package, then return the attestation envelope for ``nonce``."""
         if self.provisioned or self._attestation is not None:
-            raise AttestationError("this enclave already attested once; start a fresh enclave to attest again",
-                                   "replay")
-        reader = open_package(self.package, self.owner)  # signature + every section hash, or PackageError
+            raise AttestationError(
+                "this enclave already attested once; start a fresh enclave to attest again",
+                "replay",
+            )
+        reader = open_package(
+            self.package, self.owner
+        )  # signature + every section hash, or PackageError
         self._reader = reader
         self._attestation = attest(self.source, self.measurement, nonce, reader.header_hash)
         return self._attestation.envelope.encode()
@@ -64,8 +71,11 @@ class Provisioner:
         """Unwrap the model key, decrypt the shielded tensors; returns (signed program blob, its tensors)."""
         att, reader = self._attestation, self._reader
         if att is None or reader is None or self.provisioned:
-            raise AttestationError("PROVISION before ATTEST (or twice): the enclave releases nothing "
-                                   "without a fresh attestation", "malformed")
+            raise AttestationError(
+                "PROVISION before ATTEST (or twice): the enclave releases nothing "
+                "without a fresh attestation",
+                "malformed",
+            )
         self.provisioned = True
         self._attestation = None  # the ephemeral key is used once
         try:
@@ -75,12 +85,20 @@ class Provisioner:
         finally:
             reader.close()
         if not isinstance(doc, dict) or not isinstance(doc.get(PROGRAM_KEY), dict):
-            raise ProgramError(f"{self.package}: the signed program section has no {PROGRAM_KEY!r} description")
+            raise ProgramError(
+                f"{self.package}: the signed program section has no {PROGRAM_KEY!r} description"
+            )
         desc = doc[PROGRAM_KEY]
         names = desc.get("tensors", [])
-        if not isinstance(names, list) or set(names) != set(shielded) or len(names) != len(shielded):
-            raise ProgramError(f"{self.package}: the program's tensors do not match the package's shielded "
-                               "tensors; re-package the model")
+        if (
+            not isinstance(names, list)
+            or set(names) != set(shielded)
+            or len(names) != len(shielded)
+        ):
+            raise ProgramError(
+                f"{self.package}: the program's tensors do not match the package's shielded "
+                "tensors; re-package the model"
+            )
         return json.dumps(desc).encode(), [shielded.pop(n) for n in names]
 
 

@@ -8,8 +8,9 @@ a meta context the same code plans memory without computing anything.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -19,8 +20,16 @@ import torch.nn.functional as F
 from taoism.enclave.eviction import NEVER, Choice, Evictable, NextUse, best_choice
 from taoism.enclave.exec.base import ExecContext, Executor, Operand, Sink
 from taoism.enclave.exec.select import executor_for
-from taoism.enclave.generic import (Args, MetaState, call_node, generic_out_estimate, kind_name, meta_call,
-                                    meta_state, paged_inputs)
+from taoism.enclave.generic import (
+    Args,
+    MetaState,
+    call_node,
+    generic_out_estimate,
+    kind_name,
+    meta_call,
+    meta_state,
+    paged_inputs,
+)
 from taoism.enclave.memory import NodeMemory, ResidentValues
 from taoism.enclave.program import SegmentProgram
 from taoism.enclave.sealing import PagedTensor
@@ -45,8 +54,9 @@ class _SegmentInfo:
 class BudgetedRunner:
     """Runs enclave segments node by node within the budget (or meta: plans them)."""
 
-    def __init__(self, ctx: ExecContext, values: ResidentValues, weights: WeightStore,
-                 env: dict[str, Value]) -> None:
+    def __init__(
+        self, ctx: ExecContext, values: ResidentValues, weights: WeightStore, env: dict[str, Value]
+    ) -> None:
         self.ctx = ctx
         self.values = values
         self.weights = weights
@@ -110,8 +120,13 @@ class BudgetedRunner:
                 self._paged_refs[id(pt)] = 1
         del v
 
-    def _evictables(self, protect: set[str], next_use: NextUse | Mapping[str, int], weights_in_use: set[str],
-                    allow_weights: bool) -> list[Evictable]:
+    def _evictables(
+        self,
+        protect: set[str],
+        next_use: NextUse | Mapping[str, int],
+        weights_in_use: set[str],
+        allow_weights: bool,
+    ) -> list[Evictable]:
         out = []
         seen: set[str] = set()
         for name in self.values.names():
@@ -130,8 +145,10 @@ class BudgetedRunner:
         if allow_weights:
             ws = [k for k in self.weights.sealable() if k not in weights_in_use]
             ws.sort(key=lambda k: (-self.weights.module_bytes(k), k))
-            ev += [Evictable(k, self.weights.module_bytes(k), 4 * self.weights.module_bytes(k), True)
-                   for k in ws]
+            ev += [
+                Evictable(k, self.weights.module_bytes(k), 4 * self.weights.module_bytes(k), True)
+                for k in ws
+            ]
         return ev
 
     def _evict(self, ev: Sequence[Evictable], nm: NodeMemory) -> None:
@@ -143,8 +160,15 @@ class BudgetedRunner:
                 self._seal_value(e.name)
                 nm.evicted.append(e.name)
 
-    def make_room(self, need: int, protect: set[str], next_use: NextUse | Mapping[str, int],
-                  weights_in_use: set[str], nm: NodeMemory, partial: bool = False) -> bool:
+    def make_room(
+        self,
+        need: int,
+        protect: set[str],
+        next_use: NextUse | Mapping[str, int],
+        weights_in_use: set[str],
+        nm: NodeMemory,
+        partial: bool = False,
+    ) -> bool:
         """Evict (seal) values, then weights, until ``need`` bytes are free.
 
         Without ``partial``, nothing is evicted unless that reaches ``need``.
@@ -166,8 +190,13 @@ class BudgetedRunner:
         return acct.free_bytes() >= need
 
     # -- one segment -----------------------------------------------------------------------
-    def run_segment(self, prog: SegmentProgram, inputs: Sequence[torch.Tensor], report_nodes: list[NodeMemory],
-                    times: list[float] | None = None) -> list[torch.Tensor]:
+    def run_segment(
+        self,
+        prog: SegmentProgram,
+        inputs: Sequence[torch.Tensor],
+        report_nodes: list[NodeMemory],
+        times: list[float] | None = None,
+    ) -> list[torch.Tensor]:
         """Bind the segment's host inputs, run its nodes, and return its ``returns`` resident."""
         env, acct = self.env, self.ctx.acct
         info = self._prog_info.get(id(prog))
@@ -187,8 +216,11 @@ class BudgetedRunner:
             last = {k: v[-1] for k, v in uses.items()}
             for i, n in enumerate(nodes):
                 for a in n.all_input_nodes:
-                    if last.get(a.name) == i and a.name not in keep_ret and (
-                            a.name in free_inputs or a.name not in prog.inputs):
+                    if (
+                        last.get(a.name) == i
+                        and a.name not in keep_ret
+                        and (a.name in free_inputs or a.name not in prog.inputs)
+                    ):
                         dead[i].append(a.name)
                 if n.name not in uses and n.name not in keep_ret:
                     dead[i].append(n.name)
@@ -206,8 +238,9 @@ class BudgetedRunner:
             acct.begin_node(nm)
             strict, acct.strict = acct.strict, False
             try:
-                self.make_room(0, set(), NextUse(uses, -1, keep_ret, len(nodes)), set(), nm,
-                               partial=True)
+                self.make_room(
+                    0, set(), NextUse(uses, -1, keep_ret, len(nodes)), set(), nm, partial=True
+                )
             finally:
                 acct.strict = strict
                 acct.end_node()
@@ -217,7 +250,8 @@ class BudgetedRunner:
                     f"segment {prog.index}: the inputs received from the host "
                     f"({arrived:,} bytes) do not fit the enclave memory "
                     f"budget of {acct.budget:,} bytes next to what must stay resident "
-                    f"({acct.current}), even after sealing everything that can be sealed")
+                    f"({acct.current}), even after sealing everything that can be sealed"
+                )
         for i, node in enumerate(nodes):
             t0 = time.perf_counter()
             nm = NodeMemory(node.name)
@@ -245,7 +279,8 @@ class BudgetedRunner:
                             f"segment {prog.index} returns {v!r} ({val.nbytes:,} bytes) to the host, "
                             f"but it does not fit the enclave budget of {acct.budget:,} bytes; the "
                             "boundary sends whole tensors. Place the node that produces it on the "
-                            "device or raise the budget")
+                            "device or raise the budget"
+                        )
                     t = Operand(val).read(Operand(val).full(), self.ctx)[0]
                     acct.free("activations", t.nbytes)
                     self.unbind(v)
@@ -266,8 +301,15 @@ class BudgetedRunner:
     def _lookup(self, n: fx.Node) -> Value:
         return self.env[n.name]
 
-    def _run_node(self, node: fx.Node, i: int, uses: Mapping[str, list[int]], keep_ret: set[str],
-                  end: int, nm: NodeMemory) -> None:
+    def _run_node(
+        self,
+        node: fx.Node,
+        i: int,
+        uses: Mapping[str, list[int]],
+        keep_ret: set[str],
+        end: int,
+        nm: NodeMemory,
+    ) -> None:
         env = self.env
         args = fx.node.map_arg(node.args, self._lookup)
         kwargs = fx.node.map_arg(node.kwargs, self._lookup)
@@ -277,11 +319,19 @@ class BudgetedRunner:
             return
         mod = self.weights.modules.get(node.target) if node.op == "call_module" else None
         # aliases: identity, dropout in eval
-        if (mod is not None and (isinstance(mod, (nn.Identity, nn.Dropout)))) or (
-                node.op == "call_function" and node.target is F.dropout
-                and (kwargs.get("training", args[2] if len(args) > 2 else True) is False)) or (
-                node.op == "call_function" and node.target is torch.ops.aten.dropout.default
-                and (kwargs.get("train", args[2] if len(args) > 2 else True) is False)):
+        if (
+            (mod is not None and (isinstance(mod, (nn.Identity, nn.Dropout))))
+            or (
+                node.op == "call_function"
+                and node.target is F.dropout
+                and (kwargs.get("training", args[2] if len(args) > 2 else True) is False)
+            )
+            or (
+                node.op == "call_function"
+                and node.target is torch.ops.aten.dropout.default
+                and (kwargs.get("train", args[2] if len(args) > 2 else True) is False)
+            )
+        ):
             nm.kind, nm.mode = "identity", "alias"
             v = args[0]
             env[node.name] = v
@@ -302,8 +352,11 @@ class BudgetedRunner:
         if choice is None:
             # last resort: seal this node's own resident inputs and weights, then retry
             for a in node.all_input_nodes:
-                if isinstance(env.get(a.name), torch.Tensor) and not self.values.sharers(a.name) \
-                        and self.values.bytes_of(a.name) > 0:
+                if (
+                    isinstance(env.get(a.name), torch.Tensor)
+                    and not self.values.sharers(a.name)
+                    and self.values.bytes_of(a.name) > 0
+                ):
                     self._seal_value(a.name)
                     nm.evicted.append(a.name)
             if mod is not None and node.target in self.weights.sealable():
@@ -334,17 +387,26 @@ class BudgetedRunner:
         nm.out_sealed = plan.out_sealed
         self.bind(node.name, out)
 
-    def _choose(self, ex: Executor, protect: set[str], next_use: NextUse | Mapping[str, int],
-                w_in_use: set[str]) -> Choice | None:
+    def _choose(
+        self,
+        ex: Executor,
+        protect: set[str],
+        next_use: NextUse | Mapping[str, int],
+        w_in_use: set[str],
+    ) -> Choice | None:
         """The cached best choice for ``ex`` given what is resident now."""
         free0 = self.ctx.acct.free_bytes() - self.ctx.reserve
         first = ex.plan(free0, False)
         if first is not None and first.chunks == 1:
             return Choice((), False, first)  # fits whole: nothing to decide
         evs = self._evictables(protect, next_use, w_in_use, True)
-        key = (id(ex.__class__), ex.out_shape, free0,
-               tuple((o.shape, o.paged, o.block) for o in ex.operands()),
-               tuple((e.name, e.nbytes) for e in evs))
+        key = (
+            id(ex.__class__),
+            ex.out_shape,
+            free0,
+            tuple((o.shape, o.paged, o.block) for o in ex.operands()),
+            tuple((e.name, e.nbytes) for e in evs),
+        )
         hit = self._choices.get(key)
         if hit is not None:
             return hit
@@ -363,10 +425,20 @@ class BudgetedRunner:
             f"{acct.budget:,} bytes even at its smallest chunk: it needs {need:,} bytes for one "
             f"chunk on top of {base:,} bytes that must stay resident ({acct.current}), "
             f"{need + base:,} bytes in all. Raise the budget (EnclaveConfig.memory_budget / tee=) "
-            "or place this layer on the device")
+            "or place this layer on the device"
+        )
 
-    def _run_generic(self, node: fx.Node, mod: nn.Module | None, args: Args, kwargs: Args,
-                     protect: set[str], next_use: NextUse, w_in_use: set[str], nm: NodeMemory) -> None:
+    def _run_generic(
+        self,
+        node: fx.Node,
+        mod: nn.Module | None,
+        args: Args,
+        kwargs: Args,
+        protect: set[str],
+        next_use: NextUse,
+        w_in_use: set[str],
+        nm: NodeMemory,
+    ) -> None:
         """Run a node whole: unseal its sealed inputs, call it, register its output."""
         acct = self.ctx.acct
         nm.kind = kind_name(node, mod)
@@ -381,7 +453,8 @@ class BudgetedRunner:
                 f"layer {node.name!r} ({nm.kind}) runs whole (no chunked form) and needs "
                 f"{need:,} bytes for its inputs and output on top of {acct.total:,} bytes that must "
                 f"stay resident, over the enclave memory budget of {acct.budget:,} bytes. Raise the "
-                "budget or place this layer on the device")
+                "budget or place this layer on the device"
+            )
         temps: list[str] = []
         if paged:
             repl: dict[int, torch.Tensor] = {}
@@ -392,8 +465,12 @@ class BudgetedRunner:
                 self.values.add(tname, t)
                 temps.append(tname)
                 repl[id(p)] = t
-            args = fx.node.map_aggregate(args, lambda v: repl.get(id(v), v) if isinstance(v, PagedTensor) else v)
-            kwargs = fx.node.map_aggregate(kwargs, lambda v: repl.get(id(v), v) if isinstance(v, PagedTensor) else v)
+            args = fx.node.map_aggregate(
+                args, lambda v: repl.get(id(v), v) if isinstance(v, PagedTensor) else v
+            )
+            kwargs = fx.node.map_aggregate(
+                kwargs, lambda v: repl.get(id(v), v) if isinstance(v, PagedTensor) else v
+            )
         if self.ctx.meta:
             state = self._meta_state(str(node.target), mod) if mod is not None else None
             out = meta_call(node, mod, args, kwargs, state)
@@ -411,8 +488,10 @@ class BudgetedRunner:
         if st is None:
             shapes = self.weights.shapes.get(key)
             if shapes is None:
-                shapes = {k: (tuple(v.shape), v.dtype)
-                          for k, v in list(mod.named_parameters()) + list(mod.named_buffers())}
+                shapes = {
+                    k: (tuple(v.shape), v.dtype)
+                    for k, v in list(mod.named_parameters()) + list(mod.named_buffers())
+                }
             st = self._meta_states[key] = meta_state(shapes)
         return st
 

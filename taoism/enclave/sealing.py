@@ -22,8 +22,9 @@ import itertools
 import math
 import struct
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from cryptography.exceptions import InvalidTag
@@ -109,11 +110,14 @@ class PageSealer:
         return self._version
 
     @staticmethod
-    def associated_data(obj: str, version: int, block: tuple[int, ...], dtype: torch.dtype,
-                        shape: Sequence[int]) -> bytes:
+    def associated_data(
+        obj: str, version: int, block: tuple[int, ...], dtype: torch.dtype, shape: Sequence[int]
+    ) -> bytes:
         """The AEAD associated data binding a page to its object, version, block, dtype and shape."""
-        return (f"taoism-page/1|{obj}|v{version}|b{','.join(map(str, block))}|"
-                f"{str(dtype).removeprefix('torch.')}|{'x'.join(map(str, shape))}").encode()
+        return (
+            f"taoism-page/1|{obj}|v{version}|b{','.join(map(str, block))}|"
+            f"{str(dtype).removeprefix('torch.')}|{'x'.join(map(str, shape))}"
+        ).encode()
 
     def seal(self, obj: str, version: int, block: tuple[int, ...], t: torch.Tensor) -> None:
         """Encrypt ``t`` (one block) into the store under (obj, block)."""
@@ -129,7 +133,9 @@ class PageSealer:
             if temp and self.on_temp is not None:
                 self.on_temp(-temp)
 
-    def _seal(self, obj: str, version: int, block: tuple[int, ...], t: torch.Tensor, n: int) -> None:
+    def _seal(
+        self, obj: str, version: int, block: tuple[int, ...], t: torch.Tensor, n: int
+    ) -> None:
         if not self.meta:
             t0 = time.perf_counter()
             if not t.is_contiguous():
@@ -158,17 +164,23 @@ class PageSealer:
         if self.on_bytes is not None:
             self.on_bytes(kind, n)
 
-    def unseal_into(self, obj: str, version: int, block: tuple[int, ...], out: torch.Tensor) -> None:
+    def unseal_into(
+        self, obj: str, version: int, block: tuple[int, ...], out: torch.Tensor
+    ) -> None:
         """Authenticate and decrypt block (obj, block) into the contiguous tensor ``out``."""
         n = out.numel() * out.element_size()
         if not self.meta:
             t0 = time.perf_counter()
             page = self.store.pages.get((obj, block))
             if page is None:
-                raise IntegrityError(f"sealed page {obj}{list(block)} is missing from untrusted memory")
+                raise IntegrityError(
+                    f"sealed page {obj}{list(block)} is missing from untrusted memory"
+                )
             if len(page.data) != n + _TAG:
-                raise IntegrityError(f"sealed page {obj}{list(block)} has the wrong length "
-                                     f"({len(page.data)} bytes, expected {n + _TAG})")
+                raise IntegrityError(
+                    f"sealed page {obj}{list(block)} has the wrong length "
+                    f"({len(page.data)} bytes, expected {n + _TAG})"
+                )
             aad = self.associated_data(obj, version, block, out.dtype, out.shape)
             assert self._aead is not None
             try:
@@ -180,7 +192,8 @@ class PageSealer:
                 out.zero_()  # never leave unauthenticated plaintext behind
                 raise IntegrityError(
                     f"sealed page {obj}{list(block)} (version {version}) failed authentication: it "
-                    "was tampered with, swapped with another page, or is a stale copy") from None
+                    "was tampered with, swapped with another page, or is a stale copy"
+                ) from None
             self.stats.unseal_s += time.perf_counter() - t0
         self.stats.unsealed_bytes += n
         self.stats.pages_unsealed += 1
@@ -200,8 +213,9 @@ def even_cuts(size: int, chunk: int) -> tuple[int, ...]:
     return tuple(range(0, size, chunk)) + (size,) if size else (0, 0)
 
 
-def block_cuts(shape: Sequence[int], itemsize: int, target_bytes: int,
-               order: Sequence[int] | None = None) -> tuple[tuple[int, ...], ...]:
+def block_cuts(
+    shape: Sequence[int], itemsize: int, target_bytes: int, order: Sequence[int] | None = None
+) -> tuple[tuple[int, ...], ...]:
     """A block grid over ``shape`` whose blocks hold at most ``target_bytes`` where possible.
 
     Dimensions are cut in ``order`` (default: dim 0, then dim 2 (rows), then the others):
@@ -229,6 +243,7 @@ def block_cuts(shape: Sequence[int], itemsize: int, target_bytes: int,
 def _overlap(cuts: tuple[int, ...], start: int, stop: int) -> range:
     """Indices of the pieces of ``cuts`` that overlap [start, stop)."""
     import bisect
+
     if stop <= start:
         return range(0)
     first = bisect.bisect_right(cuts, start) - 1
@@ -245,17 +260,34 @@ class PagedTensor:
     bytes of any block-sized temporary a read needs (for the memory accounting).
     """
 
-    __slots__ = ("name", "version", "shape", "dtype", "cuts", "sealer", "meta", "_present",
-                 "itemsize", "max_block_bytes")
+    __slots__ = (
+        "name",
+        "version",
+        "shape",
+        "dtype",
+        "cuts",
+        "sealer",
+        "meta",
+        "_present",
+        "itemsize",
+        "max_block_bytes",
+    )
 
-    def __init__(self, name: str, shape: Sequence[int], dtype: torch.dtype,
-                 cuts: Sequence[Sequence[int]], sealer: PageSealer) -> None:
+    def __init__(
+        self,
+        name: str,
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        cuts: Sequence[Sequence[int]],
+        sealer: PageSealer,
+    ) -> None:
         self.name = name
         self.shape = tuple(int(s) for s in shape)
         self.dtype = dtype
         self.cuts = tuple(tuple(int(c) for c in cs) for cs in cuts)
         if len(self.cuts) != len(self.shape) or any(
-                c[0] != 0 or c[-1] != s for c, s in zip(self.cuts, self.shape)):
+            c[0] != 0 or c[-1] != s for c, s in zip(self.cuts, self.shape)
+        ):
             raise ValueError(f"bad block grid {self.cuts} for shape {self.shape}")
         self.sealer = sealer
         self.meta = sealer.meta
@@ -263,7 +295,8 @@ class PagedTensor:
         self._present: set[tuple[int, ...]] = set()
         self.itemsize = dtype.itemsize
         self.max_block_bytes = self.itemsize * math.prod(
-            max((b - a for a, b in zip(c, c[1:])), default=0) for c in self.cuts)
+            max((b - a for a, b in zip(c, c[1:])), default=0) for c in self.cuts
+        )
 
     # -- geometry --------------------------------------------------------------------------
     @property
@@ -298,7 +331,9 @@ class PagedTensor:
         reg = self.block_region(idx)
         want = tuple(s.stop - s.start for s in reg)
         if tuple(t.shape) != want:
-            raise ValueError(f"block {idx} of {self.name} must have shape {want}, got {tuple(t.shape)}")
+            raise ValueError(
+                f"block {idx} of {self.name} must have shape {want}, got {tuple(t.shape)}"
+            )
         self.sealer.seal(self.name, self.version, idx, t)
         self._present.add(idx)
 
@@ -314,22 +349,38 @@ class PagedTensor:
         if self.meta:  # planning: count the blocks a real put seals (strided ones need a copy)
             widths = [[c[i + 1] - c[i] for i in r] for c, r in zip(self.cuts, ranges)]
             first = self.block_region(tuple(r[0] for r in ranges))
-            strided = not t[tuple(slice(b.start - sl.start, b.stop - sl.start)
-                                  for b, sl in zip(first, region))].is_contiguous()
+            strided = not t[
+                tuple(slice(b.start - sl.start, b.stop - sl.start) for b, sl in zip(first, region))
+            ].is_contiguous()
             if strided and self.sealer.on_temp is not None:
                 biggest = self.itemsize * math.prod(max(w) for w in widths)
                 self.sealer.on_temp(biggest)
                 self.sealer.on_temp(-biggest)
-            self.sealer.count("sealed", t.numel() * self.itemsize, math.prod(len(w) for w in widths))
+            self.sealer.count(
+                "sealed", t.numel() * self.itemsize, math.prod(len(w) for w in widths)
+            )
             self._present.update(itertools.product(*ranges))
             return
         for idx in itertools.product(*ranges):
             breg = self.block_region(idx)
-            self.put(idx, t[tuple(slice(b.start - sl.start, b.stop - sl.start) for b, sl in zip(breg, region))])
+            self.put(
+                idx,
+                t[
+                    tuple(
+                        slice(b.start - sl.start, b.stop - sl.start) for b, sl in zip(breg, region)
+                    )
+                ],
+            )
 
     @classmethod
-    def seal_tensor(cls, name: str, t: torch.Tensor, sealer: PageSealer, target_bytes: int,
-                    cuts: Sequence[Sequence[int]] | None = None) -> "PagedTensor":
+    def seal_tensor(
+        cls,
+        name: str,
+        t: torch.Tensor,
+        sealer: PageSealer,
+        target_bytes: int,
+        cuts: Sequence[Sequence[int]] | None = None,
+    ) -> PagedTensor:
         """Seal a whole resident tensor block by block (blocks of at most ``target_bytes``)."""
         if cuts is None:
             cuts = block_cuts(t.shape, t.element_size(), target_bytes)
@@ -339,8 +390,12 @@ class PagedTensor:
         return pt
 
     # -- reading ---------------------------------------------------------------------------
-    def read(self, region: Region | None = None, charge: Callable[[int], None] | None = None,
-             release: Callable[[int], None] | None = None) -> torch.Tensor:
+    def read(
+        self,
+        region: Region | None = None,
+        charge: Callable[[int], None] | None = None,
+        release: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
         """Unseal ``region`` (a tuple of unit-step slices, one per dim) into a new tensor.
 
         A block that the region covers exactly is decrypted straight into the result; any other
@@ -356,13 +411,20 @@ class PagedTensor:
         if out.numel() == 0:
             return out
         ranges = [_overlap(c, sl.start, sl.stop) for c, sl in zip(self.cuts, region)]
-        exact = len(ranges) > 0 and all(len(r) == 1 for r in ranges) and all(
-            c[r[0]] == sl.start and c[r[0] + 1] == sl.stop for c, r, sl in zip(self.cuts, ranges, region))
+        exact = (
+            len(ranges) > 0
+            and all(len(r) == 1 for r in ranges)
+            and all(
+                c[r[0]] == sl.start and c[r[0] + 1] == sl.stop
+                for c, r, sl in zip(self.cuts, ranges, region)
+            )
+        )
         direct = exact or self._direct(ranges, region)
         if self.meta:  # planning: count what a real read would unseal, block by block
             if direct:
-                self.sealer.count("unsealed", out.numel() * self.itemsize,
-                                  math.prod(len(r) for r in ranges))
+                self.sealer.count(
+                    "unsealed", out.numel() * self.itemsize, math.prod(len(r) for r in ranges)
+                )
                 return out
             widths = [[c[i + 1] - c[i] for i in r] for c, r in zip(self.cuts, ranges)]
             biggest = self.itemsize * math.prod(max(w) for w in widths)
@@ -370,8 +432,11 @@ class PagedTensor:
                 charge(biggest)
             if release is not None:
                 release(biggest)
-            self.sealer.count("unsealed", self.itemsize * math.prod(sum(w) for w in widths),
-                              math.prod(len(w) for w in widths))
+            self.sealer.count(
+                "unsealed",
+                self.itemsize * math.prod(sum(w) for w in widths),
+                math.prod(len(w) for w in widths),
+            )
             return out
         if exact:
             idx = tuple(r[0] for r in ranges)
@@ -382,7 +447,9 @@ class PagedTensor:
             for idx in itertools.product(*ranges):
                 self._check_present(idx)
                 breg = self.block_region(idx)
-                dst = tuple(slice(b.start - sl.start, b.stop - sl.start) for sl, b in zip(region, breg))
+                dst = tuple(
+                    slice(b.start - sl.start, b.stop - sl.start) for sl, b in zip(region, breg)
+                )
                 self.sealer.unseal_into(self.name, self.version, idx, out[dst])
             return out
         for idx in itertools.product(*ranges):
@@ -395,10 +462,14 @@ class PagedTensor:
             try:
                 tmp = torch.empty(bshape, dtype=self.dtype, device=device)
                 self.sealer.unseal_into(self.name, self.version, idx, tmp)
-                src = tuple(slice(max(sl.start, b.start) - b.start, min(sl.stop, b.stop) - b.start)
-                            for sl, b in zip(region, breg))
-                dst = tuple(slice(max(sl.start, b.start) - sl.start, min(sl.stop, b.stop) - sl.start)
-                            for sl, b in zip(region, breg))
+                src = tuple(
+                    slice(max(sl.start, b.start) - b.start, min(sl.stop, b.stop) - b.start)
+                    for sl, b in zip(region, breg)
+                )
+                dst = tuple(
+                    slice(max(sl.start, b.start) - sl.start, min(sl.stop, b.stop) - sl.start)
+                    for sl, b in zip(region, breg)
+                )
                 out[dst].copy_(tmp[src])
                 del tmp
             finally:
@@ -419,7 +490,9 @@ class PagedTensor:
 
     def _check_present(self, idx: tuple[int, ...]) -> None:
         if not self.meta and idx not in self._present:
-            raise IntegrityError(f"block {list(idx)} of sealed tensor {self.name} was never written")
+            raise IntegrityError(
+                f"block {list(idx)} of sealed tensor {self.name} was never written"
+            )
 
     def read_cost(self, region_bytes: int, exact: bool = False) -> int:
         """Enclave bytes a read of ``region_bytes`` needs: the result plus one block temporary."""
@@ -431,8 +504,18 @@ class PagedTensor:
         self._present.clear()
 
     def __repr__(self) -> str:
-        return (f"PagedTensor({self.name!r} v{self.version}, shape={self.shape}, "
-                f"dtype={str(self.dtype).removeprefix('torch.')}, blocks={math.prod(len(c) - 1 for c in self.cuts)})")
+        return (
+            f"PagedTensor({self.name!r} v{self.version}, shape={self.shape}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')}, blocks={math.prod(len(c) - 1 for c in self.cuts)})"
+        )
 
 
-__all__ = ["PageStore", "PagedTensor", "SealStats", "SealedPage", "PageSealer", "block_cuts", "even_cuts"]
+__all__ = [
+    "PageStore",
+    "PagedTensor",
+    "SealStats",
+    "SealedPage",
+    "PageSealer",
+    "block_cuts",
+    "even_cuts",
+]

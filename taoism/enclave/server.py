@@ -10,8 +10,8 @@ host-described programs (``LOAD``) and runs only the owner-signed program of ``P
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import ctypes
+import dataclasses
 import json
 import resource
 import signal
@@ -67,24 +67,32 @@ class EnclaveServer:
     def load(self, blob: bytes, tensors: list[torch.Tensor]) -> dict[str, Any]:
         """Rebuild the program a LOAD request describes; returns what was loaded (JSON-ready)."""
         if self.programs:
-            raise ProgramError("a program is already loaded in this enclave session; the program is "
-                               "fixed at load time (start a new session to change it)")
+            raise ProgramError(
+                "a program is already loaded in this enclave session; the program is "
+                "fixed at load time (start a new session to change it)"
+            )
         desc = parse_program(blob, len(tensors))
         named = dict(zip(desc.get("tensors", []), tensors))
         root = build_modules(desc, named)
         programs = build_program(desc, root)
         self.programs = {p.index: p for p in programs}
         self.params = sum(t.numel() for t in tensors)
-        self.memory = EnclaveMemory(root, self.programs, desc.get("memory"), desc.get("constants", []))
+        self.memory = EnclaveMemory(
+            root, self.programs, desc.get("memory"), desc.get("constants", [])
+        )
         return {"segments": len(programs), "tensors": len(tensors), "elements": self.params}
 
-    def run(self, seg: int, tensors: list[torch.Tensor], profile: bool) -> tuple[list[torch.Tensor], list[float]]:
+    def run(
+        self, seg: int, tensors: list[torch.Tensor], profile: bool
+    ) -> tuple[list[torch.Tensor], list[float]]:
         """Run segment ``seg``; returns (outputs, [compute seconds, *per-node seconds if profiled])."""
         prog = self.programs.get(seg)
         if prog is None or self.memory is None:
             raise ProgramError(f"no enclave segment {seg} is loaded (have {sorted(self.programs)})")
         if len(tensors) != len(prog.send_in):
-            raise ProgramError(f"segment {seg} expects {len(prog.send_in)} input tensor(s), got {len(tensors)}")
+            raise ProgramError(
+                f"segment {seg} expects {len(prog.send_in)} input tensor(s), got {len(tensors)}"
+            )
         t0 = time.perf_counter()
         with torch.inference_mode():
             outs, node_times = self.memory.run(prog, tensors, profile)
@@ -92,8 +100,9 @@ class EnclaveServer:
         return outs, [time.perf_counter() - t0, *node_times]
 
 
-def serve(sock: socket.socket, token: bytes, config: ChannelConfig,
-          provisioner: Provisioner | None = None) -> int:
+def serve(
+    sock: socket.socket, token: bytes, config: ChannelConfig, provisioner: Provisioner | None = None
+) -> int:
     """Open the session on ``sock`` and answer requests until CLOSE; returns the exit status."""
     chan = open_enclave_channel(sock, token, config=config)
     server = EnclaveServer()
@@ -104,7 +113,9 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig,
             return 0  # the host went away: nothing left to serve
         except BoundaryError as exc:
             # A tampered, replayed or malformed frame: the session cannot be trusted any more.
-            print(f"taoism enclave: closing the session: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(
+                f"taoism enclave: closing the session: {type(exc).__name__}: {exc}", file=sys.stderr
+            )
             return 3
         try:
             if msg.kind in (Kind.RUN, Kind.RUN_PROFILE):
@@ -113,21 +124,30 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig,
                     server.memory.set_boundary_bytes(chan.staging_bytes)
                 profile = msg.kind == Kind.RUN_PROFILE
                 outs, times = server.run(msg.tag, msg.tensors, profile)
-                report = server.memory.last_report if profile and server.memory is not None else None
-                meta = ReplyMeta(compute_s=times[0], crypto_s=chan.stats.crypto_s - c0,
-                                 node_times=tuple(times[1:]) if profile else None,
-                                 memory=report.to_json() if report is not None else None)
+                report = (
+                    server.memory.last_report if profile and server.memory is not None else None
+                )
+                meta = ReplyMeta(
+                    compute_s=times[0],
+                    crypto_s=chan.stats.crypto_s - c0,
+                    node_times=tuple(times[1:]) if profile else None,
+                    memory=report.to_json() if report is not None else None,
+                )
                 chan.send(Kind.RESULT, msg.tag, outs, meta.encode())
             elif msg.kind == Kind.LOAD:
                 if provisioner is not None:
-                    raise ProgramError("this enclave runs only the owner-signed program of its package; it "
-                                       "refuses a program described by the host (use ATTEST/PROVISION)")
+                    raise ProgramError(
+                        "this enclave runs only the owner-signed program of its package; it "
+                        "refuses a program described by the host (use ATTEST/PROVISION)"
+                    )
                 info = server.load(msg.blob, msg.tensors)
                 chan.send(Kind.OK, 0, (), json.dumps(info).encode())
             elif msg.kind in (Kind.ATTEST, Kind.PROVISION):
                 if provisioner is None:
-                    raise ProgramError("this enclave was not started in package mode (--package); "
-                                       "it cannot attest or be provisioned")
+                    raise ProgramError(
+                        "this enclave was not started in package mode (--package); "
+                        "it cannot attest or be provisioned"
+                    )
                 if msg.kind == Kind.ATTEST:
                     chan.send(Kind.OK, 0, (), provisioner.attest(bytes(msg.blob)))
                 else:
@@ -142,10 +162,14 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig,
                     chan.send(Kind.OK, 0, (), json.dumps(info).encode())
             elif msg.kind == Kind.STATS:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
-                info = {"max_rss_bytes": usage.ru_maxrss * 1024, "runs": server.runs,
-                        "segments": len(server.programs), "weight_elements": server.params,
-                        "threads": torch.get_num_threads(),
-                        "channel": dataclasses.asdict(chan.stats.snapshot())}
+                info = {
+                    "max_rss_bytes": usage.ru_maxrss * 1024,
+                    "runs": server.runs,
+                    "segments": len(server.programs),
+                    "weight_elements": server.params,
+                    "threads": torch.get_num_threads(),
+                    "channel": dataclasses.asdict(chan.stats.snapshot()),
+                }
                 if server.memory is not None:
                     info["memory"] = server.memory.stats()
                 chan.send(Kind.OK, 0, (), json.dumps(info).encode())
@@ -155,11 +179,21 @@ def serve(sock: socket.socket, token: bytes, config: ChannelConfig,
             else:
                 raise FrameError(f"unknown request kind {msg.kind}")
         except TaoismError as exc:
-            chan.send(Kind.ERROR, msg.tag, (), json.dumps(
-                {"type": type(exc).__name__, "message": str(exc)}).encode())
+            chan.send(
+                Kind.ERROR,
+                msg.tag,
+                (),
+                json.dumps({"type": type(exc).__name__, "message": str(exc)}).encode(),
+            )
         except Exception as exc:  # a torch error in a segment: report it, keep serving
-            chan.send(Kind.ERROR, msg.tag, (), json.dumps(
-                {"type": "EnclaveRemoteError", "message": f"{type(exc).__name__}: {exc}"}).encode())
+            chan.send(
+                Kind.ERROR,
+                msg.tag,
+                (),
+                json.dumps(
+                    {"type": "EnclaveRemoteError", "message": f"{type(exc).__name__}: {exc}"}
+                ).encode(),
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,11 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--spin-us", type=int, default=200)
     parser.add_argument("--max-frame-bytes", type=int, default=1 << 30)
-    parser.add_argument("--package", default=None, help="package mode: the owner-signed model package")
-    parser.add_argument("--owner-public", default=None, help="package mode: the owner public key it must be "
-                        "signed with (measured)")
-    parser.add_argument("--quote", choices=("sim", "sgx"), default="sim", help="package mode: quote source")
-    parser.add_argument("--platform-key", default=None, help="package mode, sim: simulated platform key")
+    parser.add_argument(
+        "--package", default=None, help="package mode: the owner-signed model package"
+    )
+    parser.add_argument(
+        "--owner-public",
+        default=None,
+        help="package mode: the owner public key it must be signed with (measured)",
+    )
+    parser.add_argument(
+        "--quote", choices=("sim", "sgx"), default="sim", help="package mode: quote source"
+    )
+    parser.add_argument(
+        "--platform-key", default=None, help="package mode, sim: simulated platform key"
+    )
     args = parser.parse_args(argv)
     # before any secret arrives (launch token, session keys, model key): no dumps, no /proc/PID/mem
     if not _not_dumpable():
@@ -183,11 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     provisioner = None
     if args.package is not None or args.owner_public is not None:
         if not (args.package and args.owner_public):
-            print("taoism enclave: package mode needs both --package and --owner-public", file=sys.stderr)
+            print(
+                "taoism enclave: package mode needs both --package and --owner-public",
+                file=sys.stderr,
+            )
             return 2
         try:
-            provisioner = Provisioner(args.package, args.owner_public,
-                                      quote_source(args.quote, args.platform_key))
+            provisioner = Provisioner(
+                args.package, args.owner_public, quote_source(args.quote, args.platform_key)
+            )
         except TaoismError as exc:
             print(f"taoism enclave: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
@@ -198,9 +245,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sock = socket.socket(fileno=args.sock_fd)
     try:
-        return serve(sock, token, ChannelConfig(spin_us=args.spin_us, timeout_s=None,
-                                                max_frame_bytes=args.max_frame_bytes), provisioner)
-    except BoundaryError as exc:  # handshake, or the channel failed while replying: status 3, no traceback
+        return serve(
+            sock,
+            token,
+            ChannelConfig(
+                spin_us=args.spin_us, timeout_s=None, max_frame_bytes=args.max_frame_bytes
+            ),
+            provisioner,
+        )
+    except (
+        BoundaryError
+    ) as exc:  # handshake, or the channel failed while replying: status 3, no traceback
         print(f"taoism enclave: closing the session: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -15,13 +15,12 @@ from taoism.enclave.sealing import PagedTensor, block_cuts
 SEALABLE_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-
-
 class WeightStore:
     """The enclave's module tensors and constants: resident, or sealed module by module."""
 
-    def __init__(self, root: nn.Module, constants: Sequence[str], ctx: ExecContext,
-                 values: ResidentValues) -> None:
+    def __init__(
+        self, root: nn.Module, constants: Sequence[str], ctx: ExecContext, values: ResidentValues
+    ) -> None:
         self.root, self.ctx, self.values = root, ctx, values
         self.modules: dict[str, nn.Module] = dict(root.named_children())
         self.sealed: dict[str, dict[str, PagedTensor]] = {}
@@ -34,8 +33,9 @@ class WeightStore:
         self._tensors: dict[str, dict[str, torch.Tensor]] = {}
         self.shapes: dict[str, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {
             key: {n: (tuple(t.shape), t.dtype) for n, t in _module_tensors(m).items()}
-            for key, m in self.modules.items()}
-        for key, m in self.modules.items():
+            for key, m in self.modules.items()
+        }
+        for m in self.modules.values():
             for t in _module_tensors(m).values():
                 self.resident_bytes += t.nbytes
             values.own_weights(list(_module_tensors(m).values()))
@@ -49,14 +49,21 @@ class WeightStore:
         """Bytes of ``key``'s tensors (resident or sealed)."""
         n = self._bytes.get(key)
         if n is None:
-            n = self._bytes[key] = sum(math.prod(sh) * dt.itemsize for sh, dt in self.shapes[key].values())
+            n = self._bytes[key] = sum(
+                math.prod(sh) * dt.itemsize for sh, dt in self.shapes[key].values()
+            )
         return n
 
     def sealable(self) -> list[str]:
         """Modules whose weights could still be sealed (a chunked form streams them)."""
         if self._sealable is None:
-            self._sealable = [k for k, m in self.modules.items() if isinstance(m, SEALABLE_MODULES)
-                              and k not in self.sealed and self.module_bytes(k) > 0]
+            self._sealable = [
+                k
+                for k, m in self.modules.items()
+                if isinstance(m, SEALABLE_MODULES)
+                and k not in self.sealed
+                and self.module_bytes(k) > 0
+            ]
         return self._sealable
 
     @property
@@ -72,11 +79,15 @@ class WeightStore:
         for name, t in _module_tensors(m).items():
             if t.dim() == 0 or not t.dtype.is_floating_point:
                 continue
-            pages[name] = PagedTensor.seal_tensor(f"w:{key}.{name}", t.detach(), self.ctx.sealer,
-                                                  self.ctx.page_bytes,
-                                                  cuts=block_cuts(t.shape, t.element_size(),
-                                                                  self.ctx.page_bytes,
-                                                                  order=range(t.dim())))
+            pages[name] = PagedTensor.seal_tensor(
+                f"w:{key}.{name}",
+                t.detach(),
+                self.ctx.sealer,
+                self.ctx.page_bytes,
+                cuts=block_cuts(
+                    t.shape, t.element_size(), self.ctx.page_bytes, order=range(t.dim())
+                ),
+            )
             n = t.nbytes
             freed += n
             self.values.disown_weights(t)
@@ -90,7 +101,7 @@ class WeightStore:
         self.epoch += 1
         return freed
 
-    def unsealed(self, key: str) -> "_Unsealed":
+    def unsealed(self, key: str) -> _Unsealed:
         """Context: ``key``'s sealed tensors unsealed into the module (charged as weights)."""
         return _Unsealed(self, key)
 
@@ -106,8 +117,11 @@ class WeightStore:
 
     def report(self) -> dict[str, int | list[str]]:
         """Resident and sealed weight bytes, and the sealed modules (JSON-ready)."""
-        return {"resident_bytes": self.resident_bytes, "sealed_bytes": self.sealed_bytes,
-                "sealed_modules": sorted(self.sealed)}
+        return {
+            "resident_bytes": self.resident_bytes,
+            "sealed_bytes": self.sealed_bytes,
+            "sealed_modules": sorted(self.sealed),
+        }
 
 
 class _Unsealed:
@@ -120,8 +134,11 @@ class _Unsealed:
         m = self.store.modules[self.key]
         acct = self.store.ctx.acct
         for name, pt in self.store.sealed[self.key].items():
-            t = pt.read(None, charge=lambda b: acct.alloc("crypto", b),
-                        release=lambda b: acct.free("crypto", b))
+            t = pt.read(
+                None,
+                charge=lambda b: acct.alloc("crypto", b),
+                release=lambda b: acct.free("crypto", b),
+            )
             acct.alloc("weights", t.nbytes)
             self.n += t.nbytes
             if name in m._parameters:
@@ -144,15 +161,19 @@ def _module_tensors(m: nn.Module) -> dict[str, torch.Tensor]:
 
 def _drop_tensor(m: nn.Module, name: str) -> None:
     if name in m._parameters and m._parameters[name] is not None:
-        m._parameters[name] = nn.Parameter(torch.empty(0, dtype=m._parameters[name].dtype,
-                                                        device=m._parameters[name].device),
-                                           requires_grad=False)
+        m._parameters[name] = nn.Parameter(
+            torch.empty(0, dtype=m._parameters[name].dtype, device=m._parameters[name].device),
+            requires_grad=False,
+        )
     elif name in m._buffers and m._buffers[name] is not None:
-        m._buffers[name] = torch.empty(0, dtype=m._buffers[name].dtype, device=m._buffers[name].device)
+        m._buffers[name] = torch.empty(
+            0, dtype=m._buffers[name].dtype, device=m._buffers[name].device
+        )
 
 
-def choose_sealed_weights(sizes: Mapping[str, int], sealable: Sequence[str], budget: int | None,
-                          resident_fraction: float) -> list[str]:
+def choose_sealed_weights(
+    sizes: Mapping[str, int], sealable: Sequence[str], budget: int | None, resident_fraction: float
+) -> list[str]:
     """Modules to seal at load: keep the smallest sealable modules resident up to the allowance."""
     if budget is None:
         return []
@@ -169,7 +190,6 @@ def choose_sealed_weights(sizes: Mapping[str, int], sealable: Sequence[str], bud
         else:
             sealed.append(k)
     return sealed
-
 
 
 __all__ = ["SEALABLE_MODULES", "WeightStore", "choose_sealed_weights"]

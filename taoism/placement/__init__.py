@@ -7,5 +7,12 @@ from taoism.placement.modes import EnclaveMode
 from taoism.placement.plan import LayerPlan, Plan, Segment, build_plan
 from taoism.placement.rules import PlacementRules, PlacementSpec
 
-__all__ = ["EnclaveMode", "LayerPlan", "Plan", "PlacementRules", "PlacementSpec", "Segment",
-           "build_plan"]
+__all__ = [
+    "EnclaveMode",
+    "LayerPlan",
+    "Plan",
+    "PlacementRules",
+    "PlacementSpec",
+    "Segment",
+    "build_plan",
+]

@@ -7,7 +7,8 @@ which sends them to the enclave encrypted, and are not kept on the host.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -29,8 +30,9 @@ def fetch(root: nn.Module, path: str) -> Any:
     return obj
 
 
-def enclave_program(captured: CapturedGraph, plan: Plan, segments: Sequence[Segment] | None = None
-                    ) -> tuple[dict[str, Any], list[torch.Tensor]]:
+def enclave_program(
+    captured: CapturedGraph, plan: Plan, segments: Sequence[Segment] | None = None
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """The JSON description of every enclave segment (or of ``segments``) and the tensors it needs, in order.
 
     A device segment in ``segments`` is described the same way (``send_in`` = its inputs,
@@ -48,7 +50,7 @@ def enclave_program(captured: CapturedGraph, plan: Plan, segments: Sequence[Segm
     def ref(a: Any) -> str | None:
         return a.name if isinstance(a, fx.Node) else None
 
-    for seg in (plan.enclave_segments if segments is None else segments):
+    for seg in plan.enclave_segments if segments is None else segments:
         described = []
         for name in seg.nodes:
             n = nodes[name]
@@ -62,12 +64,17 @@ def enclave_program(captured: CapturedGraph, plan: Plan, segments: Sequence[Segm
                         f"node {name!r} calls module {target!r} of type {type(mod).__name__}, which the "
                         f"enclave cannot run (it runs {', '.join(sorted(MODULE_KINDS))}). Place it on "
                         f"the device ({{{target!r}: 'GPU'}}), or, if it is a container, let tracing "
-                        "see inside it (do not list it in leaf_modules)")
+                        "see inside it (do not list it in leaf_modules)"
+                    )
                 if target not in module_keys:
                     key = module_keys[target] = f"m{len(module_keys)}"
                     state = mod.state_dict()
-                    modules[key] = {"type": type(mod).__name__, "config": kind.config(mod),
-                                    "tensors": list(state), "path": target}
+                    modules[key] = {
+                        "type": type(mod).__name__,
+                        "config": kind.config(mod),
+                        "tensors": list(state),
+                        "path": target,
+                    }
                     for tname, t in state.items():
                         tensor_names.append(f"{key}.{tname}")
                         tensors.append(t.detach().to("cpu").contiguous())
@@ -78,13 +85,15 @@ def enclave_program(captured: CapturedGraph, plan: Plan, segments: Sequence[Segm
                     raise PlacementError(
                         f"node {name!r} calls {getattr(n.target, '__name__', n.target)!r}, which is not "
                         "on the enclave's function whitelist; place this node on the device "
-                        f"({{{name!r}: 'GPU'}})")
+                        f"({{{name!r}: 'GPU'}})"
+                    )
                 item["fn"] = fname
             elif n.op == "call_method":
                 if n.target not in METHODS:
                     raise PlacementError(
                         f"node {name!r} calls tensor method {n.target!r}, which is not on the enclave's "
-                        f"method whitelist; place this node on the device ({{{name!r}: 'GPU'}})")
+                        f"method whitelist; place this node on the device ({{{name!r}: 'GPU'}})"
+                    )
                 item["method"] = n.target
             elif n.op == "get_attr":
                 target = str(n.target)
@@ -92,7 +101,9 @@ def enclave_program(captured: CapturedGraph, plan: Plan, segments: Sequence[Segm
                     key = const_keys[target] = f"c{len(const_keys)}"
                     constants.append(key)
                     tensor_names.append(key)
-                    tensors.append(torch.as_tensor(fetch(captured.gm, target)).detach().to("cpu").contiguous())
+                    tensors.append(
+                        torch.as_tensor(fetch(captured.gm, target)).detach().to("cpu").contiguous()
+                    )
                 item["tensor"] = const_keys[target]
             else:  # pragma: no cover - plans hold compute nodes only
                 raise PlacementError(f"node {name!r}: op {n.op!r} cannot run in the enclave")
@@ -100,13 +111,24 @@ def enclave_program(captured: CapturedGraph, plan: Plan, segments: Sequence[Segm
             item["kwargs"] = encode_arg(dict(n.kwargs), ref)["$d"]
             described.append(item)
         enclave_side = seg.side is EnclaveMode.ENCLAVE
-        described_segments.append({
-            "id": seg.index, "inputs": list(seg.inputs),
-            "send_in": list(seg.send_in if enclave_side else seg.inputs),
-            "returns": list(seg.returns if enclave_side else seg.outputs),
-            "keep": list(seg.keep), "free": list(seg.enclave_free), "nodes": described})
-    desc = {"format": PROGRAM_FORMAT, "modules": modules, "constants": constants,
-            "tensors": tensor_names, "segments": described_segments}
+        described_segments.append(
+            {
+                "id": seg.index,
+                "inputs": list(seg.inputs),
+                "send_in": list(seg.send_in if enclave_side else seg.inputs),
+                "returns": list(seg.returns if enclave_side else seg.outputs),
+                "keep": list(seg.keep),
+                "free": list(seg.enclave_free),
+                "nodes": described,
+            }
+        )
+    desc = {
+        "format": PROGRAM_FORMAT,
+        "modules": modules,
+        "constants": constants,
+        "tensors": tensor_names,
+        "segments": described_segments,
+    }
     return desc, tensors
 
 

@@ -12,9 +12,10 @@ that cannot fit; :func:`format_memory_plan` renders it for ``taoism plan``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -43,10 +44,19 @@ class NodeMemoryPlan:
 
     def to_json(self) -> dict[str, Any]:
         """The row as a JSON object."""
-        return {"name": self.name, "kind": self.kind, "mode": self.mode, "chunks": self.chunks,
-                "grid": self.grid, "peak_bytes": self.peak_bytes, "node_bytes": self.node_bytes,
-                "out_sealed": self.out_sealed, "sealed_bytes": self.sealed_bytes,
-                "unsealed_bytes": self.unsealed_bytes, "evicted": list(self.evicted)}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "mode": self.mode,
+            "chunks": self.chunks,
+            "grid": self.grid,
+            "peak_bytes": self.peak_bytes,
+            "node_bytes": self.node_bytes,
+            "out_sealed": self.out_sealed,
+            "sealed_bytes": self.sealed_bytes,
+            "unsealed_bytes": self.unsealed_bytes,
+            "evicted": list(self.evicted),
+        }
 
 
 @dataclass(frozen=True)
@@ -81,24 +91,35 @@ class MemoryPlan:
 
     def spec(self) -> dict[str, Any]:
         """The ``memory`` section of the enclave program description."""
-        return {"tee": self.tee, "budget_bytes": self.budget_bytes, "page_bytes": self.page_bytes,
-                "sealed_modules": list(self.sealed_modules),
-                "resident_weight_fraction": self.resident_weight_fraction,
-                "module_paths": dict(self.module_paths)}
+        return {
+            "tee": self.tee,
+            "budget_bytes": self.budget_bytes,
+            "page_bytes": self.page_bytes,
+            "sealed_modules": list(self.sealed_modules),
+            "resident_weight_fraction": self.resident_weight_fraction,
+            "module_paths": dict(self.module_paths),
+        }
 
     def to_json(self) -> dict[str, Any]:
         """The plan as a JSON object."""
-        return {"format": "taoism-memory-plan/1", "tee": self.tee, "budget_bytes": self.budget_bytes,
-                "batch": self.batch, "peak_bytes": self.peak_bytes,
-                "peak_breakdown": dict(self.peak_breakdown), "fits": self.fits,
-                "weights_bytes": self.weights_bytes,
-                "weights_resident_bytes": self.weights_resident_bytes,
-                "weights_sealed_bytes": self.weights_sealed_bytes,
-                "sealed_modules": [self.module_paths.get(k, k) for k in self.sealed_modules],
-                "resident_weight_fraction": self.resident_weight_fraction,
-                "sealed_bytes_per_inference": self.sealed_bytes,
-                "unsealed_bytes_per_inference": self.unsealed_bytes,
-                "page_bytes": self.page_bytes, "nodes": [n.to_json() for n in self.nodes]}
+        return {
+            "format": "taoism-memory-plan/1",
+            "tee": self.tee,
+            "budget_bytes": self.budget_bytes,
+            "batch": self.batch,
+            "peak_bytes": self.peak_bytes,
+            "peak_breakdown": dict(self.peak_breakdown),
+            "fits": self.fits,
+            "weights_bytes": self.weights_bytes,
+            "weights_resident_bytes": self.weights_resident_bytes,
+            "weights_sealed_bytes": self.weights_sealed_bytes,
+            "sealed_modules": [self.module_paths.get(k, k) for k in self.sealed_modules],
+            "resident_weight_fraction": self.resident_weight_fraction,
+            "sealed_bytes_per_inference": self.sealed_bytes,
+            "unsealed_bytes_per_inference": self.unsealed_bytes,
+            "page_bytes": self.page_bytes,
+            "nodes": [n.to_json() for n in self.nodes],
+        }
 
     def save(self, path: str | Path) -> None:
         """Write the plan as JSON to ``path``."""
@@ -114,28 +135,41 @@ class MemoryPlan:
 
 def format_memory_plan(mp: MemoryPlan, *, all_nodes: bool = True) -> str:
     """A text table of a memory plan (for ``taoism plan``): one row per enclave node."""
-    head = (f"{'node':<28} {'kind':<13} {'mode':<8} {'chunks':>6} {'grid':<22} {'peak':>11} "
-            f"{'sealed':>10} {'unsealed':>10}")
-    rows = [f"enclave memory plan: tee {mp.tee}, budget {format_bytes(mp.budget_bytes)}, "
-            f"batch {mp.batch}", head, "-" * len(head)]
+    head = (
+        f"{'node':<28} {'kind':<13} {'mode':<8} {'chunks':>6} {'grid':<22} {'peak':>11} "
+        f"{'sealed':>10} {'unsealed':>10}"
+    )
+    rows = [
+        f"enclave memory plan: tee {mp.tee}, budget {format_bytes(mp.budget_bytes)}, "
+        f"batch {mp.batch}",
+        head,
+        "-" * len(head),
+    ]
     for n in mp.nodes:
         if not all_nodes and n.chunks <= 1 and not n.sealed_bytes and not n.unsealed_bytes:
             continue
         grid = n.grid if len(n.grid) <= 22 else n.grid[:21] + "~"
-        rows.append(f"{n.name[:28]:<28} {n.kind[:13]:<13} {n.mode[:8]:<8} {n.chunks:>6} {grid:<22} "
-                    f"{format_bytes(n.peak_bytes):>11} {format_bytes(n.sealed_bytes):>10} "
-                    f"{format_bytes(n.unsealed_bytes):>10}" + ("  out sealed" if n.out_sealed else "")
-                    + (f"  evicts {','.join(n.evicted)[:40]}" if n.evicted else ""))
+        rows.append(
+            f"{n.name[:28]:<28} {n.kind[:13]:<13} {n.mode[:8]:<8} {n.chunks:>6} {grid:<22} "
+            f"{format_bytes(n.peak_bytes):>11} {format_bytes(n.sealed_bytes):>10} "
+            f"{format_bytes(n.unsealed_bytes):>10}"
+            + ("  out sealed" if n.out_sealed else "")
+            + (f"  evicts {','.join(n.evicted)[:40]}" if n.evicted else "")
+        )
     rows.append("-" * len(head))
     b = mp.peak_breakdown
-    rows.append(f"expected peak {format_bytes(mp.peak_bytes)} of {format_bytes(mp.budget_bytes)} "
-                f"(weights {format_bytes(b.get('weights', 0))}, activations "
-                f"{format_bytes(b.get('activations', 0))}, scratch {format_bytes(b.get('scratch', 0))}, "
-                f"crypto {format_bytes(b.get('crypto', 0))}); {len(mp.chunked_nodes)} chunked node(s)")
-    rows.append(f"weights {format_bytes(mp.weights_bytes)}: {format_bytes(mp.weights_resident_bytes)} "
-                f"resident, {format_bytes(mp.weights_sealed_bytes)} sealed "
-                f"({len(mp.sealed_modules)} module(s)); per inference "
-                f"{format_bytes(mp.sealed_bytes)} sealed, {format_bytes(mp.unsealed_bytes)} unsealed")
+    rows.append(
+        f"expected peak {format_bytes(mp.peak_bytes)} of {format_bytes(mp.budget_bytes)} "
+        f"(weights {format_bytes(b.get('weights', 0))}, activations "
+        f"{format_bytes(b.get('activations', 0))}, scratch {format_bytes(b.get('scratch', 0))}, "
+        f"crypto {format_bytes(b.get('crypto', 0))}); {len(mp.chunked_nodes)} chunked node(s)"
+    )
+    rows.append(
+        f"weights {format_bytes(mp.weights_bytes)}: {format_bytes(mp.weights_resident_bytes)} "
+        f"resident, {format_bytes(mp.weights_sealed_bytes)} sealed "
+        f"({len(mp.sealed_modules)} module(s)); per inference "
+        f"{format_bytes(mp.sealed_bytes)} sealed, {format_bytes(mp.unsealed_bytes)} unsealed"
+    )
     return "\n".join(rows)
 
 
@@ -152,13 +186,20 @@ def _budget_of(budget: Any) -> tuple[str, int | None]:
         return budget.tee, budget.budget_bytes
     if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
         return "custom", budget
-    raise ConfigError(f"memory_plan: budget must be a TEE profile name, a TeeProfile, an "
-                      f"EnclaveConfig, a positive int of bytes or None, got {budget!r}")
+    raise ConfigError(
+        f"memory_plan: budget must be a TEE profile name, a TeeProfile, an "
+        f"EnclaveConfig, a positive int of bytes or None, got {budget!r}"
+    )
 
 
-def memory_plan(plan: Any, budget: Any = "unlimited", captured: Any = None, *,
-                program: tuple[Mapping[str, Any], Sequence[torch.Tensor]] | None = None,
-                resident_weight_fraction: float | None = None) -> MemoryPlan:
+def memory_plan(
+    plan: Any,
+    budget: Any = "unlimited",
+    captured: Any = None,
+    *,
+    program: tuple[Mapping[str, Any], Sequence[torch.Tensor]] | None = None,
+    resident_weight_fraction: float | None = None,
+) -> MemoryPlan:
     """Plan the enclave's memory for ``plan`` under ``budget``; raise if a layer cannot fit.
 
     ``budget``: a TEE profile name (``"sgx1-client"``...), a :class:`TeeProfile`, an
@@ -171,16 +212,21 @@ def memory_plan(plan: Any, budget: Any = "unlimited", captured: Any = None, *,
     tee, nbytes = _budget_of(budget)
     if program is None:
         if captured is None:
-            raise ConfigError("memory_plan needs the captured graph (captured=) or the enclave "
-                              "program (program=(description, tensors)) to know layer shapes")
+            raise ConfigError(
+                "memory_plan needs the captured graph (captured=) or the enclave "
+                "program (program=(description, tensors)) to know layer shapes"
+            )
         program = enclave_program(captured, plan)
     desc, tensors = program
     specs = {n: (tuple(t.shape), t.dtype) for n, t in zip(desc.get("tensors", []), tensors)}
     values = _value_specs(plan, captured, desc)
     # The resident-weight allowance is searched: half the budget first, then more if the run left
     # headroom, less if it had to seal; the plan moving the fewest bytes wins.
-    queue = [resident_weight_fraction] if resident_weight_fraction is not None else (
-        [0.5] if nbytes is not None else [1.0])
+    queue = (
+        [resident_weight_fraction]
+        if resident_weight_fraction is not None
+        else ([0.5] if nbytes is not None else [1.0])
+    )
     tried: set[float] = set()
     best: tuple[tuple[int, int, int], MemoryPlan] | None = None
     first_error: MemoryBudgetError | None = None
@@ -229,29 +275,77 @@ def _value_specs(plan: Any, captured: Any, desc: Mapping[str, Any]) -> dict[str,
     return out
 
 
-def _simulate(desc: Mapping[str, Any], specs: Mapping[str, TensorSpec], values: Mapping[str, TensorSpec],
-              tee: str, budget: int | None, frac: float, batch: int) -> MemoryPlan:
+def _simulate(
+    desc: Mapping[str, Any],
+    specs: Mapping[str, TensorSpec],
+    values: Mapping[str, TensorSpec],
+    tee: str,
+    budget: int | None,
+    frac: float,
+    batch: int,
+) -> MemoryPlan:
     paths = {k: m.get("path", k) for k, m in desc.get("modules", {}).items()}
     # parsed as the enclave parses it: the page size is derived from the budget the same way
-    section = MemorySection.parse({"tee": tee, "budget_bytes": budget, "resident_weight_fraction": frac,
-                                   "module_paths": paths})
+    section = MemorySection.parse(
+        {
+            "tee": tee,
+            "budget_bytes": budget,
+            "resident_weight_fraction": frac,
+            "module_paths": paths,
+        }
+    )
     pm = plan_memory(desc, specs, values, section)
-    nodes = tuple(NodeMemoryPlan(n.name, n.kind, n.mode, n.chunks, n.grid, n.peak_bytes, n.node_bytes,
-                                 n.out_sealed, n.sealed_bytes, n.unsealed_bytes, tuple(n.evicted))
-                  for n in pm.nodes)
+    nodes = tuple(
+        NodeMemoryPlan(
+            n.name,
+            n.kind,
+            n.mode,
+            n.chunks,
+            n.grid,
+            n.peak_bytes,
+            n.node_bytes,
+            n.out_sealed,
+            n.sealed_bytes,
+            n.unsealed_bytes,
+            tuple(n.evicted),
+        )
+        for n in pm.nodes
+    )
     return MemoryPlan(
-        tee=tee, budget_bytes=budget, batch=batch, peak_bytes=pm.peak_bytes,
-        peak_breakdown=dict(pm.peak_breakdown), weights_bytes=pm.weights_bytes,
-        weights_resident_bytes=pm.weights_resident_bytes, weights_sealed_bytes=pm.weights_sealed_bytes,
-        sealed_modules=pm.sealed_modules, resident_weight_fraction=frac, sealed_bytes=pm.sealed_bytes,
-        unsealed_bytes=pm.unsealed_bytes, nodes=nodes, page_bytes=pm.page_bytes, module_paths=paths)
+        tee=tee,
+        budget_bytes=budget,
+        batch=batch,
+        peak_bytes=pm.peak_bytes,
+        peak_breakdown=dict(pm.peak_breakdown),
+        weights_bytes=pm.weights_bytes,
+        weights_resident_bytes=pm.weights_resident_bytes,
+        weights_sealed_bytes=pm.weights_sealed_bytes,
+        sealed_modules=pm.sealed_modules,
+        resident_weight_fraction=frac,
+        sealed_bytes=pm.sealed_bytes,
+        unsealed_bytes=pm.unsealed_bytes,
+        nodes=nodes,
+        page_bytes=pm.page_bytes,
+        module_paths=paths,
+    )
 
 
-__all__ = ["MemoryPlan", "NodeMemoryPlan", "attach_memory_plan", "format_memory_plan", "memory_plan"]
+__all__ = [
+    "MemoryPlan",
+    "NodeMemoryPlan",
+    "attach_memory_plan",
+    "format_memory_plan",
+    "memory_plan",
+]
 
 
-def attach_memory_plan(desc: dict[str, Any], tensors: Sequence[torch.Tensor], plan: Any, config: Any,
-                       captured: Any = None) -> MemoryPlan | None:
+def attach_memory_plan(
+    desc: dict[str, Any],
+    tensors: Sequence[torch.Tensor],
+    plan: Any,
+    config: Any,
+    captured: Any = None,
+) -> MemoryPlan | None:
     """Shield-time hook: plan memory under ``config``'s TEE budget and ship it in ``desc``.
 
     Raises :class:`MemoryBudgetError` (before any enclave is started) when a layer cannot run

@@ -18,7 +18,7 @@ class EnclaveMode(str, enum.Enum):
     AUTO = "AUTO"
 
     @classmethod
-    def parse(cls, value: "EnclaveMode | str") -> "EnclaveMode":
+    def parse(cls, value: EnclaveMode | str) -> EnclaveMode:
         from taoism.errors import ConfigError
 
         if isinstance(value, cls):

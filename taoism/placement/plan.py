@@ -38,10 +38,16 @@ class Segment:
     enclave_free: tuple[str, ...] = ()  # enclave values no longer needed after this segment
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "side": self.side.value, "nodes": list(self.nodes),
-                "inputs": list(self.inputs), "outputs": list(self.outputs),
-                "send_in": list(self.send_in), "returns": list(self.returns),
-                "keep": list(self.keep)}
+        return {
+            "index": self.index,
+            "side": self.side.value,
+            "nodes": list(self.nodes),
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "send_in": list(self.send_in),
+            "returns": list(self.returns),
+            "keep": list(self.keep),
+        }
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,9 @@ class Plan:
 
     def bytes_crossing(self) -> int:
         """Plaintext bytes crossing the boundary per inference at the example batch size."""
-        return sum(self.value_bytes.get(v, 0) for s in self.enclave_segments
-                   for v in s.send_in + s.returns)
+        return sum(
+            self.value_bytes.get(v, 0) for s in self.enclave_segments for v in s.send_in + s.returns
+        )
 
     def totals(self) -> dict[str, Any]:
         p_all = sum(l.info.params for l in self.layers)
@@ -93,26 +100,41 @@ class Plan:
             "enclave_nodes": sum(l.placement is ENCLAVE for l in self.layers),
             "segments": len(self.segments),
             "enclave_segments": len(self.enclave_segments),
-            "params": p_all, "params_enclave": p_enc,
+            "params": p_all,
+            "params_enclave": p_enc,
             "params_enclave_pct": 100.0 * p_enc / p_all if p_all else 0.0,
-            "flops": f_all, "flops_enclave": f_enc,
+            "flops": f_all,
+            "flops_enclave": f_enc,
             "flops_enclave_pct": 100.0 * f_enc / f_all if f_all else 0.0,
-            "crossings": self.crossings(), "bytes_crossing": self.bytes_crossing(),
+            "crossings": self.crossings(),
+            "bytes_crossing": self.bytes_crossing(),
             "batch": self.batch,
         }
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": "taoism-plan/1",
-            "placement": {**{l.info.name: l.placement.value for l in self.layers
-                             if l.info.name not in self.duplicated},
-                          "_default": self.rules.default.value},
+            "placement": {
+                **{
+                    l.info.name: l.placement.value
+                    for l in self.layers
+                    if l.info.name not in self.duplicated
+                },
+                "_default": self.rules.default.value,
+            },
             "rules": self.rules.to_json(),
             "totals": self.totals(),
-            "layers": [{**l.info.to_json(), "requested": l.requested.value,
-                        "placement": l.placement.value, "segment": l.segment,
-                        "crossings_in": l.crossings_in, "bytes_in": l.bytes_in}
-                       for l in self.layers],
+            "layers": [
+                {
+                    **l.info.to_json(),
+                    "requested": l.requested.value,
+                    "placement": l.placement.value,
+                    "segment": l.segment,
+                    "crossings_in": l.crossings_in,
+                    "bytes_in": l.bytes_in,
+                }
+                for l in self.layers
+            ],
             "segments": [s.to_json() for s in self.segments],
         }
 
@@ -121,21 +143,27 @@ class Plan:
         Path(path).write_text(json.dumps(self.to_json(), indent=2))
 
     def table(self) -> str:
-        head = f"{'#':>3} {'node':<28} {'type':<18} {'place':<7} {'seg':>3} {'params':>10} " \
-               f"{'MFLOPs':>9} {'out KiB':>9} {'cross':>5}"
+        head = (
+            f"{'#':>3} {'node':<28} {'type':<18} {'place':<7} {'seg':>3} {'params':>10} "
+            f"{'MFLOPs':>9} {'out KiB':>9} {'cross':>5}"
+        )
         rows = [head, "-" * len(head)]
         for i, l in enumerate(self.layers):
             kind = l.info.module_type or l.info.target.rsplit(".", 1)[-1]
-            rows.append(f"{i:>3} {l.info.name[:28]:<28} {kind[:18]:<18} {l.placement.value:<7} "
-                        f"{l.segment:>3} {l.info.params:>10,} {l.info.flops / 1e6:>9.2f} "
-                        f"{l.info.out_bytes / 1024:>9.1f} {l.crossings_in:>5}")
+            rows.append(
+                f"{i:>3} {l.info.name[:28]:<28} {kind[:18]:<18} {l.placement.value:<7} "
+                f"{l.segment:>3} {l.info.params:>10,} {l.info.flops / 1e6:>9.2f} "
+                f"{l.info.out_bytes / 1024:>9.1f} {l.crossings_in:>5}"
+            )
         t = self.totals()
         rows.append("-" * len(head))
-        rows.append(f"segments {t['segments']} ({t['enclave_segments']} in the enclave); "
-                    f"params in enclave {t['params_enclave']:,}/{t['params']:,} "
-                    f"({t['params_enclave_pct']:.2f}%); FLOPs in enclave {t['flops_enclave_pct']:.2f}%; "
-                    f"{t['crossings']} tensor crossings, {t['bytes_crossing'] / 1024:.1f} KiB "
-                    f"per inference at batch {t['batch']}")
+        rows.append(
+            f"segments {t['segments']} ({t['enclave_segments']} in the enclave); "
+            f"params in enclave {t['params_enclave']:,}/{t['params']:,} "
+            f"({t['params_enclave_pct']:.2f}%); FLOPs in enclave {t['flops_enclave_pct']:.2f}%; "
+            f"{t['crossings']} tensor crossings, {t['bytes_crossing'] / 1024:.1f} KiB "
+            f"per inference at batch {t['batch']}"
+        )
         return "\n".join(rows)
 
     def __str__(self) -> str:
@@ -185,16 +213,20 @@ def _resolve_modes(captured: CapturedGraph, raw: dict[str, EnclaveMode]) -> dict
     return out
 
 
-_KIND_WORDS = {"tensor": "a tensor", "tensors": "a tuple of tensors",
-               "other": "a non-tensor value (a size, an int or another Python object)"}
+_KIND_WORDS = {
+    "tensor": "a tensor",
+    "tensors": "a tuple of tensors",
+    "other": "a non-tensor value (a size, an int or another Python object)",
+}
 
 
 def _kind(info: NodeInfo) -> str:
     return _KIND_WORDS.get(info.value_kind, info.value_kind)
 
 
-def _split_shape_values(captured: CapturedGraph, raw: dict[str, EnclaveMode],
-                        modes: dict[str, EnclaveMode]) -> list[str]:
+def _split_shape_values(
+    captured: CapturedGraph, raw: dict[str, EnclaveMode], modes: dict[str, EnclaveMode]
+) -> list[str]:
     """Give every non-tensor value (a size, a shape int) the side of its users; one with users on
     both sides is computed on each side (the node is duplicated), so it never crosses.
 
@@ -205,15 +237,21 @@ def _split_shape_values(captured: CapturedGraph, raw: dict[str, EnclaveMode],
     twins: list[str] = []
     for n in reversed(list(graph.nodes)):
         info = captured.nodes.get(n.name)
-        if info is None or n.op in ("placeholder", "output", "get_attr") or info.value_kind != "other":
+        if (
+            info is None
+            or n.op in ("placeholder", "output", "get_attr")
+            or info.value_kind != "other"
+        ):
             continue
         sides = {modes[u.name] for u in n.users if u.op != "output"}
         if len(sides) == 1:
             modes[n.name] = sides.pop()
         elif len(sides) == 2:
             order = {m: i for i, m in enumerate(graph.nodes)}
-            inside = sorted((u for u in n.users if u.op != "output" and modes[u.name] is ENCLAVE),
-                            key=order.__getitem__)
+            inside = sorted(
+                (u for u in n.users if u.op != "output" and modes[u.name] is ENCLAVE),
+                key=order.__getitem__,
+            )
             with graph.inserting_before(inside[0]):  # next to its users: no extra segment
                 twin = graph.node_copy(n)
             twin._rename(f"{n.name}_enclave")
@@ -232,8 +270,11 @@ def _check_shape_exposure(captured: CapturedGraph, modes: dict[str, EnclaveMode]
     """Refuse a plan that would send an enclave tensor to the host only for its shape."""
     infos = captured.nodes
     for n in captured.gm.graph.nodes:
-        if modes.get(n.name) is not ENCLAVE or infos[n.name].value_kind != "tensor" or any(
-                u.op == "output" for u in n.users):
+        if (
+            modes.get(n.name) is not ENCLAVE
+            or infos[n.name].value_kind != "tensor"
+            or any(u.op == "output" for u in n.users)
+        ):
             continue
         outside = [u for u in n.users if modes.get(u.name) is GPU]
         if outside and all(infos[u.name].value_kind == "other" for u in outside):
@@ -241,7 +282,8 @@ def _check_shape_exposure(captured: CapturedGraph, modes: dict[str, EnclaveMode]
                 f"device node {outside[0].name!r} reads only the shape of enclave tensor {n.name!r}, "
                 f"but computing it on the device would send {n.name!r} to the host; place "
                 f"{outside[0].name!r}'s users in the enclave, or pass the size from a device "
-                f"tensor (e.g. the model input) instead")
+                f"tensor (e.g. the model input) instead"
+            )
 
 
 def _check_enclave_ops(captured: CapturedGraph, modes: dict[str, EnclaveMode]) -> None:
@@ -249,8 +291,13 @@ def _check_enclave_ops(captured: CapturedGraph, modes: dict[str, EnclaveMode]) -
     (:data:`taoism.protocol.vocabulary.ATEN_OPS`). Names the op, the node and the way around."""
     if captured.kind != "export":
         return
-    bad = [n for n in captured.gm.graph.nodes if n.op == "call_function"
-           and modes.get(n.name) is ENCLAVE and function_name(n.target) is None]
+    bad = [
+        n
+        for n in captured.gm.graph.nodes
+        if n.op == "call_function"
+        and modes.get(n.name) is ENCLAVE
+        and function_name(n.target) is None
+    ]
     if not bad:
         return
     first = captured.nodes[bad[0].name]
@@ -264,7 +311,8 @@ def _check_enclave_ops(captured: CapturedGraph, modes: dict[str, EnclaveMode]) -
         f"enclave, using {len(ops)} op(s): {', '.join(ops[:12])}{' ...' if len(ops) > 12 else ''}. "
         f"Work around: place these nodes on the device (e.g. {{{fix_key!r}: 'GPU'}}), or "
         f"capture='fx' (with leaf_modules=[...] for the submodule fx cannot trace) if its layers "
-        f"are ones the enclave rebuilds")
+        f"are ones the enclave rebuilds"
+    )
 
 
 def build_plan(captured: CapturedGraph, rules: PlacementRules) -> Plan:
@@ -321,7 +369,8 @@ def build_plan(captured: CapturedGraph, rules: PlacementRules) -> Plan:
                     raise PlacementError(
                         f"node {v!r} produces {_kind(infos[v])}, which cannot cross into "
                         f"the enclave for segment {i}; place {v!r} in the enclave too "
-                        f"(placement={{{v!r}: 'ENCLAVE'}}) or its users on the device")
+                        f"(placement={{{v!r}: 'ENCLAVE'}}) or its users on the device"
+                    )
             in_enclave.update(send_in)
             returns = [v for v in seg_outputs if users_on(v, GPU, i) or (end in uses.get(v, ()))]
             keep = [v for v in seg_outputs if users_on(v, ENCLAVE, i)]
@@ -329,35 +378,65 @@ def build_plan(captured: CapturedGraph, rules: PlacementRules) -> Plan:
                 if infos[v].value_kind != "tensor":
                     raise PlacementError(
                         f"node {v!r} in the enclave produces {_kind(infos[v])} that the "
-                        f"device needs; place its users in the enclave too, or {v!r} on the device")
+                        f"device needs; place its users in the enclave too, or {v!r} on the device"
+                    )
             on_host.update(returns)
             in_enclave.update(keep)
             for v in send_in:
                 node = next(n for n in g if any(a.name == v for a in n.all_input_nodes))
-                crossings[node.name] = (crossings.get(node.name, (0, 0))[0] + 1,
-                                        crossings.get(node.name, (0, 0))[1] + infos[v].out_bytes)
-            segments.append(Segment(i, side, tuple(names), tuple(seg_inputs), tuple(seg_outputs),
-                                    tuple(send_in), tuple(returns), tuple(keep)))
+                crossings[node.name] = (
+                    crossings.get(node.name, (0, 0))[0] + 1,
+                    crossings.get(node.name, (0, 0))[1] + infos[v].out_bytes,
+                )
+            segments.append(
+                Segment(
+                    i,
+                    side,
+                    tuple(names),
+                    tuple(seg_inputs),
+                    tuple(seg_outputs),
+                    tuple(send_in),
+                    tuple(returns),
+                    tuple(keep),
+                )
+            )
         else:
             missing = [v for v in seg_inputs if v not in on_host]
             if missing:  # pragma: no cover - guaranteed by the returns rule above
-                raise PlacementError(f"internal: device segment {i} needs {missing} not on the host")
+                raise PlacementError(
+                    f"internal: device segment {i} needs {missing} not on the host"
+                )
             for n in g:
                 for a in n.all_input_nodes:
                     if seg_of.get(a.name) is not None and side_of[seg_of[a.name]] is ENCLAVE:
-                        crossings[n.name] = (crossings.get(n.name, (0, 0))[0] + 1,
-                                             crossings.get(n.name, (0, 0))[1] + infos[a.name].out_bytes)
+                        crossings[n.name] = (
+                            crossings.get(n.name, (0, 0))[0] + 1,
+                            crossings.get(n.name, (0, 0))[1] + infos[a.name].out_bytes,
+                        )
             on_host.update(seg_outputs)
             segments.append(Segment(i, side, tuple(names), tuple(seg_inputs), tuple(seg_outputs)))
     segments = _with_free_lists(segments, outputs)
     layers = tuple(
-        LayerPlan(info=infos[n.name], requested=raw[n.name], placement=modes[n.name],
-                  segment=seg_of[n.name], crossings_in=crossings.get(n.name, (0, 0))[0],
-                  bytes_in=crossings.get(n.name, (0, 0))[1])
-        for n in compute)
-    return Plan(rules=rules, layers=layers, segments=tuple(segments), input_names=inputs,
-                output_names=outputs, batch=captured.batch,
-                value_bytes={k: v.out_bytes for k, v in infos.items()}, duplicated=tuple(twins))
+        LayerPlan(
+            info=infos[n.name],
+            requested=raw[n.name],
+            placement=modes[n.name],
+            segment=seg_of[n.name],
+            crossings_in=crossings.get(n.name, (0, 0))[0],
+            bytes_in=crossings.get(n.name, (0, 0))[1],
+        )
+        for n in compute
+    )
+    return Plan(
+        rules=rules,
+        layers=layers,
+        segments=tuple(segments),
+        input_names=inputs,
+        output_names=outputs,
+        batch=captured.batch,
+        value_bytes={k: v.out_bytes for k, v in infos.items()},
+        duplicated=tuple(twins),
+    )
 
 
 def _with_free_lists(segments: list[Segment], outputs: tuple[str, ...]) -> list[Segment]:
@@ -377,8 +456,22 @@ def _with_free_lists(segments: list[Segment], outputs: tuple[str, ...]) -> list[
                 host_last[v] = s.index
     out = []
     for s in segments:
-        host_free = tuple(v for v, last in host_last.items() if last == s.index and v not in outputs)
+        host_free = tuple(
+            v for v, last in host_last.items() if last == s.index and v not in outputs
+        )
         enc_free = tuple(v for v, last in enc_last.items() if last == s.index)
-        out.append(Segment(s.index, s.side, s.nodes, s.inputs, s.outputs, s.send_in,
-                           s.returns, s.keep, host_free, enc_free))
+        out.append(
+            Segment(
+                s.index,
+                s.side,
+                s.nodes,
+                s.inputs,
+                s.outputs,
+                s.send_in,
+                s.returns,
+                s.keep,
+                host_free,
+                enc_free,
+            )
+        )
     return out

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from taoism.capture import CapturedGraph
 from taoism.errors import ConfigError, PlacementError
@@ -45,41 +46,45 @@ class PlacementRules:
     types: tuple[tuple[str, EnclaveMode], ...] = ()  # class names (short or dotted), spec order
 
     @classmethod
-    def from_spec(cls, spec: PlacementSpec) -> "PlacementRules":
+    def from_spec(cls, spec: PlacementSpec) -> PlacementRules:
         """Build rules from a mapping, a JSON plan file path, or None (everything on the device)."""
         if spec is None:
             return cls()
         if isinstance(spec, (str, os.PathLike)):
             return cls.from_file(spec)
         if not isinstance(spec, Mapping):
-            raise ConfigError(f"placement must be a dict, a JSON file path or None, got {type(spec).__name__}")
+            raise ConfigError(
+                f"placement must be a dict, a JSON file path or None, got {type(spec).__name__}"
+            )
         exact, regex, types, default = [], [], [], EnclaveMode.GPU
         for key, mode in spec.items():
             if isinstance(key, type):
                 types.append((_type_key(key), EnclaveMode.parse(mode)))
                 continue
             if not isinstance(key, str):
-                raise ConfigError(f"placement key {key!r} must be a string (a name, 're:<regex>', "
-                                  "'type:<ClassName>', '_default') or a module class such as nn.ReLU")
+                raise ConfigError(
+                    f"placement key {key!r} must be a string (a name, 're:<regex>', "
+                    "'type:<ClassName>', '_default') or a module class such as nn.ReLU"
+                )
             m = EnclaveMode.parse(mode)
             if key.startswith(TYPE_PREFIX):
-                if not key[len(TYPE_PREFIX):].strip():
+                if not key[len(TYPE_PREFIX) :].strip():
                     raise ConfigError(f"placement key {key!r} names no class; e.g. 'type:ReLU'")
-                types.append((key[len(TYPE_PREFIX):].strip(), m))
+                types.append((key[len(TYPE_PREFIX) :].strip(), m))
             elif key == DEFAULT_KEY:
                 default = m
             elif key.startswith(REGEX_PREFIX):
                 try:
-                    re.compile(key[len(REGEX_PREFIX):])
+                    re.compile(key[len(REGEX_PREFIX) :])
                 except re.error as exc:
                     raise ConfigError(f"placement regex {key!r} does not compile: {exc}") from None
-                regex.append((key[len(REGEX_PREFIX):], m))
+                regex.append((key[len(REGEX_PREFIX) :], m))
             else:
                 exact.append((key, m))
         return cls(tuple(exact), tuple(regex), default, tuple(types))
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "PlacementRules":
+    def from_file(cls, path: str | os.PathLike) -> PlacementRules:
         p = Path(path)
         try:
             data: Any = json.loads(p.read_text())
@@ -90,8 +95,10 @@ class PlacementRules:
         if isinstance(data, dict) and "placement" in data:
             data = data["placement"]
         if not isinstance(data, dict):
-            raise ConfigError(f"placement file {str(p)!r} must hold an object mapping names to "
-                              "GPU/ENCLAVE/AUTO (or a saved plan with a 'placement' key)")
+            raise ConfigError(
+                f"placement file {str(p)!r} must hold an object mapping names to "
+                "GPU/ENCLAVE/AUTO (or a saved plan with a 'placement' key)"
+            )
         return cls.from_spec(data)
 
     def to_json(self) -> dict[str, str]:
@@ -104,9 +111,12 @@ class PlacementRules:
     def assign(self, captured: CapturedGraph) -> dict[str, EnclaveMode]:
         """Raw mode per compute node (AUTO not yet resolved); unknown names are an error."""
         infos = [i for i in captured.nodes.values() if i.op not in ("placeholder", "output")]
-        classes = dict(captured.module_classes) or {n: type(m) for n, m in captured.gm.named_modules()}
+        classes = dict(captured.module_classes) or {
+            n: type(m) for n, m in captured.gm.named_modules()
+        }
         module_names = {name for name, _ in captured.gm.named_modules() if name} | {
-            n for n in classes if n}
+            n for n in classes if n
+        }
         node_names = {i.name for i in infos}
         for key, _ in self.exact:
             if key not in module_names and key not in node_names:
@@ -114,13 +124,16 @@ class PlacementRules:
                 raise PlacementError(
                     f"placement names {key!r}, which is neither a module nor a graph node of this "
                     f"model; similar names: {close or sorted(module_names)[:5]}. "
-                    "Run `taoism plan` or print(sm.plan) to list the names")
+                    "Run `taoism plan` or print(sm.plan) to list the names"
+                )
         names_of = {path: _type_names(c) for path, c in classes.items()}
         for t, _ in self.types:
             if not any(t in names for names in names_of.values()):
                 present = sorted({c.__name__ for c in classes.values()})
-                raise PlacementError(f"placement key {TYPE_PREFIX + t!r} matches no module of this "
-                                     f"model; module types present: {present[:12]}")
+                raise PlacementError(
+                    f"placement key {TYPE_PREFIX + t!r} matches no module of this "
+                    f"model; module types present: {present[:12]}"
+                )
         compiled = [(re.compile(r), m, r) for r, m in self.regex]
         used = set()
         out: dict[str, EnclaveMode] = {}
@@ -130,18 +143,30 @@ class PlacementRules:
                 mode = self._match_type(info, names_of)
             if mode is None:
                 for rx, m, r in compiled:
-                    if any(rx.fullmatch(s) for s in (info.name, info.module_path, info.target) if s):
+                    if any(
+                        rx.fullmatch(s) for s in (info.name, info.module_path, info.target) if s
+                    ):
                         mode = m
                         used.add(r)
                         break
             out[info.name] = mode if mode is not None else self.default
-        unused = [r for r, _ in self.regex if r not in used and not any(
-            re.fullmatch(r, i.name) or re.fullmatch(r, i.module_path) or re.fullmatch(r, i.target)
-            for i in infos)]
+        unused = [
+            r
+            for r, _ in self.regex
+            if r not in used
+            and not any(
+                re.fullmatch(r, i.name)
+                or re.fullmatch(r, i.module_path)
+                or re.fullmatch(r, i.target)
+                for i in infos
+            )
+        ]
         if unused:
-            raise PlacementError(f"placement regex {REGEX_PREFIX + unused[0]!r} matches no node or "
-                                 "module of this model; fix or remove it (regexes must match the "
-                                 "whole name, e.g. 're:.*relu.*')")
+            raise PlacementError(
+                f"placement regex {REGEX_PREFIX + unused[0]!r} matches no node or "
+                "module of this model; fix or remove it (regexes must match the "
+                "whole name, e.g. 're:.*relu.*')"
+            )
         return out
 
     def _match_type(self, info: Any, names_of: Mapping[str, set[str]]) -> EnclaveMode | None:

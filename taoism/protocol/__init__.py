@@ -7,6 +7,6 @@ shielded weight or activation.
 """
 
 from taoism.protocol.kinds import Kind
-from taoism.protocol.schema import MemorySection, PROGRAM_FORMAT, ReplyMeta, parse_program
+from taoism.protocol.schema import PROGRAM_FORMAT, MemorySection, ReplyMeta, parse_program
 
 __all__ = ["Kind", "MemorySection", "PROGRAM_FORMAT", "ReplyMeta", "parse_program"]

@@ -14,7 +14,9 @@ class Kind(enum.IntEnum):
     STATS = 4  # reply blob: JSON statistics of the enclave
     CLOSE = 5  # reply OK, then the enclave exits
     ATTEST = 6  # package mode: blob = the verifier's 32-byte nonce; reply OK, blob = attestation envelope
-    PROVISION = 7  # package mode: blob = the wrapped model key; the enclave loads the signed program
+    PROVISION = (
+        7  # package mode: blob = the wrapped model key; the enclave loads the signed program
+    )
     OK = 10  # reply: blob may hold JSON
     RESULT = 11  # reply to RUN: tensors = returns; blob = JSON ReplyMeta (timings, memory)
     ERROR = 12  # reply: blob = JSON {"type": ..., "message": ...}

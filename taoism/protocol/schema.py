@@ -17,8 +17,9 @@ Nothing here holds a tensor's data: only names, shapes, configs and numbers.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from taoism.errors import ProgramError
 
@@ -31,7 +32,9 @@ MIN_PAGE_BYTES = 256
 def names(v: object, what: str) -> tuple[str, ...]:
     """``v`` as a tuple of names; ProgramError unless it is a list of strings."""
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise ProgramError(f"program description: {what} must be a list of names, got {type(v).__name__}")
+        raise ProgramError(
+            f"program description: {what} must be a list of names, got {type(v).__name__}"
+        )
     return tuple(v)
 
 
@@ -71,19 +74,28 @@ class MemorySection:
     boundary_bytes: int = DEFAULT_BOUNDARY_BYTES
 
     @classmethod
-    def parse(cls, spec: Mapping[str, Any] | None) -> "MemorySection":
+    def parse(cls, spec: Mapping[str, Any] | None) -> MemorySection:
         """Validate a ``memory`` section (None: unlimited, accounting only)."""
         spec = dict(spec or {})
         budget = spec.get("budget_bytes")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
-            raise ProgramError(f"memory section: budget_bytes must be a positive int or null, got {budget!r}")
-        page = spec.get("page_bytes") or (min(DEFAULT_PAGE_BYTES, max(4096, budget // 32))
-                                          if budget else DEFAULT_PAGE_BYTES)
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0
+        ):
+            raise ProgramError(
+                f"memory section: budget_bytes must be a positive int or null, got {budget!r}"
+            )
+        page = spec.get("page_bytes") or (
+            min(DEFAULT_PAGE_BYTES, max(4096, budget // 32)) if budget else DEFAULT_PAGE_BYTES
+        )
         if isinstance(page, bool) or not isinstance(page, int) or page < MIN_PAGE_BYTES:
-            raise ProgramError(f"memory section: page_bytes must be an int >= {MIN_PAGE_BYTES}, got {page!r}")
+            raise ProgramError(
+                f"memory section: page_bytes must be an int >= {MIN_PAGE_BYTES}, got {page!r}"
+            )
         frac = spec.get("resident_weight_fraction", 0.5)
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac <= 1.0:
-            raise ProgramError(f"memory section: resident_weight_fraction must be in [0, 1], got {frac!r}")
+            raise ProgramError(
+                f"memory section: resident_weight_fraction must be in [0, 1], got {frac!r}"
+            )
         paths = spec.get("module_paths") or {}
         if not isinstance(paths, dict):
             raise ProgramError("memory section: module_paths must be an object")
@@ -92,17 +104,28 @@ class MemorySection:
             sealed = names(sealed, "memory section: sealed_modules")
         boundary = spec.get("boundary_bytes", DEFAULT_BOUNDARY_BYTES)
         if isinstance(boundary, bool) or not isinstance(boundary, int) or boundary < 0:
-            raise ProgramError(f"memory section: boundary_bytes must be an int >= 0, got {boundary!r}")
-        return cls(tee=str(spec.get("tee", "unlimited")), budget_bytes=budget, page_bytes=page,
-                   resident_weight_fraction=float(frac), sealed_modules=sealed,
-                   module_paths={str(k): str(v) for k, v in paths.items()}, boundary_bytes=boundary)
+            raise ProgramError(
+                f"memory section: boundary_bytes must be an int >= 0, got {boundary!r}"
+            )
+        return cls(
+            tee=str(spec.get("tee", "unlimited")),
+            budget_bytes=budget,
+            page_bytes=page,
+            resident_weight_fraction=float(frac),
+            sealed_modules=sealed,
+            module_paths={str(k): str(v) for k, v in paths.items()},
+            boundary_bytes=boundary,
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The section as it goes into a program description."""
-        out: dict[str, Any] = {"tee": self.tee, "budget_bytes": self.budget_bytes,
-                               "page_bytes": self.page_bytes,
-                               "resident_weight_fraction": self.resident_weight_fraction,
-                               "module_paths": dict(self.module_paths)}
+        out: dict[str, Any] = {
+            "tee": self.tee,
+            "budget_bytes": self.budget_bytes,
+            "page_bytes": self.page_bytes,
+            "resident_weight_fraction": self.resident_weight_fraction,
+            "module_paths": dict(self.module_paths),
+        }
         if self.sealed_modules is not None:
             out["sealed_modules"] = list(self.sealed_modules)
         return out
@@ -127,16 +150,29 @@ class ReplyMeta:
         return json.dumps(out).encode()
 
     @classmethod
-    def decode(cls, blob: bytes) -> "ReplyMeta":
+    def decode(cls, blob: bytes) -> ReplyMeta:
         """Parse a reply blob; ProgramError if it is not one."""
         try:
             d = json.loads(blob)
             times = d.get("node_times")
-            return cls(float(d["compute_s"]), float(d["crypto_s"]),
-                       tuple(float(t) for t in times) if times is not None else None, d.get("memory"))
+            return cls(
+                float(d["compute_s"]),
+                float(d["crypto_s"]),
+                tuple(float(t) for t in times) if times is not None else None,
+                d.get("memory"),
+            )
         except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ProgramError(f"enclave reply metadata is malformed ({type(exc).__name__}: {exc})") from None
+            raise ProgramError(
+                f"enclave reply metadata is malformed ({type(exc).__name__}: {exc})"
+            ) from None
 
 
-__all__ = ["DEFAULT_BOUNDARY_BYTES", "DEFAULT_PAGE_BYTES", "MemorySection", "PROGRAM_FORMAT",
-           "ReplyMeta", "names", "parse_program"]
+__all__ = [
+    "DEFAULT_BOUNDARY_BYTES",
+    "DEFAULT_PAGE_BYTES",
+    "MemorySection",
+    "PROGRAM_FORMAT",
+    "ReplyMeta",
+    "names",
+    "parse_program",
+]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -25,7 +26,9 @@ class Observer:
     def begin(self, seg: Segment) -> None:
         """Segment ``seg`` is about to run (a pipeline waits here for its stage)."""
 
-    def run_device(self, seg: Segment, gm: fx.GraphModule, args: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+    def run_device(
+        self, seg: Segment, gm: fx.GraphModule, args: Sequence[torch.Tensor]
+    ) -> tuple[Any, ...]:
         """Run a device segment (an observer may time it node by node)."""
         return gm(*args)
 
@@ -38,7 +41,8 @@ class SegmentTimer(Observer):
 
     def __init__(self, segments: Sequence[Segment], channel_stats: ChannelStats | None) -> None:
         self.records: dict[int, dict[str, list[float]]] = {
-            s.index: {k: [] for k in ("total", "enclave", "crypto", "copy")} for s in segments}
+            s.index: {k: [] for k in ("total", "enclave", "crypto", "copy")} for s in segments
+        }
         self._chan = channel_stats
         self._last: Any = None
 
@@ -72,7 +76,9 @@ class LayerTimer(Observer):
         self.memory: dict[int, Any] = {}  # the enclave's memory report, per enclave segment
         self._sync = sync
 
-    def run_device(self, seg: Segment, gm: fx.GraphModule, args: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+    def run_device(
+        self, seg: Segment, gm: fx.GraphModule, args: Sequence[torch.Tensor]
+    ) -> tuple[Any, ...]:
         """Run the device segment node by node, timing each."""
         interp = _TimedInterpreter(gm, self._sync)
         outs = interp.run(*args)

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -77,7 +78,10 @@ class StageGate(Observer):
         self._s, self._i = schedule, i
         k = len(schedule.enclaves)
         self._ahead = i - k  # the micro-batch before this one on its session
-        self._locks = {EnclaveMode.GPU: schedule.device, EnclaveMode.ENCLAVE: schedule.enclaves[i % k]}
+        self._locks = {
+            EnclaveMode.GPU: schedule.device,
+            EnclaveMode.ENCLAVE: schedule.enclaves[i % k],
+        }
         self._held: set[EnclaveMode] = set()
         self.busy: dict[str, float] = {"GPU": 0.0, "ENCLAVE": 0.0}
 
@@ -124,13 +128,16 @@ def _as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
     return (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
 
 
-def split_batches(batches: Any, micro_batch: int | None) -> tuple[list[tuple[torch.Tensor, ...]], list[int]]:
+def split_batches(
+    batches: Any, micro_batch: int | None
+) -> tuple[list[tuple[torch.Tensor, ...]], list[int]]:
     """The micro-batches to run, and how many of them make up each input batch."""
     if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
         raise ConfigError(f"micro_batch must be a positive int or None, got {micro_batch!r}")
     if isinstance(batches, torch.Tensor) and micro_batch is None:
-        raise ConfigError("map() got one tensor: give micro_batch=N to split it, or pass an "
-                          "iterable of batches")
+        raise ConfigError(
+            "map() got one tensor: give micro_batch=N to split it, or pass an iterable of batches"
+        )
     whole = isinstance(batches, torch.Tensor)
     items: Iterable[Any] = [batches] if whole else batches
     micro: list[tuple[torch.Tensor, ...]] = []
@@ -161,8 +168,12 @@ class PipelineRun:
         self.micro_batches = 0
 
 
-def _run(sm: "ShieldedModel", micro: list[tuple[torch.Tensor, ...]], sessions: Sequence[Any],
-         gates: list[StageGate]) -> list[Any]:
+def _run(
+    sm: ShieldedModel,
+    micro: list[tuple[torch.Tensor, ...]],
+    sessions: Sequence[Any],
+    gates: list[StageGate],
+) -> list[Any]:
     """Run every micro-batch in its own pool thread behind its gate; outputs in order."""
     schedule = Schedule(sm.plan.segments, len(micro), len(sessions))
     gates.extend(StageGate(schedule, i) for i in range(len(micro)))
@@ -176,7 +187,9 @@ def _run(sm: "ShieldedModel", micro: list[tuple[torch.Tensor, ...]], sessions: S
         finally:
             gates[i].release_all()
 
-    pool = ThreadPoolExecutor(max_workers=len(schedule.enclaves) + 1, thread_name_prefix="taoism-pipeline")
+    pool = ThreadPoolExecutor(
+        max_workers=len(schedule.enclaves) + 1, thread_name_prefix="taoism-pipeline"
+    )
     try:
         futures = [pool.submit(one, i) for i in range(len(micro))]
         wait(futures, return_when=FIRST_EXCEPTION)
@@ -194,8 +207,12 @@ def _run(sm: "ShieldedModel", micro: list[tuple[torch.Tensor, ...]], sessions: S
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_pipelined(sm: "ShieldedModel", batches: Any, micro_batch: int | None = None,
-                  record: PipelineRun | None = None) -> Any:
+def run_pipelined(
+    sm: ShieldedModel,
+    batches: Any,
+    micro_batch: int | None = None,
+    record: PipelineRun | None = None,
+) -> Any:
     """Run ``batches`` through ``sm`` pipelined; one output per input batch, in order.
 
     A single tensor with ``micro_batch`` gives one output (the micro-batches' outputs joined).
@@ -214,9 +231,16 @@ def run_pipelined(sm: "ShieldedModel", batches: Any, micro_batch: int | None = N
             record.busy[side] += sum(g.busy[side] for g in gates)
     grouped, k = [], 0
     for n in counts:
-        grouped.append(outs[k] if micro_batch is None else _join(outs[k:k + n]))
+        grouped.append(outs[k] if micro_batch is None else _join(outs[k : k + n]))
         k += n
     return grouped[0] if isinstance(batches, torch.Tensor) else grouped
 
 
-__all__ = ["PipelineRun", "Schedule", "StageGate", "enclave_order", "run_pipelined", "split_batches"]
+__all__ = [
+    "PipelineRun",
+    "Schedule",
+    "StageGate",
+    "enclave_order",
+    "run_pipelined",
+    "split_batches",
+]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -15,16 +16,16 @@ import torch.nn as nn
 from torch.fx.node import map_aggregate
 
 from taoism.backends import EnclaveBackend, get_backend
-from taoism.runtime.stats import Stat
 from taoism.capture import capture
 from taoism.config import EnclaveConfig
 from taoism.errors import ConfigError, EnclaveCrashed, InputError, SessionFailed
-from taoism.placement import EnclaveMode, Plan, PlacementRules, PlacementSpec, build_plan
-from taoism.placement.memory import attach_memory_plan
+from taoism.placement import EnclaveMode, PlacementRules, PlacementSpec, Plan, build_plan
 from taoism.placement.lowering import enclave_program
+from taoism.placement.memory import attach_memory_plan
 from taoism.runtime.lowering import device_segment
 from taoism.runtime.observe import LayerTimer, Observer, SegmentTimer
 from taoism.runtime.profile import LayerTiming, Profile, SegmentTiming
+from taoism.runtime.stats import Stat
 
 
 @dataclass(frozen=True)
@@ -55,28 +56,45 @@ class ShieldedModel:
     sessions (there is no automatic restart: the host keeps no copy of the shielded weights).
     """
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
-                 placement: PlacementSpec = None, *, strategy: Any = None,
-                 device: str | torch.device | None = None, enclave: EnclaveConfig | None = None,
-                 leaf_modules: Iterable[str | type[nn.Module]] = (), capture: str = "auto") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor | Sequence[torch.Tensor],
+        placement: PlacementSpec = None,
+        *,
+        strategy: Any = None,
+        device: str | torch.device | None = None,
+        enclave: EnclaveConfig | None = None,
+        leaf_modules: Iterable[str | type[nn.Module]] = (),
+        capture: str = "auto",
+    ) -> None:
         self.capture = capture
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device='cuda' was asked for but torch sees no CUDA device; "
-                              "use device='cpu' or leave it unset")
+            raise ConfigError(
+                "device='cuda' was asked for but torch sees no CUDA device; "
+                "use device='cpu' or leave it unset"
+            )
         self.enclave_config = enclave or EnclaveConfig()
         self._leaf_modules = tuple(leaf_modules)
         if strategy is not None and placement is not None:
             raise ConfigError("give either placement= or strategy=, not both")
         self.strategy = strategy
-        self._rules = (placement if isinstance(placement, PlacementRules)
-                       else PlacementRules.from_spec(placement))
-        examples = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
+        self._rules = (
+            placement
+            if isinstance(placement, PlacementRules)
+            else PlacementRules.from_spec(placement)
+        )
+        examples = (
+            (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
+        )
         self._input_specs = tuple((t.dtype, tuple(t.shape[1:])) for t in examples)
         self._backend: EnclaveBackend | None = None
         self._lock = threading.RLock()  # held for a whole inference: see the class docstring
         self._failed: str | None = None  # why the session was stopped mid-request
-        self._pool: tuple[EnclaveBackend, ...] = ()  # every enclave session (EnclaveConfig.sessions)
+        self._pool: tuple[
+            EnclaveBackend, ...
+        ] = ()  # every enclave session (EnclaveConfig.sessions)
         self._free: queue.Queue[EnclaveBackend] | None = None
         self._build(model, examples)
 
@@ -86,8 +104,13 @@ class ShieldedModel:
             # Re-applied on every build (reload too): fresh secrets, never the unprotected model.
             from taoism.strategies import apply_strategy
 
-            model, placement = apply_strategy(model, self.strategy, leaf_modules=self._leaf_modules,
-                                              capture=self.capture, example_inputs=examples)
+            model, placement = apply_strategy(
+                model,
+                self.strategy,
+                leaf_modules=self._leaf_modules,
+                capture=self.capture,
+                example_inputs=examples,
+            )
             self._rules = PlacementRules.from_spec(placement)
         captured = capture(model, examples, leaf_modules=self._leaf_modules, capture=self.capture)
         plan = build_plan(captured, self._rules)
@@ -100,10 +123,14 @@ class ShieldedModel:
         if plan.enclave_segments:
             desc, tensors = enclave_program(captured, plan)
             # refuses (MemoryBudgetError) before the enclave starts if a layer cannot fit
-            self.memory_plan = attach_memory_plan(desc, tensors, plan, self.enclave_config, captured)
+            self.memory_plan = attach_memory_plan(
+                desc, tensors, plan, self.enclave_config, captured
+            )
             cls = get_backend(self.enclave_config.backend, self.enclave_config)
             try:
-                for _ in range(self.enclave_config.sessions):  # one session unless a pool is asked for
+                for _ in range(
+                    self.enclave_config.sessions
+                ):  # one session unless a pool is asked for
                     backend = cls(self.enclave_config)
                     pool.append(backend)
                     backend.start()
@@ -115,12 +142,18 @@ class ShieldedModel:
             del desc, tensors
         out_node = next(n for n in captured.gm.graph.nodes if n.op == "output")
         out_template = map_aggregate(
-            out_node.args[0], lambda a: _Ref(a.name) if isinstance(a, fx.Node) else a)
+            out_node.args[0], lambda a: _Ref(a.name) if isinstance(a, fx.Node) else a
+        )
         self._install(plan, segments, tuple(pool) if plan.enclave_segments else (), out_template)
         del captured  # the traced module shares the caller's parameters: keep none of it
 
-    def _install(self, plan: Plan, segments: dict[int, fx.GraphModule],
-                 pool: tuple[EnclaveBackend, ...], out_template: Any) -> None:
+    def _install(
+        self,
+        plan: Plan,
+        segments: dict[int, fx.GraphModule],
+        pool: tuple[EnclaveBackend, ...],
+        out_template: Any,
+    ) -> None:
         """Make a freshly built plan, device segments and enclave session(s) the live ones."""
         self.plan: Plan = plan
         self._segments = segments
@@ -151,17 +184,23 @@ class ShieldedModel:
     # -- inference ---------------------------------------------------------------------------
     def _check_inputs(self, inputs: tuple[Any, ...]) -> None:
         if len(inputs) != len(self._input_specs):
-            raise InputError(f"the shielded model takes {len(self._input_specs)} input tensor(s), "
-                             f"got {len(inputs)}")
+            raise InputError(
+                f"the shielded model takes {len(self._input_specs)} input tensor(s), "
+                f"got {len(inputs)}"
+            )
         for i, (x, (dtype, shape)) in enumerate(zip(inputs, self._input_specs)):
             if not isinstance(x, torch.Tensor):
                 raise InputError(f"input {i} must be a torch.Tensor, got {type(x).__name__}")
             if x.dtype != dtype:
-                raise InputError(f"input {i} has dtype {x.dtype}, the model was shielded for {dtype}; "
-                                 f"convert it with x.to({dtype})")
+                raise InputError(
+                    f"input {i} has dtype {x.dtype}, the model was shielded for {dtype}; "
+                    f"convert it with x.to({dtype})"
+                )
             if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
-                raise InputError(f"input {i} has shape {tuple(x.shape)}, expected (batch, "
-                                 f"{', '.join(map(str, shape))}) as in the example input")
+                raise InputError(
+                    f"input {i} has shape {tuple(x.shape)}, expected (batch, "
+                    f"{', '.join(map(str, shape))}) as in the example input"
+                )
             if x.shape[0] < 1:
                 raise InputError(f"input {i} has an empty batch; pass at least one sample")
 
@@ -213,13 +252,18 @@ class ShieldedModel:
 
     def _outputs(self, env: dict[str, Any], out_device: torch.device) -> Any:
         """The model's output structure filled from the values of one forward."""
-        return map_aggregate(self._out_template,
-                             lambda a: env[a.name].to(out_device) if isinstance(a, _Ref) else a)
+        return map_aggregate(
+            self._out_template, lambda a: env[a.name].to(out_device) if isinstance(a, _Ref) else a
+        )
 
     forward = __call__
 
-    def _forward(self, inputs: Sequence[torch.Tensor], observer: Observer | None = None,
-                 backend: EnclaveBackend | None = None) -> dict[str, Any]:
+    def _forward(
+        self,
+        inputs: Sequence[torch.Tensor],
+        observer: Observer | None = None,
+        backend: EnclaveBackend | None = None,
+    ) -> dict[str, Any]:
         """The one forward loop: every segment in plan order; returns the host values the output needs.
 
         ``observer`` (profiling) may run device segments its own way, asks the enclave for per-node
@@ -230,11 +274,13 @@ class ShieldedModel:
             raise SessionFailed(
                 f"the enclave session was stopped because an earlier inference was cut off "
                 f"between a request and its reply ({self._failed}); call reload(model) with the "
-                "original model to start a fresh one")
+                "original model to start a fresh one"
+            )
         if plan.enclave_segments and (backend is None or not backend.alive):
             raise EnclaveCrashed(
                 "the enclave is not running (it crashed, timed out or was closed); call "
-                "reload(model) with the original model to start a fresh one")
+                "reload(model) with the original model to start a fresh one"
+            )
         dev = self.device
         env: dict[str, Any] = {n: x.to(dev) for n, x in zip(plan.input_names, inputs)}
         if observer is not None:
@@ -256,8 +302,11 @@ class ShieldedModel:
                 else:
                     assert backend is not None
                     sent = in_run = True
-                    reply = backend.run(seg.index, [env[v] for v in seg.send_in],
-                                        profile=observer is not None and observer.profile_enclave)
+                    reply = backend.run(
+                        seg.index,
+                        [env[v] for v in seg.send_in],
+                        profile=observer is not None and observer.profile_enclave,
+                    )
                     in_run = False
                     self._check_reply(seg, reply.tensors)
                     for v, t in zip(seg.returns, reply.tensors):
@@ -269,7 +318,11 @@ class ShieldedModel:
         except BaseException as exc:
             # A clean error reply (the backend still alive) leaves the session in step; anything
             # else once the enclave holds part of this inference does not.
-            if sent and not (in_run and backend is not None and backend.alive) and self._failed is None:
+            if (
+                sent
+                and not (in_run and backend is not None and backend.alive)
+                and self._failed is None
+            ):
                 self._fail_session(f"{type(exc).__name__} at segment {seg.index}: {exc}")
             raise
         return env
@@ -282,9 +335,14 @@ class ShieldedModel:
         else:
             for v, t in zip(seg.returns, tensors):
                 shapes = self._shapes.get(v)
-                if shapes and len(shapes) == 1 and (
-                        t.dim() != len(shapes[0]) or tuple(t.shape[1:]) != tuple(shapes[0][1:])):
-                    problem = f"{v!r} shaped {tuple(t.shape)}, expected (batch, *{tuple(shapes[0][1:])})"
+                if (
+                    shapes
+                    and len(shapes) == 1
+                    and (t.dim() != len(shapes[0]) or tuple(t.shape[1:]) != tuple(shapes[0][1:]))
+                ):
+                    problem = (
+                        f"{v!r} shaped {tuple(t.shape)}, expected (batch, *{tuple(shapes[0][1:])})"
+                    )
                     break
         if problem is not None:
             raise self._fail_session(f"the enclave's reply to segment {seg.index} has {problem}")
@@ -294,8 +352,10 @@ class ShieldedModel:
         self._failed = reason
         for b in self._pool:
             b.abort(reason)
-        return SessionFailed(f"the enclave session was stopped: {reason}; call reload(model) with "
-                             "the original model to start a fresh one")
+        return SessionFailed(
+            f"the enclave session was stopped: {reason}; call reload(model) with "
+            "the original model to start a fresh one"
+        )
 
     # -- measurement -------------------------------------------------------------------------
     def _sync(self) -> None:
@@ -336,25 +396,54 @@ class ShieldedModel:
             crossings = len(s.send_in) + len(s.returns)
             nbytes = sum(plan.value_bytes.get(v, 0) for v in s.send_in + s.returns)
             if s.side is EnclaveMode.GPU:
-                seg_rows.append(SegmentTiming(s.index, s.side.value, len(s.nodes), total,
-                                              device_compute=total.median))
+                seg_rows.append(
+                    SegmentTiming(
+                        s.index, s.side.value, len(s.nodes), total, device_compute=total.median
+                    )
+                )
             else:
                 enc, crypto, copy_ = med("enclave"), med("crypto"), med("copy")
                 wait = max(0.0, total.median - enc - crypto - copy_)
-                seg_rows.append(SegmentTiming(s.index, s.side.value, len(s.nodes), total,
-                                              enclave_compute=enc, crypto=crypto, copy=copy_,
-                                              wait=wait, crossings=crossings,
-                                              bytes=nbytes * inputs[0].shape[0] // max(plan.batch, 1)))
-        layers = tuple(LayerTiming(l.info.name, l.info.module_type or l.info.target.rsplit(".", 1)[-1],
-                                   l.placement.value, l.segment, Stat.of(layer_times[l.info.name]))
-                       for l in plan.layers)
-        return Profile(batch=int(inputs[0].shape[0]), repeats=repeats, warmup=warmup,
-                       device=str(self.device), end_to_end=Stat.of(e2e), segments=tuple(seg_rows),
-                       layers=layers, meta={"threads": torch.get_num_threads(),
-                                            "enclave_threads": self.enclave_config.threads,
-                                            "backend": self.enclave_config.backend if backend else None,
-                                            "tee": self.enclave_config.tee,
-                                            "enclave_memory": {str(k): v for k, v in memory.items()}})
+                seg_rows.append(
+                    SegmentTiming(
+                        s.index,
+                        s.side.value,
+                        len(s.nodes),
+                        total,
+                        enclave_compute=enc,
+                        crypto=crypto,
+                        copy=copy_,
+                        wait=wait,
+                        crossings=crossings,
+                        bytes=nbytes * inputs[0].shape[0] // max(plan.batch, 1),
+                    )
+                )
+        layers = tuple(
+            LayerTiming(
+                l.info.name,
+                l.info.module_type or l.info.target.rsplit(".", 1)[-1],
+                l.placement.value,
+                l.segment,
+                Stat.of(layer_times[l.info.name]),
+            )
+            for l in plan.layers
+        )
+        return Profile(
+            batch=int(inputs[0].shape[0]),
+            repeats=repeats,
+            warmup=warmup,
+            device=str(self.device),
+            end_to_end=Stat.of(e2e),
+            segments=tuple(seg_rows),
+            layers=layers,
+            meta={
+                "threads": torch.get_num_threads(),
+                "enclave_threads": self.enclave_config.threads,
+                "backend": self.enclave_config.backend if backend else None,
+                "tee": self.enclave_config.tee,
+                "enclave_memory": {str(k): v for k, v in memory.items()},
+            },
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -377,7 +466,9 @@ class ShieldedModel:
     def stats(self) -> dict[str, Any]:
         """Boundary and enclave counters (empty when nothing runs in the enclave)."""
         with self._exclusive():
-            return self._backend.stats() if self._backend is not None and self._backend.alive else {}
+            return (
+                self._backend.stats() if self._backend is not None and self._backend.alive else {}
+            )
 
     def close(self) -> None:
         """Stop the enclave; idempotent. Waits for a running inference up to the enclave time-out, then kills."""
@@ -393,7 +484,7 @@ class ShieldedModel:
         for b in self._pool:  # an inference holds a session: stop the enclave under it
             b.abort("closed while an inference was running")
 
-    def __enter__(self) -> "ShieldedModel":
+    def __enter__(self) -> ShieldedModel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -401,16 +492,26 @@ class ShieldedModel:
 
     def __repr__(self) -> str:
         t = self.plan.totals()
-        return (f"ShieldedModel({t['nodes']} nodes, {t['segments']} segments, "
-                f"{t['enclave_nodes']} in the enclave, device={self.device})")
+        return (
+            f"ShieldedModel({t['nodes']} nodes, {t['segments']} segments, "
+            f"{t['enclave_nodes']} in the enclave, device={self.device})"
+        )
 
 
-def shield(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
-           placement: PlacementSpec = None, *, strategy: Any = None, backend: str | None = None,
-           device: str | torch.device | None = None, threads: int | None = None,
-           enclave: EnclaveConfig | None = None,
-           leaf_modules: Iterable[str | type[nn.Module]] = (), tee: str | None = None,
-           capture: str = "auto") -> ShieldedModel:
+def shield(
+    model: nn.Module,
+    example_input: torch.Tensor | Sequence[torch.Tensor],
+    placement: PlacementSpec = None,
+    *,
+    strategy: Any = None,
+    backend: str | None = None,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    enclave: EnclaveConfig | None = None,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    tee: str | None = None,
+    capture: str = "auto",
+) -> ShieldedModel:
     """Deploy ``model`` with the placement (or TSDP ``strategy``) given; returns a ShieldedModel.
 
     ``placement`` maps module names, node names or ``"re:<regex>"`` to GPU/ENCLAVE/AUTO, with
@@ -421,9 +522,18 @@ def shield(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor
     ``capture`` is ``"fx"``, ``"export"`` or ``"auto"`` (fx when the model traces, else export).
     """
     cfg = enclave or EnclaveConfig()
-    overrides = {k: v for k, v in (("backend", backend), ("threads", threads), ("tee", tee))
-                 if v is not None}
+    overrides = {
+        k: v for k, v in (("backend", backend), ("threads", threads), ("tee", tee)) if v is not None
+    }
     if overrides:
         cfg = EnclaveConfig(**{**cfg.__dict__, **overrides})
-    return ShieldedModel(model, example_input, placement, strategy=strategy, device=device,
-                         enclave=cfg, leaf_modules=leaf_modules, capture=capture)
+    return ShieldedModel(
+        model,
+        example_input,
+        placement,
+        strategy=strategy,
+        device=device,
+        enclave=cfg,
+        leaf_modules=leaf_modules,
+        capture=capture,
+    )

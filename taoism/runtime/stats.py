@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -20,13 +20,20 @@ class Stat:
     n: int
 
     @classmethod
-    def of(cls, xs: Sequence[float]) -> "Stat":
+    def of(cls, xs: Sequence[float]) -> Stat:
         """The statistics of ``xs`` (all zero for no measurement)."""
         if not xs:
             return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
         s = sorted(xs)
-        return cls(statistics.median(s), _quantile(s, 0.10), _quantile(s, 0.90), s[0], s[-1],
-                   statistics.fmean(s), len(s))
+        return cls(
+            statistics.median(s),
+            _quantile(s, 0.10),
+            _quantile(s, 0.90),
+            s[0],
+            s[-1],
+            statistics.fmean(s),
+            len(s),
+        )
 
     @property
     def spread(self) -> float:

@@ -22,21 +22,54 @@ attacks and the de-obfuscation), ``runner`` (in process, processes, Ray), ``repo
 calls), ``cache``. See :mod:`taoism.security.experiment` for the data setting.
 """
 
-from taoism.security.attacks import (build_surrogate, confidence_scores, membership_inference, pgd,
-                                     threshold_attack, transfer_attack)
+from taoism.security.attacks import (
+    build_surrogate,
+    confidence_scores,
+    membership_inference,
+    pgd,
+    threshold_attack,
+    transfer_attack,
+)
 from taoism.security.cache import Cache, config_hash, default_cache_dir, resolve_cache_dir
 from taoism.security.experiment import AttackConfig, JobSpec, prepare_models, run_job
 from taoism.security.report import METRICS, RATIO_METRICS, format_table
 from taoism.security.sweep import sweep
 from taoism.security.table import run_attack_table
 from taoism.security.tuning import AttackGrid, fit_surrogate, grid_edges
-from taoism.security.views import (Reconstruction, black_box_view, reconstruct_state, view_summary,
-                                   white_box_view)
+from taoism.security.views import (
+    Reconstruction,
+    black_box_view,
+    reconstruct_state,
+    view_summary,
+    white_box_view,
+)
 
 __all__ = [
-    "AttackConfig", "AttackGrid", "Cache", "JobSpec", "METRICS", "RATIO_METRICS", "Reconstruction",
-    "black_box_view", "build_surrogate", "confidence_scores", "config_hash", "default_cache_dir",
-    "fit_surrogate", "format_table", "grid_edges", "membership_inference", "pgd", "prepare_models", "reconstruct_state",
-    "resolve_cache_dir", "run_attack_table", "run_job", "sweep", "threshold_attack", "transfer_attack", "view_summary",
+    "AttackConfig",
+    "AttackGrid",
+    "Cache",
+    "JobSpec",
+    "METRICS",
+    "RATIO_METRICS",
+    "Reconstruction",
+    "black_box_view",
+    "build_surrogate",
+    "confidence_scores",
+    "config_hash",
+    "default_cache_dir",
+    "fit_surrogate",
+    "format_table",
+    "grid_edges",
+    "membership_inference",
+    "pgd",
+    "prepare_models",
+    "reconstruct_state",
+    "resolve_cache_dir",
+    "run_attack_table",
+    "run_job",
+    "sweep",
+    "threshold_attack",
+    "transfer_attack",
+    "view_summary",
     "white_box_view",
 ]

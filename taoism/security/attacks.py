@@ -31,8 +31,10 @@ __all__ = [
 
 # -- model stealing ----------------------------------------------------------------------------
 
-def build_surrogate(template: nn.Module, view: Mapping[str, Any],
-                    public_state: Mapping[str, torch.Tensor]) -> tuple[nn.Module, Reconstruction]:
+
+def build_surrogate(
+    template: nn.Module, view: Mapping[str, Any], public_state: Mapping[str, torch.Tensor]
+) -> tuple[nn.Module, Reconstruction]:
     """A copy of ``template``'s architecture initialised from the attacker view (de-obfuscated),
     with every shielded tensor taken from the public model."""
     surrogate = copy.deepcopy(template)
@@ -61,7 +63,9 @@ def align_output_rows(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -
     cls, rows = linear_sum_assignment(-conf.numpy())
     perm = torch.empty(k, dtype=torch.long)
     perm[torch.as_tensor(cls)] = torch.as_tensor(rows)
-    if torch.equal(perm, torch.arange(k)) or float(conf[torch.arange(k), perm].sum()) <= float(conf.trace()):
+    if torch.equal(perm, torch.arange(k)) or float(conf[torch.arange(k), perm].sum()) <= float(
+        conf.trace()
+    ):
         return None
     with torch.no_grad():
         head.weight.copy_(head.weight[perm])
@@ -77,9 +81,19 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # -- adversarial transfer ----------------------------------------------------------------------
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: torch.Tensor,
-        alpha: torch.Tensor, steps: int, lo: torch.Tensor, hi: torch.Tensor,
-        batch_size: int = 500) -> torch.Tensor:
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: torch.Tensor,
+    alpha: torch.Tensor,
+    steps: int,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    batch_size: int = 500,
+) -> torch.Tensor:
     """Untargeted L-inf PGD (no random start) against ``model``; ``eps``/``alpha``/``lo``/``hi``
     are per-channel tensors in the input's (normalised) units."""
     was = model.training
@@ -89,7 +103,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: torch.Tensor
     out = []
     try:
         for i in range(0, len(x), batch_size):
-            x0, yb = x[i:i + batch_size], y[i:i + batch_size]
+            x0, yb = x[i : i + batch_size], y[i : i + batch_size]
             xa = x0.clone()
             for _ in range(steps):
                 xa.requires_grad_(True)
@@ -107,9 +121,19 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: torch.Tensor
     return torch.cat(out) if out else x.clone()
 
 
-def transfer_attack(surrogate: nn.Module, victim: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                    eps: torch.Tensor, alpha: torch.Tensor, steps: int, lo: torch.Tensor,
-                    hi: torch.Tensor, max_samples: int | None = None) -> dict[str, float]:
+def transfer_attack(
+    surrogate: nn.Module,
+    victim: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: torch.Tensor,
+    alpha: torch.Tensor,
+    steps: int,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    max_samples: int | None = None,
+) -> dict[str, float]:
     """PGD on the surrogate, tested on the victim, over test samples the victim gets right.
 
     Returns ``adv_success`` (fraction the victim misclassifies after the attack) and
@@ -120,16 +144,23 @@ def transfer_attack(surrogate: nn.Module, victim: nn.Module, x: torch.Tensor, y:
     if max_samples is not None:
         xs, ys = xs[:max_samples], ys[:max_samples]
     if len(ys) == 0:
-        return {"adv_success": float("nan"), "adv_surrogate_success": float("nan"), "adv_samples": 0}
+        return {
+            "adv_success": float("nan"),
+            "adv_surrogate_success": float("nan"),
+            "adv_samples": 0,
+        }
     xa = pgd(surrogate, xs, ys, eps=eps, alpha=alpha, steps=steps, lo=lo, hi=hi)
     return {
         "adv_success": float((predict_logits(victim, xa).argmax(1) != ys).double().mean()),
-        "adv_surrogate_success": float((predict_logits(surrogate, xa).argmax(1) != ys).double().mean()),
+        "adv_surrogate_success": float(
+            (predict_logits(surrogate, xa).argmax(1) != ys).double().mean()
+        ),
         "adv_samples": int(len(ys)),
     }
 
 
 # -- membership inference ----------------------------------------------------------------------
+
 
 def confidence_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The softmax probability the model gives each sample's true label."""
@@ -178,10 +209,16 @@ def _auc(members: torch.Tensor, non_members: torch.Tensor) -> float:
     return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def membership_inference(surrogate: nn.Module, x_in: torch.Tensor, y_in: torch.Tensor,
-                         x_out: torch.Tensor, y_out: torch.Tensor, shadow: nn.Module,
-                         shadow_in: tuple[torch.Tensor, torch.Tensor],
-                         shadow_out: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+def membership_inference(
+    surrogate: nn.Module,
+    x_in: torch.Tensor,
+    y_in: torch.Tensor,
+    x_out: torch.Tensor,
+    y_out: torch.Tensor,
+    shadow: nn.Module,
+    shadow_in: tuple[torch.Tensor, torch.Tensor],
+    shadow_out: tuple[torch.Tensor, torch.Tensor],
+) -> dict[str, Any]:
     """Confidence-threshold MIA calibrated on the attacker's own ``shadow`` model.
 
     The shadow model is trained on its own (the victim's recipe on the attacker's
@@ -191,10 +228,15 @@ def membership_inference(surrogate: nn.Module, x_in: torch.Tensor, y_in: torch.T
     target's members (``x_in``) and non-members (``x_out``). Also reports the surrogate's
     generalisation gap and confidence gap there.
     """
-    tau = threshold_attack(confidence_scores(shadow, *shadow_in), confidence_scores(shadow, *shadow_out))
+    tau = threshold_attack(
+        confidence_scores(shadow, *shadow_in), confidence_scores(shadow, *shadow_out)
+    )
     n = min(len(y_in), len(y_out))
     x_in, y_in, x_out, y_out = x_in[:n], y_in[:n], x_out[:n], y_out[:n]
-    s_in, s_out = confidence_scores(surrogate, x_in, y_in), confidence_scores(surrogate, x_out, y_out)
+    s_in, s_out = (
+        confidence_scores(surrogate, x_in, y_in),
+        confidence_scores(surrogate, x_out, y_out),
+    )
     acc_in = float((s_in >= tau).double().mean())
     acc_out = float((s_out < tau).double().mean())
     tr = float((predict_logits(surrogate, x_in).argmax(1) == y_in).double().mean())

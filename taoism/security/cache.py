@@ -16,15 +16,22 @@ import json
 import math
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from taoism.errors import ConfigError
 
-__all__ = ["CACHE_DIR_ENV", "CACHE_VERSION", "Cache", "config_hash", "default_cache_dir", "resolve_cache_dir"]
+__all__ = [
+    "CACHE_DIR_ENV",
+    "CACHE_VERSION",
+    "Cache",
+    "config_hash",
+    "default_cache_dir",
+    "resolve_cache_dir",
+]
 
 #: Bump when a change to the training or attack code changes what a cached entry would hold.
 CACHE_VERSION = 3
@@ -66,8 +73,9 @@ def _canonical(obj: Any) -> Any:
 
 def config_hash(config: dict[str, Any], length: int = 24) -> str:
     """The hex SHA-256 (truncated to ``length``) of ``config`` as canonical JSON."""
-    blob = json.dumps({"v": CACHE_VERSION, "config": _canonical(config)}, sort_keys=True,
-                      separators=(",", ":"))
+    blob = json.dumps(
+        {"v": CACHE_VERSION, "config": _canonical(config)}, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
@@ -77,7 +85,9 @@ class Cache:
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"cache_dir {self.root} exists and is not a directory; pass another cache_dir")
+            raise ConfigError(
+                f"cache_dir {self.root} exists and is not a directory; pass another cache_dir"
+            )
         self.hits = 0
         self.misses = 0
 

@@ -39,25 +39,61 @@ import torch
 from taoism.data import AttackSplits, ImageDataset
 from taoism.data.datasets import canonical_name
 from taoism.errors import ConfigError
-from taoism.security.attacks import agreement, align_output_rows, membership_inference, transfer_attack
+from taoism.security.attacks import (
+    agreement,
+    align_output_rows,
+    membership_inference,
+    transfer_attack,
+)
 from taoism.security.cache import Cache, config_hash
-from taoism.security.models import (build, dataset_for, is_sliced, plain_backbone, prepare_models,
-                                    public_state, shadow_state, sliced_counterpart, splits_for, subseed,
-                                    torch_threads)
+from taoism.security.models import (
+    build,
+    dataset_for,
+    is_sliced,
+    plain_backbone,
+    prepare_models,
+    public_state,
+    shadow_state,
+    sliced_counterpart,
+    splits_for,
+    subseed,
+    torch_threads,
+)
 from taoism.security.sliced import attacker_sliced, sliced_model, trains_slices
 from taoism.security.starts import Start, teeslice_starts, view_start
 from taoism.security.training import accuracy, classifier_head, predict_logits, seeded
 from taoism.security.tuning import AttackGrid, fit_surrogate, grid_edges
 from taoism.security.views import view_summary
 
-__all__ = ["AttackConfig", "JobSpec", "dataset_for", "prepare_models", "run_job", "sliced_counterpart",
-           "torch_threads"]
+__all__ = [
+    "AttackConfig",
+    "JobSpec",
+    "dataset_for",
+    "prepare_models",
+    "run_job",
+    "sliced_counterpart",
+    "torch_threads",
+]
 
 #: Metrics taken from the start with the best model-stealing accuracy / the best MIA accuracy.
-MS_KEYS = ("ms_accuracy", "fidelity", "surrogate_init_accuracy", "adv_success", "adv_surrogate_success",
-           "adv_samples")
-MIA_KEYS = ("mia_accuracy", "mia_auc", "mia_threshold", "mia_tpr", "mia_tnr", "generalization_gap",
-            "confidence_gap", "mia_samples")
+MS_KEYS = (
+    "ms_accuracy",
+    "fidelity",
+    "surrogate_init_accuracy",
+    "adv_success",
+    "adv_surrogate_success",
+    "adv_samples",
+)
+MIA_KEYS = (
+    "mia_accuracy",
+    "mia_auc",
+    "mia_threshold",
+    "mia_tpr",
+    "mia_tnr",
+    "generalization_gap",
+    "confidence_gap",
+    "mia_samples",
+)
 
 
 #: Bump when the TEESlice row's victim, starts or figures change meaning (part of its job key).
@@ -65,8 +101,13 @@ TEESLICE_JOB_VERSION = 2
 
 #: The smoke presets' TEESlice training: the artifact's coefficients, at most two pruning steps
 #: (a test, not a result; on digits' ~140 training members it takes ~2 s and reaches ~80% vs ~94%).
-SMOKE_TEESLICE = (("teacher_epochs", 20), ("student_epochs", 20), ("prune_every", 2), ("max_prune_steps", 2),
-                  ("batch_size", 32))
+SMOKE_TEESLICE = (
+    ("teacher_epochs", 20),
+    ("student_epochs", 20),
+    ("prune_every", 2),
+    ("max_prune_steps", 2),
+    ("batch_size", 32),
+)
 
 
 @dataclass(frozen=True)
@@ -122,23 +163,30 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         if self.public_task not in ("rotation", "supervised"):
-            raise ConfigError(f"public_task must be 'rotation' or 'supervised', got {self.public_task!r}")
+            raise ConfigError(
+                f"public_task must be 'rotation' or 'supervised', got {self.public_task!r}"
+            )
         for name in ("public_epochs", "victim_epochs", "pgd_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"AttackConfig.{name} must be an int >= 0, got {v!r}")
         if self.latency_repeats < 1:
             raise ConfigError("AttackConfig.latency_repeats must be >= 1")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise ConfigError(f"AttackConfig.threads must be an int >= 1 or None, got {self.threads!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ConfigError(
+                f"AttackConfig.threads must be an int >= 1 or None, got {self.threads!r}"
+            )
         for name, kind in (("ms_lrs", float), ("ms_epochs", int)):
             v = getattr(self, name)
             v = (v,) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
             try:
                 object.__setattr__(self, name, tuple(kind(e) for e in v))
             except (TypeError, ValueError):
-                raise ConfigError(f"AttackConfig.{name} must be a sequence of numbers, got {v!r}") from None
+                raise ConfigError(
+                    f"AttackConfig.{name} must be a sequence of numbers, got {v!r}"
+                ) from None
         for name in ("data_options", "teeslice_options"):
             object.__setattr__(self, name, tuple((str(k), v) for k, v in getattr(self, name)))
         self.grid()  # validates the grid
@@ -151,32 +199,63 @@ class AttackConfig:
         fields = {f.name for f in dataclasses.fields(TeeSliceConfig)} - {"seed"}
         unknown = sorted(k for k, _ in self.teeslice_options if k not in fields)
         if unknown:
-            raise ConfigError(f"AttackConfig.teeslice_options: unknown TeeSliceConfig field(s) {unknown}; "
-                              f"known: {sorted(fields)}")
+            raise ConfigError(
+                f"AttackConfig.teeslice_options: unknown TeeSliceConfig field(s) {unknown}; "
+                f"known: {sorted(fields)}"
+            )
         return TeeSliceConfig(**{**dict(self.teeslice_options), "seed": seed})
 
     @classmethod
-    def preset(cls, dataset: str, *, smoke: bool = False, **overrides: Any) -> "AttackConfig":
+    def preset(cls, dataset: str, *, smoke: bool = False, **overrides: Any) -> AttackConfig:
         """Defaults sized for ``dataset`` on a 2-core CPU; ``smoke`` shrinks them for tests."""
         name = canonical_name(dataset)
         base: dict[str, Any]
         if name == "digits":
-            base = dict(public_epochs=30, public_lr=0.02, public_batch=64, victim_epochs=40,
-                        victim_lr=0.02, victim_batch=32, adv_samples=None)
+            base = dict(
+                public_epochs=30,
+                public_lr=0.02,
+                public_batch=64,
+                victim_epochs=40,
+                victim_lr=0.02,
+                victim_batch=32,
+                adv_samples=None,
+            )
         elif name == "fashion_mnist":
             base = dict(public_size=15000, split_size=2500, public_epochs=3, victim_epochs=20)
         elif name == "glyphs":
-            base = dict(public_task="supervised", public_epochs=8, public_lr=0.05, victim_epochs=15,
-                        victim_lr=0.02, eval_samples=5000)
+            base = dict(
+                public_task="supervised",
+                public_epochs=8,
+                public_lr=0.05,
+                victim_epochs=15,
+                victim_lr=0.02,
+                eval_samples=5000,
+            )
         else:  # cifar
-            base = dict(public_size=20000, split_size=5000, public_epochs=10, public_lr=0.05,
-                        victim_epochs=30, victim_lr=0.02)
+            base = dict(
+                public_size=20000,
+                split_size=5000,
+                public_epochs=10,
+                public_lr=0.05,
+                victim_epochs=30,
+                victim_lr=0.02,
+            )
         if smoke:
-            base.update(latency_repeats=1, adv_samples=200, ms_lrs=(0.0003, 0.001, 0.003, 0.01, 0.03), ms_epochs=(3, 10, 30, 80))
+            base.update(
+                latency_repeats=1,
+                adv_samples=200,
+                ms_lrs=(0.0003, 0.001, 0.003, 0.01, 0.03),
+                ms_epochs=(3, 10, 30, 80),
+            )
             base.update(teeslice_options=SMOKE_TEESLICE)
             if name == "glyphs":
-                base.update(data_options=(("max_classes", 10), ("renders", 5), ("max_fonts_per_family", 1)),
-                            public_epochs=3, victim_epochs=8, eval_samples=None, adv_samples=100)
+                base.update(
+                    data_options=(("max_classes", 10), ("renders", 5), ("max_fonts_per_family", 1)),
+                    public_epochs=3,
+                    victim_epochs=8,
+                    eval_samples=None,
+                    adv_samples=100,
+                )
             elif name != "digits":
                 base.update(public_size=3000, split_size=600, eval_samples=2000)
         base.update(overrides)
@@ -184,7 +263,9 @@ class AttackConfig:
 
     def grid(self) -> AttackGrid:
         """The attacker's tuning grid."""
-        return AttackGrid(self.ms_lrs, self.ms_epochs, self.ms_paper_point, self.ms_val_fraction, self.ms_batch)
+        return AttackGrid(
+            self.ms_lrs, self.ms_epochs, self.ms_paper_point, self.ms_val_fraction, self.ms_batch
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -193,12 +274,26 @@ class AttackConfig:
         return d
 
     def public_key(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("split_size", "public_size", "public_task",
-                                               "public_epochs", "public_lr", "public_batch")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "split_size",
+                "public_size",
+                "public_task",
+                "public_epochs",
+                "public_lr",
+                "public_batch",
+            )
+        }
 
     def victim_key(self) -> dict[str, Any]:
-        return {**self.public_key(), **{k: getattr(self, k) for k in (
-            "victim_epochs", "victim_lr", "victim_batch", "victim_weight_decay")}}
+        return {
+            **self.public_key(),
+            **{
+                k: getattr(self, k)
+                for k in ("victim_epochs", "victim_lr", "victim_batch", "victim_weight_decay")
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -220,14 +315,29 @@ class JobSpec:
             config["teeslice_version"] = TEESLICE_JOB_VERSION
         else:  # other rows do not depend on it: their keys (and cached results) stay as they were
             del config["teeslice_options"]
-        return config_hash({"kind": "job", "model": self.model, "dataset": self.dataset,
-                            "data": self.data_fingerprint, "strategy": self.strategy,
-                            "seed": self.seed, "queries": self.queries, "config": config})
+        return config_hash(
+            {
+                "kind": "job",
+                "model": self.model,
+                "dataset": self.dataset,
+                "data": self.data_fingerprint,
+                "strategy": self.strategy,
+                "seed": self.seed,
+                "queries": self.queries,
+                "config": config,
+            }
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "dataset": self.dataset, "strategy": self.strategy,
-                "seed": self.seed, "queries": self.queries, "data_root": self.data_root,
-                "config": self.config.to_dict()}
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "strategy": self.strategy,
+            "seed": self.seed,
+            "queries": self.queries,
+            "data_root": self.data_root,
+            "config": self.config.to_dict(),
+        }
 
 
 def load_data(spec: JobSpec, cache: Cache) -> ImageDataset:
@@ -242,7 +352,7 @@ def _deployed_strategy(spec: str, seed: int) -> Any:
 
     s = parse_strategy(spec)
     if dataclasses.is_dataclass(s) and any(f.name == "secret_seed" for f in dataclasses.fields(s)):
-        if getattr(s, "secret_seed") is None:
+        if s.secret_seed is None:
             s = dataclasses.replace(s, secret_seed=subseed(seed, "secret:" + spec))
     return s
 
@@ -265,13 +375,17 @@ def draw_queries(spec: JobSpec, ds: ImageDataset, sp: AttackSplits) -> torch.Ten
     """The attacker's query indices: ``spec.queries`` of its own samples (shadow-train)."""
     pool = sp.shadow_train
     if spec.queries < 1 or spec.queries > len(pool):
-        raise ConfigError(f"queries={spec.queries} must lie in 1..{len(pool)} (the attacker's "
-                          f"shadow-train pool for {ds.name} with split_size={spec.config.split_size})")
+        raise ConfigError(
+            f"queries={spec.queries} must lie in 1..{len(pool)} (the attacker's "
+            f"shadow-train pool for {ds.name} with split_size={spec.config.split_size})"
+        )
     with seeded(subseed(spec.seed, f"queries:{spec.queries}")) as gen:
-        return pool[torch.randperm(len(pool), generator=gen)[:spec.queries]]
+        return pool[torch.randperm(len(pool), generator=gen)[: spec.queries]]
 
 
-def deploy(spec: JobSpec, victim: torch.nn.Module, ds: ImageDataset, xq: torch.Tensor) -> dict[str, Any]:
+def deploy(
+    spec: JobSpec, victim: torch.nn.Module, ds: ImageDataset, xq: torch.Tensor
+) -> dict[str, Any]:
     """Shield the victim; return what the host exposes, the oracle's labels, report and profile."""
     from taoism.runtime import shield
     from taoism.strategies import attacker_view, strategy_report
@@ -280,70 +394,128 @@ def deploy(spec: JobSpec, victim: torch.nn.Module, ds: ImageDataset, xq: torch.T
     strategy = _deployed_strategy(spec.strategy, spec.seed)
     example = ds.x_test[:1].clone()
     with shield(victim, example, strategy=strategy, backend=cfg.backend, device=cfg.device) as sm:
-        view = {k: dataclasses.replace(e, tensor=e.tensor.detach().clone() if e.tensor is not None else None)
-                for k, e in attacker_view(sm, victim).items()}
+        view = {
+            k: dataclasses.replace(
+                e, tensor=e.tensor.detach().clone() if e.tensor is not None else None
+            )
+            for k, e in attacker_view(sm, victim).items()
+        }
         report = strategy_report(sm, victim, strategy=spec.strategy)
         # Black-box oracle: top-1 labels from the deployed model.
-        yq = torch.cat([sm(xq[i:i + 256]).argmax(1).cpu() for i in range(0, len(xq), 256)])
+        yq = torch.cat([sm(xq[i : i + 256]).argmax(1).cpu() for i in range(0, len(xq), 256)])
         prof = sm.profile(example, repeats=cfg.latency_repeats, warmup=1)
     return {"view": view, "report": report, "yq": yq, "profile": prof}
 
 
-def attack_starts(spec: JobSpec, ds: ImageDataset, view: dict[str, Any], cache: Cache,
-                  deployed: torch.nn.Module | None = None) -> list[Start]:
+def attack_starts(
+    spec: JobSpec,
+    ds: ImageDataset,
+    view: dict[str, Any],
+    cache: Cache,
+    deployed: torch.nn.Module | None = None,
+) -> list[Start]:
     """Where the attacker starts: the view on a fresh copy, or TEESlice's three starts
     (``deployed``: the sliced model whose architecture the attacker knows; default: the job's)."""
     cfg = spec.config
     public_sd = public_state(spec.model, ds, spec.seed, cfg, cache)
     fresh = build(spec.model, ds, subseed(spec.seed, "attacker-init"))
     if trains_slices(spec.model, spec.strategy):
-        like = deployed if deployed is not None else sliced_model(spec.model, ds, spec.seed, cfg, cache)[0]
+        like = (
+            deployed
+            if deployed is not None
+            else sliced_model(spec.model, ds, spec.seed, cfg, cache)[0]
+        )
         sliced = attacker_sliced(spec.model, ds, like, spec.seed, public_sd)
-        return teeslice_starts(sliced, lambda: build(spec.model, ds, subseed(spec.seed, "attacker-init")),
-                               view, sliced.state_dict(), public_sd)
+        return teeslice_starts(
+            sliced,
+            lambda: build(spec.model, ds, subseed(spec.seed, "attacker-init")),
+            view,
+            sliced.state_dict(),
+            public_sd,
+        )
     if not is_sliced(fresh):
         return [view_start(fresh, view, public_sd)]
     plain = plain_backbone(spec.model)
     plain_sd = public_state(plain, ds, spec.seed, cfg, cache)
-    return teeslice_starts(fresh, lambda: build(plain, ds, subseed(spec.seed, "attacker-init")), view,
-                           public_sd, plain_sd)
+    return teeslice_starts(
+        fresh,
+        lambda: build(plain, ds, subseed(spec.seed, "attacker-init")),
+        view,
+        public_sd,
+        plain_sd,
+    )
 
 
-def _steal(start: Start, victim: torch.nn.Module, ds: ImageDataset, xq: torch.Tensor, yq: torch.Tensor,
-           view: dict[str, Any], spec: JobSpec) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _steal(
+    start: Start,
+    victim: torch.nn.Module,
+    ds: ImageDataset,
+    xq: torch.Tensor,
+    yq: torch.Tensor,
+    view: dict[str, Any],
+    spec: JobSpec,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Tune and train one surrogate from ``start``; its model-stealing metrics."""
     cfg = spec.config
     head_name, _ = classifier_head(start.model)
     e = view.get(f"{head_name}.weight")
-    head_perm = align_output_rows(start.model, xq, yq) if e is not None and e.status == "obfuscated" else None
-    x_eval, y_eval = ds.x_test[:cfg.eval_samples], ds.y_test[:cfg.eval_samples]
+    head_perm = (
+        align_output_rows(start.model, xq, yq)
+        if e is not None and e.status == "obfuscated"
+        else None
+    )
+    x_eval, y_eval = ds.x_test[: cfg.eval_samples], ds.y_test[: cfg.eval_samples]
     init_acc = accuracy(start.model, x_eval, y_eval)
-    surrogate, tuning = fit_surrogate(start.model, xq, yq, start.statuses, cfg.grid(),
-                                      subseed(spec.seed, f"ms:{spec.queries}"))
+    surrogate, tuning = fit_surrogate(
+        start.model, xq, yq, start.statuses, cfg.grid(), subseed(spec.seed, f"ms:{spec.queries}")
+    )
     victim_pred = predict_logits(victim, x_eval).argmax(1)
     sur_pred = predict_logits(surrogate, x_eval).argmax(1)
     lo, hi = ds.pixel_bounds()
     scale = ds.pixel_scale()
-    adv = transfer_attack(surrogate, victim, x_eval, y_eval, eps=cfg.pgd_eps * scale,
-                          alpha=cfg.pgd_alpha * scale, steps=cfg.pgd_steps, lo=lo, hi=hi,
-                          max_samples=cfg.adv_samples)
+    adv = transfer_attack(
+        surrogate,
+        victim,
+        x_eval,
+        y_eval,
+        eps=cfg.pgd_eps * scale,
+        alpha=cfg.pgd_alpha * scale,
+        steps=cfg.pgd_steps,
+        lo=lo,
+        hi=hi,
+        max_samples=cfg.adv_samples,
+    )
     return surrogate, {
         "victim_accuracy": float((victim_pred == y_eval).double().mean()),
         "ms_accuracy": float((sur_pred == y_eval).double().mean()),
-        "fidelity": agreement(sur_pred, victim_pred), "surrogate_init_accuracy": init_acc, **adv,
+        "fidelity": agreement(sur_pred, victim_pred),
+        "surrogate_init_accuracy": init_acc,
+        **adv,
         "tuning": {**tuning, "at_edge": grid_edges(tuning, cfg.grid())},
         "head_realigned": head_perm is not None,
     }
 
 
-def _mia(surrogate: torch.nn.Module, shadow: torch.nn.Module, ds: ImageDataset, sp: AttackSplits,
-         cfg: AttackConfig) -> dict[str, Any]:
-    take = (lambda idx: idx[:cfg.mia_samples]) if cfg.mia_samples is not None else (lambda idx: idx)
+def _mia(
+    surrogate: torch.nn.Module,
+    shadow: torch.nn.Module,
+    ds: ImageDataset,
+    sp: AttackSplits,
+    cfg: AttackConfig,
+) -> dict[str, Any]:
+    take = (
+        (lambda idx: idx[: cfg.mia_samples]) if cfg.mia_samples is not None else (lambda idx: idx)
+    )
     return membership_inference(
-        surrogate, ds.x_train[take(sp.target_train)], ds.y_train[take(sp.target_train)],
-        ds.x_train[take(sp.target_test)], ds.y_train[take(sp.target_test)], shadow,
+        surrogate,
+        ds.x_train[take(sp.target_train)],
+        ds.y_train[take(sp.target_train)],
+        ds.x_train[take(sp.target_test)],
+        ds.y_train[take(sp.target_test)],
+        shadow,
         (ds.x_train[sp.shadow_train], ds.y_train[sp.shadow_train]),
-        (ds.x_train[sp.shadow_test], ds.y_train[sp.shadow_test]))
+        (ds.x_train[sp.shadow_test], ds.y_train[sp.shadow_test]),
+    )
 
 
 def best_of(per_start: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -360,16 +532,22 @@ def _run_job(spec: JobSpec, cache: Cache, *, progress: bool) -> dict[str, Any]:
     t = {"start": time.perf_counter()}
     cfg = spec.config
     ds = load_data(spec, cache)
-    _, victim_sd, victim_info = prepare_models(spec.model, ds, spec.seed, cfg, cache, progress=progress)
+    _, victim_sd, victim_info = prepare_models(
+        spec.model, ds, spec.seed, cfg, cache, progress=progress
+    )
     shadow = build(spec.model, ds)
     shadow.load_state_dict(shadow_state(spec.model, ds, spec.seed, cfg, cache, progress=progress))
     victim = build(spec.model, ds)
     victim.load_state_dict(victim_sd)
     victim.eval()
     plain_victim, sliced_info = victim, None
-    if trains_slices(spec.model, spec.strategy):  # deploy (and shadow) the TEESlice model of this victim
+    if trains_slices(
+        spec.model, spec.strategy
+    ):  # deploy (and shadow) the TEESlice model of this victim
         victim, sliced_info = sliced_model(spec.model, ds, spec.seed, cfg, cache, progress=progress)
-        shadow = sliced_model(spec.model, ds, spec.seed, cfg, cache, role="shadow", progress=progress)[0]
+        shadow = sliced_model(
+            spec.model, ds, spec.seed, cfg, cache, role="shadow", progress=progress
+        )[0]
     t["models"] = time.perf_counter()
     sp = splits_for(ds, spec.seed, cfg)
     qidx = draw_queries(spec, ds, sp)
@@ -386,21 +564,46 @@ def _run_job(spec: JobSpec, cache: Cache, *, progress: bool) -> dict[str, Any]:
     rec = starts[0].rec
     out = _result(spec, dep, victim, xq, yq, qidx, per_start, victim_info, rec, t)
     if sliced_info is not None:  # the deployed sliced model against the plain victim
-        plain_acc = accuracy(plain_victim, ds.x_test[:cfg.eval_samples], ds.y_test[:cfg.eval_samples])
+        plain_acc = accuracy(
+            plain_victim, ds.x_test[: cfg.eval_samples], ds.y_test[: cfg.eval_samples]
+        )
         out["metrics"]["plain_victim_accuracy"] = plain_acc
         out["metrics"]["accuracy_vs_victim"] = out["metrics"]["victim_accuracy"] - plain_acc
         out["teeslice"] = sliced_info
     return out
 
 
-_REPORT_KEYS = ("params_total", "params_tee", "params_tee_pct", "params_unused", "flops_total", "flops_tee",
-                "flops_tee_pct", "flops_overhead", "flops_enclave_executed", "flops_enclave_executed_pct",
-                "crossings", "bytes_crossing", "segments", "enclave_segments", "device_holds")
+_REPORT_KEYS = (
+    "params_total",
+    "params_tee",
+    "params_tee_pct",
+    "params_unused",
+    "flops_total",
+    "flops_tee",
+    "flops_tee_pct",
+    "flops_overhead",
+    "flops_enclave_executed",
+    "flops_enclave_executed_pct",
+    "crossings",
+    "bytes_crossing",
+    "segments",
+    "enclave_segments",
+    "device_holds",
+)
 
 
-def _result(spec: JobSpec, dep: dict[str, Any], victim: torch.nn.Module, xq: torch.Tensor, yq: torch.Tensor,
-            qidx: torch.Tensor, per_start: dict[str, dict[str, Any]], victim_info: dict[str, Any],
-            rec: Any, t: dict[str, float]) -> dict[str, Any]:
+def _result(
+    spec: JobSpec,
+    dep: dict[str, Any],
+    victim: torch.nn.Module,
+    xq: torch.Tensor,
+    yq: torch.Tensor,
+    qidx: torch.Tensor,
+    per_start: dict[str, dict[str, Any]],
+    victim_info: dict[str, Any],
+    rec: Any,
+    t: dict[str, float],
+) -> dict[str, Any]:
     prof, report = dep["profile"], dep["report"]
     totals = prof.totals()
     best = best_of(per_start)
@@ -413,18 +616,29 @@ def _result(spec: JobSpec, dep: dict[str, Any], victim: torch.nn.Module, xq: tor
         "tuning": per_start[best["ms_start"]]["tuning"],
         "victim": victim_info,
         "report": {k: report[k] for k in _REPORT_KEYS if k in report},
-        "latency_ms": {"median": totals["end_to_end_s"] * 1e3,
-                       "p10": prof.end_to_end.p10 * 1e3, "p90": prof.end_to_end.p90 * 1e3,
-                       "enclave_compute": totals["enclave_compute_s"] * 1e3,
-                       "crossings": totals["crossings"], "batch": prof.batch,
-                       "repeats": prof.repeats, "backend": prof.meta.get("backend")},
+        "latency_ms": {
+            "median": totals["end_to_end_s"] * 1e3,
+            "p10": prof.end_to_end.p10 * 1e3,
+            "p90": prof.end_to_end.p90 * 1e3,
+            "enclave_compute": totals["enclave_compute_s"] * 1e3,
+            "crossings": totals["crossings"],
+            "batch": prof.batch,
+            "repeats": prof.repeats,
+            "backend": prof.meta.get("backend"),
+        },
         "attacker": {
             "view": view_summary(dep["view"]),
             "soter_scales": rec.scales if rec is not None else {},
-            "shadownet_rows": {m: len(o) for m, o in rec.row_orders.items()} if rec is not None else {},
+            "shadownet_rows": {m: len(o) for m, o in rec.row_orders.items()}
+            if rec is not None
+            else {},
             "oracle_matches_plain_victim": agreement(yq, predict_logits(victim, xq).argmax(1)),
             "queries": int(len(qidx)),
         },
-        "timing_s": {"models": t["models"] - t["start"], "deploy": t["deploy"] - t["models"],
-                     "attacks": t["attacks"] - t["deploy"], "total": t["attacks"] - t["start"]},
+        "timing_s": {
+            "models": t["models"] - t["start"],
+            "deploy": t["deploy"] - t["models"],
+            "attacks": t["attacks"] - t["deploy"],
+            "total": t["attacks"] - t["start"],
+        },
     }

@@ -11,13 +11,35 @@ from typing import Any
 
 from taoism.errors import ConfigError
 
-__all__ = ["METRICS", "RATIO_METRICS", "aggregate", "csv_rows", "figure", "flops_axes", "format_table", "out_dir",
-           "plot_table", "references", "write_csv", "write_json"]
+__all__ = [
+    "METRICS",
+    "RATIO_METRICS",
+    "aggregate",
+    "csv_rows",
+    "figure",
+    "flops_axes",
+    "format_table",
+    "out_dir",
+    "plot_table",
+    "references",
+    "write_csv",
+    "write_json",
+]
 
 #: Metrics aggregated per row (mean and std over seeds).
-METRICS = ("ms_accuracy", "fidelity", "adv_success", "mia_accuracy", "mia_auc",
-           "generalization_gap", "confidence_gap", "surrogate_init_accuracy", "victim_accuracy",
-           "plain_victim_accuracy", "accuracy_vs_victim")
+METRICS = (
+    "ms_accuracy",
+    "fidelity",
+    "adv_success",
+    "mia_accuracy",
+    "mia_auc",
+    "generalization_gap",
+    "confidence_gap",
+    "surrogate_init_accuracy",
+    "victim_accuracy",
+    "plain_victim_accuracy",
+    "accuracy_vs_victim",
+)
 #: Metrics also reported relative to the black-box baseline (strategy / "all", per seed).
 RATIO_METRICS = ("ms_accuracy", "fidelity", "adv_success", "mia_accuracy", "mia_auc")
 
@@ -26,11 +48,16 @@ def _stats(xs: list[float]) -> dict[str, Any]:
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not xs:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
-            "n": len(xs)}
+    return {
+        "mean": statistics.fmean(xs),
+        "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+        "n": len(xs),
+    }
 
 
-def aggregate(results: list[dict[str, Any]], strategies: list[str], queries: list[int]) -> list[dict[str, Any]]:
+def aggregate(
+    results: list[dict[str, Any]], strategies: list[str], queries: list[int]
+) -> list[dict[str, Any]]:
     by: dict[tuple[str, int, int], dict[str, Any]] = {}
     for r in results:
         if "error" in r:
@@ -43,8 +70,13 @@ def aggregate(results: list[dict[str, Any]], strategies: list[str], queries: lis
             runs = sorted((k[2], v) for k, v in by.items() if k[0] == s and k[1] == q)
             if not runs:
                 continue
-            row: dict[str, Any] = {"strategy": s, "queries": q, "seeds": [seed for seed, _ in runs],
-                                   "metrics": {}, "x_black_box": {}}
+            row: dict[str, Any] = {
+                "strategy": s,
+                "queries": q,
+                "seeds": [seed for seed, _ in runs],
+                "metrics": {},
+                "x_black_box": {},
+            }
             for m in METRICS:
                 row["metrics"][m] = _stats([r["metrics"].get(m) for _, r in runs])
             for m in RATIO_METRICS:
@@ -54,7 +86,13 @@ def aggregate(results: list[dict[str, Any]], strategies: list[str], queries: lis
                     if bb is None:
                         continue
                     a, b = r["metrics"].get(m), bb["metrics"].get(m)
-                    if a is not None and b is not None and b > 0 and not math.isnan(a) and not math.isnan(b):
+                    if (
+                        a is not None
+                        and b is not None
+                        and b > 0
+                        and not math.isnan(a)
+                        and not math.isnan(b)
+                    ):
                         ratios.append(a / b)
                 row["x_black_box"][m] = _stats(ratios)
             rep = runs[0][1]["report"]
@@ -66,10 +104,16 @@ def aggregate(results: list[dict[str, Any]], strategies: list[str], queries: lis
             row["model"] = runs[0][1]["job"]["model"]
             if "teeslice" in runs[0][1]:
                 row["teeslice"] = _teeslice_summary([r["teeslice"] for _, r in runs])
-            row["tuning"] = [{"seed": seed, "lr": r.get("tuning", {}).get("lr"),
-                              "epochs": r.get("tuning", {}).get("epochs"),
-                              "at_edge": r.get("tuning", {}).get("at_edge"),
-                              "best_start": r.get("best_start")} for seed, r in runs]
+            row["tuning"] = [
+                {
+                    "seed": seed,
+                    "lr": r.get("tuning", {}).get("lr"),
+                    "epochs": r.get("tuning", {}).get("epochs"),
+                    "at_edge": r.get("tuning", {}).get("at_edge"),
+                    "best_start": r.get("best_start"),
+                }
+                for seed, r in runs
+            ]
             rows.append(row)
     return rows
 
@@ -77,45 +121,75 @@ def aggregate(results: list[dict[str, Any]], strategies: list[str], queries: lis
 def _teeslice_summary(infos: list[dict[str, Any]]) -> dict[str, Any]:
     """The TEESlice models' figures over seeds: test accuracy vs the victim, proxies and the
     sliced model's own TEE shares before and after pruning."""
-    out = {k: _stats([i[k] for i in infos]) for k in ("sliced_test_accuracy", "victim_test_accuracy",
-                                                     "accuracy_vs_victim")}
+    out = {
+        k: _stats([i[k] for i in infos])
+        for k in ("sliced_test_accuracy", "victim_test_accuracy", "accuracy_vs_victim")
+    }
     for when in ("before_prune", "after_prune"):
-        out[when] = {k: _stats([i[when][k] for i in infos])
-                     for k in ("proxies", "params_tee_pct", "flops_tee_pct")}
+        out[when] = {
+            k: _stats([i[when][k] for i in infos])
+            for k in ("proxies", "params_tee_pct", "flops_tee_pct")
+        }
     return out
 
 
-def references(results: list[dict[str, Any]], queries: list[int], num_classes: int) -> dict[str, Any]:
+def references(
+    results: list[dict[str, Any]], queries: list[int], num_classes: int
+) -> dict[str, Any]:
     """What a row is read against: chance, the victim, black-box and the victim / black-box
     ceiling of the MS ratio (per query budget), and the victim's own figures over seeds."""
     ok = [r for r in results if "error" not in r]
     victims = {r["job"]["seed"]: r["victim"] for r in ok if r["job"]["strategy"] == "all"}
     out: dict[str, Any] = {"chance": 1.0 / num_classes, "per_queries": {}, "victim": {}}
-    for k in ("victim_test_accuracy", "victim_train_accuracy", "victim_train_test_gap",
-              "members_per_class", "public_probe_accuracy", "random_probe_accuracy"):
+    for k in (
+        "victim_test_accuracy",
+        "victim_train_accuracy",
+        "victim_train_test_gap",
+        "members_per_class",
+        "public_probe_accuracy",
+        "random_probe_accuracy",
+    ):
         out["victim"][k] = _stats([v.get(k) for v in victims.values()])
     for q in queries:
-        bb = [r["metrics"] for r in ok if r["job"]["strategy"] == "all" and r["job"]["queries"] == q]
+        bb = [
+            r["metrics"] for r in ok if r["job"]["strategy"] == "all" and r["job"]["queries"] == q
+        ]
         vic = _stats([m["victim_accuracy"] for m in bb])
         bbs = _stats([m["ms_accuracy"] for m in bb])
         ceiling = (vic["mean"] / bbs["mean"]) if vic["mean"] and bbs["mean"] else None
-        out["per_queries"][str(q)] = {"victim_accuracy": vic, "black_box_ms_accuracy": bbs,
-                                      "ms_ceiling_x_black_box": ceiling}
+        out["per_queries"][str(q)] = {
+            "victim_accuracy": vic,
+            "black_box_ms_accuracy": bbs,
+            "ms_ceiling_x_black_box": ceiling,
+        }
     return out
 
 
 def csv_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    cols = ["strategy", "queries", "n_seeds", "params_tee_pct", "flops_tee_pct",
-            "latency_ms_mean", "latency_ms_std"]
+    cols = [
+        "strategy",
+        "queries",
+        "n_seeds",
+        "params_tee_pct",
+        "flops_tee_pct",
+        "latency_ms_mean",
+        "latency_ms_std",
+    ]
     for m in METRICS:
         cols += [f"{m}_mean", f"{m}_std"]
         if m in RATIO_METRICS:
             cols += [f"{m}_x_bb_mean", f"{m}_x_bb_std"]
     out = []
     for r in rows:
-        d = {"strategy": r["strategy"], "queries": r["queries"], "n_seeds": len(r["seeds"]),
-             "params_tee_pct": r["params_tee_pct"], "flops_tee_pct": r["flops_tee_pct"],
-             "latency_ms_mean": r["latency_ms"]["mean"], "latency_ms_std": r["latency_ms"]["std"]}
+        d = {
+            "strategy": r["strategy"],
+            "queries": r["queries"],
+            "n_seeds": len(r["seeds"]),
+            "params_tee_pct": r["params_tee_pct"],
+            "flops_tee_pct": r["flops_tee_pct"],
+            "latency_ms_mean": r["latency_ms"]["mean"],
+            "latency_ms_std": r["latency_ms"]["std"],
+        }
         for m in METRICS:
             d[f"{m}_mean"], d[f"{m}_std"] = r["metrics"][m]["mean"], r["metrics"][m]["std"]
             if m in RATIO_METRICS:
@@ -162,7 +236,10 @@ def flops_axes(ax: Any, ylabel: str, title: str) -> None:
 
 
 def plot_table(path: Path, rows: list[dict[str, Any]], queries: list[int], title: str) -> None:
-    panels = (("ms_accuracy", "model-stealing accuracy"), ("mia_accuracy", "membership-inference accuracy"))
+    panels = (
+        ("ms_accuracy", "model-stealing accuracy"),
+        ("mia_accuracy", "membership-inference accuracy"),
+    )
     fig, axes = figure(len(panels), len(queries), (5.0 * len(queries), 4.0 * len(panels)))
     for c, q in enumerate(queries):
         qrows = [r for r in rows if r["queries"] == q]
@@ -172,13 +249,26 @@ def plot_table(path: Path, rows: list[dict[str, Any]], queries: list[int], title
                 st = r["metrics"][m]
                 if st["mean"] is None or r["flops_tee_pct"] is None:
                     continue
-                ax.errorbar([r["flops_tee_pct"]], [100 * st["mean"]], yerr=[100 * (st["std"] or 0)],
-                            fmt="o", capsize=3, label=r["strategy"])
-                ax.annotate(r["strategy"], (r["flops_tee_pct"], 100 * st["mean"]), fontsize=7,
-                            xytext=(4, 3), textcoords="offset points")
+                ax.errorbar(
+                    [r["flops_tee_pct"]],
+                    [100 * st["mean"]],
+                    yerr=[100 * (st["std"] or 0)],
+                    fmt="o",
+                    capsize=3,
+                    label=r["strategy"],
+                )
+                ax.annotate(
+                    r["strategy"],
+                    (r["flops_tee_pct"], 100 * st["mean"]),
+                    fontsize=7,
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
             bb = next((r for r in qrows if r["strategy"] == "all"), None)
             if bb is not None and bb["metrics"][m]["mean"] is not None:
-                ax.axhline(100 * bb["metrics"][m]["mean"], ls="--", lw=0.8, color="gray", label="black-box")
+                ax.axhline(
+                    100 * bb["metrics"][m]["mean"], ls="--", lw=0.8, color="gray", label="black-box"
+                )
             flops_axes(ax, f"{label} (%)", f"{title}, {q} queries")
         axes[0][c].legend(fontsize=6, loc="best")
     fig.tight_layout()
@@ -195,8 +285,10 @@ def out_dir(out_dir: str | os.PathLike | None) -> Path | None:
 
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text rendering of :func:`run_attack_table`'s rows."""
-    head = (f"{'strategy':<18} {'q':>5} {'%par':>6} {'%FLOP':>6} {'lat ms':>7} {'MS acc':>13} {'xBB':>5} "
-            f"{'fidelity':>13} {'adv':>13} {'MIA acc':>13} {'xBB':>5} {'gen gap':>7} {'conf gap':>8}")
+    head = (
+        f"{'strategy':<18} {'q':>5} {'%par':>6} {'%FLOP':>6} {'lat ms':>7} {'MS acc':>13} {'xBB':>5} "
+        f"{'fidelity':>13} {'adv':>13} {'MIA acc':>13} {'xBB':>5} {'gen gap':>7} {'conf gap':>8}"
+    )
     lines = []
     ref = result.get("reference")
     if ref:
@@ -204,13 +296,18 @@ def format_table(result: dict[str, Any]) -> str:
 
         def f(st: dict[str, Any]) -> str:
             return "-" if st["mean"] is None else f"{100 * st['mean']:.1f}%"
-        lines.append(f"chance {100 * ref['chance']:.1f}%; victim test {f(v['victim_test_accuracy'])}, "
-                     f"train/test gap {f(v['victim_train_test_gap'])}; public-model linear probe "
-                     f"{f(v['public_probe_accuracy'])} vs random init {f(v['random_probe_accuracy'])}")
+
+        lines.append(
+            f"chance {100 * ref['chance']:.1f}%; victim test {f(v['victim_test_accuracy'])}, "
+            f"train/test gap {f(v['victim_train_test_gap'])}; public-model linear probe "
+            f"{f(v['public_probe_accuracy'])} vs random init {f(v['random_probe_accuracy'])}"
+        )
         for q, d in ref["per_queries"].items():
             c = d["ms_ceiling_x_black_box"]
-            lines.append(f"q={q}: black-box MS {f(d['black_box_ms_accuracy'])}, ceiling victim/black-box "
-                         f"{'-' if c is None else f'{c:.2f}x'}")
+            lines.append(
+                f"q={q}: black-box MS {f(d['black_box_ms_accuracy'])}, ceiling victim/black-box "
+                f"{'-' if c is None else f'{c:.2f}x'}"
+            )
     lines.append(head)
 
     def pm(st: dict[str, Any]) -> str:
@@ -226,7 +323,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['latency_ms']['mean'] or 0:7.2f} {pm(m['ms_accuracy']):>13} {x(xb['ms_accuracy']):>5} "
             f"{pm(m['fidelity']):>13} {pm(m['adv_success']):>13} {pm(m['mia_accuracy']):>13} "
             f"{x(xb['mia_accuracy']):>5} {100 * (m['generalization_gap']['mean'] or 0):7.1f} "
-            f"{100 * (m['confidence_gap']['mean'] or 0):8.1f}")
+            f"{100 * (m['confidence_gap']['mean'] or 0):8.1f}"
+        )
     for r in result["rows"]:
         t = r.get("teeslice")
         if t:
@@ -235,9 +333,12 @@ def format_table(result: dict[str, Any]) -> str:
                 f"teeslice q={r['queries']}: sliced model test {pm(t['sliced_test_accuracy'])}% vs victim "
                 f"{pm(t['victim_test_accuracy'])}% (difference {pm(t['accuracy_vs_victim'])} points); "
                 f"TEE {r['params_tee_pct'] or 0:.2f}% params, {r['flops_tee_pct'] or 0:.2f}% FLOPs of the "
-                f"plain model; proxies {b['proxies']['mean']:.0f} -> {a['proxies']['mean']:.1f} after pruning")
+                f"plain model; proxies {b['proxies']['mean']:.0f} -> {a['proxies']['mean']:.1f} after pruning"
+            )
     for s, why in result.get("skipped", {}).items():
         lines.append(f"skipped {s}: {why}")
     for e in result.get("errors", []):
-        lines.append(f"failed {e['job']['strategy']} q={e['job']['queries']} seed={e['job']['seed']}: {e['error']}")
+        lines.append(
+            f"failed {e['job']['strategy']} q={e['job']['queries']} seed={e['job']['seed']}: {e['error']}"
+        )
     return "\n".join(lines)

@@ -24,16 +24,30 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def _prepare_worker(model: str, dataset: str, data_root: str | None, seed: int,
-                    config: AttackConfig, cache_root: str, progress: bool) -> bool:
+def _prepare_worker(
+    model: str,
+    dataset: str,
+    data_root: str | None,
+    seed: int,
+    config: AttackConfig,
+    cache_root: str,
+    progress: bool,
+) -> bool:
     ds = dataset_for(dataset, data_root, cache_root, config.data_options)
     prepare_models(model, ds, seed, config, Cache(cache_root), progress=progress)
     shadow_state(model, ds, seed, config, Cache(cache_root), progress=progress)
     return True
 
 
-def _slices_worker(model: str, dataset: str, data_root: str | None, seed: int,
-                   config: AttackConfig, cache_root: str, progress: bool) -> bool:
+def _slices_worker(
+    model: str,
+    dataset: str,
+    data_root: str | None,
+    seed: int,
+    config: AttackConfig,
+    cache_root: str,
+    progress: bool,
+) -> bool:
     ds = dataset_for(dataset, data_root, cache_root, config.data_options)
     for role in ("victim", "shadow"):
         sliced_model(model, ds, seed, config, Cache(cache_root), role=role, progress=progress)
@@ -51,15 +65,23 @@ def _ray_module(ray: str | bool) -> Any:
     try:
         import ray as ray_mod
     except ImportError:
-        raise ConfigError("ray= needs Ray, which is not installed: pip install 'taoism[ray]' "
-                          "(or leave ray=False and use jobs=N for local processes)") from None
+        raise ConfigError(
+            "ray= needs Ray, which is not installed: pip install 'taoism[ray]' "
+            "(or leave ray=False and use jobs=N for local processes)"
+        ) from None
     if not ray_mod.is_initialized():
         ray_mod.init(address=ray if isinstance(ray, str) else None)
     return ray_mod
 
 
-def run_all(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]], *, jobs: int,
-             ray: str | bool | None, desc: str, progress: bool) -> list[Any]:
+def run_all(
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...]]],
+    *,
+    jobs: int,
+    ray: str | bool | None,
+    desc: str,
+    progress: bool,
+) -> list[Any]:
     """Run ``fn(*args)`` for every call (results in call order): in this process, in ``jobs``
     spawned processes, or on Ray."""
     if not calls:
@@ -80,8 +102,12 @@ def run_all(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]], *, jobs: in
             import multiprocessing
 
             threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_worker_init, initargs=(threads,)) as pool:
+            with ProcessPoolExecutor(
+                max_workers=jobs,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(threads,),
+            ) as pool:
                 futs = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(calls)}
                 for fut in as_completed(futs):
                     out[futs[fut]] = fut.result()
@@ -95,8 +121,9 @@ def run_all(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]], *, jobs: in
     return out
 
 
-def check_common(model: str, dataset: str, seeds: Sequence[int], jobs: int,
-                  ray: str | bool | None) -> None:
+def check_common(
+    model: str, dataset: str, seeds: Sequence[int], jobs: int, ray: str | bool | None
+) -> None:
     """Validate the arguments every entry point shares."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be an int >= 1, got {jobs!r}")
@@ -106,12 +133,16 @@ def check_common(model: str, dataset: str, seeds: Sequence[int], jobs: int,
         if isinstance(s, bool) or not isinstance(s, int):
             raise ConfigError(f"seeds must be ints, got {s!r}")
     if ray not in (None, False, True) and not isinstance(ray, str):
-        raise ConfigError(f"ray must be False/None (off), True (local Ray) or an address string, got {ray!r}")
+        raise ConfigError(
+            f"ray must be False/None (off), True (local Ray) or an address string, got {ray!r}"
+        )
     if ray and jobs > 1:
         raise ConfigError("give either jobs=N (local processes) or ray=..., not both")
 
 
-def _applicable(model: str, shape: str, num_classes: int, strategies: Iterable[str]) -> dict[str, str]:
+def _applicable(
+    model: str, shape: str, num_classes: int, strategies: Iterable[str]
+) -> dict[str, str]:
     """Strategies that cannot be applied to ``model`` -> the reason."""
     from taoism.strategies import apply_strategy
     from taoism.zoo import get_model
@@ -126,9 +157,20 @@ def _applicable(model: str, shape: str, num_classes: int, strategies: Iterable[s
     return skipped
 
 
-def execute(model: str, dataset: str, strategies: list[str], queries: list[int], seeds: list[int],
-             *, jobs: int, ray: str | bool | None, cache: Cache, progress: bool, data_root: str | None,
-             config: AttackConfig) -> tuple[list[dict[str, Any]], dict[str, str], Any]:
+def execute(
+    model: str,
+    dataset: str,
+    strategies: list[str],
+    queries: list[int],
+    seeds: list[int],
+    *,
+    jobs: int,
+    ray: str | bool | None,
+    cache: Cache,
+    progress: bool,
+    data_root: str | None,
+    config: AttackConfig,
+) -> tuple[list[dict[str, Any]], dict[str, str], Any]:
     """Train every seed's models, then run one job per (strategy, queries, seed); returns the
     job results, the strategies skipped (with the reason) and the data set."""
     ds = dataset_for(dataset, data_root, cache.root, config.data_options)
@@ -136,8 +178,9 @@ def execute(model: str, dataset: str, strategies: list[str], queries: list[int],
     # taoism.teeslice trains from M's victim over M's public model (taoism.security.sliced);
     # a sliced zoo model (teeslice_M) is deployed as it is.
     slices = any(trains_slices(model, s) for s in strategies)
-    skipped = _applicable(model, ds.shape, ds.num_classes,
-                          [s for s in strategies if not (slices and s == "teeslice")])
+    skipped = _applicable(
+        model, ds.shape, ds.num_classes, [s for s in strategies if not (slices and s == "teeslice")]
+    )
     why = teeslice_applies(model, ds) if slices else None
     if why:
         skipped["teeslice"] = why
@@ -146,16 +189,36 @@ def execute(model: str, dataset: str, strategies: list[str], queries: list[int],
     show = progress and jobs == 1 and not ray
     # Phase 1: the public model and the victim of every seed (shared by all of that seed's jobs),
     # then the TEESlice models trained from them (victim's and shadow's).
-    run_all([(_prepare_worker, (model, dataset, data_root, s, config, root, show)) for s in seeds],
-            jobs=min(jobs, len(seeds)), ray=ray, desc="models", progress=progress)
+    run_all(
+        [(_prepare_worker, (model, dataset, data_root, s, config, root, show)) for s in seeds],
+        jobs=min(jobs, len(seeds)),
+        ray=ray,
+        desc="models",
+        progress=progress,
+    )
     if use_slices:
-        run_all([(_slices_worker, (model, dataset, data_root, s, config, root, show)) for s in seeds],
-                jobs=min(jobs, len(seeds)), ray=ray, desc="teeslice", progress=progress)
+        run_all(
+            [(_slices_worker, (model, dataset, data_root, s, config, root, show)) for s in seeds],
+            jobs=min(jobs, len(seeds)),
+            ray=ray,
+            desc="teeslice",
+            progress=progress,
+        )
     # Phase 2: one job per (strategy, queries, seed).
-    specs = [JobSpec(model, ds.name, s, seed, q, config, data_root, ds.fingerprint)
-             for s in strategies if s not in skipped for q in queries for seed in seeds]
-    results = run_all([(_job_worker, (spec, root, False)) for spec in specs], jobs=jobs, ray=ray,
-                       desc=f"attacks ({model}, {ds.name})", progress=progress)
+    specs = [
+        JobSpec(model, ds.name, s, seed, q, config, data_root, ds.fingerprint)
+        for s in strategies
+        if s not in skipped
+        for q in queries
+        for seed in seeds
+    ]
+    results = run_all(
+        [(_job_worker, (spec, root, False)) for spec in specs],
+        jobs=jobs,
+        ray=ray,
+        desc=f"attacks ({model}, {ds.name})",
+        progress=progress,
+    )
     if use_slices:
         _relative_to_plain(results, model, ds)
     return results, skipped, ds
@@ -174,8 +237,10 @@ def _relative_to_plain(results: list[dict[str, Any]], model: str, ds: Any) -> No
     for r in results:
         if "error" not in r and r["job"]["model"] == model and r["job"]["strategy"] == "none":
             plain_totals[(r["job"]["seed"], r["job"]["queries"])] = r["report"]
-    n_plain = sum(p.numel() for p in get_model(model, dataset_shape=ds.shape,
-                                               num_classes=ds.num_classes).parameters())
+    n_plain = sum(
+        p.numel()
+        for p in get_model(model, dataset_shape=ds.shape, num_classes=ds.num_classes).parameters()
+    )
     for r in results:
         if "error" in r or not trains_slices(r["job"]["model"], r["job"]["strategy"]):
             continue

@@ -18,8 +18,15 @@ import torch
 from taoism.data import ImageDataset
 from taoism.errors import ConfigError
 from taoism.security.cache import Cache
-from taoism.security.models import (build, prepare_models, public_state, shadow_state, splits_for,
-                                    subseed, torch_threads)
+from taoism.security.models import (
+    build,
+    prepare_models,
+    public_state,
+    shadow_state,
+    splits_for,
+    subseed,
+    torch_threads,
+)
 from taoism.security.training import seeded
 
 if TYPE_CHECKING:
@@ -49,8 +56,16 @@ def teeslice_applies(model: str, ds: ImageDataset) -> str | None:
     return None
 
 
-def sliced_model(model: str, ds: ImageDataset, seed: int, config: Any, cache: Cache, *,
-                 role: str = "victim", progress: bool = False) -> tuple[SlicedNet, dict[str, Any]]:
+def sliced_model(
+    model: str,
+    ds: ImageDataset,
+    seed: int,
+    config: Any,
+    cache: Cache,
+    *,
+    role: str = "victim",
+    progress: bool = False,
+) -> tuple[SlicedNet, dict[str, Any]]:
     """The TEESlice model of plain ``model``'s victim (or the attacker's shadow) and its figures."""
     from taoism.teeslice import SliceData, train
 
@@ -60,29 +75,47 @@ def sliced_model(model: str, ds: ImageDataset, seed: int, config: Any, cache: Ca
         sp = splits_for(ds, seed, config)
         pub_sd = public_state(model, ds, seed, config, cache, progress=progress)
         if role == "victim":
-            plain_sd, idx = prepare_models(model, ds, seed, config, cache, progress=progress)[1], sp.target_train
+            plain_sd, idx = (
+                prepare_models(model, ds, seed, config, cache, progress=progress)[1],
+                sp.target_train,
+            )
         else:
-            plain_sd, idx = shadow_state(model, ds, seed, config, cache, progress=progress), sp.shadow_train
+            plain_sd, idx = (
+                shadow_state(model, ds, seed, config, cache, progress=progress),
+                sp.shadow_train,
+            )
         public, plain = build(model, ds), build(model, ds)
         public.load_state_dict(pub_sd)
         plain.load_state_dict(plain_sd)
         data = SliceData(ds.x_train[idx], ds.y_train[idx], ds.x_test, ds.y_test)
-        result = train(plain.eval(), public.eval(), data, config.teeslice_config(subseed(seed, f"teeslice-{role}")),
-                       cache_dir=str(cache.root), progress=progress)
+        result = train(
+            plain.eval(),
+            public.eval(),
+            data,
+            config.teeslice_config(subseed(seed, f"teeslice-{role}")),
+            cache_dir=str(cache.root),
+            progress=progress,
+        )
     m = result.metrics
-    info = {"victim_test_accuracy": m["victim_test_accuracy"],
-            "sliced_test_accuracy": m["after_prune"]["test_accuracy"],
-            "accuracy_vs_victim": m["after_prune"]["test_accuracy"] - m["victim_test_accuracy"],
-            "teacher_test_accuracy": m["teacher_test_accuracy"],
-            "before_prune": m["before_prune"], "after_prune": m["after_prune"],
-            "prune_steps": len(m["prune_history"]) - 1 if m["prune_history"] else 0,
-            "train_size": m["train_size"], "val_size": m["val_size"], "times": m["times"],
-            "cached": result.cached}
+    info = {
+        "victim_test_accuracy": m["victim_test_accuracy"],
+        "sliced_test_accuracy": m["after_prune"]["test_accuracy"],
+        "accuracy_vs_victim": m["after_prune"]["test_accuracy"] - m["victim_test_accuracy"],
+        "teacher_test_accuracy": m["teacher_test_accuracy"],
+        "before_prune": m["before_prune"],
+        "after_prune": m["after_prune"],
+        "prune_steps": len(m["prune_history"]) - 1 if m["prune_history"] else 0,
+        "train_size": m["train_size"],
+        "val_size": m["val_size"],
+        "times": m["times"],
+        "cached": result.cached,
+    }
     return result.model.eval(), info
 
 
-def attacker_sliced(model: str, ds: ImageDataset, like: SlicedNet, seed: int,
-                    public_sd: dict[str, torch.Tensor]) -> SlicedNet:
+def attacker_sliced(
+    model: str, ds: ImageDataset, like: SlicedNet, seed: int, public_sd: dict[str, torch.Tensor]
+) -> SlicedNet:
     """A fresh sliced model of ``like``'s structure (the attacker knows the architecture): plain
     ``model``'s public weights as the backbone, slices and head from the attacker's own seed."""
     from taoism.teeslice import SlicedNet

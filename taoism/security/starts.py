@@ -41,28 +41,38 @@ class Start:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def view_start(fresh: nn.Module, view: Mapping[str, Any], public_sd: Mapping[str, torch.Tensor],
-               name: str = "view") -> Start:
+def view_start(
+    fresh: nn.Module,
+    view: Mapping[str, Any],
+    public_sd: Mapping[str, torch.Tensor],
+    name: str = "view",
+) -> Start:
     """``fresh``'s architecture initialised from the view, de-obfuscated, the rest public."""
     model, rec = build_surrogate(fresh, view, public_sd)
     model.requires_grad_(True)
     return Start(name, model, dict(rec.statuses), rec)
 
 
-def teeslice_starts(fresh_sliced: nn.Module, fresh_plain: Callable[[], nn.Module], view: Mapping[str, Any],
-                    sliced_public_sd: Mapping[str, torch.Tensor],
-                    plain_public_sd: Mapping[str, torch.Tensor]) -> list[Start]:
+def teeslice_starts(
+    fresh_sliced: nn.Module,
+    fresh_plain: Callable[[], nn.Module],
+    view: Mapping[str, Any],
+    sliced_public_sd: Mapping[str, torch.Tensor],
+    plain_public_sd: Mapping[str, torch.Tensor],
+) -> list[Start]:
     """The three TEESlice starts (see the module docstring)."""
     starts = [view_start(fresh_sliced, view, sliced_public_sd, "sliced_unfrozen")]
     # The backbone as the host holds it, under the plain architecture, with a new head.
     prefix = "backbone."
-    exposed = {k[len(prefix):]: e for k, e in view.items() if k.startswith(prefix)}
+    exposed = {k[len(prefix) :]: e for k, e in view.items() if k.startswith(prefix)}
     plain = fresh_plain()
     head = [n for n, m in plain.named_modules() if isinstance(m, nn.Linear)][-1]
     no_head = {k: v for k, v in plain.state_dict().items() if not k.startswith(head + ".")}
     backbone_view = {k: exposed[k] for k in no_head if k in exposed}
     fresh_head = {k: v for k, v in plain.state_dict().items() if k.startswith(head + ".")}
-    start_b = view_start(plain, backbone_view, {**dict(plain_public_sd), **fresh_head}, "backbone_new_head")
+    start_b = view_start(
+        plain, backbone_view, {**dict(plain_public_sd), **fresh_head}, "backbone_new_head"
+    )
     starts.append(start_b)
     # The plain architecture from its public weights (what a black-box attacker starts from).
     starts.append(view_start(fresh_plain(), {}, plain_public_sd, "plain_public"))

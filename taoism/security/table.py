@@ -11,7 +11,14 @@ from taoism.errors import ConfigError
 from taoism.security.cache import Cache
 from taoism.security.experiment import AttackConfig
 from taoism.security.models import dataset_for
-from taoism.security.report import (aggregate, csv_rows, plot_table, references, write_csv, write_json)
+from taoism.security.report import (
+    aggregate,
+    csv_rows,
+    plot_table,
+    references,
+    write_csv,
+    write_json,
+)
 from taoism.security.report import out_dir as report_dir
 from taoism.security.runner import check_common, execute
 
@@ -20,22 +27,36 @@ __all__ = ["BASELINES", "resolve_config", "run_attack_table"]
 BASELINES = ("none", "all")
 
 
-def resolve_config(dataset: str, config: AttackConfig | None, smoke: bool, epochs: int | None) -> AttackConfig:
+def resolve_config(
+    dataset: str, config: AttackConfig | None, smoke: bool, epochs: int | None
+) -> AttackConfig:
     """``config`` (default: the data set's preset), with the surrogate epochs fixed by ``epochs``."""
     cfg = config or AttackConfig.preset(dataset, smoke=smoke)
     if epochs is not None:
-        cfg = AttackConfig(**{**cfg.to_dict(), "ms_epochs": (int(epochs),),
-                              "data_options": cfg.data_options})
+        cfg = AttackConfig(
+            **{**cfg.to_dict(), "ms_epochs": (int(epochs),), "data_options": cfg.data_options}
+        )
     return cfg
 
 
-def run_attack_table(model: str, dataset: str, strategies: Sequence[str] | str | None = None,
-                     queries: Sequence[int] = (50,), seeds: Sequence[int] = (0,), *, jobs: int = 1,
-                     ray: str | None | bool = False, cache_dir: str | os.PathLike | None = None,
-                     out_dir: str | os.PathLike | None = None, progress: bool = True,
-                     epochs: int | None = None, data_root: str | os.PathLike | None = None,
-                     config: AttackConfig | None = None, smoke: bool = False,
-                     queries_per_class: Sequence[int] | None = None) -> dict[str, Any]:
+def run_attack_table(
+    model: str,
+    dataset: str,
+    strategies: Sequence[str] | str | None = None,
+    queries: Sequence[int] = (50,),
+    seeds: Sequence[int] = (0,),
+    *,
+    jobs: int = 1,
+    ray: str | None | bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    epochs: int | None = None,
+    data_root: str | os.PathLike | None = None,
+    config: AttackConfig | None = None,
+    smoke: bool = False,
+    queries_per_class: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """Attack ``model`` trained on ``dataset`` under each strategy; return (and write) the table.
 
     ``strategies``: strategy strings (see :mod:`taoism.strategies`); None or ``"all"`` alone means
@@ -83,18 +104,37 @@ def run_attack_table(model: str, dataset: str, strategies: Sequence[str] | str |
         qs = [int(q) * k for q in queries_per_class]
     if not qs or any(q < 1 for q in qs):
         raise ConfigError(f"queries must list positive ints, got {qs!r}")
-    results, skipped, ds = execute(model, dataset, names, qs, list(seeds), jobs=jobs, ray=ray,
-                                   cache=cache, progress=progress, data_root=root, config=cfg)
+    results, skipped, ds = execute(
+        model,
+        dataset,
+        names,
+        qs,
+        list(seeds),
+        jobs=jobs,
+        ray=ray,
+        cache=cache,
+        progress=progress,
+        data_root=root,
+        config=cfg,
+    )
     rows = aggregate(results, names, qs)
     hits = sum(1 for r in results if r.get("cache_hit"))
     out: dict[str, Any] = {
-        "model": model, "dataset": ds.name, "strategies": names, "queries": qs, "seeds": list(seeds),
-        "config": cfg.to_dict(), "rows": rows,
+        "model": model,
+        "dataset": ds.name,
+        "strategies": names,
+        "queries": qs,
+        "seeds": list(seeds),
+        "config": cfg.to_dict(),
+        "rows": rows,
         "jobs": [r for r in results if "error" not in r],
         "errors": [r for r in results if "error" in r],
         "skipped": skipped,
-        "cache": {"dir": str(cache.root), "job_hits": hits,
-                  "job_misses": sum(1 for r in results if "error" not in r) - hits},
+        "cache": {
+            "dir": str(cache.root),
+            "job_hits": hits,
+            "job_misses": sum(1 for r in results if "error" not in r) - hits,
+        },
         "reference": references(results, qs, ds.num_classes),
         "wall_s": time.perf_counter() - t0,
         "files": {},
@@ -103,8 +143,9 @@ def run_attack_table(model: str, dataset: str, strategies: Sequence[str] | str |
     return out
 
 
-def _write_table(out: dict[str, Any], out_dir: str | os.PathLike | None, model: str, dataset: str,
-                 qs: list[int]) -> None:
+def _write_table(
+    out: dict[str, Any], out_dir: str | os.PathLike | None, model: str, dataset: str, qs: list[int]
+) -> None:
     d = report_dir(out_dir)
     if d is None:
         return

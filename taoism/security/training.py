@@ -44,7 +44,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) ->
     outs = []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            outs.append(model(x[i:i + batch_size]).float())
+            outs.append(model(x[i : i + batch_size]).float())
     model.train(was)
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -63,8 +63,10 @@ def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
         if isinstance(mod, nn.Linear):
             last = (name, mod)
     if last is None:
-        raise ConfigError(f"{type(model).__name__} has no nn.Linear classifier head; the leakage "
-                          "experiments need one (the public model's head is re-initialised)")
+        raise ConfigError(
+            f"{type(model).__name__} has no nn.Linear classifier head; the leakage "
+            "experiments need one (the public model's head is re-initialised)"
+        )
     return last
 
 
@@ -75,9 +77,20 @@ def reset_head(model: nn.Module, seed: int) -> None:
         head.reset_parameters()
 
 
-def _loop(model: nn.Module, n: int, *, epochs: int, lr: float, batch_size: int, momentum: float,
-          weight_decay: float, gen: torch.Generator, progress: bool, desc: str,
-          loss_fn) -> float:
+def _loop(
+    model: nn.Module,
+    n: int,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    momentum: float,
+    weight_decay: float,
+    gen: torch.Generator,
+    progress: bool,
+    desc: str,
+    loss_fn,
+) -> float:
     if epochs < 0 or batch_size < 1 or lr <= 0:
         raise ConfigError(f"{desc}: need epochs >= 0, batch_size >= 1 and lr > 0")
     if epochs == 0 or n == 0:
@@ -85,7 +98,9 @@ def _loop(model: nn.Module, n: int, *, epochs: int, lr: float, batch_size: int, 
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
+    )
     model.train()
     last = float("nan")
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
@@ -93,8 +108,10 @@ def _loop(model: nn.Module, n: int, *, epochs: int, lr: float, batch_size: int, 
         order = torch.randperm(n, generator=gen)
         run, seen = 0.0, 0
         for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            if len(idx) < 2 and n >= 2:  # a batch of one breaks batch norm; fold it into the next epoch
+            idx = order[i : i + batch_size]
+            if (
+                len(idx) < 2 and n >= 2
+            ):  # a batch of one breaks batch norm; fold it into the next epoch
                 continue
             loss = loss_fn(idx)
             opt.zero_grad(set_to_none=True)
@@ -109,9 +126,20 @@ def _loop(model: nn.Module, n: int, *, epochs: int, lr: float, batch_size: int, 
     return last
 
 
-def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
-                     seed: int, batch_size: int = 128, momentum: float = 0.9,
-                     weight_decay: float = 0.0, progress: bool = False, desc: str = "train") -> float:
+def train_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    batch_size: int = 128,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    progress: bool = False,
+    desc: str = "train",
+) -> float:
     """Cross-entropy SGD (momentum, cosine schedule) on ``(x, y)``; returns the last epoch's loss.
 
     The model is left in eval mode.
@@ -119,14 +147,34 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
     if len(x) != len(y):
         raise ConfigError(f"{desc}: {len(x)} inputs but {len(y)} labels")
     with seeded(seed) as gen:
-        return _loop(model, len(x), epochs=epochs, lr=lr, batch_size=min(batch_size, max(len(x), 1)),
-                     momentum=momentum, weight_decay=weight_decay, gen=gen, progress=progress,
-                     desc=desc, loss_fn=lambda idx: F.cross_entropy(model(x[idx]), y[idx]))
+        return _loop(
+            model,
+            len(x),
+            epochs=epochs,
+            lr=lr,
+            batch_size=min(batch_size, max(len(x), 1)),
+            momentum=momentum,
+            weight_decay=weight_decay,
+            gen=gen,
+            progress=progress,
+            desc=desc,
+            loss_fn=lambda idx: F.cross_entropy(model(x[idx]), y[idx]),
+        )
 
 
-def pretrain_rotation(model: nn.Module, x: torch.Tensor, *, epochs: int, lr: float, seed: int,
-                      batch_size: int = 128, momentum: float = 0.9, weight_decay: float = 5e-4,
-                      progress: bool = False, desc: str = "public (rotation)") -> float:
+def pretrain_rotation(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    batch_size: int = 128,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    progress: bool = False,
+    desc: str = "public (rotation)",
+) -> float:
     """Self-supervised pretraining: predict which of 0/90/180/270 degrees each image was rotated.
 
     Uses no class labels. The classifier head's first four outputs serve as the rotation head
@@ -140,6 +188,7 @@ def pretrain_rotation(model: nn.Module, x: torch.Tensor, *, epochs: int, lr: flo
         raise ConfigError(f"rotation pretraining needs square images, got {tuple(x.shape[-2:])}")
 
     with seeded(seed) as gen:
+
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             k = torch.randint(0, 4, (len(idx),), generator=gen)
             xb = x[idx].clone()
@@ -149,6 +198,16 @@ def pretrain_rotation(model: nn.Module, x: torch.Tensor, *, epochs: int, lr: flo
                     xb[m] = torch.rot90(xb[m], r, dims=(2, 3))
             return F.cross_entropy(model(xb)[:, :4], k)
 
-        return _loop(model, len(x), epochs=epochs, lr=lr, batch_size=min(batch_size, max(len(x), 1)),
-                     momentum=momentum, weight_decay=weight_decay, gen=gen, progress=progress,
-                     desc=desc, loss_fn=loss_fn)
+        return _loop(
+            model,
+            len(x),
+            epochs=epochs,
+            lr=lr,
+            batch_size=min(batch_size, max(len(x), 1)),
+            momentum=momentum,
+            weight_decay=weight_decay,
+            gen=gen,
+            progress=progress,
+            desc=desc,
+            loss_fn=loss_fn,
+        )

@@ -44,10 +44,18 @@ class AttackGrid:
     def __post_init__(self) -> None:
         if not self.lrs or any(lr <= 0 for lr in self.lrs) or list(self.lrs) != sorted(self.lrs):
             raise ConfigError(f"AttackGrid.lrs must be increasing positive rates, got {self.lrs!r}")
-        if not self.epochs or any(e < 1 for e in self.epochs) or list(self.epochs) != sorted(set(self.epochs)):
-            raise ConfigError(f"AttackGrid.epochs must be increasing ints >= 1, got {self.epochs!r}")
+        if (
+            not self.epochs
+            or any(e < 1 for e in self.epochs)
+            or list(self.epochs) != sorted(set(self.epochs))
+        ):
+            raise ConfigError(
+                f"AttackGrid.epochs must be increasing ints >= 1, got {self.epochs!r}"
+            )
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"AttackGrid.val_fraction must lie in (0, 1), got {self.val_fraction!r}")
+            raise ConfigError(
+                f"AttackGrid.val_fraction must lie in (0, 1), got {self.val_fraction!r}"
+            )
 
 
 def _groups(model: nn.Module, lr: float | str, statuses: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -69,9 +77,17 @@ def _groups(model: nn.Module, lr: float | str, statuses: Mapping[str, str]) -> l
     return [{"params": ps, "lr": r} for r, ps in sorted(by_rate.items())]
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float | str, epochs: tuple[int, ...],
-           grid: AttackGrid, seed: int, statuses: Mapping[str, str],
-           val: tuple[torch.Tensor, torch.Tensor] | None) -> dict[int, tuple[float, float]]:
+def _train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float | str,
+    epochs: tuple[int, ...],
+    grid: AttackGrid,
+    seed: int,
+    statuses: Mapping[str, str],
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+) -> dict[int, tuple[float, float]]:
     """Train up to ``max(epochs)``; held-out (accuracy, loss) after each epoch count in ``epochs``."""
     opt = torch.optim.SGD(_groups(model, lr, statuses), momentum=grid.momentum)
     out: dict[int, tuple[float, float]] = {}
@@ -81,7 +97,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float | str, 
             model.train()
             order = torch.randperm(n, generator=gen)
             for i in range(0, n, bs):
-                idx = order[i:i + bs]
+                idx = order[i : i + bs]
                 if len(idx) < 2 and n >= 2:
                     continue
                 loss = F.cross_entropy(model(x[idx]), y[idx])
@@ -95,8 +111,14 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float | str, 
     return out
 
 
-def fit_surrogate(start: nn.Module, xq: torch.Tensor, yq: torch.Tensor, statuses: Mapping[str, str],
-                  grid: AttackGrid, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+def fit_surrogate(
+    start: nn.Module,
+    xq: torch.Tensor,
+    yq: torch.Tensor,
+    statuses: Mapping[str, str],
+    grid: AttackGrid,
+    seed: int,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Choose (rate, epochs) on a held-out part of the queries, then train ``start`` on all of them.
 
     Returns the trained surrogate (a copy; ``start`` is left as is) and the tuning record:
@@ -106,7 +128,9 @@ def fit_surrogate(start: nn.Module, xq: torch.Tensor, yq: torch.Tensor, statuses
     n = len(yq)
     n_val = max(1, int(round(grid.val_fraction * n)))
     if n - n_val < 2:
-        raise ConfigError(f"fit_surrogate: {n} queries leave too few to train after holding out {n_val}")
+        raise ConfigError(
+            f"fit_surrogate: {n} queries leave too few to train after holding out {n_val}"
+        )
     with seeded(seed) as gen:
         perm = torch.randperm(n, generator=gen)
     tr, va = perm[n_val:], perm[:n_val]
@@ -118,8 +142,17 @@ def fit_surrogate(start: nn.Module, xq: torch.Tensor, yq: torch.Tensor, statuses
     # point on an edge therefore means no interior point was as good (widen the grid).
     best: tuple[float, bool, float, int, int] | None = None
     for i, lr in enumerate(rates):
-        res = _train(copy.deepcopy(start), xq[tr], yq[tr], lr, grid.epochs, grid, seed, statuses,
-                     (xq[va], yq[va]))
+        res = _train(
+            copy.deepcopy(start),
+            xq[tr],
+            yq[tr],
+            lr,
+            grid.epochs,
+            grid,
+            seed,
+            statuses,
+            (xq[va], yq[va]),
+        )
         table[str(lr)] = res
         for ep, (acc, loss) in res.items():
             edge = any(grid_edges({"lr": lr, "epochs": ep}, grid).values())
@@ -130,10 +163,17 @@ def fit_surrogate(start: nn.Module, xq: torch.Tensor, yq: torch.Tensor, statuses
     lr_star, ep_star = rates[best[4]], best[3]
     final = copy.deepcopy(start)
     _train(final, xq, yq, lr_star, (ep_star,), grid, seed, statuses, None)
-    return final, {"lr": lr_star, "epochs": ep_star, "val_accuracy": -best[0], "val_loss": best[2],
-                   "val_samples": n_val,
-                   "grid": {lr: {str(ep): {"accuracy": a, "loss": b} for ep, (a, b) in res.items()}
-                            for lr, res in table.items()}}
+    return final, {
+        "lr": lr_star,
+        "epochs": ep_star,
+        "val_accuracy": -best[0],
+        "val_loss": best[2],
+        "val_samples": n_val,
+        "grid": {
+            lr: {str(ep): {"accuracy": a, "loss": b} for ep, (a, b) in res.items()}
+            for lr, res in table.items()
+        },
+    }
 
 
 def grid_edges(tuning: Mapping[str, Any], grid: AttackGrid) -> dict[str, bool]:
@@ -143,5 +183,7 @@ def grid_edges(tuning: Mapping[str, Any], grid: AttackGrid) -> dict[str, bool]:
     ``epochs``: the chosen count is the largest (the smallest is a legitimate early stop).
     """
     lr = tuning["lr"]
-    return {"lr": lr != PAPER and len(grid.lrs) > 1 and float(lr) in (grid.lrs[0], grid.lrs[-1]),
-            "epochs": len(grid.epochs) > 1 and int(tuning["epochs"]) == grid.epochs[-1]}
+    return {
+        "lr": lr != PAPER and len(grid.lrs) > 1 and float(lr) in (grid.lrs[0], grid.lrs[-1]),
+        "epochs": len(grid.epochs) > 1 and int(tuning["epochs"]) == grid.epochs[-1],
+    }

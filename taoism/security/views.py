@@ -60,8 +60,9 @@ def exposed_param(status: str, tensor: torch.Tensor | None, kind: str = "param")
 
 
 def _named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor, str]]:
-    return ([(n, p.detach(), "param") for n, p in model.named_parameters()]
-            + [(n, b.detach(), "buffer") for n, b in model.named_buffers()])
+    return [(n, p.detach(), "param") for n, p in model.named_parameters()] + [
+        (n, b.detach(), "buffer") for n, b in model.named_buffers()
+    ]
 
 
 def white_box_view(model: nn.Module) -> dict[str, Any]:
@@ -81,7 +82,9 @@ def view_summary(view: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     for e in view.values():
         st = e.status if e.status in out else "absent"
         out[st]["tensors"] += 1
-        out[st]["elements"] += int(getattr(e, "numel", 0) or (e.tensor.numel() if e.tensor is not None else 0))
+        out[st]["elements"] += int(
+            getattr(e, "numel", 0) or (e.tensor.numel() if e.tensor is not None else 0)
+        )
     return out
 
 
@@ -117,7 +120,9 @@ class Reconstruction:
     state: dict[str, torch.Tensor]
     statuses: dict[str, str]
     scales: dict[str, float] = field(default_factory=dict)  # SOTER: estimated scalar per module
-    row_orders: dict[str, list[int]] = field(default_factory=dict)  # ShadowNet: kept host rows, in order
+    row_orders: dict[str, list[int]] = field(
+        default_factory=dict
+    )  # ShadowNet: kept host rows, in order
 
     def modules_with(self, status: str) -> set[str]:
         return {n.rpartition(".")[0] for n, s in self.statuses.items() if s == status}
@@ -127,8 +132,11 @@ def _var(t: torch.Tensor) -> float:
     return float(t.double().var()) if t.numel() > 1 else float(t.double().pow(2).mean())
 
 
-def reconstruct_state(view: Mapping[str, Any], public_state: Mapping[str, torch.Tensor],
-                      template_state: Mapping[str, torch.Tensor]) -> Reconstruction:
+def reconstruct_state(
+    view: Mapping[str, Any],
+    public_state: Mapping[str, torch.Tensor],
+    template_state: Mapping[str, torch.Tensor],
+) -> Reconstruction:
     """The attacker's best initial state dict for the victim's architecture.
 
     ``template_state``: a state dict of the victim's architecture (names, shapes, dtypes; its
@@ -175,8 +183,10 @@ def reconstruct_state(view: Mapping[str, Any], public_state: Mapping[str, torch.
         c = template_state[name].shape[0]
         rows = host.reshape(host.shape[0], -1).double()
         if host.shape[0] < c or tuple(host.shape[1:]) != tuple(template_state[name].shape[1:]):
-            raise ConfigError(f"obfuscated tensor {name!r} has shape {tuple(host.shape)}, cannot "
-                              f"hold the {tuple(template_state[name].shape)} original rows")
+            raise ConfigError(
+                f"obfuscated tensor {name!r} has shape {tuple(host.shape)}, cannot "
+                f"hold the {tuple(template_state[name].shape)} original rows"
+            )
         # Noise filters are drawn from U(-noise, noise): far larger spread than trained filters.
         spread = rows.var(dim=1, unbiased=False) + rows.mean(dim=1) ** 2
         kept = torch.sort(torch.argsort(spread)[:c]).values
@@ -193,8 +203,10 @@ def reconstruct_state(view: Mapping[str, Any], public_state: Mapping[str, torch.
         host = view[name].tensor.detach().cpu() if st != "absent" else None
         if st == "plaintext":
             if tuple(host.shape) != tuple(ref.shape):
-                raise ConfigError(f"plaintext tensor {name!r} has shape {tuple(host.shape)}, the "
-                                  f"architecture needs {tuple(ref.shape)}")
+                raise ConfigError(
+                    f"plaintext tensor {name!r} has shape {tuple(host.shape)}, the "
+                    f"architecture needs {tuple(ref.shape)}"
+                )
             state[name] = host.clone().to(ref.dtype)
         elif st == "zeroed":
             fill = public_or_template(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -24,7 +24,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
     p.add_argument("--max-batch", type=int, default=16, help="most rows per enclave call")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="batching wait after the first request")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="batching wait after the first request"
+    )
     p.add_argument("--max-body-bytes", type=int, default=8 << 20)
     p.add_argument("--max-queue", type=int, default=4096)
     p.add_argument("--request-timeout-s", type=float, default=60.0)

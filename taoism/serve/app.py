@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -21,8 +21,9 @@ from taoism.serve.metrics import ServeMetrics
 
 def _error(status: int, exc: BaseException) -> JSONResponse:
     headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"error": type(exc).__name__, "message": str(exc)}, status_code=status,
-                        headers=headers)
+    return JSONResponse(
+        {"error": type(exc).__name__, "message": str(exc)}, status_code=status, headers=headers
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -31,7 +32,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if not declared.isdigit():
             raise RequestError(f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
-            raise RequestError(f"the body is {declared} bytes; the server takes at most {limit}", 413)
+            raise RequestError(
+                f"the body is {declared} bytes; the server takes at most {limit}", 413
+            )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -41,8 +44,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(batcher: Batcher, spec: codec.InputSpec, config: ServeConfig,
-               metrics: ServeMetrics) -> Starlette:
+def create_app(
+    batcher: Batcher, spec: codec.InputSpec, config: ServeConfig, metrics: ServeMetrics
+) -> Starlette:
     """The server's routes around a running :class:`Batcher`; stopping the app stops it."""
 
     async def predict(request: Request) -> Response:
@@ -69,25 +73,41 @@ def create_app(batcher: Batcher, spec: codec.InputSpec, config: ServeConfig,
         try:
             out = await asyncio.wait_for(asyncio.wrap_future(future), config.request_timeout_s)
         except asyncio.TimeoutError:
-            return _error(504, ServiceUnavailable(
-                f"no answer within {config.request_timeout_s:g} s; the server is overloaded"))
+            return _error(
+                504,
+                ServiceUnavailable(
+                    f"no answer within {config.request_timeout_s:g} s; the server is overloaded"
+                ),
+            )
         except ServiceUnavailable as exc:
             return _error(503, exc)
         except Exception as exc:  # the batch failed for a reason that is not the request's
-            return JSONResponse({"error": "InternalError", "message": (
-                f"the batch holding this request failed ({type(exc).__name__}); the enclave "
-                "was restarted, retry")}, status_code=500)
+            return JSONResponse(
+                {
+                    "error": "InternalError",
+                    "message": (
+                        f"the batch holding this request failed ({type(exc).__name__}); the enclave "
+                        "was restarted, retry"
+                    ),
+                },
+                status_code=500,
+            )
         body, media = codec.encode(out, kind)
         return Response(body, media_type=media)
 
     async def healthz(request: Request) -> Response:
         ok = batcher.healthy and batcher.enclave_alive
-        return JSONResponse({"status": "ok" if ok else "unavailable",
-                             "enclave_alive": batcher.enclave_alive,
-                             "enclave_restarts": batcher.restarts,
-                             "max_batch": config.max_batch,
-                             "input_shape": list(spec.shape), "input_dtype": str(spec.dtype)},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {
+                "status": "ok" if ok else "unavailable",
+                "enclave_alive": batcher.enclave_alive,
+                "enclave_restarts": batcher.restarts,
+                "max_batch": config.max_batch,
+                "input_shape": list(spec.shape),
+                "input_dtype": str(spec.dtype),
+            },
+            status_code=200 if ok else 503,
+        )
 
     async def metrics_endpoint(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
@@ -100,7 +120,11 @@ def create_app(batcher: Batcher, spec: codec.InputSpec, config: ServeConfig,
         # uvicorn runs this after in-flight requests have finished (SIGTERM included)
         await asyncio.to_thread(batcher.stop, config.shutdown_timeout_s)
 
-    return Starlette(routes=[Route("/v1/predict", predict, methods=["POST"]),
-                             Route("/healthz", healthz, methods=["GET"]),
-                             Route("/metrics", metrics_endpoint, methods=["GET"])],
-                     lifespan=lifespan)
+    return Starlette(
+        routes=[
+            Route("/v1/predict", predict, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )

@@ -14,9 +14,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -41,9 +41,16 @@ class _Pending:
 class Batcher:
     """Dynamic batching in front of one ShieldedModel; :meth:`submit` from any thread."""
 
-    def __init__(self, sm: ShieldedModel, model_factory: Callable[[], nn.Module], *,
-                 max_batch: int, max_wait_ms: float, max_queue: int,
-                 metrics: ServeMetrics) -> None:
+    def __init__(
+        self,
+        sm: ShieldedModel,
+        model_factory: Callable[[], nn.Module],
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+        metrics: ServeMetrics,
+    ) -> None:
         self._sm = sm
         self._factory = model_factory
         self.max_batch = max_batch
@@ -69,8 +76,10 @@ class Batcher:
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
-                raise ServiceUnavailable(f"the server's queue is full ({self._queue.maxsize} "
-                                         "requests waiting); retry later") from None
+                raise ServiceUnavailable(
+                    f"the server's queue is full ({self._queue.maxsize} "
+                    "requests waiting); retry later"
+                ) from None
         return item.future
 
     @property
@@ -137,20 +146,31 @@ class Batcher:
             self._restart()
             if not self.healthy:
                 for p in batch:
-                    _fail(p, ServiceUnavailable("the enclave is down and could not be restarted; "
-                                                "retry later"))
+                    _fail(
+                        p,
+                        ServiceUnavailable(
+                            "the enclave is down and could not be restarted; retry later"
+                        ),
+                    )
                 return
         x = batch[0].x if len(batch) == 1 else torch.cat([p.x for p in batch])
         try:
             out = self._sm(x)
             if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0]:
-                raise TypeError(f"the model returned {type(out).__name__} without one row per "
-                                "input row; the server needs a tensor output with the batch in dim 0")
+                raise TypeError(
+                    f"the model returned {type(out).__name__} without one row per "
+                    "input row; the server needs a tensor output with the batch in dim 0"
+                )
         except (EnclaveError, BoundaryError) as exc:
-            log.warning("enclave failed on a batch of %d request(s): %s", len(batch),
-                        str(exc).splitlines()[0])
-            err = ServiceUnavailable(f"the enclave failed while running this request "
-                                     f"({type(exc).__name__}); it is being restarted, retry")
+            log.warning(
+                "enclave failed on a batch of %d request(s): %s",
+                len(batch),
+                str(exc).splitlines()[0],
+            )
+            err = ServiceUnavailable(
+                f"the enclave failed while running this request "
+                f"({type(exc).__name__}); it is being restarted, retry"
+            )
             for p in batch:
                 _fail(p, err)
             self._restart()

@@ -39,9 +39,12 @@ def media_type(content_type: str | None) -> str:
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     if kind == JSON or kind in BINARY:
         return kind
-    raise RequestError(f"Content-Type {content_type or '(none)'!r} is not supported; send "
-                       f"{JSON} ({{\"inputs\": nested list}}) or {SAFETENSORS} / "
-                       "application/octet-stream (safetensors bytes with one tensor 'inputs')", 415)
+    raise RequestError(
+        f"Content-Type {content_type or '(none)'!r} is not supported; send "
+        f'{JSON} ({{"inputs": nested list}}) or {SAFETENSORS} / '
+        "application/octet-stream (safetensors bytes with one tensor 'inputs')",
+        415,
+    )
 
 
 def _reject_constant(name: str) -> float:
@@ -58,18 +61,23 @@ def decode(body: bytes, kind: str, spec: InputSpec) -> torch.Tensor:
         except RecursionError:
             raise RequestError("the JSON body is nested too deeply") from None
         if not isinstance(doc, dict) or set(doc) != {INPUT_KEY}:
-            raise RequestError('the JSON body must be an object with exactly one key, "inputs": '
-                               f"a nested list shaped {spec.describe()}")
+            raise RequestError(
+                'the JSON body must be an object with exactly one key, "inputs": '
+                f"a nested list shaped {spec.describe()}"
+            )
         try:
             arr = np.array(doc[INPUT_KEY])  # numpy reads nested lists ~5x faster than torch
         except (TypeError, ValueError, OverflowError) as exc:
-            raise RequestError(f'"inputs" must be a rectangular nested list of numbers shaped '
-                               f"{spec.describe()}: {exc}") from None
+            raise RequestError(
+                f'"inputs" must be a rectangular nested list of numbers shaped '
+                f"{spec.describe()}: {exc}"
+            ) from None
         kind_ = arr.dtype.kind
         if kind_ not in "iuf" or (kind_ == "f" and not spec.dtype.is_floating_point):
             got = "non-numbers" if kind_ in "OUSV" else f"{arr.dtype} values"
-            raise RequestError(f'"inputs" must hold numbers the model\'s {spec.dtype} can take, '
-                               f"got {got}")
+            raise RequestError(
+                f'"inputs" must hold numbers the model\'s {spec.dtype} can take, got {got}'
+            )
         x = torch.from_numpy(arr).to(spec.dtype)
     else:
         x = _decode_safetensors(body, spec)
@@ -86,8 +94,10 @@ def _decode_safetensors(body: bytes, spec: InputSpec) -> torch.Tensor:
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
         raise RequestError(f"the body is not valid safetensors bytes: {exc}") from None
     if set(tensors) != {INPUT_KEY}:
-        raise RequestError(f"the safetensors body must hold exactly one tensor named "
-                           f"{INPUT_KEY!r}, got {sorted(tensors)[:8]}")
+        raise RequestError(
+            f"the safetensors body must hold exactly one tensor named "
+            f"{INPUT_KEY!r}, got {sorted(tensors)[:8]}"
+        )
     x = tensors[INPUT_KEY]
     if x.dtype != spec.dtype:
         raise RequestError(f"the input tensor has dtype {x.dtype}; the model takes {spec.dtype}")
@@ -96,11 +106,15 @@ def _decode_safetensors(body: bytes, spec: InputSpec) -> torch.Tensor:
 
 def _check_shape(x: torch.Tensor, spec: InputSpec) -> None:
     if x.dim() != len(spec.shape) + 1 or tuple(x.shape[1:]) != spec.shape:
-        raise RequestError(f"the input has shape {tuple(x.shape)}; the model takes "
-                           f"{spec.describe()}")
+        raise RequestError(
+            f"the input has shape {tuple(x.shape)}; the model takes {spec.describe()}"
+        )
     if not 1 <= x.shape[0] <= spec.max_rows:
-        raise RequestError(f"the input has {x.shape[0]} rows; send 1 to {spec.max_rows} "
-                           "(the server's max batch) per request", 413 if x.shape[0] else 400)
+        raise RequestError(
+            f"the input has {x.shape[0]} rows; send 1 to {spec.max_rows} "
+            "(the server's max batch) per request",
+            413 if x.shape[0] else 400,
+        )
 
 
 def encode(out: torch.Tensor, kind: str) -> tuple[bytes, str]:

@@ -31,13 +31,17 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"ServeConfig.port must be in 0..65535 (0 = any free port), got {self.port}")
+            raise ConfigError(
+                f"ServeConfig.port must be in 0..65535 (0 = any free port), got {self.port}"
+            )
         if self.max_batch < 1:
             raise ConfigError(f"ServeConfig.max_batch must be >= 1, got {self.max_batch}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"ServeConfig.max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.max_body_bytes < 1024:
-            raise ConfigError(f"ServeConfig.max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+            raise ConfigError(
+                f"ServeConfig.max_body_bytes must be >= 1024, got {self.max_body_bytes}"
+            )
         if self.max_queue < 1:
             raise ConfigError(f"ServeConfig.max_queue must be >= 1, got {self.max_queue}")
         if self.request_timeout_s <= 0 or self.shutdown_timeout_s <= 0:

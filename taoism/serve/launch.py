@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from taoism.errors import ServiceUnavailable
 
@@ -17,8 +17,9 @@ from taoism.errors import ServiceUnavailable
 class ServerProcess:
     """``python -m taoism.serve ARGS --port 0``; :attr:`url` once it listens; SIGTERM on stop."""
 
-    def __init__(self, args: Sequence[str], start_timeout_s: float = 180.0, *,
-                 prefix: Sequence[str] = ()) -> None:
+    def __init__(
+        self, args: Sequence[str], start_timeout_s: float = 180.0, *, prefix: Sequence[str] = ()
+    ) -> None:
         # ``prefix``: another command line to start (e.g. ``taoism serve``); default the module
         prefix = tuple(prefix) or (sys.executable, "-m", "taoism.serve")
         cmd = [*prefix, "--host", "127.0.0.1", "--port", "0", *args]
@@ -34,8 +35,10 @@ class ServerProcess:
             except queue.Empty:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     err = self.stop()
-                    raise ServiceUnavailable(f"the server did not start within {start_timeout_s:g} s "
-                                             f"(exit {err}): {self.stderr()[-2000:]}") from None
+                    raise ServiceUnavailable(
+                        f"the server did not start within {start_timeout_s:g} s "
+                        f"(exit {err}): {self.stderr()[-2000:]}"
+                    ) from None
                 continue
             if "listening on" in line:
                 self.url = line.split("listening on ", 1)[1].strip()
@@ -92,7 +95,7 @@ class ServerProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,8 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -29,8 +30,9 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc}; choose another --port "
-                          "(0 picks a free one)") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc}; choose another --port (0 picks a free one)"
+        ) from None
     sock.listen(2048)
     return sock
 
@@ -39,8 +41,12 @@ def _after_shutdown(sig: int, frame: Any) -> None:
     """The signal uvicorn raises again once its graceful shutdown is done: nothing left to do."""
 
 
-def serve(model_factory: Callable[[], nn.Module], example_input: torch.Tensor,
-          config: ServeConfig | None = None, **shield_kwargs: Any) -> None:
+def serve(
+    model_factory: Callable[[], nn.Module],
+    example_input: torch.Tensor,
+    config: ServeConfig | None = None,
+    **shield_kwargs: Any,
+) -> None:
     """Shield ``model_factory()`` and serve it over HTTP until SIGTERM or SIGINT.
 
     ``model_factory`` is called again for every enclave restart, so the host keeps no copy of
@@ -63,25 +69,40 @@ def serve(model_factory: Callable[[], nn.Module], example_input: torch.Tensor,
     try:
         probe = sm(example_input)  # warms up, and refuses outputs the server cannot split
         if not isinstance(probe, torch.Tensor) or probe.shape[:1] != example_input.shape[:1]:
-            raise ConfigError("the server needs a model whose output is one tensor with the batch "
-                              f"in dim 0; this one returns {type(probe).__name__}")
+            raise ConfigError(
+                "the server needs a model whose output is one tensor with the batch "
+                f"in dim 0; this one returns {type(probe).__name__}"
+            )
         metrics = ServeMetrics(config.max_batch)
-        batcher = Batcher(sm, model_factory, max_batch=config.max_batch,
-                          max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
-                          metrics=metrics)
+        batcher = Batcher(
+            sm,
+            model_factory,
+            max_batch=config.max_batch,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue,
+            metrics=metrics,
+        )
         spec = InputSpec(example_input.dtype, tuple(example_input.shape[1:]), config.max_batch)
         app = create_app(batcher, spec, config, metrics)
         sock = _bind(config.host, config.port)
         host, port = sock.getsockname()[:2]
         print(f"taoism serve: listening on http://{host}:{port}", flush=True)
-        server = uvicorn.Server(uvicorn.Config(
-            app, log_level=config.log_level, lifespan="on", access_log=False,
-            timeout_graceful_shutdown=int(config.shutdown_timeout_s) or 1))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                log_level=config.log_level,
+                lifespan="on",
+                access_log=False,
+                timeout_graceful_shutdown=int(config.shutdown_timeout_s) or 1,
+            )
+        )
         # uvicorn handles SIGTERM/SIGINT gracefully, restores the handlers it found and raises
         # the signal again; a no-op handler here lets us finish cleanly and exit 0
         main = threading.current_thread() is threading.main_thread()
-        previous = {sig: signal.signal(sig, _after_shutdown)
-                    for sig in ((signal.SIGTERM, signal.SIGINT) if main else ())}
+        previous = {
+            sig: signal.signal(sig, _after_shutdown)
+            for sig in ((signal.SIGTERM, signal.SIGINT) if main else ())
+        }
         try:
             server.run(sockets=[sock])
         finally:
@@ -111,44 +132,81 @@ def _placement_kwargs(strategy: str | None, placement: Any, plan: str | None) ->
     return {"placement": placement or {"_default": "ENCLAVE"}}
 
 
-def zoo_source(model: str = "resnet18", dataset_shape: str = "cifar", *,
-               num_classes: int | None = None,
-               weights: str | None = None) -> tuple[Callable[[], nn.Module], torch.Tensor]:
+def zoo_source(
+    model: str = "resnet18",
+    dataset_shape: str = "cifar",
+    *,
+    num_classes: int | None = None,
+    weights: str | None = None,
+) -> tuple[Callable[[], nn.Module], torch.Tensor]:
     """A zoo model's factory and example input: the model source a package source replaces."""
     from taoism.zoo import example_input, get_model
 
-    factory = lambda: get_model(model, dataset_shape=dataset_shape,  # noqa: E731
-                                num_classes=num_classes, weights=weights)
+    def factory() -> nn.Module:
+        return get_model(
+            model, dataset_shape=dataset_shape, num_classes=num_classes, weights=weights
+        )
+
     return factory, example_input(model, dataset_shape, batch=1)
 
 
-def serve_source(source: tuple[Callable[[], nn.Module], torch.Tensor], *,
-                 strategy: str | None = None, placement: Any = None, plan: str | None = None,
-                 tee: str | None = None, device: str | None = None, threads: int = 1,
-                 enclave_threads: int = 1, host: str = "127.0.0.1", port: int = 8000,
-                 max_batch: int = 16, max_wait_ms: float = 5.0, max_body_bytes: int = 8 << 20,
-                 max_queue: int = 4096, request_timeout_s: float = 60.0,
-                 shutdown_timeout_s: float = 30.0, log_level: str = "warning") -> None:
+def serve_source(
+    source: tuple[Callable[[], nn.Module], torch.Tensor],
+    *,
+    strategy: str | None = None,
+    placement: Any = None,
+    plan: str | None = None,
+    tee: str | None = None,
+    device: str | None = None,
+    threads: int = 1,
+    enclave_threads: int = 1,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+    max_body_bytes: int = 8 << 20,
+    max_queue: int = 4096,
+    request_timeout_s: float = 60.0,
+    shutdown_timeout_s: float = 30.0,
+    log_level: str = "warning",
+) -> None:
     """Serve ``source`` (factory, example input) shielded as asked until SIGTERM; raises TaoismError."""
-    config = ServeConfig(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                         max_body_bytes=max_body_bytes, max_queue=max_queue,
-                         request_timeout_s=request_timeout_s,
-                         shutdown_timeout_s=shutdown_timeout_s, log_level=log_level)
+    config = ServeConfig(
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_body_bytes=max_body_bytes,
+        max_queue=max_queue,
+        request_timeout_s=request_timeout_s,
+        shutdown_timeout_s=shutdown_timeout_s,
+        log_level=log_level,
+    )
     kw = _placement_kwargs(strategy, placement, plan)
-    enclave = EnclaveConfig(threads=enclave_threads, tee=tee) if tee else EnclaveConfig(threads=enclave_threads)
+    enclave = (
+        EnclaveConfig(threads=enclave_threads, tee=tee)
+        if tee
+        else EnclaveConfig(threads=enclave_threads)
+    )
     torch.set_num_threads(threads)
     factory, example = source
     serve(factory, example, config, enclave=enclave, device=device, **kw)
 
 
-def main_serve(model: str = "resnet18", dataset_shape: str = "cifar", *,
-               num_classes: int | None = None, weights: str | None = None,
-               **options: Any) -> int:
+def main_serve(
+    model: str = "resnet18",
+    dataset_shape: str = "cifar",
+    *,
+    num_classes: int | None = None,
+    weights: str | None = None,
+    **options: Any,
+) -> int:
     """``python -m taoism.serve``: serve a zoo model (options of :func:`serve_source`); exit code."""
     logging.basicConfig(level=logging.WARNING, format="taoism serve: %(levelname)s %(message)s")
     try:
-        serve_source(zoo_source(model, dataset_shape, num_classes=num_classes, weights=weights),
-                     **options)
+        serve_source(
+            zoo_source(model, dataset_shape, num_classes=num_classes, weights=weights), **options
+        )
     except TaoismError as exc:
         print(f"taoism serve: error: {exc}", file=sys.stderr)
         return 2

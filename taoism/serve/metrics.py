@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 QUANTILES = (0.5, 0.9, 0.99)
-_LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 
 
 class ServeMetrics:
@@ -19,20 +35,31 @@ class ServeMetrics:
     def __init__(self, max_batch: int, window: int = 10_000) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("taoism_requests", "predict requests answered, by HTTP status",
-                                ["status"], registry=r)
-        self.latency = Histogram("taoism_request_latency_seconds",
-                                 "predict latency of answered requests (seconds)",
-                                 buckets=_LATENCY_BUCKETS, registry=r)
-        buckets = sorted({1, *(2 ** i for i in range(max_batch.bit_length())), max_batch})
-        self.batch_rows = Histogram("taoism_batch_rows", "rows per enclave call (dynamic batching)",
-                                    buckets=buckets, registry=r)
-        self.batch_requests = Histogram("taoism_batch_requests", "requests per enclave call",
-                                        buckets=buckets, registry=r)
-        self.restarts = Counter("taoism_enclave_restarts", "enclave restarts after a failure",
-                                registry=r)
-        self.in_flight = Gauge("taoism_requests_in_flight", "predict requests submitted, not answered",
-                               registry=r)
+        self.requests = Counter(
+            "taoism_requests", "predict requests answered, by HTTP status", ["status"], registry=r
+        )
+        self.latency = Histogram(
+            "taoism_request_latency_seconds",
+            "predict latency of answered requests (seconds)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        buckets = sorted({1, *(2**i for i in range(max_batch.bit_length())), max_batch})
+        self.batch_rows = Histogram(
+            "taoism_batch_rows",
+            "rows per enclave call (dynamic batching)",
+            buckets=buckets,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "taoism_batch_requests", "requests per enclave call", buckets=buckets, registry=r
+        )
+        self.restarts = Counter(
+            "taoism_enclave_restarts", "enclave restarts after a failure", registry=r
+        )
+        self.in_flight = Gauge(
+            "taoism_requests_in_flight", "predict requests submitted, not answered", registry=r
+        )
         self._window: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
         r.register(_Quantiles(self._snapshot))
@@ -67,9 +94,11 @@ class _Quantiles:
 
     def collect(self) -> Iterator[Metric]:
         values = self._snapshot()
-        fam = GaugeMetricFamily("taoism_request_latency_quantile_seconds",
-                                "predict latency quantiles over recent successful requests",
-                                labels=["quantile"])
+        fam = GaugeMetricFamily(
+            "taoism_request_latency_quantile_seconds",
+            "predict latency quantiles over recent successful requests",
+            labels=["quantile"],
+        )
         if values:
             for q in QUANTILES:
                 fam.add_metric([str(q)], values[min(len(values) - 1, int(q * len(values)))])

@@ -41,7 +41,8 @@ graph (``leaf_modules`` keeps an untraceable submodule whole); ``none``, ``all``
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -52,10 +53,23 @@ from taoism.strategies.layerwise import apply_all, apply_layerwise, apply_none, 
 from taoism.strategies.magnitude import apply_magnitude, shield_masks
 from taoism.strategies.nonlinear import apply_nonlinear
 from taoism.strategies.report import ExposedParam, attacker_view, strategy_report
-from taoism.strategies.spec import (BASELINE_STRATEGIES, REFERENCE_STRATEGIES, VALID_FORMS,
-                                    BlackBox, Deep, Intermediate, Magnitude, NonLinear, NoShield,
-                                    Shallow, Strategy, StrategyLike, TEESlice, expand_strategies,
-                                    parse_strategy)
+from taoism.strategies.spec import (
+    BASELINE_STRATEGIES,
+    REFERENCE_STRATEGIES,
+    VALID_FORMS,
+    BlackBox,
+    Deep,
+    Intermediate,
+    Magnitude,
+    NonLinear,
+    NoShield,
+    Shallow,
+    Strategy,
+    StrategyLike,
+    TEESlice,
+    expand_strategies,
+    parse_strategy,
+)
 
 _APPLY = {
     NoShield: apply_none,
@@ -69,10 +83,14 @@ _APPLY = {
 }
 
 
-def apply_strategy(model: nn.Module, strategy: StrategyLike, *,
-                   leaf_modules: Iterable[str | type[nn.Module]] = (), capture: str = "auto",
-                   example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
-                   ) -> tuple[nn.Module, dict[str, Any]]:
+def apply_strategy(
+    model: nn.Module,
+    strategy: StrategyLike,
+    *,
+    leaf_modules: Iterable[str | type[nn.Module]] = (),
+    capture: str = "auto",
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rewrite a private copy of ``model`` for ``strategy`` and return it with its placement.
 
     The model is captured as :func:`taoism.shield` captures it (``leaf_modules``, ``capture``;
@@ -94,8 +112,24 @@ def apply_strategy(model: nn.Module, strategy: StrategyLike, *,
 
 
 __all__ = [
-    "BASELINE_STRATEGIES", "REFERENCE_STRATEGIES", "VALID_FORMS", "BlackBox", "Deep", "ExposedParam",
-    "Intermediate", "Magnitude", "NoShield", "NonLinear", "Shallow", "Strategy", "StrategyLike",
-    "TEESlice", "apply_strategy", "attacker_view", "expand_strategies", "parse_strategy",
-    "shield_masks", "strategy_report",
+    "BASELINE_STRATEGIES",
+    "REFERENCE_STRATEGIES",
+    "VALID_FORMS",
+    "BlackBox",
+    "Deep",
+    "ExposedParam",
+    "Intermediate",
+    "Magnitude",
+    "NoShield",
+    "NonLinear",
+    "Shallow",
+    "Strategy",
+    "StrategyLike",
+    "TEESlice",
+    "apply_strategy",
+    "attacker_view",
+    "expand_strategies",
+    "parse_strategy",
+    "shield_masks",
+    "strategy_report",
 ]

@@ -11,8 +11,8 @@ module kinds.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -62,18 +62,27 @@ class CaptureOptions:
     example_inputs: tuple[torch.Tensor, ...] | None = None  # needed by torch.export only
 
     @classmethod
-    def of(cls, leaf_modules: Iterable[str | type[nn.Module]] = (), capture: str = "auto",
-           example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None) -> "CaptureOptions":
+    def of(
+        cls,
+        leaf_modules: Iterable[str | type[nn.Module]] = (),
+        capture: str = "auto",
+        example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    ) -> CaptureOptions:
         """Options from ``shield``-style arguments (validated)."""
         if capture not in CAPTURE_KINDS:
             raise ConfigError(f"capture must be one of {CAPTURE_KINDS}, got {capture!r}")
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
-        return cls(tuple(leaf_modules), capture,
-                   tuple(example_inputs) if example_inputs is not None else None)
+        return cls(
+            tuple(leaf_modules),
+            capture,
+            tuple(example_inputs) if example_inputs is not None else None,
+        )
 
 
-def trace(model: nn.Module, opts: CaptureOptions = CaptureOptions(), strategy: str = "") -> fx.GraphModule:
+def trace(
+    model: nn.Module, opts: CaptureOptions = CaptureOptions(), strategy: str = ""
+) -> fx.GraphModule:
     """fx-trace ``model`` as taoism's capture does (same leaves, ``opts.leaf_modules``).
 
     Rewriting strategies edit torch.nn layer calls, which only an fx graph has: a model fx
@@ -81,17 +90,21 @@ def trace(model: nn.Module, opts: CaptureOptions = CaptureOptions(), strategy: s
     """
     what = f"strategy {strategy!r}" if strategy else "this TSDP strategy"
     if opts.capture == "export":
-        raise CaptureError(f"{what} rewrites the model's conv/linear layer calls, which needs a "
-                           "torch.fx graph, but capture='export' was asked for; use capture='fx' "
-                           "(or 'auto'), or a layer-wise strategy (none, all, deep:K, shallow:K), "
-                           "which works on exported graphs")
+        raise CaptureError(
+            f"{what} rewrites the model's conv/linear layer calls, which needs a "
+            "torch.fx graph, but capture='export' was asked for; use capture='fx' "
+            "(or 'auto'), or a layer-wise strategy (none, all, deep:K, shallow:K), "
+            "which works on exported graphs"
+        )
     try:
         gm = trace_fx(model, opts.leaf_modules)
     except CaptureError as exc:
-        raise CaptureError(f"{what} rewrites the model's graph with torch.fx: {exc} (with "
-                           "leaf_modules the strategy keeps that submodule whole, on the device "
-                           "unless the strategy places it; layer-wise strategies also work through "
-                           "capture='export')") from exc
+        raise CaptureError(
+            f"{what} rewrites the model's graph with torch.fx: {exc} (with "
+            "leaf_modules the strategy keeps that submodule whole, on the device "
+            "unless the strategy places it; layer-wise strategies also work through "
+            "capture='export')"
+        ) from exc
     return gm.eval()
 
 
@@ -99,11 +112,20 @@ def captured_graph(model: nn.Module, opts: CaptureOptions) -> CapturedGraph:
     """The model captured as shield will capture it (fx, else torch.export when inputs are given)."""
     if opts.example_inputs is None:
         if opts.capture == "export":
-            raise ConfigError("capture='export' needs example inputs; pass example_inputs= to "
-                              "apply_strategy (shield passes its example input)")
+            raise ConfigError(
+                "capture='export' needs example inputs; pass example_inputs= to "
+                "apply_strategy (shield passes its example input)"
+            )
         gm = trace(model, opts)
-        return CapturedGraph(gm=gm, nodes={}, batch=0, input_shapes=(), input_dtypes=(), kind="fx",
-                             module_classes={n: type(m) for n, m in model.named_modules()})
+        return CapturedGraph(
+            gm=gm,
+            nodes={},
+            batch=0,
+            input_shapes=(),
+            input_dtypes=(),
+            kind="fx",
+            module_classes={n: type(m) for n, m in model.named_modules()},
+        )
     return capture(model, opts.example_inputs, leaf_modules=opts.leaf_modules, capture=opts.capture)
 
 
@@ -123,8 +145,9 @@ def first_use_order(gm: fx.GraphModule, types: tuple[type, ...]) -> list[str]:
     return seen
 
 
-def insert_after(gm: fx.GraphModule, node: fx.Node, target: str,
-                 extra_args: tuple = (), with_input: bool = False) -> fx.Node:
+def insert_after(
+    gm: fx.GraphModule, node: fx.Node, target: str, extra_args: tuple = (), with_input: bool = False
+) -> fx.Node:
     """Insert ``call_module(target)`` after ``node`` and route every use of ``node`` through it.
 
     The new node's args are ``(node.args[0], node)`` when ``with_input`` (the layer's input and

@@ -16,9 +16,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from taoism.strategies._graph import (LINEAR_TYPES, CaptureOptions, Rescale, added_path, finish,
-                                      first_use_order, insert_after, module_calls, private_copy,
-                                      trace)
+from taoism.strategies._graph import (
+    LINEAR_TYPES,
+    CaptureOptions,
+    Rescale,
+    added_path,
+    finish,
+    first_use_order,
+    insert_after,
+    module_calls,
+    private_copy,
+    trace,
+)
 from taoism.strategies.spec import Intermediate
 
 
@@ -33,8 +42,9 @@ def choose_offloaded(layers: list[str], theta: float, seed: int) -> list[str]:
     return [p for p in layers if p in chosen]
 
 
-def apply_intermediate(model: nn.Module, s: Intermediate,
-                       opts: CaptureOptions = CaptureOptions()) -> tuple[nn.Module, dict[str, Any]]:
+def apply_intermediate(
+    model: nn.Module, s: Intermediate, opts: CaptureOptions = CaptureOptions()
+) -> tuple[nn.Module, dict[str, Any]]:
     m = private_copy(model)
     gm = trace(m, opts, s.spec)
     layers = first_use_order(gm, LINEAR_TYPES)

@@ -17,13 +17,15 @@ from taoism.strategies._graph import CaptureOptions, captured_graph, private_cop
 from taoism.strategies.spec import BlackBox, Deep, NoShield, Shallow, TEESlice
 
 
-def apply_none(model: nn.Module, s: NoShield, opts: CaptureOptions = CaptureOptions()
-               ) -> tuple[nn.Module, dict[str, Any]]:
+def apply_none(
+    model: nn.Module, s: NoShield, opts: CaptureOptions = CaptureOptions()
+) -> tuple[nn.Module, dict[str, Any]]:
     return private_copy(model), {"_default": "GPU"}
 
 
-def apply_all(model: nn.Module, s: BlackBox, opts: CaptureOptions = CaptureOptions()
-              ) -> tuple[nn.Module, dict[str, Any]]:
+def apply_all(
+    model: nn.Module, s: BlackBox, opts: CaptureOptions = CaptureOptions()
+) -> tuple[nn.Module, dict[str, Any]]:
     return private_copy(model), {"_default": "ENCLAVE"}
 
 
@@ -54,8 +56,12 @@ def _first_use(cg: CapturedGraph) -> dict[str, int]:
 def _repeated(mod: nn.Module) -> bool:
     """A Sequential/ModuleList of >= 2 blocks of one class (encoder layers, residual stages)."""
     kids = list(mod.children())
-    return (isinstance(mod, (nn.Sequential, nn.ModuleList)) and len(kids) >= 2
-            and len({type(k) for k in kids}) == 1 and any(True for _ in kids[0].children()))
+    return (
+        isinstance(mod, (nn.Sequential, nn.ModuleList))
+        and len(kids) >= 2
+        and len({type(k) for k in kids}) == 1
+        and any(True for _ in kids[0].children())
+    )
 
 
 def _expand(name: str, mod: nn.Module) -> list[str]:
@@ -64,14 +70,20 @@ def _expand(name: str, mod: nn.Module) -> list[str]:
     if _repeated(mod):
         return [f"{name}.{k}" for k, _ in mod.named_children()]
     if any(_repeated(c) for c in mod.children()):
-        return [u for k, c in mod.named_children()
-                for u in (_expand(f"{name}.{k}", c) if _repeated(c) else [f"{name}.{k}"])]
+        return [
+            u
+            for k, c in mod.named_children()
+            for u in (_expand(f"{name}.{k}", c) if _repeated(c) else [f"{name}.{k}"])
+        ]
     return [name]
 
 
-def model_units(model: nn.Module, given: tuple[tuple[str, ...], ...] | None,
-                cg: CapturedGraph | None = None, opts: CaptureOptions = CaptureOptions()
-                ) -> list[tuple[str, ...]]:
+def model_units(
+    model: nn.Module,
+    given: tuple[tuple[str, ...], ...] | None,
+    cg: CapturedGraph | None = None,
+    opts: CaptureOptions = CaptureOptions(),
+) -> list[tuple[str, ...]]:
     """The partition units: ``given``, else the model's own (``taoism_units()``, as
     ``taoism.zoo.units``), else its blocks in the order the forward first uses them: one per
     top-level child, except that a container of repeated blocks (a transformer's encoder
@@ -87,30 +99,40 @@ def model_units(model: nn.Module, given: tuple[tuple[str, ...], ...] | None,
         first = _first_use(cg)
         names = [u for name, mod in model.named_children() for u in _expand(name, mod)]
         units = sorted(((u,) for u in names if u in first), key=lambda u: first[u[0]])
-    known = {n for n, _ in model.named_modules()} | {n for n, _ in model.named_parameters()} | {
-        n for n, _ in model.named_buffers()}
+    known = (
+        {n for n, _ in model.named_modules()}
+        | {n for n, _ in model.named_parameters()}
+        | {n for n, _ in model.named_buffers()}
+    )
     for u in units:
         for name in u:
             if name not in known:
-                raise ConfigError(f"unit {u} names {name!r}, which is not a submodule or parameter "
-                                  f"of {type(model).__name__}; examples: {sorted(known)[1:6]}")
+                raise ConfigError(
+                    f"unit {u} names {name!r}, which is not a submodule or parameter "
+                    f"of {type(model).__name__}; examples: {sorted(known)[1:6]}"
+                )
     if not units:
-        raise ConfigError(f"{type(model).__name__} has no partition units (no submodules used by "
-                          "its forward); use 'all' or give units=... in Deep/Shallow")
+        raise ConfigError(
+            f"{type(model).__name__} has no partition units (no submodules used by "
+            "its forward); use 'all' or give units=... in Deep/Shallow"
+        )
     return units
 
 
-def apply_layerwise(model: nn.Module, s: Deep | Shallow,
-                    opts: CaptureOptions = CaptureOptions()) -> tuple[nn.Module, dict[str, Any]]:
+def apply_layerwise(
+    model: nn.Module, s: Deep | Shallow, opts: CaptureOptions = CaptureOptions()
+) -> tuple[nn.Module, dict[str, Any]]:
     """The first (shallow) or last (deep) ``k`` units in the enclave, the other units on the
     device; nodes outside every unit run where their inputs are (AUTO)."""
     m = private_copy(model)
     cg = captured_graph(m, opts)
     units = model_units(m, s.units, cg)
     if s.k > len(units):
-        raise ConfigError(f"{s.spec}: {type(model).__name__} has only {len(units)} partition units "
-                          f"({', '.join('+'.join(u) for u in units[:4])}, ...); use K in 0..{len(units)}")
-    shielded = units[:s.k] if isinstance(s, Shallow) else units[len(units) - s.k:]
+        raise ConfigError(
+            f"{s.spec}: {type(model).__name__} has only {len(units)} partition units "
+            f"({', '.join('+'.join(u) for u in units[:4])}, ...); use K in 0..{len(units)}"
+        )
+    shielded = units[: s.k] if isinstance(s, Shallow) else units[len(units) - s.k :]
     # Only names the graph uses may appear in a placement (a unit may hold an unused module).
     used = _first_use(cg)
     placement: dict[str, Any] = {"_default": "AUTO"}
@@ -124,11 +146,13 @@ def apply_layerwise(model: nn.Module, s: Deep | Shallow,
 
 def is_sliced(model: nn.Module) -> bool:
     return callable(getattr(model, "public_modules", None)) and callable(
-        getattr(model, "private_modules", None))
+        getattr(model, "private_modules", None)
+    )
 
 
-def apply_teeslice(model: nn.Module, s: TEESlice, opts: CaptureOptions = CaptureOptions()
-                   ) -> tuple[nn.Module, dict[str, Any]]:
+def apply_teeslice(
+    model: nn.Module, s: TEESlice, opts: CaptureOptions = CaptureOptions()
+) -> tuple[nn.Module, dict[str, Any]]:
     """Public modules (the backbone) on the device; slices, merges, pooling and fc in the enclave."""
     if not is_sliced(model):
         raise ConfigError(
@@ -136,7 +160,8 @@ def apply_teeslice(model: nn.Module, s: TEESlice, opts: CaptureOptions = Capture
             f"partitioned before training), but got a plain {type(model).__name__}; build one with "
             "taoism.zoo.get_model('teeslice_resnet18') (or teeslice_resnet34/50, teeslice_small_cnn) "
             "and load its "
-            "public backbone with model.load_backbone(...)")
+            "public backbone with model.load_backbone(...)"
+        )
     m = private_copy(model)
     placement: dict[str, Any] = {"_default": "ENCLAVE"}
     for name in m.public_modules():

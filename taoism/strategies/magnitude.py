@@ -19,9 +19,18 @@ import torch
 import torch.nn as nn
 
 from taoism.errors import ConfigError
-from taoism.strategies._graph import (BN_TYPES, LINEAR_TYPES, CaptureOptions, ShieldedShare,
-                                      added_path, finish, insert_after, module_calls, private_copy,
-                                      trace)
+from taoism.strategies._graph import (
+    BN_TYPES,
+    LINEAR_TYPES,
+    CaptureOptions,
+    ShieldedShare,
+    added_path,
+    finish,
+    insert_after,
+    module_calls,
+    private_copy,
+    trace,
+)
 from taoism.strategies.spec import Magnitude
 
 RANKED_TYPES = LINEAR_TYPES + BN_TYPES
@@ -68,7 +77,7 @@ def shield_masks(model: nn.Module, r: float, seed: int = 0) -> dict[str, torch.T
     masks: dict[str, torch.Tensor] = {}
     off = 0
     for name, p in params:
-        masks[name] = chosen[off:off + p.numel()].reshape(p.shape)
+        masks[name] = chosen[off : off + p.numel()].reshape(p.shape)
         off += p.numel()
     return masks
 
@@ -79,14 +88,18 @@ def _private_part(mod: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     with torch.no_grad():
         for pname, p in priv.named_parameters(recurse=False):
             p.mul_(masks[pname].to(p.dtype))
-    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)) and mod.bias is not None \
-            and not bool(masks["bias"].any()):
+    if (
+        isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear))
+        and mod.bias is not None
+        and not bool(masks["bias"].any())
+    ):
         priv.bias = None  # nothing shielded in the bias: do not add a zero vector
     return priv.eval()
 
 
-def apply_magnitude(model: nn.Module, s: Magnitude,
-                    opts: CaptureOptions = CaptureOptions()) -> tuple[nn.Module, dict[str, Any]]:
+def apply_magnitude(
+    model: nn.Module, s: Magnitude, opts: CaptureOptions = CaptureOptions()
+) -> tuple[nn.Module, dict[str, Any]]:
     m = private_copy(model)
     gm = trace(m, opts, s.spec)
     masks = shield_masks(m, s.r, s.seed)  # ranked over the whole model, in its module order
@@ -107,14 +120,20 @@ def apply_magnitude(model: nn.Module, s: Magnitude,
             split[path] = added_path("mag", path)
             gm.add_submodule(split[path], ShieldedShare(priv))
         if len(node.args) != 1 or node.kwargs:
-            raise ConfigError(f"magnitude: module {path!r} is called with {len(node.args)} "
-                              "positional args and kwargs; the split supports single-input calls only")
+            raise ConfigError(
+                f"magnitude: module {path!r} is called with {len(node.args)} "
+                "positional args and kwargs; the split supports single-input calls only"
+            )
         insert_after(gm, node, split[path], with_input=True)
     gm = finish(gm)
-    gm.tsdp_info = {"strategy": s.spec, "split": dict(split),
-                    "shielded": {k: int(v.sum()) for k, v in masks.items()},
-                    "ranked": sum(v.numel() for v in masks.values()),
-                    "k": sum(int(v.sum()) for v in masks.values()), "r": s.r}
+    gm.tsdp_info = {
+        "strategy": s.spec,
+        "split": dict(split),
+        "shielded": {k: int(v.sum()) for k, v in masks.items()},
+        "ranked": sum(v.numel() for v in masks.values()),
+        "k": sum(int(v.sum()) for v in masks.values()),
+        "r": s.r,
+    }
     placement: dict[str, Any] = {"_default": "GPU"}
     if split:
         placement["_tsdp"] = "ENCLAVE"

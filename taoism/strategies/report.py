@@ -23,8 +23,9 @@ Definitions (all relative to the ORIGINAL model):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -68,7 +69,8 @@ def _structure(sm: Any, original: nn.Module) -> tuple[dict[str, set[str]], set[s
     for layer in sm.plan.layers:
         info = layer.info
         added = parse_added(info.module_path or "") or (
-            parse_added(info.target) if info.op in ("call_module", "get_attr") else None)
+            parse_added(info.target) if info.op in ("call_module", "get_attr") else None
+        )
         if added is not None and added[1] in by_mangled:
             roles.setdefault(by_mangled[added[1]], set()).add(added[0])
         if layer.placement is EnclaveMode.ENCLAVE and info.op in ("call_module", "get_attr"):
@@ -96,8 +98,9 @@ def attacker_view(sm: Any, original: nn.Module) -> dict[str, ExposedParam]:
         r = roles.get(module, set())
         h = host.get(name)
         if h is None:
-            out[name] = ExposedParam("absent", None, kind, orig.numel(),
-                                     in_enclave=_in(enclave_targets, name))
+            out[name] = ExposedParam(
+                "absent", None, kind, orig.numel(), in_enclave=_in(enclave_targets, name)
+            )
             continue
         hc = h.detach().cpu()
         o = orig.cpu()
@@ -142,8 +145,9 @@ def _original_flops(sm: Any, original: nn.Module) -> tuple[int, dict[str, tuple[
     return total, per_module
 
 
-def _tensor_flops(mod: nn.Module | None, pname: str, numel: int, module_numel: int,
-                  flops: int, out_numel: int) -> float:
+def _tensor_flops(
+    mod: nn.Module | None, pname: str, numel: int, module_numel: int, flops: int, out_numel: int
+) -> float:
     """The FLOPs one parameter tensor of a layer carries (the layer's FLOPs split over its
     tensors: a conv/linear bias adds once per output element, the weight does the rest; BN's
     scale and shift carry half each; otherwise in proportion to the entries)."""
@@ -185,8 +189,12 @@ def strategy_report(sm: Any, original: nn.Module, strategy: Any = None) -> dict[
         elif e.status == "zeroed":
             holds["zeroed"]["entries"] += e.zeroed
             params_tee += e.zeroed
-        per_param[name] = {"status": e.status, "numel": e.numel, "zeroed": e.zeroed,
-                           "host_shape": list(e.tensor.shape) if e.tensor is not None else None}
+        per_param[name] = {
+            "status": e.status,
+            "numel": e.numel,
+            "zeroed": e.zeroed,
+            "host_shape": list(e.tensor.shape) if e.tensor is not None else None,
+        }
     buffers: dict[str, int] = {s: 0 for s in STATUSES}
     for e in view.values():
         if e.kind == "buffer":
@@ -211,8 +219,14 @@ def strategy_report(sm: Any, original: nn.Module, strategy: Any = None) -> dict[
         if e.kind != "param" or e.status != "zeroed" or "mag" not in roles.get(mod, ()):
             continue
         f, out_numel = flops_by_module.get(mod, (0, 0))
-        tf = _tensor_flops(modules.get(mod), name.rpartition(".")[2], e.numel,
-                           per_module_params.get(mod, 0), f, out_numel)
+        tf = _tensor_flops(
+            modules.get(mod),
+            name.rpartition(".")[2],
+            e.numel,
+            per_module_params.get(mod, 0),
+            f,
+            out_numel,
+        )
         mag_credit += tf * e.zeroed / e.numel
     flops_tee += mag_credit
     flops_overhead = max(0.0, flops_overhead - mag_credit)

@@ -15,20 +15,31 @@ String forms (case-insensitive, surrounding spaces ignored):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 from taoism.errors import ConfigError
 
-VALID_FORMS = ("none", "all", "deep:K", "shallow:K", "magnitude:R", "intermediate:THETA",
-               "nonlinear[:RATIO]", "teeslice")
-_FORMS_HELP = ("valid strategies: 'none' (white-box), 'all' (black-box), 'deep:K' and "
-               "'shallow:K' (K = number of units, an int >= 0), 'magnitude:R' (R = fraction in "
-               "[0, 1], e.g. 'magnitude:0.01'), 'intermediate:THETA' (THETA = fraction of layers "
-               "offloaded, in [0, 1], e.g. 'intermediate:0.8'), 'nonlinear' or 'nonlinear:RATIO' "
-               "(RATIO >= 1, default 1.2), 'teeslice'; or one of the dataclasses in "
-               "taoism.strategies (NoShield, BlackBox, Deep, Shallow, Magnitude, Intermediate, "
-               "NonLinear, TEESlice)")
+VALID_FORMS = (
+    "none",
+    "all",
+    "deep:K",
+    "shallow:K",
+    "magnitude:R",
+    "intermediate:THETA",
+    "nonlinear[:RATIO]",
+    "teeslice",
+)
+_FORMS_HELP = (
+    "valid strategies: 'none' (white-box), 'all' (black-box), 'deep:K' and "
+    "'shallow:K' (K = number of units, an int >= 0), 'magnitude:R' (R = fraction in "
+    "[0, 1], e.g. 'magnitude:0.01'), 'intermediate:THETA' (THETA = fraction of layers "
+    "offloaded, in [0, 1], e.g. 'intermediate:0.8'), 'nonlinear' or 'nonlinear:RATIO' "
+    "(RATIO >= 1, default 1.2), 'teeslice'; or one of the dataclasses in "
+    "taoism.strategies (NoShield, BlackBox, Deep, Shallow, Magnitude, Intermediate, "
+    "NonLinear, TEESlice)"
+)
 
 
 class Strategy:
@@ -45,7 +56,12 @@ class Strategy:
 
 
 def _check_fraction(name: str, v: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or not math.isfinite(v)
+        or not 0 <= v <= 1
+    ):
         raise ConfigError(f"{name} must be a number in [0, 1], got {v!r}; {_FORMS_HELP}")
     return float(v)
 
@@ -89,8 +105,10 @@ def _norm_units(units: Sequence[Sequence[str] | str] | None) -> Units | None:
     for u in units:
         names = (u,) if isinstance(u, str) else tuple(u)
         if not names or not all(isinstance(n, str) and n for n in names):
-            raise ConfigError(f"units must be a list of module names or of tuples of module names, "
-                              f"got the entry {u!r}")
+            raise ConfigError(
+                f"units must be a list of module names or of tuples of module names, "
+                f"got the entry {u!r}"
+            )
         out.append(names)
     return tuple(out)
 
@@ -168,8 +186,10 @@ class Intermediate(Strategy):
         _check_seed("intermediate: seed", self.seed, allow_none=False)
         _check_seed("intermediate: secret_seed", self.secret_seed, allow_none=True)
         if not (0 < self.low <= self.high):
-            raise ConfigError(f"intermediate: the scalar range must satisfy 0 < low <= high, got "
-                              f"[{self.low}, {self.high}]")
+            raise ConfigError(
+                f"intermediate: the scalar range must satisfy 0 < low <= high, got "
+                f"[{self.low}, {self.high}]"
+            )
 
     @property
     def spec(self) -> str:
@@ -195,10 +215,17 @@ class NonLinear(Strategy):
     plain_first_and_downsample: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not (
-                math.isfinite(self.ratio) and self.ratio >= 1):
-            raise ConfigError(f"nonlinear: RATIO must be a number >= 1, got {self.ratio!r}; {_FORMS_HELP}")
-        if not (isinstance(self.noise, (int, float)) and math.isfinite(self.noise) and self.noise > 0):
+        if (
+            isinstance(self.ratio, bool)
+            or not isinstance(self.ratio, (int, float))
+            or not (math.isfinite(self.ratio) and self.ratio >= 1)
+        ):
+            raise ConfigError(
+                f"nonlinear: RATIO must be a number >= 1, got {self.ratio!r}; {_FORMS_HELP}"
+            )
+        if not (
+            isinstance(self.noise, (int, float)) and math.isfinite(self.noise) and self.noise > 0
+        ):
             raise ConfigError(f"nonlinear: noise must be a number > 0, got {self.noise!r}")
         _check_seed("nonlinear: secret_seed", self.secret_seed, allow_none=True)
         object.__setattr__(self, "ratio", float(self.ratio))
@@ -237,8 +264,10 @@ def parse_strategy(strategy: StrategyLike) -> Strategy:
     if isinstance(strategy, Strategy):
         return strategy
     if not isinstance(strategy, str):
-        raise ConfigError(f"strategy must be a string or a strategy dataclass, got "
-                          f"{type(strategy).__name__}; {_FORMS_HELP}")
+        raise ConfigError(
+            f"strategy must be a string or a strategy dataclass, got "
+            f"{type(strategy).__name__}; {_FORMS_HELP}"
+        )
     s = strategy.strip().lower()
     name, sep, arg = s.partition(":")
     name, arg = name.strip(), arg.strip()
@@ -258,8 +287,10 @@ def parse_strategy(strategy: StrategyLike) -> Strategy:
         return (Deep if name == "deep" else Shallow)(k)
     if name in ("magnitude", "intermediate"):
         if not arg:
-            raise _bad(strategy, f"{name!r} needs a fraction, e.g. "
-                                 f"'{name}:{0.01 if name == 'magnitude' else 0.8}'")
+            raise _bad(
+                strategy,
+                f"{name!r} needs a fraction, e.g. '{name}:{0.01 if name == 'magnitude' else 0.8}'",
+            )
         try:
             v = float(arg)
         except ValueError:
@@ -281,8 +312,14 @@ def parse_strategy(strategy: StrategyLike) -> Strategy:
 
 
 # The paper's representative configuration of each strategy, then the two baselines.
-REFERENCE_STRATEGIES: tuple[str, ...] = ("deep:1", "shallow:1", "magnitude:0.01",
-                                         "intermediate:0.8", "nonlinear", "teeslice")
+REFERENCE_STRATEGIES: tuple[str, ...] = (
+    "deep:1",
+    "shallow:1",
+    "magnitude:0.01",
+    "intermediate:0.8",
+    "nonlinear",
+    "teeslice",
+)
 BASELINE_STRATEGIES: tuple[str, ...] = ("none", "all")
 
 
@@ -308,6 +345,20 @@ def expand_strategies(strategies: str | Sequence[StrategyLike]) -> list[str]:
     return out
 
 
-__all__ = ["BlackBox", "Deep", "Intermediate", "Magnitude", "NoShield", "NonLinear", "Shallow",
-           "Strategy", "StrategyLike", "TEESlice", "VALID_FORMS", "REFERENCE_STRATEGIES",
-           "BASELINE_STRATEGIES", "expand_strategies", "parse_strategy"]
+__all__ = [
+    "BlackBox",
+    "Deep",
+    "Intermediate",
+    "Magnitude",
+    "NoShield",
+    "NonLinear",
+    "Shallow",
+    "Strategy",
+    "StrategyLike",
+    "TEESlice",
+    "VALID_FORMS",
+    "REFERENCE_STRATEGIES",
+    "BASELINE_STRATEGIES",
+    "expand_strategies",
+    "parse_strategy",
+]

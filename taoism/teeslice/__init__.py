@@ -12,9 +12,20 @@ from taoism.teeslice.layout import BackboneLayout, backbone_layout
 from taoism.teeslice.student import GatedSlice, Proxy, SlicedNet
 from taoism.teeslice.train import SliceData, TeeSliceResult, sliced_victim, train
 
-__all__ = ["BackboneLayout", "GatedSlice", "Proxy", "SliceData", "SlicedNet", "TeeSliceConfig",
-           "TeeSliceResult", "backbone_layout", "main_teeslice_train", "sliced_victim", "tee_share",
-           "train"]
+__all__ = [
+    "BackboneLayout",
+    "GatedSlice",
+    "Proxy",
+    "SliceData",
+    "SlicedNet",
+    "TeeSliceConfig",
+    "TeeSliceResult",
+    "backbone_layout",
+    "main_teeslice_train",
+    "sliced_victim",
+    "tee_share",
+    "train",
+]
 
 
 def main_teeslice_train(*args, **kwargs):  # noqa: ANN002, ANN003 - thin lazy re-export

@@ -47,8 +47,9 @@ class TeeSliceConfig:
 
     def __post_init__(self) -> None:
         def bad(what: str) -> ConfigError:
-            return ConfigError(f"TeeSliceConfig: {what}; pass a valid value "
-                               "(see taoism.teeslice.TeeSliceConfig)")
+            return ConfigError(
+                f"TeeSliceConfig: {what}; pass a valid value (see taoism.teeslice.TeeSliceConfig)"
+            )
 
         if not 1 <= self.max_proxies <= 3:
             raise bad(f"max_proxies must be 1, 2 or 3, got {self.max_proxies}")
@@ -64,8 +65,13 @@ class TeeSliceConfig:
             raise bad(f"batch_size must be >= 2 (batch norm), got {self.batch_size}")
         if self.lr <= 0 or self.teacher_lr <= 0:
             raise bad("lr and teacher_lr must be > 0")
-        for name in ("val_fraction", "prune_threshold", "first_prune_fraction", "prune_fraction",
-                     "keep_accuracy"):
+        for name in (
+            "val_fraction",
+            "prune_threshold",
+            "first_prune_fraction",
+            "prune_fraction",
+            "keep_accuracy",
+        ):
             if not 0 <= getattr(self, name) < 1 + (name == "keep_accuracy"):
                 raise bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
 

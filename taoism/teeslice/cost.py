@@ -29,9 +29,15 @@ def tee_share(model: SlicedNet) -> dict[str, Any]:
         if not str(where).startswith("backbone"):
             tee_flops += info.flops
     params = sum(p.numel() for p in model.parameters())
-    tee_params = sum(p.numel() for n in model.private_modules() for p in model.get_submodule(n).parameters())
+    tee_params = sum(
+        p.numel() for n in model.private_modules() for p in model.get_submodule(n).parameters()
+    )
     return {
         "proxies": len(model.proxy_list()),
-        "params": params, "params_tee": tee_params, "params_tee_pct": 100.0 * tee_params / max(params, 1),
-        "flops": flops, "flops_tee": tee_flops, "flops_tee_pct": 100.0 * tee_flops / max(flops, 1),
+        "params": params,
+        "params_tee": tee_params,
+        "params_tee_pct": 100.0 * tee_params / max(params, 1),
+        "flops": flops,
+        "flops_tee": tee_flops,
+        "flops_tee_pct": 100.0 * tee_flops / max(flops, 1),
     }

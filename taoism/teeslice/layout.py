@@ -29,7 +29,7 @@ def backbone_layout(backbone: nn.Module) -> BackboneLayout:
     """The blocks and head of a supported backbone, or :class:`UnsupportedBackbone`."""
     from taoism.zoo._units import group_sequential
     from taoism.zoo.gap import GapResNet
-    from taoism.zoo.plain import AlexNet, VGG
+    from taoism.zoo.plain import VGG, AlexNet
     from taoism.zoo.resnet import ResNet
     from taoism.zoo.small import SmallCNN
 
@@ -40,12 +40,14 @@ def backbone_layout(backbone: nn.Module) -> BackboneLayout:
         *blocks, head = backbone.taoism_units()
         return BackboneLayout(tuple(blocks), head[0], head[1])
     if isinstance(backbone, (VGG, AlexNet)):
-        return BackboneLayout(tuple(group_sequential(backbone.features, "features")), "avgpool",
-                              "classifier")
+        return BackboneLayout(
+            tuple(group_sequential(backbone.features, "features")), "avgpool", "classifier"
+        )
     if isinstance(backbone, SmallCNN):
         return BackboneLayout(tuple(group_sequential(backbone.features, "features")), None, "fc")
     raise UnsupportedBackbone(
         f"TEESlice cannot place proxies on a {type(backbone).__name__}: proxies are 1x1 conv + BN "
         "blocks attached to known conv blocks, and taoism only knows the block structure of "
         "ResNet and GapResNet (stem + residual blocks), VGG, AlexNet and SmallCNN (conv groups); use one of "
-        "taoism.zoo's resnet18/34/50, gap_resnet20, vgg16_bn, alexnet or small_cnn as the public backbone")
+        "taoism.zoo's resnet18/34/50, gap_resnet20, vgg16_bn, alexnet or small_cnn as the public backbone"
+    )

@@ -13,7 +13,7 @@ def first_prune(model: SlicedNet, threshold: float, fraction: float) -> list[tup
     """Proxies whose gate is below ``threshold``, lowest first, at most ``fraction`` of them all."""
     gates = model.proxy_gates()
     low = sorted((g, p) for p, g in gates.items() if g < threshold)
-    return [p for _, p in low[:math.floor(fraction * len(gates))]]
+    return [p for _, p in low[: math.floor(fraction * len(gates))]]
 
 
 def next_prune(model: SlicedNet, fraction: float) -> list[tuple[str, int]]:

@@ -31,7 +31,9 @@ __all__ = ["GatedSlice", "Proxy", "SlicedNet"]
 class Proxy(nn.Module):
     """1x1 conv + BN mapping a ``(cin, *src_hw)`` feature to ``(cout, *dst_hw)``."""
 
-    def __init__(self, cin: int, cout: int, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> None:
+    def __init__(
+        self, cin: int, cout: int, src_hw: tuple[int, int], dst_hw: tuple[int, int]
+    ) -> None:
         super().__init__()
         (sh, sw), (dh, dw) = src_hw, dst_hw
         stride = sh // dh if sh % dh == 0 and sw % dw == 0 and sh // dh == sw // dw else 0
@@ -52,7 +54,9 @@ class GatedSlice(nn.Module):
     """One block's private slice: proxies fed by features ``offsets`` back, softmax-gated
     together with the backbone block's own output (``alphas[0]``)."""
 
-    def __init__(self, offsets: Iterable[int], proxies: Iterable[Proxy], alphas: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, offsets: Iterable[int], proxies: Iterable[Proxy], alphas: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.offsets = tuple(offsets)
         self.proxies = nn.ModuleList(proxies)
@@ -81,10 +85,18 @@ def _with_classes(classifier: nn.Module, num_classes: int | None) -> nn.Module:
     if num_classes is None:
         return classifier
     if isinstance(classifier, nn.Linear):
-        return classifier if classifier.out_features == num_classes else nn.Linear(classifier.in_features, num_classes)
+        return (
+            classifier
+            if classifier.out_features == num_classes
+            else nn.Linear(classifier.in_features, num_classes)
+        )
     last = [n for n, m in classifier.named_children() if isinstance(m, nn.Linear)]
     if last and classifier.get_submodule(last[-1]).out_features != num_classes:
-        setattr(classifier, last[-1], nn.Linear(classifier.get_submodule(last[-1]).in_features, num_classes))
+        setattr(
+            classifier,
+            last[-1],
+            nn.Linear(classifier.get_submodule(last[-1]).in_features, num_classes),
+        )
     return classifier
 
 
@@ -95,8 +107,13 @@ class SlicedNet(_SlicedModel):
     The backbone's pooling and classifier move into the private ``head``.
     """
 
-    def __init__(self, backbone: nn.Module, input_shape: tuple[int, int, int],
-                 num_classes: int | None = None, max_proxies: int = 3) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        input_shape: tuple[int, int, int],
+        num_classes: int | None = None,
+        max_proxies: int = 3,
+    ) -> None:
         super().__init__()
         layout = backbone_layout(backbone)
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -106,7 +123,9 @@ class SlicedNet(_SlicedModel):
         for name in filter(None, (layout.pool, layout.classifier)):
             delattr(backbone, name)
         self.backbone = backbone.requires_grad_(False).eval()
-        self.head = nn.Sequential(OrderedDict(pool=pool, flatten=nn.Flatten(), classifier=classifier))
+        self.head = nn.Sequential(
+            OrderedDict(pool=pool, flatten=nn.Flatten(), classifier=classifier)
+        )
         shapes = self._probe(layout.blocks)
         self.slices = nn.ModuleDict()
         plan = []
@@ -130,7 +149,8 @@ class SlicedNet(_SlicedModel):
                 if h.dim() != 4:
                     raise UnsupportedBackbone(
                         f"TEESlice proxies are 1x1 convs, but backbone block {names} outputs a "
-                        f"{h.dim()}-D tensor {tuple(h.shape)}; only conv blocks can carry proxies")
+                        f"{h.dim()}-D tensor {tuple(h.shape)}; only conv blocks can carry proxies"
+                    )
                 shapes.append(tuple(h.shape[1:]))
         return shapes  # type: ignore[return-value]
 
@@ -155,7 +175,7 @@ class SlicedNet(_SlicedModel):
                 group = self.slices[key]
                 out = group(out, *[window[-o] for o in group.offsets])
             feats.append(out)
-            window = [*window, out][-self.max_proxies:]
+            window = [*window, out][-self.max_proxies :]
         return self.head(window[-1]), feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,14 +183,18 @@ class SlicedNet(_SlicedModel):
 
     def taoism_units(self) -> list[tuple[str, ...]]:
         """Each (backbone block, its slice if any), then the head."""
-        units = [(*(f"backbone.{n}" for n in names), *((f"slices.{k}",) if k in self.slices else ()))
-                 for names, k in self._blocks]
+        units = [
+            (*(f"backbone.{n}" for n in names), *((f"slices.{k}",) if k in self.slices else ()))
+            for names, k in self._blocks
+        ]
         return [*units, ("head",)]
 
     # proxies and pruning ------------------------------------------------------------------------
     def proxy_list(self) -> list[tuple[str, int, Proxy]]:
         """Every remaining proxy as ``(block key, offset, module)``."""
-        return [(k, o, g.proxies[j]) for k, g in self.slices.items() for j, o in enumerate(g.offsets)]
+        return [
+            (k, o, g.proxies[j]) for k, g in self.slices.items() for j, o in enumerate(g.offsets)
+        ]
 
     def proxy_gates(self) -> dict[tuple[str, int], float]:
         """The gate of every remaining proxy."""
@@ -206,8 +230,12 @@ class SlicedNet(_SlicedModel):
                 del self.slices[k]
                 continue
             alphas = g.alphas.detach()[[0, *(j + 1 for j in keep)]]
-            self.slices[k] = GatedSlice([g.offsets[j] for j in keep], [g.proxies[j] for j in keep], alphas)
+            self.slices[k] = GatedSlice(
+                [g.offsets[j] for j in keep], [g.proxies[j] for j in keep], alphas
+            )
 
     def restrict(self, structure: dict[str, list[int]]) -> None:
         """Prune down to ``structure`` (as :meth:`structure` returned it)."""
-        self.remove_proxies((k, o) for k, o, _ in self.proxy_list() if o not in structure.get(k, []))
+        self.remove_proxies(
+            (k, o) for k, o, _ in self.proxy_list() if o not in structure.get(k, [])
+        )

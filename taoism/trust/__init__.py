@@ -12,8 +12,14 @@ from taoism.trust.commands import main_inspect, main_keygen, main_measure
 from taoism.trust.keys import keygen, load_private_key, load_public_key, read_secret, write_secret
 from taoism.trust.keyserver import KeyServer, KeyServerConfig, main_keyserver
 from taoism.trust.measurement import enclave_measurement
-from taoism.trust.quotes import QuoteSource, QuoteVerifier, SgxQuoteSource, SgxQuoteVerifier, SimQuoteSource, \
-    SimQuoteVerifier
+from taoism.trust.quotes import (
+    QuoteSource,
+    QuoteVerifier,
+    SgxQuoteSource,
+    SgxQuoteVerifier,
+    SimQuoteSource,
+    SimQuoteVerifier,
+)
 from taoism.trust.reader import PackageReader, open_package
 from taoism.trust.report import AttestationReport, Envelope
 from taoism.trust.shielded import decrypt_shielded
@@ -22,10 +28,36 @@ from taoism.trust.wrap import unwrap_model_key, wrap_model_key
 from taoism.trust.writer import write_package
 
 __all__ = [
-    "Attestation", "AttestationReport", "Envelope", "KeyServer", "KeyServerConfig", "KeyServiceClient",
-    "NonceBook", "PackageReader", "QuoteSource", "QuoteVerifier", "ReportVerifier", "SgxQuoteSource",
-    "SgxQuoteVerifier", "SimQuoteSource", "SimQuoteVerifier", "VerifierConfig", "attest", "decrypt_shielded",
-    "enclave_measurement", "keygen", "load_private_key", "load_public_key", "main_inspect", "main_keygen",
-    "main_keyserver", "main_measure", "open_package", "read_secret", "unwrap_model_key", "wrap_model_key",
-    "write_package", "write_secret",
+    "Attestation",
+    "AttestationReport",
+    "Envelope",
+    "KeyServer",
+    "KeyServerConfig",
+    "KeyServiceClient",
+    "NonceBook",
+    "PackageReader",
+    "QuoteSource",
+    "QuoteVerifier",
+    "ReportVerifier",
+    "SgxQuoteSource",
+    "SgxQuoteVerifier",
+    "SimQuoteSource",
+    "SimQuoteVerifier",
+    "VerifierConfig",
+    "attest",
+    "decrypt_shielded",
+    "enclave_measurement",
+    "keygen",
+    "load_private_key",
+    "load_public_key",
+    "main_inspect",
+    "main_keygen",
+    "main_keyserver",
+    "main_measure",
+    "open_package",
+    "read_secret",
+    "unwrap_model_key",
+    "wrap_model_key",
+    "write_package",
+    "write_secret",
 ]

@@ -26,16 +26,25 @@ class Attestation:
         return self.envelope.report
 
 
-def attest(source: QuoteSource, measurement: bytes, nonce: bytes, package: bytes,
-           timestamp_ms: int | None = None) -> Attestation:
+def attest(
+    source: QuoteSource,
+    measurement: bytes,
+    nonce: bytes,
+    package: bytes,
+    timestamp_ms: int | None = None,
+) -> Attestation:
     """Make a report for the verifier's ``nonce`` and the package header hash, quoted by ``source``."""
     if len(measurement) != 32 or len(package) != 32:
         raise AttestationError("measurement and package hash must be 32 bytes each", "malformed")
     if len(nonce) != NONCE_SIZE:
-        raise AttestationError(f"verifier nonce must be {NONCE_SIZE} bytes, got {len(nonce)}", "malformed")
+        raise AttestationError(
+            f"verifier nonce must be {NONCE_SIZE} bytes, got {len(nonce)}", "malformed"
+        )
     key = X25519PrivateKey.generate()
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-    report = AttestationReport(measurement, bytes(nonce), key.public_key().public_bytes_raw(), package, ts)
+    report = AttestationReport(
+        measurement, bytes(nonce), key.public_key().public_bytes_raw(), package, ts
+    )
     raw = report.encode()
     return Attestation(key, report, Envelope(raw, source.kind, source.quote(raw)))
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from taoism.errors import AttestationError, ConfigError, KeyReleaseError
@@ -27,25 +26,36 @@ class KeyServiceClient:
     def __init__(self, address: str, timeout_s: float = 10.0) -> None:
         url = urlsplit(address if "://" in address else f"http://{address}")
         if url.scheme != "http" or not url.hostname or not url.port:
-            raise ConfigError(f"key service address {address!r} must look like http://127.0.0.1:PORT")
+            raise ConfigError(
+                f"key service address {address!r} must look like http://127.0.0.1:PORT"
+            )
         if timeout_s <= 0:
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
-        self.address, self.host, self.port, self.timeout_s = address, url.hostname, url.port, timeout_s
+        self.address, self.host, self.port, self.timeout_s = (
+            address,
+            url.hostname,
+            url.port,
+            timeout_s,
+        )
 
     def fetch_nonce(self) -> bytes:
         """A fresh verifier nonce."""
         nonce = self._request("GET", NONCE_PATH, None)
         if len(nonce) != NONCE_SIZE:
-            raise KeyReleaseError(f"key service at {self.address} sent a {len(nonce)}-byte nonce, expected "
-                                  f"{NONCE_SIZE}: is this a taoism key service?")
+            raise KeyReleaseError(
+                f"key service at {self.address} sent a {len(nonce)}-byte nonce, expected "
+                f"{NONCE_SIZE}: is this a taoism key service?"
+            )
         return nonce
 
     def release(self, envelope: bytes) -> bytes:
         """Relay an attestation envelope; returns the wrapped model key."""
         wrapped = self._request("POST", RELEASE_PATH, envelope)
         if len(wrapped) != WRAPPED_SIZE:
-            raise KeyReleaseError(f"key service at {self.address} sent {len(wrapped)} bytes, expected a "
-                                  f"{WRAPPED_SIZE}-byte wrapped key")
+            raise KeyReleaseError(
+                f"key service at {self.address} sent {len(wrapped)} bytes, expected a "
+                f"{WRAPPED_SIZE}-byte wrapped key"
+            )
         return wrapped
 
     def request_key(self, attest: Callable[[bytes], bytes]) -> bytes:
@@ -56,20 +66,28 @@ class KeyServiceClient:
         what = f"{method} {path} to key service at {self.address}"
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
         try:
-            conn.request(method, path, body=body,
-                         headers={"Content-Type": "application/octet-stream"} if body is not None else {})
+            conn.request(
+                method,
+                path,
+                body=body,
+                headers={"Content-Type": "application/octet-stream"} if body is not None else {},
+            )
             resp = conn.getresponse()
             length = int(resp.getheader("Content-Length") or -1)
             if not 0 <= length <= MAX_RESPONSE:
                 raise KeyReleaseError(f"{what}: response length {length} outside 0..{MAX_RESPONSE}")
             data = resp.read(length)
-        except (socket.timeout, TimeoutError):
-            raise KeyReleaseError(f"{what} timed out after {self.timeout_s:g} s: the key service is hung or "
-                                  "unreachable; check it is running and retry") from None
+        except TimeoutError:
+            raise KeyReleaseError(
+                f"{what} timed out after {self.timeout_s:g} s: the key service is hung or "
+                "unreachable; check it is running and retry"
+            ) from None
         except (ConnectionError, OSError, http.client.HTTPException, ValueError) as exc:
-            raise KeyReleaseError(f"{what} failed ({type(exc).__name__}: {exc}): the key service is down or not "
-                                  "a taoism key service; start `taoism keyserver --package ...` and check the "
-                                  "address") from None
+            raise KeyReleaseError(
+                f"{what} failed ({type(exc).__name__}: {exc}): the key service is down or not "
+                "a taoism key service; start `taoism keyserver --package ...` and check the "
+                "address"
+            ) from None
         finally:
             conn.close()
         if resp.status == 200:
@@ -80,8 +98,11 @@ class KeyServiceClient:
         except (ValueError, KeyError, TypeError):
             raise KeyReleaseError(f"{what}: HTTP {resp.status} with an unreadable body") from None
         if resp.status == 403 and reason != "key-release":
-            raise AttestationError(f"key service at {self.address} refused the attestation report ({reason}): "
-                                   f"{message}", reason)
+            raise AttestationError(
+                f"key service at {self.address} refused the attestation report ({reason}): "
+                f"{message}",
+                reason,
+            )
         raise KeyReleaseError(f"{what}: refused with HTTP {resp.status} ({reason}): {message}")
 
 

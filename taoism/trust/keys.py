@@ -21,17 +21,22 @@ OWNER_PUBLIC = "owner.pub"
 MAX_KEY_FILE = 16 * 1024
 
 
-def keygen(directory: str | os.PathLike[str], name: str = "owner", *, overwrite: bool = False) -> tuple[Path, Path]:
+def keygen(
+    directory: str | os.PathLike[str], name: str = "owner", *, overwrite: bool = False
+) -> tuple[Path, Path]:
     """Write a fresh Ed25519 key pair ``<name>.key`` (0600) and ``<name>.pub`` into ``directory``."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     priv_path, pub_path = folder / f"{name}.key", folder / f"{name}.pub"
     for p in (priv_path, pub_path):
         if p.exists() and not overwrite:
-            raise KeyFileError(f"{p} already exists; refusing to overwrite a key (delete it or pass overwrite=True)")
+            raise KeyFileError(
+                f"{p} already exists; refusing to overwrite a key (delete it or pass overwrite=True)"
+            )
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     _write(priv_path, pem, 0o600)
     _write(pub_path, public_pem(key.public_key()), 0o644)
     return priv_path, pub_path
@@ -39,7 +44,9 @@ def keygen(directory: str | os.PathLike[str], name: str = "owner", *, overwrite:
 
 def public_pem(key: Ed25519PublicKey) -> bytes:
     """SubjectPublicKeyInfo PEM of an Ed25519 public key."""
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:
@@ -53,14 +60,20 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     data = _read(p, "private key")
     mode = p.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(f"private key {p} is accessible by group/others (mode {oct(mode & 0o777)}); "
-                           f"run `chmod 600 {p}`")
+        raise KeyFileError(
+            f"private key {p} is accessible by group/others (mode {oct(mode & 0o777)}); "
+            f"run `chmod 600 {p}`"
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{p} is not an unencrypted PEM private key ({exc}); make one with keygen()") from None
+        raise KeyFileError(
+            f"{p} is not an unencrypted PEM private key ({exc}); make one with keygen()"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{p} holds a {type(key).__name__}, not an Ed25519 private key; make one with keygen()")
+        raise KeyFileError(
+            f"{p} holds a {type(key).__name__}, not an Ed25519 private key; make one with keygen()"
+        )
     return key
 
 
@@ -71,7 +84,9 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{p} is not a PEM public key ({exc}); use the .pub file written by keygen()") from None
+        raise KeyFileError(
+            f"{p} is not a PEM public key ({exc}); use the .pub file written by keygen()"
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"{p} holds a {type(key).__name__}, not an Ed25519 public key")
     return key
@@ -120,5 +135,14 @@ def _write(p: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, p)
 
 
-__all__ = ["OWNER_PRIVATE", "OWNER_PUBLIC", "fingerprint", "keygen", "load_private_key", "load_public_key",
-           "public_pem", "read_secret", "write_secret"]
+__all__ = [
+    "OWNER_PRIVATE",
+    "OWNER_PUBLIC",
+    "fingerprint",
+    "keygen",
+    "load_private_key",
+    "load_public_key",
+    "public_pem",
+    "read_secret",
+    "write_secret",
+]

@@ -15,9 +15,10 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Sequence, TextIO
+from typing import TextIO
 
 from taoism.errors import AttestationError, ConfigError, KeyReleaseError, TaoismError
 from taoism.trust.format import KEY_SIZE
@@ -50,7 +51,7 @@ class KeyServerConfig:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "KeyServer"
+    server: KeyServer
     timeout = REQUEST_TIMEOUT_S
     protocol_version = "HTTP/1.1"
 
@@ -64,7 +65,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server API
         if self.path != RELEASE_PATH:
-            return self._refuse(404, "not-found", f"unknown path {self.path}; use POST {RELEASE_PATH}")
+            return self._refuse(
+                404, "not-found", f"unknown path {self.path}; use POST {RELEASE_PATH}"
+            )
         try:
             length = int(self.headers.get("Content-Length", "-1"))
         except ValueError:
@@ -85,7 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         self.log_message("refused (%s): %s", reason, message)
-        self._send(status, "application/json", json.dumps({"reason": reason, "message": message}).encode())
+        self._send(
+            status, "application/json", json.dumps({"reason": reason, "message": message}).encode()
+        )
 
     def _send(self, status: int, ctype: str, body: bytes) -> None:
         self.send_response(status)
@@ -110,8 +115,12 @@ class KeyServer(ThreadingHTTPServer):
         try:
             allow = frozenset(bytes.fromhex(m) for m in config.allow)
         except ValueError:
-            raise ConfigError(f"--allow values must be 64 hex digits (got {list(config.allow)})") from None
-        vcfg = VerifierConfig(allow, package_hash, nonce_ttl_s=config.nonce_ttl_s, max_age_s=config.max_age_s)
+            raise ConfigError(
+                f"--allow values must be 64 hex digits (got {list(config.allow)})"
+            ) from None
+        vcfg = VerifierConfig(
+            allow, package_hash, nonce_ttl_s=config.nonce_ttl_s, max_age_s=config.max_age_s
+        )
         platform = SimQuoteVerifier(load_public_key(config.platform_public))
         self.verifier = ReportVerifier(vcfg, {platform.kind: platform})
         super().__init__((config.host, config.port), _Handler)
@@ -123,13 +132,33 @@ class KeyServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
 
-def main_keyserver(package: str, model_key: str, owner_public: str, platform_public: str,
-                   allow: Sequence[str], host: str = "127.0.0.1", port: int = 0, nonce_ttl_s: float = 60.0,
-                   max_age_s: float = 60.0, out: TextIO | None = None) -> int:
+def main_keyserver(
+    package: str,
+    model_key: str,
+    owner_public: str,
+    platform_public: str,
+    allow: Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    nonce_ttl_s: float = 60.0,
+    max_age_s: float = 60.0,
+    out: TextIO | None = None,
+) -> int:
     """Serve until SIGTERM/SIGINT; prints ``taoism keyserver listening on URL`` once ready. Returns 0."""
     stream = sys.stdout if out is None else out
-    server = KeyServer(KeyServerConfig(package, model_key, owner_public, platform_public, tuple(allow),
-                                       host, port, nonce_ttl_s, max_age_s))
+    server = KeyServer(
+        KeyServerConfig(
+            package,
+            model_key,
+            owner_public,
+            platform_public,
+            tuple(allow),
+            host,
+            port,
+            nonce_ttl_s,
+            max_age_s,
+        )
+    )
 
     def stop(signum: int, frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -148,12 +177,24 @@ def main_keyserver(package: str, model_key: str, owner_public: str, platform_pub
 def add_keyserver_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``taoism keyserver`` options (for the CLI to reuse)."""
     parser.add_argument("--package", required=True, help="the model.taoism package")
-    parser.add_argument("--model-key", default=None,
-                        help="the 0600 model key file written with the package (default: PACKAGE.key)")
-    parser.add_argument("--owner-public", required=True, help="owner Ed25519 public key (owner.pub)")
-    parser.add_argument("--platform-public", required=True, help="simulated platform public key (platform.pub)")
-    parser.add_argument("--allow", action="append", required=True, metavar="MEASUREMENT",
-                        help="an accepted enclave measurement (64 hex digits); repeatable")
+    parser.add_argument(
+        "--model-key",
+        default=None,
+        help="the 0600 model key file written with the package (default: PACKAGE.key)",
+    )
+    parser.add_argument(
+        "--owner-public", required=True, help="owner Ed25519 public key (owner.pub)"
+    )
+    parser.add_argument(
+        "--platform-public", required=True, help="simulated platform public key (platform.pub)"
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        required=True,
+        metavar="MEASUREMENT",
+        help="an accepted enclave measurement (64 hex digits); repeatable",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
     parser.add_argument("--nonce-ttl", type=float, default=60.0, help="seconds a nonce stays valid")
@@ -166,8 +207,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_keyserver_arguments(parser)
     a = parser.parse_args(argv)
     try:
-        return main_keyserver(a.package, a.model_key or a.package + ".key", a.owner_public, a.platform_public,
-                              a.allow, a.host, a.port, a.nonce_ttl, a.max_age)
+        return main_keyserver(
+            a.package,
+            a.model_key or a.package + ".key",
+            a.owner_public,
+            a.platform_public,
+            a.allow,
+            a.host,
+            a.port,
+            a.nonce_ttl,
+            a.max_age,
+        )
     except (TaoismError, OSError) as exc:
         print(f"taoism keyserver: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

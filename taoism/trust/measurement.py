@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import taoism
 from taoism.errors import ConfigError
 
 MEASURED_PACKAGES = ("enclave", "protocol", "boundary", "trust")
@@ -24,22 +24,30 @@ _LABEL = b"taoism-enclave-measurement-v1\x00"
 
 def measured_files(root: Path | None = None) -> list[tuple[str, Path]]:
     """(stable relative name, path) of every measured source file, in measurement order."""
-    base = Path(taoism.__file__).resolve().parent if root is None else Path(root)
+    # default: the taoism package this module belongs to
+    base = Path(__file__).resolve().parent.parent if root is None else Path(root)
     files: list[tuple[str, Path]] = []
     for pkg in MEASURED_PACKAGES:
         folder = base / pkg
         if folder.is_dir():
-            files += [(p.relative_to(base).as_posix(), p) for p in folder.rglob("*.py")
-                      if "__pycache__" not in p.parts]
+            files += [
+                (p.relative_to(base).as_posix(), p)
+                for p in folder.rglob("*.py")
+                if "__pycache__" not in p.parts
+            ]
     return sorted(files)
 
 
 def enclave_measurement(config: Mapping[str, Any], root: Path | None = None) -> bytes:
     """32-byte measurement of the enclave code under ``root`` (default: this taoism) and ``config``."""
     try:
-        cfg = json.dumps(dict(config), sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        cfg = json.dumps(
+            dict(config), sort_keys=True, separators=(",", ":"), allow_nan=False
+        ).encode()
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"enclave configuration for the measurement must be plain JSON data: {exc}") from None
+        raise ConfigError(
+            f"enclave configuration for the measurement must be plain JSON data: {exc}"
+        ) from None
     h = hashlib.sha256(_LABEL)
     for name, path in measured_files(root):
         raw = name.encode()
@@ -58,5 +66,10 @@ def package_measurement(owner_fingerprint: str, root: Path | None = None) -> byt
     return enclave_measurement(package_enclave_config(owner_fingerprint), root)
 
 
-__all__ = ["MEASURED_PACKAGES", "enclave_measurement", "measured_files", "package_enclave_config",
-           "package_measurement"]
+__all__ = [
+    "MEASURED_PACKAGES",
+    "enclave_measurement",
+    "measured_files",
+    "package_enclave_config",
+    "package_measurement",
+]

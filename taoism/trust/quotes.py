@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import abc
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -82,8 +82,11 @@ class SimQuoteVerifier(QuoteVerifier):
         try:
             self._pub.verify(quote, _SIM_LABEL + report)
         except InvalidSignature:
-            raise AttestationError("attestation quote does not verify under the simulated platform key: the "
-                                   "report was altered or signed by another platform", "signature") from None
+            raise AttestationError(
+                "attestation quote does not verify under the simulated platform key: the "
+                "report was altered or signed by another platform",
+                "signature",
+            ) from None
         return AttestationReport.decode(report).measurement
 
 
@@ -105,14 +108,18 @@ class SgxQuoteSource(QuoteSource):
     def quote(self, report: bytes) -> bytes:
         """Write the report data, read back the quote; BackendUnavailable outside Gramine-SGX."""
         if not self.available():
-            raise BackendUnavailable(f"no SGX DCAP attestation here: {self.dir}/attestation_type is absent or not "
-                                     "'dcap'. Run the enclave under gramine-sgx with "
-                                     "sgx.remote_attestation = \"dcap\", or use the sim backend")
+            raise BackendUnavailable(
+                f"no SGX DCAP attestation here: {self.dir}/attestation_type is absent or not "
+                "'dcap'. Run the enclave under gramine-sgx with "
+                'sgx.remote_attestation = "dcap", or use the sim backend'
+            )
         try:
             (self.dir / "user_report_data").write_bytes(sgx_report_data(report))
             quote = (self.dir / "quote").read_bytes()
         except OSError as exc:
-            raise AttestationError(f"Gramine refused to produce a quote via {self.dir}: {exc}", "platform") from None
+            raise AttestationError(
+                f"Gramine refused to produce a quote via {self.dir}: {exc}", "platform"
+            ) from None
         if len(quote) < _SGX_HEADER + _SGX_BODY:
             raise AttestationError(f"SGX quote of {len(quote)} bytes is too short", "platform")
         return quote
@@ -136,13 +143,25 @@ class SgxQuoteVerifier(QuoteVerifier):
         if len(quote) < _SGX_HEADER + _SGX_BODY:
             raise AttestationError(f"SGX quote of {len(quote)} bytes is too short", "malformed")
         if self._check is None:
-            raise AttestationError("SGX quote received but this key service has no DCAP quote verifier "
-                                   "configured; refusing an unverified quote", "platform")
+            raise AttestationError(
+                "SGX quote received but this key service has no DCAP quote verifier "
+                "configured; refusing an unverified quote",
+                "platform",
+            )
         self._check(quote)
-        if quote[_SGX_REPORT_DATA:_SGX_REPORT_DATA + 64] != sgx_report_data(report):
-            raise AttestationError("SGX quote's report data does not bind this attestation report", "signature")
-        return quote[_SGX_MRENCLAVE:_SGX_MRENCLAVE + 32]
+        if quote[_SGX_REPORT_DATA : _SGX_REPORT_DATA + 64] != sgx_report_data(report):
+            raise AttestationError(
+                "SGX quote's report data does not bind this attestation report", "signature"
+            )
+        return quote[_SGX_MRENCLAVE : _SGX_MRENCLAVE + 32]
 
 
-__all__ = ["QuoteSource", "QuoteVerifier", "SgxQuoteSource", "SgxQuoteVerifier", "SimQuoteSource",
-           "SimQuoteVerifier", "sgx_report_data"]
+__all__ = [
+    "QuoteSource",
+    "QuoteVerifier",
+    "SgxQuoteSource",
+    "SgxQuoteVerifier",
+    "SimQuoteSource",
+    "SimQuoteVerifier",
+    "sgx_report_data",
+]

@@ -18,8 +18,19 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from taoism.errors import PackageError, SignatureError
-from taoism.trust.format import (KIND_DEVICE, KIND_PLAN, KIND_PROGRAM, KIND_SHIELDED, PREFIX, SIGN_LABEL,
-                                 SIGNED_PREFIX, Header, Section, decode_header, parse_prefix)
+from taoism.trust.format import (
+    KIND_DEVICE,
+    KIND_PLAN,
+    KIND_PROGRAM,
+    KIND_SHIELDED,
+    PREFIX,
+    SIGN_LABEL,
+    SIGNED_PREFIX,
+    Header,
+    Section,
+    decode_header,
+    parse_prefix,
+)
 from taoism.trust.keys import fingerprint, load_public_key
 from taoism.trust.tensors import tensor_from_bytes
 
@@ -29,11 +40,19 @@ _CHUNK = 4 * 1024 * 1024
 class PackageReader:
     """An opened, signature-checked package; read sections with their hashes verified."""
 
-    def __init__(self, path: str | os.PathLike[str], owner_public_key: Ed25519PublicKey | str | os.PathLike[str],
-                 *, verify: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        owner_public_key: Ed25519PublicKey | str | os.PathLike[str],
+        *,
+        verify: bool = True,
+    ) -> None:
         self.path = os.fspath(path)
-        owner = owner_public_key if isinstance(owner_public_key, Ed25519PublicKey) \
+        owner = (
+            owner_public_key
+            if isinstance(owner_public_key, Ed25519PublicKey)
             else load_public_key(owner_public_key)
+        )
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
@@ -54,14 +73,18 @@ class PackageReader:
         try:
             owner.verify(signature, SIGN_LABEL + prefix[:SIGNED_PREFIX] + raw)
         except InvalidSignature:
-            raise SignatureError(f"{self.path}: owner signature does not verify under owner key "
-                                 f"{fingerprint(owner)[:16]}...: the package was tampered with or re-signed by "
-                                 "someone else, or this is not the owner's public key") from None
+            raise SignatureError(
+                f"{self.path}: owner signature does not verify under owner key "
+                f"{fingerprint(owner)[:16]}...: the package was tampered with or re-signed by "
+                "someone else, or this is not the owner's public key"
+            ) from None
         self._data_start = PREFIX.size + header_len
         header = decode_header(raw, size - self._data_start, self.path)
         if header.owner != fingerprint(owner):
-            raise SignatureError(f"{self.path}: header names owner {header.owner[:16]}... but was verified with "
-                                 f"{fingerprint(owner)[:16]}...")
+            raise SignatureError(
+                f"{self.path}: header names owner {header.owner[:16]}... but was verified with "
+                f"{fingerprint(owner)[:16]}..."
+            )
         return header, raw
 
     # -- identity ----------------------------------------------------------------------------
@@ -113,8 +136,10 @@ class PackageReader:
 
     def device_tensors(self) -> dict[str, torch.Tensor]:
         """The plaintext device-segment weights."""
-        return {s.name: tensor_from_bytes(self.section_bytes(s), s.dtype or "", s.shape or ())
-                for s in self.header.by_kind(KIND_DEVICE)}
+        return {
+            s.name: tensor_from_bytes(self.section_bytes(s), s.dtype or "", s.shape or ())
+            for s in self.header.by_kind(KIND_DEVICE)
+        }
 
     def shielded_sections(self) -> tuple[Section, ...]:
         """Header entries of the sealed shielded tensors (name, dtype, shape, nonce)."""
@@ -124,13 +149,17 @@ class PackageReader:
 
     def _check_digest(self, sec: Section, digest: bytes) -> None:
         if digest != sec.sha256:
-            raise PackageError(f"{self.path}: {sec.kind} section {sec.name!r} does not match its signed SHA-256: "
-                               "the package was modified after signing; get a fresh copy from the owner")
+            raise PackageError(
+                f"{self.path}: {sec.kind} section {sec.name!r} does not match its signed SHA-256: "
+                "the package was modified after signing; get a fresh copy from the owner"
+            )
 
     def _read_exact(self, offset: int, n: int, what: str) -> bytes:
         data = os.pread(self._fd, n, offset)
         if len(data) != n:
-            raise PackageError(f"{self.path}: {what} truncated ({len(data)} of {n} bytes at offset {offset})")
+            raise PackageError(
+                f"{self.path}: {what} truncated ({len(data)} of {n} bytes at offset {offset})"
+            )
         return data
 
     def close(self) -> None:
@@ -139,7 +168,7 @@ class PackageReader:
         if fd >= 0:
             os.close(fd)
 
-    def __enter__(self) -> "PackageReader":
+    def __enter__(self) -> PackageReader:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -153,8 +182,12 @@ def _parse_json(raw: bytes, where: str) -> Any:
         raise PackageError(f"{where} is not UTF-8 JSON ({exc})") from None
 
 
-def open_package(path: str | os.PathLike[str], owner_public_key: Ed25519PublicKey | str | os.PathLike[str],
-                 *, verify: bool = True) -> PackageReader:
+def open_package(
+    path: str | os.PathLike[str],
+    owner_public_key: Ed25519PublicKey | str | os.PathLike[str],
+    *,
+    verify: bool = True,
+) -> PackageReader:
     """Open ``path`` and check it against the owner's public key (see :class:`PackageReader`)."""
     return PackageReader(path, owner_public_key, verify=verify)
 

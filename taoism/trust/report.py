@@ -40,22 +40,35 @@ class AttestationReport:
 
     def encode(self) -> bytes:
         """The canonical 144-byte encoding."""
-        return REPORT.pack(REPORT_MAGIC, VERSION, 0, self.measurement, self.nonce, self.enclave_public,
-                           self.package, self.timestamp_ms)
+        return REPORT.pack(
+            REPORT_MAGIC,
+            VERSION,
+            0,
+            self.measurement,
+            self.nonce,
+            self.enclave_public,
+            self.package,
+            self.timestamp_ms,
+        )
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical encoding (the AAD of the wrapped key, the SGX report data)."""
         return hashlib.sha256(self.encode()).digest()
 
     @classmethod
-    def decode(cls, raw: bytes) -> "AttestationReport":
+    def decode(cls, raw: bytes) -> AttestationReport:
         """Parse a canonical encoding; AttestationError if malformed."""
         if len(raw) != REPORT.size:
-            raise AttestationError(f"attestation report is {len(raw)} bytes, expected {REPORT.size}", "malformed")
+            raise AttestationError(
+                f"attestation report is {len(raw)} bytes, expected {REPORT.size}", "malformed"
+            )
         magic, version, reserved, m, n, pub, pkg, ts = REPORT.unpack(raw)
         if magic != REPORT_MAGIC or version != VERSION or reserved:
-            raise AttestationError(f"not a version-{VERSION} taoism attestation report (magic {magic!r}, "
-                                   f"version {version})", "malformed")
+            raise AttestationError(
+                f"not a version-{VERSION} taoism attestation report (magic {magic!r}, "
+                f"version {version})",
+                "malformed",
+            )
         return cls(m, n, pub, pkg, ts)
 
 
@@ -69,22 +82,41 @@ class Envelope:
 
     def encode(self) -> bytes:
         """Bytes for the host to relay."""
-        return ENVELOPE.pack(ENVELOPE_MAGIC, VERSION, self.quote_kind, 0, len(self.quote)) + self.report + self.quote
+        return (
+            ENVELOPE.pack(ENVELOPE_MAGIC, VERSION, self.quote_kind, 0, len(self.quote))
+            + self.report
+            + self.quote
+        )
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Envelope":
+    def decode(cls, raw: bytes) -> Envelope:
         """Parse relayed bytes with bounds checked first; AttestationError if malformed."""
         if len(raw) < ENVELOPE.size + REPORT.size:
-            raise AttestationError(f"attestation envelope of {len(raw)} bytes is truncated", "malformed")
+            raise AttestationError(
+                f"attestation envelope of {len(raw)} bytes is truncated", "malformed"
+            )
         magic, version, kind, reserved, qlen = ENVELOPE.unpack_from(raw)
         if magic != ENVELOPE_MAGIC or version != VERSION or reserved or kind not in QUOTE_KINDS:
-            raise AttestationError(f"not a version-{VERSION} taoism attestation envelope (magic {magic!r}, "
-                                   f"quote kind {kind})", "malformed")
+            raise AttestationError(
+                f"not a version-{VERSION} taoism attestation envelope (magic {magic!r}, "
+                f"quote kind {kind})",
+                "malformed",
+            )
         if qlen > MAX_QUOTE or len(raw) != ENVELOPE.size + REPORT.size + qlen:
-            raise AttestationError(f"attestation envelope length {len(raw)} does not match its quote length "
-                                   f"{qlen} (max {MAX_QUOTE})", "malformed")
+            raise AttestationError(
+                f"attestation envelope length {len(raw)} does not match its quote length "
+                f"{qlen} (max {MAX_QUOTE})",
+                "malformed",
+            )
         start = ENVELOPE.size + REPORT.size
-        return cls(bytes(raw[ENVELOPE.size:start]), kind, bytes(raw[start:]))
+        return cls(bytes(raw[ENVELOPE.size : start]), kind, bytes(raw[start:]))
 
 
-__all__ = ["AttestationReport", "Envelope", "NONCE_SIZE", "QUOTE_KINDS", "QUOTE_SGX_DCAP", "QUOTE_SIM"]
+__all__ = [
+    "AttestationReport",
+    "Envelope",
+    "NONCE_SIZE",
+    "QUOTE_KINDS",
+    "QUOTE_SGX_DCAP",
+    "QUOTE_SIM",
+]

@@ -25,8 +25,12 @@ _CHECK_LABEL = b"taoism-model-key-check-v1\x00"
 
 def tensor_aad(package_id: bytes, name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
     """Associated data of one shielded tensor: label | canonical JSON of id, name, dtype, shape."""
-    body = json.dumps({"package_id": package_id.hex(), "name": name, "dtype": dtype, "shape": list(shape)},
-                      sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    body = json.dumps(
+        {"package_id": package_id.hex(), "name": name, "dtype": dtype, "shape": list(shape)},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
     return _AAD_LABEL + body.encode("ascii")
 
 
@@ -38,11 +42,15 @@ def key_check(model_key: bytes, package_id: bytes) -> bytes:
 def check_model_key(model_key: Any, package_id: bytes, expected: bytes) -> bytes:
     """Return ``model_key`` if it is the key this package was sealed under, else KeyReleaseError."""
     if not isinstance(model_key, (bytes, bytearray)) or len(model_key) != KEY_SIZE:
-        raise KeyReleaseError(f"model key must be {KEY_SIZE} bytes (got {type(model_key).__name__})")
+        raise KeyReleaseError(
+            f"model key must be {KEY_SIZE} bytes (got {type(model_key).__name__})"
+        )
     key = bytes(model_key)
     if not hmac.compare_digest(key_check(key, package_id), expected):
-        raise KeyReleaseError(f"model key does not belong to package {package_id.hex()} (key check mismatch): "
-                              "give the key service the key file written together with this package")
+        raise KeyReleaseError(
+            f"model key does not belong to package {package_id.hex()} (key check mismatch): "
+            "give the key service the key file written together with this package"
+        )
     return key
 
 
@@ -56,8 +64,10 @@ def unseal(model_key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes, where:
     try:
         return AESGCM(model_key).decrypt(nonce, ciphertext, aad)
     except InvalidTag:
-        raise PackageError(f"{where} failed AES-GCM authentication: its ciphertext, name, dtype or shape was "
-                           "changed, or it was moved from another package") from None
+        raise PackageError(
+            f"{where} failed AES-GCM authentication: its ciphertext, name, dtype or shape was "
+            "changed, or it was moved from another package"
+        ) from None
 
 
 __all__ = ["check_model_key", "key_check", "seal", "tensor_aad", "unseal"]

@@ -16,7 +16,9 @@ def decrypt_shielded(reader: PackageReader, model_key: bytes) -> dict[str, torch
     for sec in reader.shielded_sections():
         assert sec.dtype is not None and sec.shape is not None and sec.nonce is not None
         aad = tensor_aad(reader.package_id, sec.name, sec.dtype, sec.shape)
-        plain = unseal(key, sec.nonce, aad, reader.section_bytes(sec), f"{reader.path}: shielded {sec.name!r}")
+        plain = unseal(
+            key, sec.nonce, aad, reader.section_bytes(sec), f"{reader.path}: shielded {sec.name!r}"
+        )
         out[sec.name] = tensor_from_bytes(plain, sec.dtype, sec.shape)
     return out
 

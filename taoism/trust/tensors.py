@@ -18,7 +18,9 @@ def tensor_bytes(t: Any, where: str) -> tuple[str, tuple[int, ...], memoryview]:
     if t.dtype not in DTYPE_NAMES:
         raise PackageError(f"{where} has dtype {t.dtype}; a package stores {sorted(DTYPES)}")
     if t.is_sparse or t.is_quantized or t.layout != torch.strided:
-        raise PackageError(f"{where} is not a dense strided tensor; convert it with .to_dense() / .dequantize()")
+        raise PackageError(
+            f"{where} is not a dense strided tensor; convert it with .to_dense() / .dequantize()"
+        )
     c = t.detach().to("cpu").contiguous()
     if sys.byteorder != "little":  # pragma: no cover - all supported platforms are little-endian
         raise PackageError("packages are little-endian; this platform is not")
@@ -26,7 +28,9 @@ def tensor_bytes(t: Any, where: str) -> tuple[str, tuple[int, ...], memoryview]:
     return DTYPE_NAMES[t.dtype], tuple(c.shape), memoryview(raw).cast("B")
 
 
-def tensor_from_bytes(data: bytes | bytearray | memoryview, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+def tensor_from_bytes(
+    data: bytes | bytearray | memoryview, dtype: str, shape: tuple[int, ...]
+) -> torch.Tensor:
     """A new tensor owning a copy of ``data`` (whose length the header validation already checked)."""
     buf = bytearray(data)
     if not buf:

@@ -39,7 +39,9 @@ def wrap_model_key(model_key: bytes, enclave_public: bytes, report: bytes) -> by
     try:
         peer = X25519PublicKey.from_public_bytes(enclave_public)
     except ValueError as exc:
-        raise KeyReleaseError(f"enclave public key in the report is not an X25519 key: {exc}") from None
+        raise KeyReleaseError(
+            f"enclave public key in the report is not an X25519 key: {exc}"
+        ) from None
     eph = X25519PrivateKey.generate()
     service_pub = eph.public_key().public_bytes_raw()
     report_hash = hashlib.sha256(report).digest()
@@ -52,8 +54,10 @@ def wrap_model_key(model_key: bytes, enclave_public: bytes, report: bytes) -> by
 def unwrap_model_key(ephemeral_private: X25519PrivateKey, wrapped: bytes, report: bytes) -> bytes:
     """Enclave side: the model key from ``wrapped``; KeyReleaseError if it was not made for this enclave/report."""
     if len(wrapped) != WRAPPED_SIZE:
-        raise KeyReleaseError(f"wrapped model key is {len(wrapped)} bytes, expected {WRAPPED_SIZE}: the host or "
-                              "key service sent something else")
+        raise KeyReleaseError(
+            f"wrapped model key is {len(wrapped)} bytes, expected {WRAPPED_SIZE}: the host or "
+            "key service sent something else"
+        )
     magic, version, reserved, service_pub, nonce = WRAPPED.unpack_from(wrapped)
     if magic != _MAGIC or version != _VERSION or reserved != bytes(3):
         raise KeyReleaseError(f"not a version-{_VERSION} wrapped model key (magic {magic!r})")
@@ -62,10 +66,12 @@ def unwrap_model_key(ephemeral_private: X25519PrivateKey, wrapped: bytes, report
     try:
         shared = ephemeral_private.exchange(X25519PublicKey.from_public_bytes(service_pub))
         kek = _kek(shared, service_pub, enclave_pub, report_hash)
-        return AESGCM(kek).decrypt(nonce, wrapped[WRAPPED.size:], report_hash)
+        return AESGCM(kek).decrypt(nonce, wrapped[WRAPPED.size :], report_hash)
     except (InvalidTag, ValueError):
-        raise KeyReleaseError("wrapped model key does not open: it was altered in transit, or released for "
-                              "another enclave key or report") from None
+        raise KeyReleaseError(
+            "wrapped model key does not open: it was altered in transit, or released for "
+            "another enclave key or report"
+        ) from None
 
 
 __all__ = ["WRAPPED_SIZE", "unwrap_model_key", "wrap_model_key"]

@@ -68,11 +68,17 @@ __all__ = [
 ]
 
 DATASET_SHAPES: Mapping[str, tuple[int, ...]] = MappingProxyType(
-    {"cifar": (3, 32, 32), "imagenet": (3, 224, 224), "mnist": (1, 28, 28), "digits": (1, 8, 8),
-     "tokens": (16,)}
+    {
+        "cifar": (3, 32, 32),
+        "imagenet": (3, 224, 224),
+        "mnist": (1, 28, 28),
+        "digits": (1, 8, 8),
+        "tokens": (16,),
+    }
 )
 _DEFAULT_CLASSES: Mapping[str, int] = MappingProxyType(
-    {"cifar": 10, "imagenet": 1000, "mnist": 10, "digits": 10, "tokens": 2})
+    {"cifar": 10, "imagenet": 1000, "mnist": 10, "digits": 10, "tokens": 2}
+)
 _VOCAB = 1000  # bert_tiny's vocabulary
 
 _RGB = ("cifar", "imagenet")
@@ -98,26 +104,26 @@ def _teeslice_small(num_classes: int, shape: str) -> nn.Module:
     return teeslice_small_cnn(num_classes, in_channels=c, input_size=h)
 
 
-_REGISTRY: Mapping[str, _Spec] = MappingProxyType({
-    "resnet18": _Spec(lambda n, s: resnet18(n, s), _RGB),
-    "resnet34": _Spec(lambda n, s: resnet34(n, s), _RGB),
-    "resnet50": _Spec(lambda n, s: resnet50(n, s), _RGB),
-    "vgg16_bn": _Spec(lambda n, s: vgg16_bn(n, s), _RGB),
-    "alexnet": _Spec(lambda n, s: alexnet(n, s), _RGB),
-    "small_cnn": _Spec(_small, ("mnist", "digits", "cifar")),
-    "gap_resnet20": _Spec(_gap_resnet20, ("mnist", "digits", "cifar")),
-    "teeslice_resnet18": _Spec(lambda n, s: teeslice_resnet18(n, s), _RGB),
-    "teeslice_resnet34": _Spec(lambda n, s: teeslice_resnet34(n, s), _RGB),
-    "teeslice_resnet50": _Spec(lambda n, s: teeslice_resnet50(n, s), _RGB),
-    "teeslice_small_cnn": _Spec(_teeslice_small, ("mnist", "digits", "cifar")),
-    "vit_tiny": _Spec(lambda n, s: vit_tiny(n, DATASET_SHAPES[s][1]), _RGB),
-    "bert_tiny": _Spec(lambda n, s: bert_tiny(n), ("tokens",)),
-})
+_REGISTRY: Mapping[str, _Spec] = MappingProxyType(
+    {
+        "resnet18": _Spec(lambda n, s: resnet18(n, s), _RGB),
+        "resnet34": _Spec(lambda n, s: resnet34(n, s), _RGB),
+        "resnet50": _Spec(lambda n, s: resnet50(n, s), _RGB),
+        "vgg16_bn": _Spec(lambda n, s: vgg16_bn(n, s), _RGB),
+        "alexnet": _Spec(lambda n, s: alexnet(n, s), _RGB),
+        "small_cnn": _Spec(_small, ("mnist", "digits", "cifar")),
+        "gap_resnet20": _Spec(_gap_resnet20, ("mnist", "digits", "cifar")),
+        "teeslice_resnet18": _Spec(lambda n, s: teeslice_resnet18(n, s), _RGB),
+        "teeslice_resnet34": _Spec(lambda n, s: teeslice_resnet34(n, s), _RGB),
+        "teeslice_resnet50": _Spec(lambda n, s: teeslice_resnet50(n, s), _RGB),
+        "teeslice_small_cnn": _Spec(_teeslice_small, ("mnist", "digits", "cifar")),
+        "vit_tiny": _Spec(lambda n, s: vit_tiny(n, DATASET_SHAPES[s][1]), _RGB),
+        "bert_tiny": _Spec(lambda n, s: bert_tiny(n), ("tokens",)),
+    }
+)
 
 # "ResNet-18", "resnet_18", "VGG16BN" ... -> registry name.
-_ALIASES: Mapping[str, str] = MappingProxyType(
-    {k.replace("_", ""): k for k in _REGISTRY}
-)
+_ALIASES: Mapping[str, str] = MappingProxyType({k.replace("_", ""): k for k in _REGISTRY})
 
 
 def list_models() -> list[str]:
@@ -127,7 +133,9 @@ def list_models() -> list[str]:
 
 def _resolve(name: str) -> str:
     if not isinstance(name, str):
-        raise ConfigError(f"model name must be a string, got {type(name).__name__}; use one of {list_models()}")
+        raise ConfigError(
+            f"model name must be a string, got {type(name).__name__}; use one of {list_models()}"
+        )
     key = _ALIASES.get(name.strip().lower().replace("-", "").replace("_", ""))
     if key is None:
         close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=1)
@@ -149,7 +157,11 @@ def _check_shape(key: str, dataset_shape: str | None) -> str:
     if dataset_shape is None:  # "cifar" where the model takes it, else its first shape
         return "cifar" if "cifar" in shapes else shapes[0]
     if dataset_shape not in shapes:
-        known = "" if dataset_shape in DATASET_SHAPES else f" (known shapes: {', '.join(DATASET_SHAPES)})"
+        known = (
+            ""
+            if dataset_shape in DATASET_SHAPES
+            else f" (known shapes: {', '.join(DATASET_SHAPES)})"
+        )
         raise ConfigError(
             f"model {key!r} does not support dataset_shape={dataset_shape!r}{known}; "
             f"pass dataset_shape as one of: {', '.join(shapes)}"
@@ -190,7 +202,11 @@ def get_model(
             torch.manual_seed(seed)
             model = build(num_classes, shape)
     if weights is not None:
-        load_checked(model, resolve_state_dict(weights), what=f"model {key!r} ({shape}, {num_classes} classes)")
+        load_checked(
+            model,
+            resolve_state_dict(weights),
+            what=f"model {key!r} ({shape}, {num_classes} classes)",
+        )
     return model.eval()
 
 
@@ -199,7 +215,9 @@ def input_shape(name: str, dataset_shape: str | None = None) -> tuple[int, ...]:
     return DATASET_SHAPES[_check_shape(_resolve(name), dataset_shape)]
 
 
-def example_input(name: str, dataset_shape: str | None = None, batch: int = 1, seed: int = 0) -> torch.Tensor:
+def example_input(
+    name: str, dataset_shape: str | None = None, batch: int = 1, seed: int = 0
+) -> torch.Tensor:
     """A deterministic input batch: standard normal ``(batch, C, H, W)``, or token ids."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be a positive int, got {batch!r}")
@@ -211,8 +229,9 @@ def example_input(name: str, dataset_shape: str | None = None, batch: int = 1, s
     return torch.randn(batch, *shape, generator=gen)
 
 
-def example_inputs(name: str, dataset_shape: str | None = None, batch: int = 1,
-                   seed: int = 0) -> tuple[torch.Tensor, ...]:
+def example_inputs(
+    name: str, dataset_shape: str | None = None, batch: int = 1, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
     """Every forward input of model ``name``: ``(x,)``, or ``(input_ids, attention_mask)``
     for token models (the mask pads the last quarter of every other sample)."""
     dataset_shape = _check_shape(_resolve(name), dataset_shape)
@@ -220,7 +239,7 @@ def example_inputs(name: str, dataset_shape: str | None = None, batch: int = 1,
     if dataset_shape != "tokens":
         return (x,)
     mask = torch.ones_like(x)
-    mask[::2, -(x.shape[1] // 4):] = 0
+    mask[::2, -(x.shape[1] // 4) :] = 0
     return x, mask
 
 

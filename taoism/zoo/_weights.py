@@ -24,7 +24,9 @@ _MAX_LISTED = 10
 
 def _read(path: Path) -> Any:
     if not path.is_file():
-        raise ConfigError(f"weights file {str(path)!r} does not exist; pass a path to a file saved with torch.save")
+        raise ConfigError(
+            f"weights file {str(path)!r} does not exist; pass a path to a file saved with torch.save"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a config problem
@@ -64,7 +66,7 @@ def resolve_state_dict(weights: WeightsLike) -> dict[str, torch.Tensor]:
             )
         for prefix in _STRIP_PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -75,7 +77,9 @@ def _listing(keys: list[str]) -> str:
     return shown + (f", ... ({more} more)" if more > 0 else "")
 
 
-def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "model") -> None:
+def load_checked(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "model"
+) -> None:
     """Load ``state_dict`` into ``model`` strictly; raise ConfigError naming every mismatch.
 
     A missing ``num_batches_tracked`` buffer (older checkpoints) is tolerated.
@@ -97,7 +101,8 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
         if wrong_shape:
             parts.append(f"shape mismatches ({len(wrong_shape)}): {_listing(wrong_shape)}")
         raise ConfigError(
-            f"weights do not match the {what}: " + "; ".join(parts)
+            f"weights do not match the {what}: "
+            + "; ".join(parts)
             + ". Check the model name and dataset_shape, pass num_classes matching the "
             "checkpoint's classifier, and make sure the keys use the zoo's (torchvision) names"
         )

@@ -27,12 +27,19 @@ __all__ = ["GapResNet", "gap_resnet20"]
 class GapResNet(nn.Module):
     """ResNet-(6 * ``blocks`` + 2) with three stages of ``widths`` channels and a GAP head."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, blocks: int = 3,
-                 widths: Sequence[int] = (16, 32, 64)) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        blocks: int = 3,
+        widths: Sequence[int] = (16, 32, 64),
+    ) -> None:
         super().__init__()
         if blocks < 1 or len(widths) != 3 or any(int(w) < 1 for w in widths):
-            raise ConfigError(f"GapResNet needs blocks >= 1 and three positive widths, got "
-                              f"blocks={blocks!r}, widths={widths!r}")
+            raise ConfigError(
+                f"GapResNet needs blocks >= 1 and three positive widths, got "
+                f"blocks={blocks!r}, widths={widths!r}"
+            )
         w = [int(v) for v in widths]
         self.conv1 = nn.Conv2d(in_channels, w[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(w[0])
@@ -57,8 +64,9 @@ class GapResNet(nn.Module):
 
     def taoism_units(self) -> list[tuple[str, ...]]:
         """The stem, each residual block, then (``avgpool``, ``fc``)."""
-        blocks = [(f"layer{i}.{b}",) for i in (1, 2, 3)
-                  for b in range(len(getattr(self, f"layer{i}")))]
+        blocks = [
+            (f"layer{i}.{b}",) for i in (1, 2, 3) for b in range(len(getattr(self, f"layer{i}")))
+        ]
         return [("conv1", "bn1", "relu"), *blocks, ("avgpool", "fc")]
 
 

@@ -28,14 +28,30 @@ def _check_shape(shape: str) -> None:
         raise ConfigError(f"shape must be 'cifar' or 'imagenet', got {shape!r}")
 
 
-def _classifier(in_features: int, hidden: int, num_classes: int, dropout_first: bool) -> nn.Sequential:
+def _classifier(
+    in_features: int, hidden: int, num_classes: int, dropout_first: bool
+) -> nn.Sequential:
     """Three Linear layers at indices 0, 3, 6 (torchvision layout)."""
     if dropout_first:  # AlexNet: Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear
-        mods = [nn.Dropout(0.5), nn.Linear(in_features, hidden), nn.ReLU(),
-                nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+        mods = [
+            nn.Dropout(0.5),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        ]
     else:  # VGG: Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear
-        mods = [nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(0.5),
-                nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, num_classes)]
+        mods = [
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, num_classes),
+        ]
     return nn.Sequential(*mods)
 
 
@@ -80,7 +96,11 @@ class VGG(_Sequential2D):
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
-                layers += [nn.Conv2d(cin, int(v), kernel_size=3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
+                layers += [
+                    nn.Conv2d(cin, int(v), kernel_size=3, padding=1),
+                    nn.BatchNorm2d(int(v)),
+                    nn.ReLU(),
+                ]
                 cin = int(v)
         self.features = nn.Sequential(*layers)
         if shape == "imagenet":
@@ -131,14 +151,24 @@ class AlexNet(_Sequential2D):
 
             pool_out, hidden = 2, 1024
         self.features = nn.Sequential(
-            conv1, nn.ReLU(), pool(),
-            nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(), pool(),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(), pool(),
+            conv1,
+            nn.ReLU(),
+            pool(),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.ReLU(),
+            pool(),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.ReLU(),
+            pool(),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((pool_out, pool_out))
-        self.classifier = _classifier(256 * pool_out * pool_out, hidden, num_classes, dropout_first=True)
+        self.classifier = _classifier(
+            256 * pool_out * pool_out, hidden, num_classes, dropout_first=True
+        )
 
 
 def vgg16_bn(num_classes: int = 10, shape: Shape = "cifar", in_channels: int = 3) -> VGG:

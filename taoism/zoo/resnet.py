@@ -150,9 +150,7 @@ class ResNet(nn.Module):
     def block_names(self) -> list[str]:
         """Qualified names of the residual blocks, in execution order."""
         return [
-            f"layer{i}.{j}"
-            for i in range(1, 5)
-            for j in range(len(getattr(self, f"layer{i}")))
+            f"layer{i}.{j}" for i in range(1, 5) for j in range(len(getattr(self, f"layer{i}")))
         ]
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,9 @@ class ProxyBlock(nn.Module):
     and ``conv`` (rank -> out), still linear, for wide backbones (ResNet-50).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, rank: int | None = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, rank: int | None = None
+    ) -> None:
         super().__init__()
         self.reduce: nn.Conv2d | None = None
         if rank is not None:
@@ -96,7 +98,9 @@ class SliceGroup(nn.Module):
     ) -> None:
         super().__init__()
         if not offsets or not len(offsets) == len(in_channels) == len(strides):
-            raise ConfigError("SliceGroup needs one (offset, in_channels, stride) per proxy, at least one")
+            raise ConfigError(
+                "SliceGroup needs one (offset, in_channels, stride) per proxy, at least one"
+            )
         self.offsets = tuple(offsets)
         self.proxies = nn.ModuleList(
             ProxyBlock(c, out_channels, s, rank) for c, s in zip(in_channels, strides)
@@ -158,7 +162,9 @@ class TEESliceResNet(_SlicedModel):
         if not 1 <= max_proxies <= 3:
             raise ConfigError(f"max_proxies must be 1, 2 or 3, got {max_proxies}")
         if rank is not None and rank < 1:
-            raise ConfigError(f"rank must be a positive int or None (full-rank proxies), got {rank}")
+            raise ConfigError(
+                f"rank must be a positive int or None (full-rank proxies), got {rank}"
+            )
         self.max_proxies = max_proxies
         backbone.fc = nn.Identity()
         self.backbone = backbone
@@ -197,7 +203,7 @@ class TEESliceResNet(_SlicedModel):
             group = self.slices[key]
             out = backbone.get_submodule(name)(window[-1])
             h = out + group(*[window[-o] for o in group.offsets])
-            window = [*window, h][-self.max_proxies:]
+            window = [*window, h][-self.max_proxies :]
         h = backbone.avgpool(h)
         h = torch.flatten(h, 1)
         return self.fc(h)
@@ -249,18 +255,23 @@ class TEESliceSmallCNN(_SlicedModel):
     group index) and ``fc`` (private). Units: one per (backbone group, its slice), then ``fc``.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int = 10, input_size: int = 28,
-                 max_proxies: int = 3) -> None:
+    def __init__(
+        self, backbone: nn.Module, num_classes: int = 10, input_size: int = 28, max_proxies: int = 3
+    ) -> None:
         super().__init__()
         from taoism.zoo._units import group_sequential
 
         if not 1 <= max_proxies <= 3:
             raise ConfigError(f"max_proxies must be 1, 2 or 3, got {max_proxies}")
-        groups = [tuple(n[len("features."):] for n in u)
-                  for u in group_sequential(backbone.features, "features")]
+        groups = [
+            tuple(n[len("features.") :] for n in u)
+            for u in group_sequential(backbone.features, "features")
+        ]
         if input_size % 2 ** len(groups):
-            raise ConfigError(f"TEESliceSmallCNN needs input_size divisible by {2 ** len(groups)} "
-                              f"(one 2x2 pooling per conv group), got {input_size}")
+            raise ConfigError(
+                f"TEESliceSmallCNN needs input_size divisible by {2 ** len(groups)} "
+                f"(one 2x2 pooling per conv group), got {input_size}"
+            )
         self.max_proxies = max_proxies
         in_features = backbone.fc.in_features
         backbone.fc = nn.Identity()
@@ -275,8 +286,12 @@ class TEESliceSmallCNN(_SlicedModel):
             offsets = tuple(range(1, min(i, max_proxies) + 1))
             srcs = [feats[i - o] for o in offsets]
             key = f"group{i - 1}"
-            self.slices[key] = SliceGroup(offsets, tuple(c for c, _ in srcs),
-                                          tuple(feats[i][1] // r for _, r in srcs), conv.out_channels)
+            self.slices[key] = SliceGroup(
+                offsets,
+                tuple(c for c, _ in srcs),
+                tuple(feats[i][1] // r for _, r in srcs),
+                conv.out_channels,
+            )
             plan.append((tuple(f"features.{n}" for n in names), key))
         self._groups = tuple(plan)
         self.fc = nn.Linear(in_features, num_classes)
@@ -297,17 +312,20 @@ class TEESliceSmallCNN(_SlicedModel):
             for name in names:
                 out = backbone.get_submodule(name)(out)
             h = out + group(*[window[-o] for o in group.offsets])
-            window = [*window, h][-self.max_proxies:]
+            window = [*window, h][-self.max_proxies :]
         h = torch.flatten(h, 1)
         return self.fc(h)
 
     def taoism_units(self) -> list[tuple[str, ...]]:
         """Each (backbone conv group, its slice), then ``fc``."""
-        return [(*(f"backbone.{n}" for n in names), f"slices.{key}") for names, key in self._groups] + [("fc",)]
+        return [
+            (*(f"backbone.{n}" for n in names), f"slices.{key}") for names, key in self._groups
+        ] + [("fc",)]
 
 
-def teeslice_small_cnn(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
-                       max_proxies: int = 3) -> TEESliceSmallCNN:
+def teeslice_small_cnn(
+    num_classes: int = 10, in_channels: int = 1, input_size: int = 28, max_proxies: int = 3
+) -> TEESliceSmallCNN:
     """TEESlice on the default two-group SmallCNN backbone."""
     from taoism.zoo.small import SmallCNN
 

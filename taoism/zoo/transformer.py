@@ -67,15 +67,24 @@ class TinyViT(nn.Module):
     ``norm``, ``head``. Units: ``patch_embed``, each of ``blocks.i``, then (``norm``, ``head``).
     """
 
-    def __init__(self, num_classes: int = 10, image_size: int = 32, patch: int = 4,
-                 in_channels: int = 3, dim: int = 64, depth: int = 4, heads: int = 4,
-                 mlp: int = 128) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        image_size: int = 32,
+        patch: int = 4,
+        in_channels: int = 3,
+        dim: int = 64,
+        depth: int = 4,
+        heads: int = 4,
+        mlp: int = 128,
+    ) -> None:
         super().__init__()
         if image_size % patch:
             raise ConfigError(f"image_size {image_size} is not a multiple of patch {patch}")
         self.patch_embed = _PatchEmbed(in_channels, dim, patch, (image_size // patch) ** 2 + 1)
-        self.blocks = nn.Sequential(*(EncoderLayer(dim, heads, mlp, pre_norm=True)
-                                      for _ in range(depth)))
+        self.blocks = nn.Sequential(
+            *(EncoderLayer(dim, heads, mlp, pre_norm=True) for _ in range(depth))
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -85,8 +94,11 @@ class TinyViT(nn.Module):
 
     def taoism_units(self) -> list[tuple[str, ...]]:
         """The embedding, each encoder layer, then the head."""
-        return [("patch_embed",), *((f"blocks.{i}",) for i in range(len(self.blocks))),
-                ("norm", "head")]
+        return [
+            ("patch_embed",),
+            *((f"blocks.{i}",) for i in range(len(self.blocks))),
+            ("norm", "head"),
+        ]
 
 
 class _PatchEmbed(nn.Module):
@@ -113,17 +125,28 @@ class TinyBERT(nn.Module):
     ``classifier``).
     """
 
-    def __init__(self, num_classes: int = 2, vocab: int = 1000, max_len: int = 64, dim: int = 64,
-                 depth: int = 2, heads: int = 4, mlp: int = 128) -> None:
+    def __init__(
+        self,
+        num_classes: int = 2,
+        vocab: int = 1000,
+        max_len: int = 64,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        mlp: int = 128,
+    ) -> None:
         super().__init__()
         self.embeddings = _Embeddings(vocab, max_len, dim)
-        self.layers = nn.ModuleList(EncoderLayer(dim, heads, mlp, pre_norm=False)
-                                    for _ in range(depth))
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, heads, mlp, pre_norm=False) for _ in range(depth)
+        )
         self.pooler = nn.Linear(dim, dim)
         self.pool_act = nn.Tanh()
         self.classifier = nn.Linear(dim, num_classes)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.embeddings(input_ids)
         bias = None
         if attention_mask is not None:
@@ -134,8 +157,11 @@ class TinyBERT(nn.Module):
 
     def taoism_units(self) -> list[tuple[str, ...]]:
         """The embedding, each encoder layer, then the head."""
-        return [("embeddings",), *((f"layers.{i}",) for i in range(len(self.layers))),
-                ("pooler", "pool_act", "classifier")]
+        return [
+            ("embeddings",),
+            *((f"layers.{i}",) for i in range(len(self.layers))),
+            ("pooler", "pool_act", "classifier"),
+        ]
 
 
 class _Embeddings(nn.Module):

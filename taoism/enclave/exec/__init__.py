@@ -6,8 +6,15 @@
 one for a graph node.
 """
 
-from taoism.enclave.exec.base import (ChunkPlan, ExecContext, Executor, Operand, RegionExecutor, Sink,
-                                      run_chunked)
+from taoism.enclave.exec.base import (
+    ChunkPlan,
+    ExecContext,
+    Executor,
+    Operand,
+    RegionExecutor,
+    Sink,
+    run_chunked,
+)
 from taoism.enclave.exec.conv import ConvExecutor
 from taoism.enclave.exec.elementwise import BatchNormExecutor, BinaryExecutor, UnaryExecutor
 from taoism.enclave.exec.linear import LinearExecutor
@@ -15,6 +22,22 @@ from taoism.enclave.exec.pooling import AdaptivePoolExecutor, PoolExecutor
 from taoism.enclave.exec.select import executor_for
 from taoism.enclave.exec.shape import CatExecutor, FlattenExecutor
 
-__all__ = ["AdaptivePoolExecutor", "BatchNormExecutor", "BinaryExecutor", "CatExecutor", "ChunkPlan",
-           "ConvExecutor", "ExecContext", "Executor", "FlattenExecutor", "LinearExecutor", "Operand",
-           "PoolExecutor", "RegionExecutor", "Sink", "UnaryExecutor", "executor_for", "run_chunked"]
+__all__ = [
+    "AdaptivePoolExecutor",
+    "BatchNormExecutor",
+    "BinaryExecutor",
+    "CatExecutor",
+    "ChunkPlan",
+    "ConvExecutor",
+    "ExecContext",
+    "Executor",
+    "FlattenExecutor",
+    "LinearExecutor",
+    "Operand",
+    "PoolExecutor",
+    "RegionExecutor",
+    "Sink",
+    "UnaryExecutor",
+    "executor_for",
+    "run_chunked",
+]

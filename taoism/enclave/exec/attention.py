@@ -7,7 +7,7 @@ part of the mask; its working set counts the score matrix (and its softmax) of t
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,17 @@ class AttentionExecutor(RegionExecutor):
 
     kind = "attention"
 
-    def __init__(self, q: Operand, k: Operand, v: Operand, mask: Operand | None, is_causal: bool,
-                 scale: float | None, out_shape: Sequence[int], out_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        q: Operand,
+        k: Operand,
+        v: Operand,
+        mask: Operand | None,
+        is_causal: bool,
+        scale: float | None,
+        out_shape: Sequence[int],
+        out_dtype: torch.dtype,
+    ) -> None:
         self.q, self.k, self.v, self.mask = q, k, v, mask
         self.is_causal, self.scale = is_causal, scale
         self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
@@ -71,8 +80,13 @@ class AttentionExecutor(RegionExecutor):
                 charged += n
                 vals.append(t)
             q, k, v, m = vals
-            y = self._y(ctx, region, lambda: F.scaled_dot_product_attention(
-                q, k, v, attn_mask=m, is_causal=self.is_causal, scale=self.scale))
+            y = self._y(
+                ctx,
+                region,
+                lambda: F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=m, is_causal=self.is_causal, scale=self.scale
+                ),
+            )
         except BaseException:
             ctx.acct.free("activations", charged)
             raise

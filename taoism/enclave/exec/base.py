@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -80,7 +80,9 @@ class ExecContext:
             self.reserve = self.page_bytes
         if self.sealer.on_temp is None:
             acct = self.acct
-            self.sealer.on_temp = lambda n: acct.alloc("crypto", n) if n > 0 else acct.free("crypto", -n)
+            self.sealer.on_temp = lambda n: (
+                acct.alloc("crypto", n) if n > 0 else acct.free("crypto", -n)
+            )
 
     @property
     def device(self) -> str:
@@ -113,7 +115,9 @@ class Operand:
             return n + self.block
         return n if copy else 0
 
-    def read(self, region: Region, ctx: ExecContext, *, copy: bool = False) -> tuple[torch.Tensor, int]:
+    def read(
+        self, region: Region, ctx: ExecContext, *, copy: bool = False
+    ) -> tuple[torch.Tensor, int]:
         """The region (a view, or a new tensor charged to ``activations``); returns (t, charged)."""
         if not self.paged:
             t = self.value[region]
@@ -126,8 +130,11 @@ class Operand:
         n = shape_bytes(shape, self.itemsize)
         ctx.acct.alloc("activations", n)
         try:
-            t = self.value.read(region, charge=lambda b: ctx.acct.alloc("crypto", b),
-                                release=lambda b: ctx.acct.free("crypto", b))
+            t = self.value.read(
+                region,
+                charge=lambda b: ctx.acct.alloc("crypto", b),
+                release=lambda b: ctx.acct.free("crypto", b),
+            )
         except BaseException:
             ctx.acct.free("activations", n)
             raise
@@ -141,8 +148,15 @@ class Operand:
 class Sink:
     """Where a chunked layer's output goes: a resident tensor or a sealed PagedTensor."""
 
-    def __init__(self, ctx: ExecContext, name: str, shape: Sequence[int], dtype: torch.dtype,
-                 cuts: Sequence[Sequence[int]], sealed: bool) -> None:
+    def __init__(
+        self,
+        ctx: ExecContext,
+        name: str,
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        cuts: Sequence[Sequence[int]],
+        sealed: bool,
+    ) -> None:
         self.ctx = ctx
         self.shape = tuple(shape)
         self.sealed = sealed
@@ -151,8 +165,13 @@ class Sink:
         self.out: torch.Tensor | None = None
         self.paged: PagedTensor | None = None
         if sealed:
-            self.paged = PagedTensor(f"a:{name}", shape, dtype, refine_cuts(shape, dtype.itemsize, cuts,
-                                                                             ctx.page_bytes), ctx.sealer)
+            self.paged = PagedTensor(
+                f"a:{name}",
+                shape,
+                dtype,
+                refine_cuts(shape, dtype.itemsize, cuts, ctx.page_bytes),
+                ctx.sealer,
+            )
         elif not self.single:
             self.charged = shape_bytes(shape, dtype.itemsize)
             ctx.acct.alloc("activations", self.charged)
@@ -183,8 +202,9 @@ class Sink:
         return (self.paged if self.paged is not None else self.out), self.charged
 
 
-def read_weight_rows(w: Operand, b: Operand | None, o0: int, o1: int, ctx: ExecContext
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+def read_weight_rows(
+    w: Operand, b: Operand | None, o0: int, o1: int, ctx: ExecContext
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Weight and bias rows [o0, o1): views, or unsealed and charged to ``weights``; returns (w, b, bytes)."""
     wreg = (slice(o0, o1),) + tuple(slice(0, n) for n in w.shape[1:])
     wt, wn = w.read(wreg, ctx) if w.paged else (w.value[wreg], 0)
@@ -197,8 +217,9 @@ def read_weight_rows(w: Operand, b: Operand | None, o0: int, o1: int, ctx: ExecC
     return wt, bt, wn + bn
 
 
-def refine_cuts(shape: Sequence[int], itemsize: int, cuts: Sequence[Sequence[int]],
-                target: int) -> tuple[tuple[int, ...], ...]:
+def refine_cuts(
+    shape: Sequence[int], itemsize: int, cuts: Sequence[Sequence[int]], target: int
+) -> tuple[tuple[int, ...], ...]:
     """Cut a chunk grid finer (batch, then rows) so sealed blocks hold about ``target`` bytes.
 
     Readers unseal whole blocks; small blocks along the batch and row dims keep what a reader
@@ -216,8 +237,11 @@ def refine_cuts(shape: Sequence[int], itemsize: int, cuts: Sequence[Sequence[int
     if widest(cuts[0]) > 1 and widest(cuts[0]) * inner > target:  # one sample per block
         cuts[0] = tuple(range(0, shape[0])) + (shape[0],)
     if nd >= 3:
-        row = itemsize * math.prod(widest(c) for i, c in enumerate(cuts) if i not in (0, 2)) * (
-            1 if widest(cuts[0]) <= 1 else widest(cuts[0]))
+        row = (
+            itemsize
+            * math.prod(widest(c) for i, c in enumerate(cuts) if i not in (0, 2))
+            * (1 if widest(cuts[0]) <= 1 else widest(cuts[0]))
+        )
         r = max(1, target // max(row, 1))
         if widest(cuts[2]) > r:
             new = []
@@ -235,7 +259,9 @@ class ChunkPlan:
     cost: int
     out_sealed: bool
     traffic: int = 0  # bytes the layer unseals (re-reads included) and seals, estimated
-    order: str = ""  # conv/linear loop order: "oc" (output channels outer) or "xy" (batch/rows outer)
+    order: str = (
+        ""  # conv/linear loop order: "oc" (output channels outer) or "xy" (batch/rows outer)
+    )
 
     @property
     def chunks(self) -> int:
@@ -301,11 +327,14 @@ class RegionExecutor(Executor):
         """The output ``region``, and the bytes its input reads charged (the caller frees them)."""
         raise NotImplementedError
 
-    def _y(self, ctx: ExecContext, region: Region, thunk: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _y(
+        self, ctx: ExecContext, region: Region, thunk: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
         """The chunk's output; when planning (meta), its shape only, without calling the op."""
         if ctx.meta:
-            return torch.empty(tuple(sl.stop - sl.start for sl in region), dtype=self.out_dtype,
-                               device="meta")
+            return torch.empty(
+                tuple(sl.stop - sl.start for sl in region), dtype=self.out_dtype, device="meta"
+            )
         return thunk()
 
     def _total(self, sizes: Sequence[int], out_sealed: bool) -> int:
@@ -339,7 +368,9 @@ class RegionExecutor(Executor):
 
     def _mk(self, sizes: Sequence[int], out_sealed: bool) -> ChunkPlan:
         grid = tuple(even_cuts(n, s) if n else (0, 0) for n, s in zip(self.out_shape, sizes))
-        traffic = sum(o.nbytes for o in self.operands() if o.paged) + (self.out_bytes if out_sealed else 0)
+        traffic = sum(o.nbytes for o in self.operands() if o.paged) + (
+            self.out_bytes if out_sealed else 0
+        )
         return ChunkPlan(grid, self._total(sizes, out_sealed), out_sealed, traffic)
 
     def run(self, plan: ChunkPlan, sink: Sink, ctx: ExecContext) -> None:
@@ -353,9 +384,13 @@ class RegionExecutor(Executor):
             del y
 
 
-
-def run_chunked(ex: Executor, ctx: ExecContext, name: str, out_sealed: bool | None = None,
-                avail: float | None = None) -> tuple[torch.Tensor | PagedTensor, ChunkPlan]:
+def run_chunked(
+    ex: Executor,
+    ctx: ExecContext,
+    name: str,
+    out_sealed: bool | None = None,
+    avail: float | None = None,
+) -> tuple[torch.Tensor | PagedTensor, ChunkPlan]:
     """Plan ``ex`` against what the accountant leaves free (or ``avail``) and run it.
 
     ``out_sealed``: None tries a resident output first, then a sealed one. Returns the output
@@ -365,13 +400,15 @@ def run_chunked(ex: Executor, ctx: ExecContext, name: str, out_sealed: bool | No
     """
     free = ctx.acct.free_bytes() if avail is None else avail
     plan = None
-    for sealed in ((False, True) if out_sealed is None else (out_sealed,)):
+    for sealed in (False, True) if out_sealed is None else (out_sealed,):
         plan = ex.plan(free, sealed)
         if plan is not None:
             break
     if plan is None:
-        raise MemoryBudgetError(f"layer {name!r} ({ex.kind}) needs at least {ex.min_cost():,} bytes "
-                                f"at its smallest chunk; {int(free):,} bytes are free")
+        raise MemoryBudgetError(
+            f"layer {name!r} ({ex.kind}) needs at least {ex.min_cost():,} bytes "
+            f"at its smallest chunk; {int(free):,} bytes are free"
+        )
     sink = Sink(ctx, name, ex.out_shape, ex.out_dtype, plan.grid, plan.out_sealed)
     try:
         ex.run(plan, sink, ctx)
@@ -381,7 +418,23 @@ def run_chunked(ex: Executor, ctx: ExecContext, name: str, out_sealed: bool | No
     return out, plan
 
 
-
-__all__ = ["CHUNK_PENALTY_BYTES", "ChunkPlan", "ExecContext", "Executor", "IntOrSeq", "Operand", "OutputSize", "Region", "RegionExecutor", "Sink", "as_tuple",
-           "chunk_candidates", "grid_regions", "largest_ok", "read_weight_rows", "refine_cuts", "run_chunked",
-           "shape_bytes"]
+__all__ = [
+    "CHUNK_PENALTY_BYTES",
+    "ChunkPlan",
+    "ExecContext",
+    "Executor",
+    "IntOrSeq",
+    "Operand",
+    "OutputSize",
+    "Region",
+    "RegionExecutor",
+    "Sink",
+    "as_tuple",
+    "chunk_candidates",
+    "grid_regions",
+    "largest_ok",
+    "read_weight_rows",
+    "refine_cuts",
+    "run_chunked",
+    "shape_bytes",
+]

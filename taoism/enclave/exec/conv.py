@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from taoism.enclave.exec.base import (CHUNK_PENALTY_BYTES, ChunkPlan, ExecContext, Executor, IntOrSeq,
-                                      Operand, Sink, as_tuple, chunk_candidates, largest_ok, read_weight_rows,
-                                      shape_bytes)
+from taoism.enclave.exec.base import (
+    CHUNK_PENALTY_BYTES,
+    ChunkPlan,
+    ExecContext,
+    Executor,
+    IntOrSeq,
+    Operand,
+    Sink,
+    as_tuple,
+    chunk_candidates,
+    largest_ok,
+    read_weight_rows,
+    shape_bytes,
+)
 from taoism.enclave.sealing import even_cuts
 
 
@@ -24,9 +35,19 @@ class ConvExecutor(Executor):
 
     kind = "conv"
 
-    def __init__(self, x: Operand, w: Operand, b: Operand | None, stride: IntOrSeq, padding: IntOrSeq | str,
-                 dilation: IntOrSeq, groups: int, padding_mode: str, out_shape: Sequence[int],
-                 out_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        x: Operand,
+        w: Operand,
+        b: Operand | None,
+        stride: IntOrSeq,
+        padding: IntOrSeq | str,
+        dilation: IntOrSeq,
+        groups: int,
+        padding_mode: str,
+        out_shape: Sequence[int],
+        out_dtype: torch.dtype,
+    ) -> None:
         self.x, self.w, self.b = x, w, b
         nd = len(x.shape) - 2
         if nd not in (1, 2):
@@ -47,8 +68,12 @@ class ConvExecutor(Executor):
         self.str_pad = isinstance(self.padding, str)
         self.pre_pad = padding_mode != "zeros" and not self.str_pad and any(self.padding)
         self.rows_ok = not self.str_pad and not self.pre_pad and self.Hout > 1
-        self.pointwise = (self.kprod == 1 and all(v == 1 for v in self.s)
-                          and not self.str_pad and not any(self.padding))
+        self.pointwise = (
+            self.kprod == 1
+            and all(v == 1 for v in self.s)
+            and not self.str_pad
+            and not any(self.padding)
+        )
         self.osz = out_dtype.itemsize
         self.w_bytes = w.nbytes + (b.nbytes if b is not None else 0)
         self.w_paged = w.paged or (b is not None and b.paged)
@@ -87,7 +112,7 @@ class ConvExecutor(Executor):
         """Enclave bytes one input chunk holds (the materialised chunk and its read)."""
         x, isz = self.x, self.x.itemsize
         if rh == self.Hout:
-            c = x.read_cost((nb, cin, self.H, self.W)[:2 + self.nd], copy=cin != self.Cin)
+            c = x.read_cost((nb, cin, self.H, self.W)[: 2 + self.nd], copy=cin != self.Cin)
             if self.pre_pad:
                 hin = self.H + 2 * self.padding[0]
                 win = self.W + (2 * self.padding[1] if self.nd == 2 else 0)
@@ -96,7 +121,7 @@ class ConvExecutor(Executor):
         rows = self._rows_in(rh)
         c = nb * cin * rows * self.W * isz
         if x.paged:
-            c += x.read_cost((nb, cin, min(rows, self.H), self.W)[:2 + self.nd])
+            c += x.read_cost((nb, cin, min(rows, self.H), self.W)[: 2 + self.nd])
         return c
 
     def _cost(self, nb: int, oc: int, rh: int, out_sealed: bool, order: str = "oc") -> int:
@@ -106,17 +131,30 @@ class ConvExecutor(Executor):
         if b is not None and b.paged:
             w_b += b.read_cost((oc,))
         out_b = nb * oc * rh * self.Wout * self.osz
-        scratch = 0 if self.pointwise else nb * self._cin_used(oc) * self.kprod * rh * self.Wout * self.x.itemsize
+        scratch = (
+            0
+            if self.pointwise
+            else nb * self._cin_used(oc) * self.kprod * rh * self.Wout * self.x.itemsize
+        )
         multi = (nb, oc, rh) != (self.N, self.Cout, self.Hout)
-        return (self._in_bytes(nb, cin, rh) + w_b + out_b + scratch
-                + (self.out_bytes if multi and not out_sealed else 0))
+        return (
+            self._in_bytes(nb, cin, rh)
+            + w_b
+            + out_b
+            + scratch
+            + (self.out_bytes if multi and not out_sealed else 0)
+        )
 
     def _traffic(self, nb: int, oc: int, rh: int, order: str, out_sealed: bool) -> int:
         n_oc = len(self._oc_cuts(oc)) - 1
         n_xy = math.ceil(self.N / nb) * math.ceil(self.Hout / rh)
         t = self.out_bytes if out_sealed else 0
         if self.x.paged:
-            rows = self.H if rh == self.Hout else min(self.H, self._rows_in(rh)) * math.ceil(self.Hout / rh)
+            rows = (
+                self.H
+                if rh == self.Hout
+                else min(self.H, self._rows_in(rh)) * math.ceil(self.Hout / rh)
+            )
             one = self.N * self.Cin * rows * self.W * self.x.itemsize
             t += one * (n_oc if (order == "oc" and self.groups == 1) else 1)
         if self.w_paged:
@@ -125,7 +163,11 @@ class ConvExecutor(Executor):
 
     def scratch_bytes(self, nb: int, oc: int, rh: int) -> int:
         """Modelled im2col bytes of one chunk (0 for a pointwise convolution)."""
-        return 0 if self.pointwise else nb * self._cin_used(oc) * self.kprod * rh * self.Wout * self.x.itemsize
+        return (
+            0
+            if self.pointwise
+            else nb * self._cin_used(oc) * self.kprod * rh * self.Wout * self.x.itemsize
+        )
 
     def plan(self, avail: float, out_sealed: bool, smallest: bool = False) -> ChunkPlan | None:
         N, Cout, Hout = self.N, self.Cout, self.Hout
@@ -141,14 +183,18 @@ class ConvExecutor(Executor):
                     continue  # one output-channel chunk: the orders coincide
                 for nb in chunk_candidates(N):
                     if self.rows_ok:
-                        rh = largest_ok(1, Hout, lambda r: self._cost(nb, oc, r, out_sealed, order) <= avail)
+                        rh = largest_ok(
+                            1, Hout, lambda r: self._cost(nb, oc, r, out_sealed, order) <= avail
+                        )
                     else:
                         rh = Hout if self._cost(nb, oc, Hout, out_sealed, order) <= avail else None
                     if rh is None:
                         continue
                     chunks = math.ceil(N / nb) * (len(self._oc_cuts(oc)) - 1) * math.ceil(Hout / rh)
-                    score = (self._traffic(nb, oc, rh, order, out_sealed) + chunks * CHUNK_PENALTY_BYTES,
-                             -nb * oc * rh)
+                    score = (
+                        self._traffic(nb, oc, rh, order, out_sealed) + chunks * CHUNK_PENALTY_BYTES,
+                        -nb * oc * rh,
+                    )
                     if best is None or score < best[0]:
                         best = (score, nb, oc, rh, order)
                     break  # the largest feasible batch chunk for this (oc, order) is the best one
@@ -161,12 +207,23 @@ class ConvExecutor(Executor):
         grid = [even_cuts(self.N, nb), self._oc_cuts(oc), even_cuts(self.Hout, rh)]
         if self.nd == 2:
             grid.append((0, self.Wout))
-        return ChunkPlan(tuple(grid), self._cost(nb, oc, rh, out_sealed, order), out_sealed,
-                         self._traffic(nb, oc, rh, order, out_sealed), order)
+        return ChunkPlan(
+            tuple(grid),
+            self._cost(nb, oc, rh, out_sealed, order),
+            out_sealed,
+            self._traffic(nb, oc, rh, order, out_sealed),
+            order,
+        )
 
     # -- execution -------------------------------------------------------------------------
-    def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, groups: int,
-              row_explicit: bool) -> torch.Tensor:
+    def _conv(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        groups: int,
+        row_explicit: bool,
+    ) -> torch.Tensor:
         fn = F.conv2d if self.nd == 2 else F.conv1d
         if self.str_pad:
             return fn(x, w, b, self.s, self.padding, self.d, groups)
@@ -188,16 +245,38 @@ class ConvExecutor(Executor):
         grp = o0 // self.opg
         return grp * self.ipg, (grp + 1) * self.ipg, 1
 
-    def _input(self, n0: int, n1: int, c0: int, c1: int, r0: int, r1: int, full_rows: bool,
-               ctx: ExecContext) -> tuple[torch.Tensor, int]:
+    def _input(
+        self,
+        n0: int,
+        n1: int,
+        c0: int,
+        c1: int,
+        r0: int,
+        r1: int,
+        full_rows: bool,
+        ctx: ExecContext,
+    ) -> tuple[torch.Tensor, int]:
         if full_rows:
             reg = (slice(n0, n1), slice(c0, c1)) + tuple(slice(0, n) for n in self.x.shape[2:])
             return self.x.read(reg, ctx, copy=(c1 - c0) != self.Cin)
         return self._rows(n0, n1, c0, c1, r0, r1, ctx)
 
-    def _step(self, xc: torch.Tensor, wt: torch.Tensor, bt: torch.Tensor | None, g: int,
-              explicit: bool, n0: int, n1: int, o0: int, o1: int, r0: int, r1: int,
-              sink: Sink, ctx: ExecContext) -> None:
+    def _step(
+        self,
+        xc: torch.Tensor,
+        wt: torch.Tensor,
+        bt: torch.Tensor | None,
+        g: int,
+        explicit: bool,
+        n0: int,
+        n1: int,
+        o0: int,
+        o1: int,
+        r0: int,
+        r1: int,
+        sink: Sink,
+        ctx: ExecContext,
+    ) -> None:
         acct = ctx.acct
         sb = self.scratch_bytes(n1 - n0, o1 - o0, r1 - r0)
         acct.alloc("scratch", sb)
@@ -219,7 +298,9 @@ class ConvExecutor(Executor):
         ncuts, occuts, rcuts = plan.grid[0], plan.grid[1], plan.grid[2]
         full_rows = len(rcuts) == 2
         ocs = list(zip(occuts, occuts[1:]))
-        xys = [(n0, n1, r0, r1) for n0, n1 in zip(ncuts, ncuts[1:]) for r0, r1 in zip(rcuts, rcuts[1:])]
+        xys = [
+            (n0, n1, r0, r1) for n0, n1 in zip(ncuts, ncuts[1:]) for r0, r1 in zip(rcuts, rcuts[1:])
+        ]
         if plan.order != "xy":
             for o0, o1 in ocs:
                 c0, c1, g = self._groups_of(o0, o1)
@@ -228,7 +309,9 @@ class ConvExecutor(Executor):
                     for n0, n1, r0, r1 in xys:
                         xc, charged = self._input(n0, n1, c0, c1, r0, r1, full_rows, ctx)
                         try:
-                            self._step(xc, wt, bt, g, not full_rows, n0, n1, o0, o1, r0, r1, sink, ctx)
+                            self._step(
+                                xc, wt, bt, g, not full_rows, n0, n1, o0, o1, r0, r1, sink, ctx
+                            )
                         finally:
                             del xc
                             acct.free("activations", charged)
@@ -253,8 +336,9 @@ class ConvExecutor(Executor):
                 del xc
                 acct.free("activations", charged)
 
-    def _rows(self, n0: int, n1: int, c0: int, c1: int, r0: int, r1: int,
-              ctx: ExecContext) -> tuple[torch.Tensor, int]:
+    def _rows(
+        self, n0: int, n1: int, c0: int, c1: int, r0: int, r1: int, ctx: ExecContext
+    ) -> tuple[torch.Tensor, int]:
         """Input rows for output rows [r0, r1), zero-padded explicitly at the borders."""
         a = r0 * self.s[0] - self.padding[0]
         b = (r1 - 1) * self.s[0] - self.padding[0] + self.d[0] * (self.k[0] - 1) + 1
@@ -263,8 +347,11 @@ class ConvExecutor(Executor):
         shape = (n1 - n0, c1 - c0, b - a) + tuple(self.x.shape[3:])
         n = shape_bytes(shape, self.x.itemsize)
         ctx.acct.alloc("activations", n)
-        buf = torch.zeros(shape, dtype=self.x.dtype, device=ctx.device) if (a2 > a or b2 < b) else \
-            torch.empty(shape, dtype=self.x.dtype, device=ctx.device)
+        buf = (
+            torch.zeros(shape, dtype=self.x.dtype, device=ctx.device)
+            if (a2 > a or b2 < b)
+            else torch.empty(shape, dtype=self.x.dtype, device=ctx.device)
+        )
         if b2 > a2:
             part, pn = self.x.read((slice(n0, n1), slice(c0, c1), slice(a2, b2)) + rest, ctx)
             buf.narrow(2, a2 - a, b2 - a2).copy_(part)
@@ -273,9 +360,13 @@ class ConvExecutor(Executor):
         return buf, n
 
 
-
-def conv_shape(xs: Sequence[int], ws: Sequence[int], stride: IntOrSeq, padding: IntOrSeq | str,
-               dilation: IntOrSeq) -> tuple[int, ...]:
+def conv_shape(
+    xs: Sequence[int],
+    ws: Sequence[int],
+    stride: IntOrSeq,
+    padding: IntOrSeq | str,
+    dilation: IntOrSeq,
+) -> tuple[int, ...]:
     """Output shape of a convolution from the input and weight shapes."""
     nd = len(xs) - 2
     s, d, k = as_tuple(stride, nd), as_tuple(dilation, nd), tuple(ws[2:])
@@ -286,7 +377,6 @@ def conv_shape(xs: Sequence[int], ws: Sequence[int], stride: IntOrSeq, padding: 
     p = as_tuple(padding, nd)
     sp = tuple((xs[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(nd))
     return (xs[0], ws[0]) + sp
-
 
 
 __all__ = ["ConvExecutor", "conv_shape"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,15 @@ class UnaryExecutor(RegionExecutor):
 
     kind = "elementwise"
 
-    def __init__(self, fn: Callable[..., torch.Tensor], x: Operand, extra: tuple[object, ...],
-                 kwargs: Mapping[str, object], out_shape: Sequence[int], out_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., torch.Tensor],
+        x: Operand,
+        extra: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        out_shape: Sequence[int],
+        out_dtype: torch.dtype,
+    ) -> None:
         self.fn, self.x, self.extra, self.kwargs = fn, x, extra, dict(kwargs)
         self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
         self.dims = tuple(range(len(self.out_shape)))
@@ -47,8 +54,13 @@ class BinaryExecutor(RegionExecutor):
 
     kind = "binary"
 
-    def __init__(self, fn: Callable[..., torch.Tensor], args: Sequence[Operand | int | float], out_shape: Sequence[int],
-                 out_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., torch.Tensor],
+        args: Sequence[Operand | int | float],
+        out_shape: Sequence[int],
+        out_dtype: torch.dtype,
+    ) -> None:
         self.fn = fn
         self.args = list(args)  # Operands or python scalars
         self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
@@ -89,8 +101,14 @@ class BatchNormExecutor(RegionExecutor):
 
     kind = "batchnorm"
 
-    def __init__(self, x: Operand, params: Mapping[str, Operand | None], eps: float,
-                 out_shape: Sequence[int], out_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        x: Operand,
+        params: Mapping[str, Operand | None],
+        eps: float,
+        out_shape: Sequence[int],
+        out_dtype: torch.dtype,
+    ) -> None:
         self.x, self.p, self.eps = x, dict(params), eps
         self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
         stats = self.p.get("running_mean") is not None and self.p.get("running_var") is not None
@@ -120,11 +138,21 @@ class BatchNormExecutor(RegionExecutor):
                 t, n = p.read((region[1],), ctx)
                 charged += n
                 ps[k] = t
-        y = self._y(ctx, region, lambda: F.batch_norm(
-            x, ps.get("running_mean"), ps.get("running_var"), ps.get("weight"), ps.get("bias"),
-            not self.stats, 0.0, self.eps))
+        y = self._y(
+            ctx,
+            region,
+            lambda: F.batch_norm(
+                x,
+                ps.get("running_mean"),
+                ps.get("running_var"),
+                ps.get("weight"),
+                ps.get("bias"),
+                not self.stats,
+                0.0,
+                self.eps,
+            ),
+        )
         return y, charged
-
 
 
 __all__ = ["BatchNormExecutor", "BinaryExecutor", "UnaryExecutor", "broadcast_region"]

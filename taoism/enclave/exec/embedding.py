@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,9 @@ class EmbeddingExecutor(RegionExecutor):
 
     kind = "embedding"
 
-    def __init__(self, idx: Operand, table: Operand, out_shape: Sequence[int], out_dtype: torch.dtype) -> None:
+    def __init__(
+        self, idx: Operand, table: Operand, out_shape: Sequence[int], out_dtype: torch.dtype
+    ) -> None:
         self.idx, self.table = idx, table
         self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
         self.dims = tuple(range(len(self.out_shape) - 1))
@@ -24,8 +26,11 @@ class EmbeddingExecutor(RegionExecutor):
         return [self.idx, self.table]
 
     def chunk_cost(self, sizes: Sequence[int]) -> int:
-        return (self.idx.read_cost(sizes[:-1]) + self.table.read_cost(self.table.shape)
-                + shape_bytes(sizes, self.out_itemsize))
+        return (
+            self.idx.read_cost(sizes[:-1])
+            + self.table.read_cost(self.table.shape)
+            + shape_bytes(sizes, self.out_itemsize)
+        )
 
     def compute(self, region: Region, ctx: ExecContext) -> tuple[torch.Tensor, int]:
         idx, ci = self.idx.read(region[:-1], ctx)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from taoism.enclave.exec.base import (CHUNK_PENALTY_BYTES, ChunkPlan, ExecContext, Executor, Operand, Sink,
-                                      chunk_candidates, largest_ok, read_weight_rows)
+from taoism.enclave.exec.base import (
+    CHUNK_PENALTY_BYTES,
+    ChunkPlan,
+    ExecContext,
+    Executor,
+    Operand,
+    Sink,
+    chunk_candidates,
+    largest_ok,
+    read_weight_rows,
+)
 from taoism.enclave.sealing import even_cuts
 
 
@@ -18,8 +27,14 @@ class LinearExecutor(Executor):
 
     kind = "linear"
 
-    def __init__(self, x: Operand, w: Operand, b: Operand | None, out_shape: Sequence[int],
-                 out_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        x: Operand,
+        w: Operand,
+        b: Operand | None,
+        out_shape: Sequence[int],
+        out_dtype: torch.dtype,
+    ) -> None:
         self.x, self.w, self.b = x, w, b
         self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
         self.N = x.shape[0]
@@ -63,7 +78,10 @@ class LinearExecutor(Executor):
                 continue
             chunks = math.ceil(self.N / nb) * math.ceil(self.O / of)
             for order in ("oc", "xy"):
-                score = (self._traffic(nb, of, order, out_sealed) + chunks * CHUNK_PENALTY_BYTES, -nb * of)
+                score = (
+                    self._traffic(nb, of, order, out_sealed) + chunks * CHUNK_PENALTY_BYTES,
+                    -nb * of,
+                )
                 if best is None or score < best[0]:
                     best = (score, nb, of, order)
         if best is None:
@@ -73,11 +91,26 @@ class LinearExecutor(Executor):
     def _mk(self, nb: int, of: int, out_sealed: bool, order: str) -> ChunkPlan:
         mid = tuple((0, n) for n in self.out_shape[1:-1])
         grid = (even_cuts(self.N, nb),) + mid + (even_cuts(self.O, of),)
-        return ChunkPlan(grid, self._cost(nb, of, out_sealed), out_sealed,
-                         self._traffic(nb, of, order, out_sealed), order)
+        return ChunkPlan(
+            grid,
+            self._cost(nb, of, out_sealed),
+            out_sealed,
+            self._traffic(nb, of, order, out_sealed),
+            order,
+        )
 
-    def _step(self, xc: torch.Tensor, wt: torch.Tensor, bt: torch.Tensor | None, n0: int, n1: int,
-              o0: int, o1: int, sink: Sink, ctx: ExecContext) -> None:
+    def _step(
+        self,
+        xc: torch.Tensor,
+        wt: torch.Tensor,
+        bt: torch.Tensor | None,
+        n0: int,
+        n1: int,
+        o0: int,
+        o1: int,
+        sink: Sink,
+        ctx: ExecContext,
+    ) -> None:
         if ctx.meta:
             y = torch.empty(tuple(xc.shape[:-1]) + (o1 - o0,), dtype=self.out_dtype, device="meta")
         else:

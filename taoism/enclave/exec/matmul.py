@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -32,7 +32,9 @@ class MatmulExecutor(RegionExecutor):
 
     kind = "matmul"
 
-    def __init__(self, a: Operand, b: Operand, out_shape: Sequence[int], out_dtype: torch.dtype) -> None:
+    def __init__(
+        self, a: Operand, b: Operand, out_shape: Sequence[int], out_dtype: torch.dtype
+    ) -> None:
         self.a, self.b = a, b
         self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
         self.dims = tuple(range(len(self.out_shape)))
@@ -43,16 +45,28 @@ class MatmulExecutor(RegionExecutor):
 
     def _regions(self, region: Region) -> tuple[Region, Region]:
         batch, rows, cols = region[:-2], region[-2], region[-1]
-        return (operand_region(self.a.shape, batch, rows, slice(0, self.K)),
-                operand_region(self.b.shape, batch, slice(0, self.K), cols))
+        return (
+            operand_region(self.a.shape, batch, rows, slice(0, self.K)),
+            operand_region(self.b.shape, batch, slice(0, self.K), cols),
+        )
 
     def chunk_cost(self, sizes: Sequence[int]) -> int:
         ra, rb = self._regions(tuple(slice(0, s) for s in sizes))
         sa, sb = [r.stop - r.start for r in ra], [r.stop - r.start for r in rb]
         # torch expands a broadcast operand to the chunk's batch before the product
-        expand = math.prod(sizes[:-2]) * self.K * (sizes[-1] * self.b.itemsize + sizes[-2] * self.a.itemsize) \
-            if (sa[:-2] != list(sizes[:-2]) or sb[:-2] != list(sizes[:-2])) else 0
-        return self.a.read_cost(sa) + self.b.read_cost(sb) + expand + shape_bytes(sizes, self.out_itemsize)
+        expand = (
+            math.prod(sizes[:-2])
+            * self.K
+            * (sizes[-1] * self.b.itemsize + sizes[-2] * self.a.itemsize)
+            if (sa[:-2] != list(sizes[:-2]) or sb[:-2] != list(sizes[:-2]))
+            else 0
+        )
+        return (
+            self.a.read_cost(sa)
+            + self.b.read_cost(sb)
+            + expand
+            + shape_bytes(sizes, self.out_itemsize)
+        )
 
     def compute(self, region: Region, ctx: ExecContext) -> tuple[torch.Tensor, int]:
         ra, rb = self._regions(region)
@@ -63,7 +77,9 @@ class MatmulExecutor(RegionExecutor):
             ctx.acct.free("activations", ca)
             raise
         y = self._y(ctx, region, lambda: torch.matmul(a, b))
-        if tuple(y.shape) != tuple(s.stop - s.start for s in region):  # batch broadcast to the chunk
+        if tuple(y.shape) != tuple(
+            s.stop - s.start for s in region
+        ):  # batch broadcast to the chunk
             y = y.expand(tuple(s.stop - s.start for s in region))
         return y, ca + cb
 

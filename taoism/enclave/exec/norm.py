@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +15,15 @@ class LayerNormExecutor(RegionExecutor):
 
     kind = "layernorm"
 
-    def __init__(self, x: Operand, normalized_shape: Sequence[int], weight: Operand | None,
-                 bias: Operand | None, eps: float, out_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        x: Operand,
+        normalized_shape: Sequence[int],
+        weight: Operand | None,
+        bias: Operand | None,
+        eps: float,
+        out_dtype: torch.dtype,
+    ) -> None:
         self.x, self.w, self.b, self.eps = x, weight, bias, eps
         self.norm_shape = tuple(normalized_shape)
         self.out_shape, self.out_dtype = tuple(x.shape), out_dtype
@@ -26,7 +33,9 @@ class LayerNormExecutor(RegionExecutor):
         return [o for o in (self.x, self.w, self.b) if o is not None]
 
     def chunk_cost(self, sizes: Sequence[int]) -> int:
-        c = self.x.read_cost(sizes) + 2 * shape_bytes(sizes, self.out_itemsize)  # output + a temporary
+        c = self.x.read_cost(sizes) + 2 * shape_bytes(
+            sizes, self.out_itemsize
+        )  # output + a temporary
         return c + sum(p.read_cost(p.shape) for p in (self.w, self.b) if p is not None)
 
     def compute(self, region: Region, ctx: ExecContext) -> tuple[torch.Tensor, int]:
@@ -44,7 +53,9 @@ class LayerNormExecutor(RegionExecutor):
             ctx.acct.free("activations", charged)
             raise
         w, b = ps
-        return self._y(ctx, region, lambda: F.layer_norm(x, self.norm_shape, w, b, self.eps)), charged
+        return self._y(
+            ctx, region, lambda: F.layer_norm(x, self.norm_shape, w, b, self.eps)
+        ), charged
 
 
 __all__ = ["LayerNormExecutor"]

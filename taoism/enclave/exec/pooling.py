@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from taoism.enclave.exec.base import (ExecContext, IntOrSeq, Operand, OutputSize, Region, RegionExecutor,
-                                      as_tuple, shape_bytes)
+from taoism.enclave.exec.base import (
+    ExecContext,
+    IntOrSeq,
+    Operand,
+    OutputSize,
+    Region,
+    RegionExecutor,
+    as_tuple,
+    shape_bytes,
+)
 
 
 class PoolExecutor(RegionExecutor):
@@ -16,9 +24,21 @@ class PoolExecutor(RegionExecutor):
 
     kind = "pool"
 
-    def __init__(self, x: Operand, nd: int, is_max: bool, kernel: IntOrSeq, stride: IntOrSeq | None,
-                 padding: IntOrSeq, dilation: IntOrSeq, ceil_mode: bool, count_include_pad: bool,
-                 divisor_override: int | None, out_shape: Sequence[int], out_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        x: Operand,
+        nd: int,
+        is_max: bool,
+        kernel: IntOrSeq,
+        stride: IntOrSeq | None,
+        padding: IntOrSeq,
+        dilation: IntOrSeq,
+        ceil_mode: bool,
+        count_include_pad: bool,
+        divisor_override: int | None,
+        out_shape: Sequence[int],
+        out_dtype: torch.dtype,
+    ) -> None:
         self.x, self.nd, self.is_max = x, nd, is_max
         self.k = as_tuple(kernel, nd)
         self.s = as_tuple(stride if stride not in (None, ()) else kernel, nd)
@@ -30,7 +50,8 @@ class PoolExecutor(RegionExecutor):
         self.lead = lead
         self.row_dim = lead
         rows_ok = x.dtype.is_floating_point and (
-            is_max or ((self.p[0] == 0 or count_include_pad) and not ceil_mode))
+            is_max or ((self.p[0] == 0 or count_include_pad) and not ceil_mode)
+        )
         self.rows_ok = rows_ok
         self.dims = tuple(range(lead)) + ((self.row_dim,) if rows_ok else ())
 
@@ -49,9 +70,14 @@ class PoolExecutor(RegionExecutor):
             reg = list(sizes[:lead]) + xs[lead:]
             sliced = any(a != b for a, b in zip(sizes[1:lead], xs[1:lead]))
             return self.x.read_cost(reg, copy=sliced) + out_b
-        reg = list(sizes[:lead]) + [self._rows_in(rh)] + xs[lead + 1:]
-        extra = self.x.read_cost(list(sizes[:lead]) + [min(self._rows_in(rh), xs[lead])] + xs[lead + 1:]) \
-            if self.x.paged else 0
+        reg = list(sizes[:lead]) + [self._rows_in(rh)] + xs[lead + 1 :]
+        extra = (
+            self.x.read_cost(
+                list(sizes[:lead]) + [min(self._rows_in(rh), xs[lead])] + xs[lead + 1 :]
+            )
+            if self.x.paged
+            else 0
+        )
         return shape_bytes(reg, self.x.itemsize) + extra + out_b
 
     def _call(self, x: torch.Tensor, row_pad: bool) -> torch.Tensor:
@@ -75,7 +101,7 @@ class PoolExecutor(RegionExecutor):
         a = r.start * self.s[0] - self.p[0]
         b = (r.stop - 1) * self.s[0] - self.p[0] + self.d[0] * (self.k[0] - 1) + 1
         a2, b2 = max(a, 0), min(b, xs[lead])
-        reg = tuple(region[:lead]) + (slice(a2, b2),) + tuple(slice(0, n) for n in xs[lead + 1:])
+        reg = tuple(region[:lead]) + (slice(a2, b2),) + tuple(slice(0, n) for n in xs[lead + 1 :])
         part, charged = self.x.read(reg, ctx)
         shape = list(part.shape)
         shape[lead] = b - a
@@ -94,8 +120,15 @@ class AdaptivePoolExecutor(RegionExecutor):
 
     kind = "adaptive_pool"
 
-    def __init__(self, fn: Callable[..., torch.Tensor], x: Operand, output_size: OutputSize, nd: int,
-                 out_shape: Sequence[int], out_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., torch.Tensor],
+        x: Operand,
+        output_size: OutputSize,
+        nd: int,
+        out_shape: Sequence[int],
+        out_dtype: torch.dtype,
+    ) -> None:
         self.fn, self.x, self.output_size = fn, x, output_size
         self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
         self.lead = len(self.out_shape) - nd
@@ -105,20 +138,29 @@ class AdaptivePoolExecutor(RegionExecutor):
         return [self.x]
 
     def chunk_cost(self, sizes: Sequence[int]) -> int:
-        reg = list(sizes[:self.lead]) + list(self.x.shape[self.lead:])
-        sliced = any(a != b for a, b in zip(sizes[1:self.lead], self.x.shape[1:self.lead]))
+        reg = list(sizes[: self.lead]) + list(self.x.shape[self.lead :])
+        sliced = any(a != b for a, b in zip(sizes[1 : self.lead], self.x.shape[1 : self.lead]))
         return self.x.read_cost(reg, copy=sliced) + shape_bytes(sizes, self.out_itemsize)
 
     def compute(self, region: Region, ctx: ExecContext) -> tuple[torch.Tensor, int]:
-        reg = tuple(region[:self.lead]) + tuple(slice(0, n) for n in self.x.shape[self.lead:])
-        sliced = any(sl.stop - sl.start != n for sl, n in zip(region[1:self.lead], self.x.shape[1:self.lead]))
+        reg = tuple(region[: self.lead]) + tuple(slice(0, n) for n in self.x.shape[self.lead :])
+        sliced = any(
+            sl.stop - sl.start != n
+            for sl, n in zip(region[1 : self.lead], self.x.shape[1 : self.lead])
+        )
         x, charged = self.x.read(reg, ctx, copy=sliced)
         return self._y(ctx, region, lambda: self.fn(x, self.output_size)), charged
 
 
-
-def pool_shape(xs: Sequence[int], nd: int, kernel: IntOrSeq, stride: IntOrSeq | None,
-               padding: IntOrSeq, dilation: IntOrSeq,  ceil_mode: bool) -> tuple[int, ...] | None:
+def pool_shape(
+    xs: Sequence[int],
+    nd: int,
+    kernel: IntOrSeq,
+    stride: IntOrSeq | None,
+    padding: IntOrSeq,
+    dilation: IntOrSeq,
+    ceil_mode: bool,
+) -> tuple[int, ...] | None:
     """Output shape of a max/avg pool, or None if it would be empty."""
     if len(xs) < nd + 1:
         return None
@@ -135,7 +177,7 @@ def pool_shape(xs: Sequence[int], nd: int, kernel: IntOrSeq, stride: IntOrSeq | 
         if o < 1:
             return None
         sp.append(o)
-    return tuple(xs[:len(xs) - nd]) + tuple(sp)
+    return tuple(xs[: len(xs) - nd]) + tuple(sp)
 
 
 def adaptive_shape(xs: Sequence[int], nd: int, output_size: OutputSize) -> tuple[int, ...] | None:
@@ -143,7 +185,7 @@ def adaptive_shape(xs: Sequence[int], nd: int, output_size: OutputSize) -> tuple
     if len(xs) < nd + 1:
         return None
     osz = as_tuple(output_size, nd)
-    lead = tuple(xs[:len(xs) - nd])
+    lead = tuple(xs[: len(xs) - nd])
     return lead + tuple(xs[len(xs) - nd + i] if o is None else int(o) for i, o in enumerate(osz))
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -25,7 +26,12 @@ from taoism.enclave.exec.embedding import EmbeddingExecutor
 from taoism.enclave.exec.linear import LinearExecutor
 from taoism.enclave.exec.matmul import MatmulExecutor, matmul_shape
 from taoism.enclave.exec.norm import LayerNormExecutor
-from taoism.enclave.exec.pooling import AdaptivePoolExecutor, PoolExecutor, adaptive_shape, pool_shape
+from taoism.enclave.exec.pooling import (
+    AdaptivePoolExecutor,
+    PoolExecutor,
+    adaptive_shape,
+    pool_shape,
+)
 from taoism.enclave.exec.shape import CatExecutor, FlattenExecutor
 from taoism.enclave.sealing import PagedTensor
 
@@ -37,8 +43,18 @@ ModuleBuilder = Callable[[nn.Module, str, Operand, WeightLookup], Executor | Non
 FunctionBuilder = Callable[[fx.Node, Args, Kwargs], Executor | None]
 MethodBuilder = Callable[[str, Args, Kwargs], Executor | None]
 
-UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-                 nn.Hardswish, nn.Hardsigmoid)
+UNARY_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+)
 _INPLACE = {operator.iadd: operator.add, operator.imul: operator.mul}
 _A = torch.ops.aten
 
@@ -50,6 +66,7 @@ def is_value(v: object) -> bool:
 
 # -- modules -----------------------------------------------------------------------------------
 
+
 def _conv_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
     assert isinstance(mod, (nn.Conv1d, nn.Conv2d))
     nd = 2 if isinstance(mod, nn.Conv2d) else 1
@@ -58,8 +75,18 @@ def _conv_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) ->
         return None
     bv = weights(key, "bias")
     shape = conv_shape(x.shape, w.shape, mod.stride, mod.padding, mod.dilation)
-    return ConvExecutor(x, w, Operand(bv) if bv is not None else None, mod.stride, mod.padding,
-                        mod.dilation, mod.groups, mod.padding_mode, shape, x.dtype)
+    return ConvExecutor(
+        x,
+        w,
+        Operand(bv) if bv is not None else None,
+        mod.stride,
+        mod.padding,
+        mod.dilation,
+        mod.groups,
+        mod.padding_mode,
+        shape,
+        x.dtype,
+    )
 
 
 def _linear_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
@@ -67,18 +94,23 @@ def _linear_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) 
     if len(x.shape) < 2 or not x.dtype.is_floating_point or w.dtype != x.dtype:
         return None
     bv = weights(key, "bias")
-    return LinearExecutor(x, w, Operand(bv) if bv is not None else None, x.shape[:-1] + (w.shape[0],),
-                          x.dtype)
+    return LinearExecutor(
+        x, w, Operand(bv) if bv is not None else None, x.shape[:-1] + (w.shape[0],), x.dtype
+    )
 
 
-def _batchnorm_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
+def _batchnorm_module(
+    mod: nn.Module, key: str, x: Operand, weights: WeightLookup
+) -> Executor | None:
     assert isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d))
     if mod.training or len(x.shape) < 2 or not x.dtype.is_floating_point:
         return None
     params: dict[str, Operand | None] = {}
     for k in ("running_mean", "running_var", "weight", "bias"):
         v = weights(key, k)
-        params[k] = Operand(v) if v is not None and (isinstance(v, PagedTensor) or v.numel()) else None
+        params[k] = (
+            Operand(v) if v is not None and (isinstance(v, PagedTensor) or v.numel()) else None
+        )
     if not mod.track_running_stats:
         params["running_mean"] = params["running_var"] = None
     if any(p is not None and p.dtype != x.dtype for p in params.values()):
@@ -102,16 +134,32 @@ def _pool_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) ->
     shape = pool_shape(x.shape, nd, mod.kernel_size, mod.stride, mod.padding, dil, mod.ceil_mode)
     if shape is None:
         return None
-    return PoolExecutor(x, nd, is_max, mod.kernel_size, mod.stride, mod.padding, dil, mod.ceil_mode,
-                        getattr(mod, "count_include_pad", True), getattr(mod, "divisor_override", None),
-                        shape, x.dtype)
+    return PoolExecutor(
+        x,
+        nd,
+        is_max,
+        mod.kernel_size,
+        mod.stride,
+        mod.padding,
+        dil,
+        mod.ceil_mode,
+        getattr(mod, "count_include_pad", True),
+        getattr(mod, "divisor_override", None),
+        shape,
+        x.dtype,
+    )
 
 
-_ADAPTIVE = {nn.AdaptiveAvgPool1d: F.adaptive_avg_pool1d, nn.AdaptiveAvgPool2d: F.adaptive_avg_pool2d,
-             nn.AdaptiveMaxPool2d: F.adaptive_max_pool2d}
+_ADAPTIVE = {
+    nn.AdaptiveAvgPool1d: F.adaptive_avg_pool1d,
+    nn.AdaptiveAvgPool2d: F.adaptive_avg_pool2d,
+    nn.AdaptiveMaxPool2d: F.adaptive_max_pool2d,
+}
 
 
-def _adaptive_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
+def _adaptive_module(
+    mod: nn.Module, key: str, x: Operand, weights: WeightLookup
+) -> Executor | None:
     assert isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
     if getattr(mod, "return_indices", False) or not x.dtype.is_floating_point:
         return None
@@ -123,14 +171,20 @@ def _adaptive_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup
     return AdaptivePoolExecutor(fn, x, mod.output_size, nd, shape, x.dtype)
 
 
-def _embedding_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
+def _embedding_module(
+    mod: nn.Module, key: str, x: Operand, weights: WeightLookup
+) -> Executor | None:
     assert isinstance(mod, nn.Embedding)
     return embedding(x, weights(key, "weight"), mod.max_norm)
 
 
-def _layernorm_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
+def _layernorm_module(
+    mod: nn.Module, key: str, x: Operand, weights: WeightLookup
+) -> Executor | None:
     assert isinstance(mod, nn.LayerNorm)
-    return layer_norm(x, mod.normalized_shape, weights(key, "weight"), weights(key, "bias"), mod.eps)
+    return layer_norm(
+        x, mod.normalized_shape, weights(key, "weight"), weights(key, "bias"), mod.eps
+    )
 
 
 def _flatten_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup) -> Executor | None:
@@ -139,17 +193,25 @@ def _flatten_module(mod: nn.Module, key: str, x: Operand, weights: WeightLookup)
 
 
 MODULE_EXECUTORS: Mapping[type[nn.Module], ModuleBuilder] = {
-    nn.Conv1d: _conv_module, nn.Conv2d: _conv_module, nn.Linear: _linear_module,
-    nn.BatchNorm1d: _batchnorm_module, nn.BatchNorm2d: _batchnorm_module,
+    nn.Conv1d: _conv_module,
+    nn.Conv2d: _conv_module,
+    nn.Linear: _linear_module,
+    nn.BatchNorm1d: _batchnorm_module,
+    nn.BatchNorm2d: _batchnorm_module,
     **{cls: _unary_module for cls in UNARY_MODULES},
-    nn.MaxPool1d: _pool_module, nn.MaxPool2d: _pool_module, nn.AvgPool1d: _pool_module,
+    nn.MaxPool1d: _pool_module,
+    nn.MaxPool2d: _pool_module,
+    nn.AvgPool1d: _pool_module,
     nn.AvgPool2d: _pool_module,
     **{cls: _adaptive_module for cls in _ADAPTIVE},
-    nn.Flatten: _flatten_module, nn.Embedding: _embedding_module, nn.LayerNorm: _layernorm_module,
+    nn.Flatten: _flatten_module,
+    nn.Embedding: _embedding_module,
+    nn.LayerNorm: _layernorm_module,
 }
 
 
 # -- shared builders ---------------------------------------------------------------------------
+
 
 def flatten(x: Operand, start: int, end: int) -> Executor | None:
     """A chunked flatten of a sealed value (a resident one is a free view: None, run it whole)."""
@@ -159,15 +221,19 @@ def flatten(x: Operand, start: int, end: int) -> Executor | None:
     s, e = start % nd, end % nd
     if s == 0 or e < s:
         return None
-    shape = x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:]
+    shape = x.shape[:s] + (math.prod(x.shape[s : e + 1]),) + x.shape[e + 1 :]
     return FlattenExecutor(x, start, end, shape, x.dtype)
 
 
-def binary(fn: Callable[..., torch.Tensor], args: Sequence[object], true_div: bool) -> Executor | None:
+def binary(
+    fn: Callable[..., torch.Tensor], args: Sequence[object], true_div: bool
+) -> Executor | None:
     """A broadcasting binary op over values and Python scalars, or None if it has no chunked form."""
     if not any(is_value(a) for a in args):
         return None
-    if not all(is_value(a) or (isinstance(a, (int, float)) and not isinstance(a, bool)) for a in args):
+    if not all(
+        is_value(a) or (isinstance(a, (int, float)) and not isinstance(a, bool)) for a in args
+    ):
         return None
     tens: list[Value] = [a for a in args if isinstance(a, (torch.Tensor, PagedTensor))]
     try:
@@ -176,8 +242,12 @@ def binary(fn: Callable[..., torch.Tensor], args: Sequence[object], true_div: bo
         return None
     if any(len(t.shape) > len(shape) for t in tens) or not shape:
         return None
-    probes = [torch.empty((1,) * len(a.shape), dtype=a.dtype)
-              if isinstance(a, (torch.Tensor, PagedTensor)) else a for a in args]
+    probes = [
+        torch.empty((1,) * len(a.shape), dtype=a.dtype)
+        if isinstance(a, (torch.Tensor, PagedTensor))
+        else a
+        for a in args
+    ]
     dtype = torch.result_type(probes[0], probes[1])  # type: ignore[arg-type]
     if true_div and not (dtype.is_floating_point or dtype.is_complex):
         dtype = torch.get_default_dtype()
@@ -197,24 +267,38 @@ def embedding(idx: Operand, table: object, max_norm: object = None) -> Executor 
 
 def layer_norm(x: Operand, shape: object, w: object, b: object, eps: object) -> Executor | None:
     """A layer norm cut along its leading dims (None where it has no chunked form)."""
-    ns = (shape,) if isinstance(shape, int) else tuple(shape) if isinstance(shape, (list, tuple)) else None
+    ns = (
+        (shape,)
+        if isinstance(shape, int)
+        else tuple(shape)
+        if isinstance(shape, (list, tuple))
+        else None
+    )
     if ns is None or not all(isinstance(d, int) for d in ns) or not isinstance(eps, float):
         return None
-    if len(ns) >= len(x.shape) or tuple(x.shape[-len(ns):]) != ns or not x.dtype.is_floating_point:
+    if len(ns) >= len(x.shape) or tuple(x.shape[-len(ns) :]) != ns or not x.dtype.is_floating_point:
         return None
     params = [Operand(p) if is_value(p) else None for p in (w, b)]  # type: ignore[arg-type]
     if any(p is not None and (p.shape != ns or p.dtype != x.dtype) for p in params) or any(
-            p is not None and not is_value(p) for p in (w, b)):
+        p is not None and not is_value(p) for p in (w, b)
+    ):
         return None
     return LayerNormExecutor(x, ns, params[0], params[1], eps, x.dtype)
 
 
 def _layernorm_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
-    bound = _bind(["input", "normalized_shape", "weight", "bias", "eps", "cudnn_enable"], args, kwargs)
+    bound = _bind(
+        ["input", "normalized_shape", "weight", "bias", "eps", "cudnn_enable"], args, kwargs
+    )
     if bound is None or not is_value(bound.get("input")):
         return None
-    return layer_norm(Operand(bound["input"]), bound.get("normalized_shape"), bound.get("weight"),
-                      bound.get("bias"), bound.get("eps", 1e-5))
+    return layer_norm(
+        Operand(bound["input"]),
+        bound.get("normalized_shape"),
+        bound.get("weight"),
+        bound.get("bias"),
+        bound.get("eps", 1e-5),
+    )
 
 
 def _bind(names: Sequence[str], args: Args, kwargs: Kwargs) -> dict[str, Any] | None:
@@ -229,9 +313,14 @@ def _bind(names: Sequence[str], args: Args, kwargs: Kwargs) -> dict[str, Any] | 
 
 # -- functions ---------------------------------------------------------------------------------
 
+
 def _unary_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
-    if not args or not is_value(args[0]) or kwargs.get("inplace") or any(
-            is_value(a) for a in list(args[1:]) + list(kwargs.values())):
+    if (
+        not args
+        or not is_value(args[0])
+        or kwargs.get("inplace")
+        or any(is_value(a) for a in list(args[1:]) + list(kwargs.values()))
+    ):
         return None
     x = Operand(args[0])
     if not x.dtype.is_floating_point:
@@ -254,16 +343,20 @@ def _cat_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
     dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
     if not isinstance(seq, (list, tuple)) or not seq or not all(is_value(t) for t in seq):
         return None
-    if set(kwargs) - {"tensors", "dim"} or len({t.dtype for t in seq}) != 1 or not isinstance(dim, int):
+    if (
+        set(kwargs) - {"tensors", "dim"}
+        or len({t.dtype for t in seq}) != 1
+        or not isinstance(dim, int)
+    ):
         return None
     shapes = [tuple(t.shape) for t in seq]
     nd = len(shapes[0])
     if nd == 0 or any(len(sh) != nd for sh in shapes):
         return None
     d = dim % nd
-    if any(sh[:d] + sh[d + 1:] != shapes[0][:d] + shapes[0][d + 1:] for sh in shapes):
+    if any(sh[:d] + sh[d + 1 :] != shapes[0][:d] + shapes[0][d + 1 :] for sh in shapes):
         return None
-    shape = shapes[0][:d] + (sum(sh[d] for sh in shapes),) + shapes[0][d + 1:]
+    shape = shapes[0][:d] + (sum(sh[d] for sh in shapes),) + shapes[0][d + 1 :]
     return CatExecutor([Operand(t) for t in seq], d, shape, seq[0].dtype)
 
 
@@ -276,10 +369,16 @@ def _flatten_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | N
 
 
 def _weighted_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
-    fn = F.linear if node.target is _A.linear.default else (
-        F.conv2d if node.target is _A.conv2d.default else node.target)
-    names = (["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
-             if fn is F.conv2d else ["input", "weight", "bias"])
+    fn = (
+        F.linear
+        if node.target is _A.linear.default
+        else (F.conv2d if node.target is _A.conv2d.default else node.target)
+    )
+    names = (
+        ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
+        if fn is F.conv2d
+        else ["input", "weight", "bias"]
+    )
     bound = _bind(names, args, kwargs)
     if bound is None:
         return None
@@ -292,18 +391,34 @@ def _weighted_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | 
     if fn is F.linear:
         if len(x.shape) < 2 or len(w.shape) != 2:
             return None
-        return LinearExecutor(Operand(x), Operand(w), bias, tuple(x.shape[:-1]) + (w.shape[0],), x.dtype)
+        return LinearExecutor(
+            Operand(x), Operand(w), bias, tuple(x.shape[:-1]) + (w.shape[0],), x.dtype
+        )
     if len(x.shape) != 4 or len(w.shape) != 4:
         return None
     stride, padding, dil = bound.get("stride", 1), bound.get("padding", 0), bound.get("dilation", 1)
     shape = conv_shape(tuple(x.shape), tuple(w.shape), stride, padding, dil)
-    return ConvExecutor(Operand(x), Operand(w), bias, stride, padding, dil, bound.get("groups", 1), "zeros",
-                        shape, x.dtype)
+    return ConvExecutor(
+        Operand(x),
+        Operand(w),
+        bias,
+        stride,
+        padding,
+        dil,
+        bound.get("groups", 1),
+        "zeros",
+        shape,
+        x.dtype,
+    )
 
 
 def _adaptive_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
-    if not args or not is_value(args[0]) or kwargs.get("return_indices") or set(kwargs) - {
-            "output_size", "return_indices"}:
+    if (
+        not args
+        or not is_value(args[0])
+        or kwargs.get("return_indices")
+        or set(kwargs) - {"output_size", "return_indices"}
+    ):
         return None
     osz = args[1] if len(args) > 1 else kwargs.get("output_size")
     x = Operand(args[0])
@@ -317,10 +432,25 @@ def _adaptive_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | 
 def _pool_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
     is_max = node.target is F.max_pool2d
     if is_max:
-        names = ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
+        names = [
+            "input",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "ceil_mode",
+            "return_indices",
+        ]
     else:
-        names = ["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                 "divisor_override"]
+        names = [
+            "input",
+            "kernel_size",
+            "stride",
+            "padding",
+            "ceil_mode",
+            "count_include_pad",
+            "divisor_override",
+        ]
     bound = _bind(names, args, kwargs)
     if bound is None:
         return None
@@ -334,9 +464,20 @@ def _pool_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None
     shape = pool_shape(tuple(x.shape), 2, bound["kernel_size"], stride, pad, dil, ceil)
     if shape is None:
         return None
-    return PoolExecutor(Operand(x), 2, is_max, bound["kernel_size"], stride, pad, dil, ceil,
-                        bool(bound.get("count_include_pad", True)), bound.get("divisor_override"),
-                        shape, x.dtype)
+    return PoolExecutor(
+        Operand(x),
+        2,
+        is_max,
+        bound["kernel_size"],
+        stride,
+        pad,
+        dil,
+        ceil,
+        bool(bound.get("count_include_pad", True)),
+        bound.get("divisor_override"),
+        shape,
+        x.dtype,
+    )
 
 
 def _matmul_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
@@ -364,27 +505,54 @@ def _attention_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor |
     if not (is_value(q) and is_value(k) and is_value(v)) or (m is not None and not is_value(m)):
         return None
     nd = len(q.shape)
-    if nd < 3 or len(k.shape) != nd or len(v.shape) != nd or k.shape[:-2] != q.shape[:-2] \
-            or v.shape[:-2] != q.shape[:-2] or k.shape[-1] != q.shape[-1] or v.shape[-2] != k.shape[-2]:
+    if (
+        nd < 3
+        or len(k.shape) != nd
+        or len(v.shape) != nd
+        or k.shape[:-2] != q.shape[:-2]
+        or v.shape[:-2] != q.shape[:-2]
+        or k.shape[-1] != q.shape[-1]
+        or v.shape[-2] != k.shape[-2]
+    ):
         return None
     if len({q.dtype, k.dtype, v.dtype}) != 1 or not q.dtype.is_floating_point:
         return None
     scores = tuple(q.shape[:-1]) + (k.shape[-2],)
-    if m is not None and (len(m.shape) > nd or tuple(torch.broadcast_shapes(tuple(m.shape), scores)) != scores):
+    if m is not None and (
+        len(m.shape) > nd or tuple(torch.broadcast_shapes(tuple(m.shape), scores)) != scores
+    ):
         return None
     is_causal = bool(bound.get("is_causal", False))
     if is_causal and m is not None:
         return None
     out = tuple(q.shape[:-1]) + (v.shape[-1],)
-    return AttentionExecutor(Operand(q), Operand(k), Operand(v), Operand(m) if m is not None else None,
-                             is_causal, bound.get("scale"), out, q.dtype)
+    return AttentionExecutor(
+        Operand(q),
+        Operand(k),
+        Operand(v),
+        Operand(m) if m is not None else None,
+        is_causal,
+        bound.get("scale"),
+        out,
+        q.dtype,
+    )
 
 
 def _embedding_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
-    if node.target is _A.embedding.default:  # (weight, indices, padding_idx, ...): forward ignores the rest
+    if (
+        node.target is _A.embedding.default
+    ):  # (weight, indices, padding_idx, ...): forward ignores the rest
         names = ["weight", "input", "padding_idx", "scale_grad_by_freq", "sparse"]
     else:
-        names = ["input", "weight", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"]
+        names = [
+            "input",
+            "weight",
+            "padding_idx",
+            "max_norm",
+            "norm_type",
+            "scale_grad_by_freq",
+            "sparse",
+        ]
     bound = _bind(names, args, kwargs)
     if bound is None or not is_value(bound.get("input")):
         return None
@@ -393,42 +561,98 @@ def _embedding_function(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor |
 
 def _aten_first_value(build: FunctionBuilder) -> FunctionBuilder:
     """``build`` for an ATen op whose first argument must be a tensor (not a Python scalar)."""
+
     def wrapped(node: fx.Node, args: Args, kwargs: Kwargs) -> Executor | None:
         return build(node, args, kwargs) if args and is_value(args[0]) else None
+
     return wrapped
 
 
-UNARY_FUNCTIONS = (F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardtanh, F.hardswish,
-                   F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs,
-                   torch.clamp, operator.neg)
-BINARY_FUNCTIONS = (operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub,
-                    torch.mul, torch.div, operator.iadd, operator.imul)
-ATEN_UNARY = (_A.relu.default, _A.gelu.default, _A.silu.default, _A.sigmoid.default, _A.tanh.default,
-              _A.hardtanh.default, _A.hardswish.default, _A.hardsigmoid.default, _A.leaky_relu.default,
-              _A.elu.default, _A.exp.default, _A.abs.default, _A.neg.default)
+UNARY_FUNCTIONS = (
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.gelu,
+    F.silu,
+    F.elu,
+    F.hardtanh,
+    F.hardswish,
+    F.sigmoid,
+    F.tanh,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.exp,
+    torch.abs,
+    torch.clamp,
+    operator.neg,
+)
+BINARY_FUNCTIONS = (
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    operator.iadd,
+    operator.imul,
+)
+ATEN_UNARY = (
+    _A.relu.default,
+    _A.gelu.default,
+    _A.silu.default,
+    _A.sigmoid.default,
+    _A.tanh.default,
+    _A.hardtanh.default,
+    _A.hardswish.default,
+    _A.hardsigmoid.default,
+    _A.leaky_relu.default,
+    _A.elu.default,
+    _A.exp.default,
+    _A.abs.default,
+    _A.neg.default,
+)
 ATEN_BINARY = (_A.add.Tensor, _A.sub.Tensor, _A.mul.Tensor, _A.div.Tensor)
-MATMUL_FUNCTIONS = (torch.matmul, operator.matmul, torch.bmm, _A.matmul.default, _A.bmm.default, _A.mm.default)
+MATMUL_FUNCTIONS = (
+    torch.matmul,
+    operator.matmul,
+    torch.bmm,
+    _A.matmul.default,
+    _A.bmm.default,
+    _A.mm.default,
+)
 
 FUNCTION_EXECUTORS: Mapping[Callable[..., Any], FunctionBuilder] = {
     **{fn: _unary_function for fn in UNARY_FUNCTIONS},
     **{fn: _binary_function for fn in BINARY_FUNCTIONS},
-    torch.cat: _cat_function, torch.flatten: _flatten_function,
-    F.conv2d: _weighted_function, F.linear: _weighted_function,
-    F.adaptive_avg_pool2d: _adaptive_function, F.adaptive_max_pool2d: _adaptive_function,
-    F.max_pool2d: _pool_function, F.avg_pool2d: _pool_function,
+    torch.cat: _cat_function,
+    torch.flatten: _flatten_function,
+    F.conv2d: _weighted_function,
+    F.linear: _weighted_function,
+    F.adaptive_avg_pool2d: _adaptive_function,
+    F.adaptive_max_pool2d: _adaptive_function,
+    F.max_pool2d: _pool_function,
+    F.avg_pool2d: _pool_function,
     **{fn: _matmul_function for fn in MATMUL_FUNCTIONS},
     F.scaled_dot_product_attention: _attention_function,
     _A.scaled_dot_product_attention.default: _attention_function,
-    F.embedding: _embedding_function, _A.embedding.default: _embedding_function,
-    F.layer_norm: _layernorm_function, _A.layer_norm.default: _layernorm_function,
+    F.embedding: _embedding_function,
+    _A.embedding.default: _embedding_function,
+    F.layer_norm: _layernorm_function,
+    _A.layer_norm.default: _layernorm_function,
     **{op: _aten_first_value(_unary_function) for op in ATEN_UNARY},
     **{op: _aten_first_value(_binary_function) for op in ATEN_BINARY},
-    _A.cat.default: _cat_function, _A.flatten.using_ints: _aten_first_value(_flatten_function),
-    _A.linear.default: _weighted_function, _A.conv2d.default: _weighted_function,
+    _A.cat.default: _cat_function,
+    _A.flatten.using_ints: _aten_first_value(_flatten_function),
+    _A.linear.default: _weighted_function,
+    _A.conv2d.default: _weighted_function,
 }
 
 
 # -- tensor methods ----------------------------------------------------------------------------
+
 
 def _unary_method(name: str, args: Args, kwargs: Kwargs) -> Executor | None:
     if any(is_value(a) for a in list(args[1:]) + list(kwargs.values())):
@@ -442,8 +666,14 @@ def _unary_method(name: str, args: Args, kwargs: Kwargs) -> Executor | None:
         return None
     else:
         dtype = x.dtype
-    return UnaryExecutor(lambda t, *a, **k: getattr(t, name)(*a, **k), x, tuple(args[1:]), dict(kwargs),
-                         x.shape, dtype)
+    return UnaryExecutor(
+        lambda t, *a, **k: getattr(t, name)(*a, **k),
+        x,
+        tuple(args[1:]),
+        dict(kwargs),
+        x.shape,
+        dtype,
+    )
 
 
 _BINARY_METHODS = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
@@ -468,14 +698,19 @@ METHOD_EXECUTORS: Mapping[str, MethodBuilder] = {
 }
 
 
-def executor_for(node: fx.Node, mod: nn.Module | None, args: Args, kwargs: Kwargs,
-                 weights: WeightLookup) -> Executor | None:
+def executor_for(
+    node: fx.Node, mod: nn.Module | None, args: Args, kwargs: Kwargs, weights: WeightLookup
+) -> Executor | None:
     """The chunked executor of a graph node, or None when it has no chunked form (it runs whole)."""
     if node.op == "call_module":
         if kwargs or len(args) != 1 or not is_value(args[0]) or mod is None:
             return None
-        build = next((MODULE_EXECUTORS[c] for c in type(mod).__mro__ if c in MODULE_EXECUTORS), None)
-        return build(mod, str(node.target), Operand(args[0]), weights) if build is not None else None
+        build = next(
+            (MODULE_EXECUTORS[c] for c in type(mod).__mro__ if c in MODULE_EXECUTORS), None
+        )
+        return (
+            build(mod, str(node.target), Operand(args[0]), weights) if build is not None else None
+        )
     if node.op == "call_function":
         try:
             fbuild = FUNCTION_EXECUTORS.get(node.target)  # type: ignore[call-overload]
@@ -490,5 +725,14 @@ def executor_for(node: fx.Node, mod: nn.Module | None, args: Args, kwargs: Kwarg
     return None
 
 
-__all__ = ["FUNCTION_EXECUTORS", "METHOD_EXECUTORS", "MODULE_EXECUTORS", "binary", "embedding",
-           "executor_for", "flatten", "is_value", "layer_norm"]
+__all__ = [
+    "FUNCTION_EXECUTORS",
+    "METHOD_EXECUTORS",
+    "MODULE_EXECUTORS",
+    "binary",
+    "embedding",
+    "executor_for",
+    "flatten",
+    "is_value",
+    "layer_norm",
+]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from taoism.enclave.exec.base import Operand, ExecContext, Region, RegionExecutor, shape_bytes
+from taoism.enclave.exec.base import ExecContext, Operand, Region, RegionExecutor, shape_bytes
 
 
 class CatExecutor(RegionExecutor):
@@ -14,8 +14,9 @@ class CatExecutor(RegionExecutor):
 
     kind = "cat"
 
-    def __init__(self, parts: Sequence[Operand], dim: int, out_shape: Sequence[int],
-                 out_dtype: torch.dtype) -> None:
+    def __init__(
+        self, parts: Sequence[Operand], dim: int, out_shape: Sequence[int], out_dtype: torch.dtype
+    ) -> None:
         self.parts = list(parts)
         self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
         self.dim = dim % len(self.out_shape)
@@ -46,7 +47,8 @@ class CatExecutor(RegionExecutor):
         paged = [p for p in self.parts if p.paged]
         if paged:
             c += shape_bytes(sizes, self.parts[0].itemsize) + max(p.block for p in paged) * min(
-                len(paged), max(1, len(self._pieces(region))))
+                len(paged), max(1, len(self._pieces(region)))
+            )
         return c
 
     def compute(self, region: Region, ctx: ExecContext) -> tuple[torch.Tensor, int]:
@@ -63,8 +65,9 @@ class FlattenExecutor(RegionExecutor):
 
     kind = "flatten"
 
-    def __init__(self, x: Operand, start: int, end: int, out_shape: Sequence[int],
-                 out_dtype: torch.dtype) -> None:
+    def __init__(
+        self, x: Operand, start: int, end: int, out_shape: Sequence[int], out_dtype: torch.dtype
+    ) -> None:
         self.x, self.start, self.end = x, start, end
         self.out_shape, self.out_dtype = tuple(out_shape), out_dtype
         self.dims = (0,)
@@ -80,7 +83,6 @@ class FlattenExecutor(RegionExecutor):
         reg = (region[0],) + tuple(slice(0, n) for n in self.x.shape[1:])
         x, charged = self.x.read(reg, ctx)
         return self._y(ctx, region, lambda: torch.flatten(x, self.start, self.end)), charged
-
 
 
 __all__ = ["CatExecutor", "FlattenExecutor"]
