@@ -59,6 +59,14 @@ def _stop_process(proc: subprocess.Popen, sock: socket.socket, log: Any) -> None
         pass
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class ProcessBackend(EnclaveBackend):
     """Base for backends whose enclave runs as a child process speaking the taoism protocol."""
 
@@ -76,7 +84,7 @@ class ProcessBackend(EnclaveBackend):
             "--threads",
             str(self.config.threads),
             "--spin-us",
-            str(self.config.spin_us),
+            str(self.config.enclave_spin(torch.get_num_threads(), _usable_cpus())),
             "--max-frame-bytes",
             str(self.config.max_frame_bytes),
             *self.launch_args,
