@@ -3,6 +3,8 @@
 One run measures, side by side, on the same machine and thread counts:
 * ResNet-18 CIFAR whole model in the enclave (1 enclave thread) vs plain PyTorch on the CPU
   (1 host thread), batch 1 and 64;
+* each placement also timed interleaved with plain PyTorch, pair by pair (3 x repeats pairs):
+  the median per-pair ratio is the figure to compare on a shared machine;
 * split placements (first half of the blocks in the enclave; every ReLU in the enclave):
   end-to-end latency vs the sum of the parts measured alone (device segments, enclave compute)
   plus their encryption time, and the per-crossing overhead.
@@ -13,8 +15,10 @@ Usage: python benchmarks/bench_core.py [--repeats 20] [--batches 1,64] [--device
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
+import statistics
 import sys
 import time
 
@@ -24,6 +28,40 @@ import taoism
 from taoism.bench import time_plain
 from taoism.cli import default_split
 from taoism.zoo import example_input, get_model
+
+
+def _interleaved(sm, model, x, device: str, repeats: int, warmup: int) -> dict:
+    """Shielded and plain (on ``device``) timed in alternation, pair by pair: ratios robust to drift.
+
+    On a shared machine the speed drifts between two blocks of repeats (minutes apart) by more
+    than the overhead measured; alternating the two, in alternating order, and taking the median
+    of the per-pair ratios compares them under the same conditions.
+    """
+    plain = model if device == "cpu" else copy.deepcopy(model).to(device)  # sm's copy stays put
+    xd = x.to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    pairs = []
+    with torch.inference_mode():
+        for i in range(warmup + 3 * repeats):
+            first_plain = i % 2 == 0
+            times = {}
+            for who in ("plain", "shield") if first_plain else ("shield", "plain"):
+                t0 = time.perf_counter()
+                plain(xd) if who == "plain" else sm(x)
+                sync()
+                times[who] = time.perf_counter() - t0
+            if i >= warmup:
+                pairs.append((times["shield"], times["plain"]))
+    ratios = sorted(a / b for a, b in pairs)
+    q = lambda f: ratios[min(len(ratios) - 1, int(f * len(ratios)))]  # noqa: E731
+    return {
+        "pairs": len(pairs),
+        "shield_median_s": statistics.median(a for a, _ in pairs),
+        "plain_median_s": statistics.median(b for _, b in pairs),
+        "ratio_median": statistics.median(ratios),
+        "ratio_p10": q(0.1),
+        "ratio_p90": q(0.9),
+    }
 
 
 def run(batches: list[int], repeats: int, warmup: int, device: str, threads: int) -> dict:
@@ -57,6 +95,7 @@ def run(batches: list[int], repeats: int, warmup: int, device: str, threads: int
         for label, placement in placements.items():
             with taoism.shield(model, x, placement, device=device, threads=1) as sm:
                 torch.testing.assert_close(sm(x), model(x).to(sm(x).device), rtol=1e-4, atol=1e-5)
+                paired = _interleaved(sm, model, x, device, repeats, warmup)
                 prof = sm.profile(x, repeats=repeats, warmup=warmup)
             t = prof.totals()
             parts = t["device_compute_s"] + t["enclave_compute_s"] + t["crypto_s"]
@@ -70,12 +109,15 @@ def run(batches: list[int], repeats: int, warmup: int, device: str, threads: int
                 "sum_of_parts_s": parts,
                 "ratio_to_parts": prof.end_to_end.median / parts if parts else None,
                 "ratio_to_plain_cpu": prof.end_to_end.median / plain_cpu.median,
+                "interleaved": paired,
                 "overhead_per_crossing_s": overhead,
             }
             results["rows"].append(row)
             print(
                 f"  {label:<32} {prof.end_to_end.ms()}  x plain CPU "
-                f"{row['ratio_to_plain_cpu']:.3f}  x parts {row['ratio_to_parts']:.3f}  "
+                f"{row['ratio_to_plain_cpu']:.3f} (interleaved: {paired['ratio_median']:.3f}, "
+                f"{paired['ratio_p10']:.3f}-{paired['ratio_p90']:.3f})  "
+                f"x parts {row['ratio_to_parts']:.3f}  "
                 f"crossings {crossings}  overhead/crossing {overhead * 1e6:.1f} us",
                 flush=True,
             )

@@ -327,3 +327,23 @@ def test_live_enclave_closes_the_session_with_status_3_on_a_malformed_frame(name
         assert "closing the session: FrameError" in log and "Traceback" not in log, log
     finally:
         backend.close()
+
+
+def test_reply_meta_round_trips_in_both_forms_and_rejects_junk_typed():
+    from taoism.errors import ProgramError
+    from taoism.protocol.schema import ReplyMeta
+
+    plain = ReplyMeta(0.00125, 3.5e-5)
+    blob = plain.encode()
+    assert len(blob) == 17 and ReplyMeta.decode(blob) == plain  # the per-crossing binary form
+    profiled = ReplyMeta(0.5, 0.25, (0.1, 0.2), {"peak_bytes": 7})
+    assert profiled.encode()[:1] == b"{" and ReplyMeta.decode(profiled.encode()) == profiled
+    rng = random.Random(SEED)
+    seeds = [blob, profiled.encode(), b"{}", b""]
+    for _ in range(3000):
+        raw = bytes(mutate(bytearray(rng.choice(seeds)), rng))
+        try:
+            got = ReplyMeta.decode(raw)
+        except ProgramError:
+            continue
+        assert isinstance(got, ReplyMeta) and isinstance(got.compute_s, float)

@@ -196,6 +196,7 @@ class EnclaveMemory:
             tensors.clear()  # the caller's list (the request message) must not keep them alive
         outs = self.runner.run_segment(prog, inputs, nodes, times)
         report = self._finish(prog, nodes, fast_path=False)
+        assert report is not None
         if sig is not None and self._cacheable(nodes):
             self._fast[sig] = _FastEntry(report.peak_bytes, dict(report.peak_breakdown), nodes)
         node_times = []
@@ -231,7 +232,7 @@ class EnclaveMemory:
         if profile:
             outs, times = prog.run_timed(args)
         else:
-            outs = prog.gm(*args)
+            outs = prog.run(args)
         n_ret = len(prog.returns)
         for v, t in zip(prog.keep, outs[n_ret:]):
             runner.bind(v, t, strict=False)
@@ -242,12 +243,19 @@ class EnclaveMemory:
         self.acct.peak = max(self.acct.peak, fast.peak)
         if fast.peak >= self.acct.peak:
             self.acct.peak_breakdown = dict(fast.peak_breakdown)
-        self._finish(prog, fast.nodes, fast_path=True, merge=False)
+        self._finish(prog, fast.nodes, fast_path=True, merge=False, report=profile)
         return list(outs[:n_ret]), times
 
     def _finish(
-        self, prog: SegmentProgram, nodes: list[NodeMemory], *, fast_path: bool, merge: bool = True
-    ) -> MemoryReport:
+        self,
+        prog: SegmentProgram,
+        nodes: list[NodeMemory],
+        *,
+        fast_path: bool,
+        merge: bool = True,
+        report: bool = True,
+    ) -> MemoryReport | None:
+        """Fold the run into the inference's and overall peaks; the run's report if ``report``."""
         acct = self.acct
         self.runs += 1
         inf = self.inference
@@ -263,7 +271,9 @@ class EnclaveMemory:
             if cur is None:
                 cur = self.node_peaks[nm.name] = NodeMemory(nm.name)
             cur.merge_max(nm)
-        report = MemoryReport(
+        if not report:  # a replayed run nobody profiles: the report is only read when profiled
+            return None
+        rep = MemoryReport(
             budget_bytes=self.budget,
             tee=self.tee,
             peak_bytes=acct.peak,
@@ -275,8 +285,8 @@ class EnclaveMemory:
             nodes=list(nodes),
             fast_path=fast_path,
         )
-        self.last_report = report
-        return report
+        self.last_report = rep
+        return rep
 
     # -- reporting -------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

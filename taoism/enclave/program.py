@@ -30,8 +30,12 @@ class SegmentProgram:
     node_names: tuple[str, ...]
 
     def run(self, args: Sequence[torch.Tensor]) -> tuple[Any, ...]:
-        """Run the compiled segment (its returns, then its kept values)."""
-        return self.gm(*args)
+        """Run the compiled segment (its returns, then its kept values).
+
+        Calls the generated ``forward`` directly: an enclave GraphModule has no hooks, and the
+        module-call machinery is measurable per crossing (issue 9).
+        """
+        return self.gm.forward(*args)
 
     def run_timed(self, args: Sequence[torch.Tensor]) -> tuple[tuple[Any, ...], list[float]]:
         """Run node by node, returning outputs and per-node seconds (in ``node_names`` order)."""

@@ -94,8 +94,11 @@ class EnclaveServer:
                 f"segment {seg} expects {len(prog.send_in)} input tensor(s), got {len(tensors)}"
             )
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        if torch.is_inference_mode_enabled():  # serve() runs the whole session in inference mode
             outs, node_times = self.memory.run(prog, tensors, profile)
+        else:
+            with torch.inference_mode():
+                outs, node_times = self.memory.run(prog, tensors, profile)
         self.runs += 1
         return outs, [time.perf_counter() - t0, *node_times]
 
@@ -106,6 +109,12 @@ def serve(
     """Open the session on ``sock`` and answer requests until CLOSE; returns the exit status."""
     chan = open_enclave_channel(sock, token, config=config)
     server = EnclaveServer()
+    with torch.inference_mode():  # nothing in the enclave needs autograd; entered once, not per run
+        return _serve_loop(chan, server, provisioner)
+
+
+def _serve_loop(chan: Any, server: EnclaveServer, provisioner: Provisioner | None) -> int:
+    """Answer requests on ``chan`` until CLOSE; returns the exit status."""
     while True:
         try:
             msg = chan.recv(timeout=None)
