@@ -212,9 +212,7 @@ class _Reference:
         self.aead = AESGCM(key)
         self.count = 0
 
-    def round_trips(
-        self, tensor: torch.Tensor | None, n: int, gap_s: float = 0.0
-    ) -> list[float]:
+    def round_trips(self, tensor: torch.Tensor | None, n: int, gap_s: float = 0.0) -> list[float]:
         ctl, perf, aead, out = self.ctl, time.perf_counter, self.aead, []
         if tensor is None:
             nbytes, src, private = 0, None, None

@@ -18,7 +18,9 @@ class Kind(enum.IntEnum):
         7  # package mode: blob = the wrapped model key; the enclave loads the signed program
     )
     OK = 10  # reply: blob may hold JSON
-    RESULT = 11  # reply to RUN: tensors = returns; blob = ReplyMeta (16-byte timings, or JSON profiled)
+    RESULT = (
+        11  # reply to RUN: tensors = returns; blob = ReplyMeta (16-byte timings, or JSON profiled)
+    )
     ERROR = 12  # reply: blob = JSON {"type": ..., "message": ...}
 
 

@@ -24,7 +24,9 @@ from typing import Any
 
 from taoism.errors import ProgramError
 
-_TIMES = struct.Struct("<Bdd")  # an unprofiled RESULT's blob: 0 (never JSON's "{"), compute_s, crypto_s
+_TIMES = struct.Struct(
+    "<Bdd"
+)  # an unprofiled RESULT's blob: 0 (never JSON's "{"), compute_s, crypto_s
 
 PROGRAM_FORMAT = "taoism-enclave-program/1"
 DEFAULT_PAGE_BYTES = 1 << 20  # a sealed page when the budget does not ask for smaller ones
