@@ -182,6 +182,71 @@ def test_reload_restarts_from_the_package(owner, meta, servers):
     _no_enclave_left()
 
 
+def test_serve_package_answers_like_the_package_and_restarts_by_attesting_again(
+    owner, meta, servers
+):
+    """``taoism serve --package``: a real server process; an enclave kill gives 503, then it re-attests."""
+    import httpx
+
+    from taoism.serve.launch import ServerProcess, kill_process
+
+    srv = ServerProcess(
+        [
+            "--package",
+            str(owner / "small.taoism"),
+            "--keyserver",
+            servers["small"],
+            "--owner-public",
+            str(owner / "owner.pub"),
+            "--platform-key",
+            str(owner / "platform.key"),
+            "--device",
+            "cpu",
+            "--max-wait-ms",
+            "1",
+        ]
+    )
+    try:
+        client = httpx.Client(base_url=srv.url, timeout=60)
+        refs = _refs(owner, "small", meta)
+
+        def check(x, y) -> None:
+            r = client.post("/v1/predict", json={"inputs": x.tolist()})
+            assert r.status_code == 200, r.text
+            assert y.std() > 1e-3  # outputs are not near-constant
+            assert_same(torch.tensor(r.json()["outputs"]), y)
+
+        for x, y in refs:
+            check(x, y)
+        (pid,) = srv.enclave_pids()
+        kill_process(pid)
+        x, y = refs[0]
+        r = client.post("/v1/predict", json={"inputs": x.tolist()})
+        assert r.status_code == 503, r.text
+        deadline = time.monotonic() + 120
+        while client.get("/healthz").json()["status"] != "ok" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        check(x, y)
+        assert srv.enclave_pids() not in ([pid], [])
+        client.close()
+    finally:
+        assert srv.stop() == 0, srv.stderr()
+
+
+def test_serve_package_refuses_zoo_options_and_needs_the_key_service(owner):
+    from click.testing import CliRunner
+
+    from taoism.cli import build_app
+
+    pkg = str(owner / "small.taoism")
+    res = CliRunner().invoke(build_app(), ["serve", "--package", pkg, "--strategy", "deep:1"])
+    assert res.exit_code == 2 and "drop --strategy" in res.output
+    res = CliRunner().invoke(build_app(), ["serve", "--package", pkg])
+    assert res.exit_code == 2 and "--keyserver" in res.output
+    res = CliRunner().invoke(build_app(), ["serve", "--owner-public", str(owner / "owner.pub")])
+    assert res.exit_code == 2 and "without --package" in res.output
+
+
 def test_shield_fc_only_leaves_no_staging_residue():
     """shield() with only fc shielded, the caller's copy wiped and dropped: no copy of taoism's is left.
 

@@ -208,3 +208,37 @@ def repeats_options(repeats: int, warmup: int) -> Decorator:
             "--threads", type=click.IntRange(min=1), default=1, help="Host torch threads."
         ),
     )
+
+
+_EXISTING_FILE = click.Path(exists=True, dir_okay=False)
+
+
+def package_options(verb: str) -> Decorator:
+    """``--package``, ``--keyserver``, ``--owner-public``, ``--platform-key`` (the deployment model)."""
+    return options(
+        click.option(
+            "--package",
+            type=_EXISTING_FILE,
+            default=None,
+            help=f"{verb} this sealed model.taoism instead of a zoo model (the deployment threat "
+            "model: the host never holds a shielded weight); needs --keyserver and --owner-public.",
+        ),
+        click.option(
+            "--keyserver",
+            default=None,
+            help="Key service URL for --package, e.g. http://127.0.0.1:PORT.",
+        ),
+        click.option(
+            "--owner-public",
+            type=_EXISTING_FILE,
+            default=None,
+            help="With --package: the owner public key the package must be signed with.",
+        ),
+        click.option(
+            "--platform-key",
+            type=_EXISTING_FILE,
+            default=None,
+            help="With --package on the sim backend: the simulated platform key the enclave "
+            "quotes with.",
+        ),
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from taoism.cli._common import ModelArgs, mode_option, model_options, set_host_threads
-from taoism.cli._options import Output, output_options, repeats_options, write_json
+from taoism.cli._options import Output, output_options, package_options, repeats_options, write_json
 
 
 @click.command()
@@ -17,29 +17,7 @@ from taoism.cli._options import Output, output_options, repeats_options, write_j
 @click.option(
     "--enclave-threads", type=click.IntRange(min=1), default=1, help="Enclave torch threads."
 )
-@click.option(
-    "--package",
-    "package",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Deploy this sealed model.taoism instead of shielding a zoo model (the deployment "
-    "threat model: the host never holds a shielded weight); needs --keyserver and --owner-public.",
-)
-@click.option(
-    "--keyserver", default=None, help="Key service URL for --package, e.g. http://127.0.0.1:PORT."
-)
-@click.option(
-    "--owner-public",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="With --package: the owner public key the package must be signed with.",
-)
-@click.option(
-    "--platform-key",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="With --package on the sim backend: the simulated platform key the enclave quotes with.",
-)
+@package_options("Deploy")
 @output_options(out_help="Write run.json (as --json) and plan.json (reuse with --plan) into DIR.")
 def run(
     spec: ModelArgs,

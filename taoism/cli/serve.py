@@ -1,10 +1,12 @@
-"""``taoism serve``: serve a shielded zoo model over HTTP (see :mod:`taoism.serve`)."""
+"""``taoism serve``: serve a shielded zoo model or a sealed package over HTTP (see :mod:`taoism.serve`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
+from taoism.cli._options import package_options
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -41,6 +43,7 @@ _file = click.Path(exists=True, dir_okay=False, path_type=Path)
     default=None,
     help="A plan file written by `taoism plan --json` (reuses its placement).",
 )
+@package_options("Serve")
 @click.option(
     "--tee",
     default=None,
@@ -105,7 +108,9 @@ _file = click.Path(exists=True, dir_okay=False, path_type=Path)
     default="warning",
     help="Server log level.",
 )
+@click.pass_context
 def serve(
+    ctx: click.Context,
     model: str,
     dataset_shape: str,
     num_classes: int | None,
@@ -113,14 +118,48 @@ def serve(
     strategy: str | None,
     placement: str | None,
     plan: Path | None,
+    package: str | None,
+    keyserver: str | None,
+    owner_public: str | None,
+    platform_key: str | None,
+    tee: str | None,
     **options: object,
 ) -> None:
     """Serve a shielded model: POST /v1/predict, GET /healthz, GET /metrics; stops on SIGTERM.
 
-    Requests are batched dynamically; an enclave crash answers 503 and restarts the enclave.
+    Requests are batched dynamically; an enclave crash answers 503 and restarts the enclave
+    (with --package: from the package, attesting again).
     """
-    from taoism.serve import serve_source, zoo_source
+    from taoism.serve import serve_package_source, serve_source, zoo_source
 
+    if package is not None:
+        zoo_only = ("model", "dataset_shape", "num_classes", "weights", "strategy", "placement")
+        clash = [
+            "--" + n.replace("_", "-")
+            for n in (*zoo_only, "plan", "tee")
+            if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if clash:
+            raise click.UsageError(
+                f"--package serves the owner's signed program as packaged; drop {', '.join(clash)}"
+            )
+        if not keyserver or not owner_public:
+            raise click.UsageError("--package needs --keyserver URL and --owner-public owner.pub")
+        serve_package_source(
+            package,
+            keyserver,
+            owner_public,
+            platform_key,
+            **options,  # type: ignore[arg-type]
+        )
+        return
+    pkg_only = [
+        n for n, v in (("--keyserver", keyserver), ("--owner-public", owner_public)) if v
+    ] + (["--platform-key"] if platform_key else [])
+    if pkg_only:
+        raise click.UsageError(
+            f"{', '.join(pkg_only)} given without --package (they apply only to a package)"
+        )
     given = [
         n for n, v in (("--strategy", strategy), ("--placement", placement), ("--plan", plan)) if v
     ]
@@ -128,13 +167,17 @@ def serve(
         raise click.UsageError(
             f"give one of --strategy, --placement or --plan, not {' and '.join(given)}"
         )
-    # the model source: a zoo model here (a package source replaces this one call)
     source = zoo_source(
         model, dataset_shape, num_classes=num_classes, weights=str(weights) if weights else None
     )
     serve_source(
-        source, strategy=strategy, placement=placement, plan=str(plan) if plan else None, **options
-    )  # type: ignore[arg-type]
+        source,
+        strategy=strategy,
+        placement=placement,
+        plan=str(plan) if plan else None,
+        tee=tee,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 def register(app: click.Group) -> None:

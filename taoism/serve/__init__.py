@@ -20,6 +20,20 @@ the ShieldedModel and is the only caller into it (see :mod:`taoism.serve.batcher
 
 from taoism.serve.batcher import Batcher
 from taoism.serve.config import ServeConfig
-from taoism.serve.main import main_serve, serve, serve_source, zoo_source
+from taoism.serve.main import (
+    serve,
+    serve_package,
+    serve_package_source,
+    serve_source,
+    zoo_source,
+)
 
-__all__ = ["Batcher", "ServeConfig", "main_serve", "serve", "serve_source", "zoo_source"]
+__all__ = [
+    "Batcher",
+    "ServeConfig",
+    "serve",
+    "serve_package",
+    "serve_package_source",
+    "serve_source",
+    "zoo_source",
+]

@@ -4,7 +4,8 @@ Requests wait in a bounded queue. The worker takes the first, collects more unti
 holds ``max_batch`` rows or ``max_wait_ms`` has passed, concatenates them along dim 0, runs the
 model once and splits the output back per request. If the enclave fails (EnclaveError,
 BoundaryError, or anything unexpected) every request of that batch gets ServiceUnavailable (503)
-and the worker starts a fresh enclave with ``sm.reload(model_factory())`` before the next batch:
+and the worker starts a fresh enclave (``restart``: reload from the model factory, or from the
+sealed package) before the next batch:
 a request is answered with its own output or with an error, never with another's.
 """
 
@@ -19,7 +20,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 
 from taoism.errors import BoundaryError, EnclaveError, ServiceUnavailable, TaoismError
 from taoism.runtime import ShieldedModel
@@ -44,7 +44,7 @@ class Batcher:
     def __init__(
         self,
         sm: ShieldedModel,
-        model_factory: Callable[[], nn.Module],
+        restart: Callable[[], None],
         *,
         max_batch: int,
         max_wait_ms: float,
@@ -52,7 +52,7 @@ class Batcher:
         metrics: ServeMetrics,
     ) -> None:
         self._sm = sm
-        self._factory = model_factory
+        self._restart_enclave = restart
         self.max_batch = max_batch
         self._max_wait = max_wait_ms / 1e3
         self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=max_queue)
@@ -188,7 +188,7 @@ class Batcher:
     def _restart(self) -> None:
         self.healthy = False
         try:
-            self._sm.reload(self._factory())
+            self._restart_enclave()
         except TaoismError as exc:
             log.error("enclave restart failed: %s", exc)
             return

@@ -1,4 +1,4 @@
-"""Entry points: :func:`serve` for any model factory, :func:`main_serve` for a zoo model."""
+"""Entry points: :func:`serve` for any model factory, :func:`serve_package` for a sealed package."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import json
 import logging
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
 
 from taoism.config import EnclaveConfig
-from taoism.errors import ConfigError, TaoismError
+from taoism.errors import ConfigError
+from taoism.runtime.shielded import ShieldedModel
 from taoism.serve.codec import InputSpec
 from taoism.serve.config import ServeConfig
 
@@ -54,19 +54,71 @@ def serve(
     strategy, enclave, device...). Prints ``taoism serve: listening on http://HOST:PORT`` to
     stdout once requests are accepted.
     """
+    from taoism.runtime import shield
+
+    if not isinstance(example_input, torch.Tensor):
+        raise ConfigError("the server takes models with one input tensor; pass one example tensor")
+    _serve(
+        lambda: shield(model_factory(), example_input, **shield_kwargs),
+        lambda sm: sm.reload(model_factory()),
+        config,
+    )
+
+
+def serve_package(
+    path: str,
+    keyserver: str,
+    *,
+    owner_public: str,
+    platform_key: str | None = None,
+    config: ServeConfig | None = None,
+    device: str | None = None,
+    enclave: EnclaveConfig | None = None,
+) -> None:
+    """Serve the sealed package at ``path`` (the deployment threat model) until SIGTERM or SIGINT.
+
+    The enclave attests to ``keyserver`` and decrypts the shielded weights itself
+    (:func:`taoism.deploy`); after an enclave failure it restarts from the package and attests
+    again. The host never holds a shielded weight or the model key.
+    """
+    from taoism.runtime.deploy import DeployedModel, deploy
+
+    _serve(
+        lambda: deploy(
+            path,
+            keyserver,
+            owner_public=owner_public,
+            platform_key=platform_key,
+            device=device,
+            enclave=enclave,
+        ),
+        lambda sm: cast(DeployedModel, sm).reload(),
+        config,
+    )
+
+
+def _serve(
+    start: Callable[[], ShieldedModel],
+    restart: Callable[[ShieldedModel], None],
+    config: ServeConfig | None,
+) -> None:
+    """Start the shielded model, then serve it until a signal; ``restart`` after enclave failures."""
     import uvicorn
 
-    from taoism.runtime import shield
     from taoism.serve.app import create_app
     from taoism.serve.batcher import Batcher
     from taoism.serve.metrics import ServeMetrics
 
     config = config or ServeConfig()
-    if not isinstance(example_input, torch.Tensor):
-        raise ConfigError("the server takes models with one input tensor; pass one example tensor")
-    sm = shield(model_factory(), example_input, **shield_kwargs)
+    sm = start()
     batcher = None
     try:
+        examples = sm.example_inputs(1)
+        if len(examples) != 1:
+            raise ConfigError(
+                f"the server takes models with one input tensor; this one takes {len(examples)}"
+            )
+        example_input = examples[0]
         probe = sm(example_input)  # warms up, and refuses outputs the server cannot split
         if not isinstance(probe, torch.Tensor) or probe.shape[:1] != example_input.shape[:1]:
             raise ConfigError(
@@ -76,7 +128,7 @@ def serve(
         metrics = ServeMetrics(config.max_batch)
         batcher = Batcher(
             sm,
-            model_factory,
+            lambda: restart(sm),
             max_batch=config.max_batch,
             max_wait_ms=config.max_wait_ms,
             max_queue=config.max_queue,
@@ -160,28 +212,13 @@ def serve_source(
     device: str | None = None,
     threads: int = 1,
     enclave_threads: int = 1,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    max_batch: int = 16,
-    max_wait_ms: float = 5.0,
-    max_body_bytes: int = 8 << 20,
-    max_queue: int = 4096,
-    request_timeout_s: float = 60.0,
-    shutdown_timeout_s: float = 30.0,
-    log_level: str = "warning",
+    **server_options: Any,
 ) -> None:
-    """Serve ``source`` (factory, example input) shielded as asked until SIGTERM; raises TaoismError."""
-    config = ServeConfig(
-        host=host,
-        port=port,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        max_body_bytes=max_body_bytes,
-        max_queue=max_queue,
-        request_timeout_s=request_timeout_s,
-        shutdown_timeout_s=shutdown_timeout_s,
-        log_level=log_level,
-    )
+    """Serve ``source`` (factory, example input) shielded as asked until SIGTERM; raises TaoismError.
+
+    ``server_options`` are :class:`ServeConfig` fields (host, port, max_batch, ...).
+    """
+    config = ServeConfig(**server_options)
     kw = _placement_kwargs(strategy, placement, plan)
     enclave = (
         EnclaveConfig(threads=enclave_threads, tee=tee)
@@ -193,21 +230,26 @@ def serve_source(
     serve(factory, example, config, enclave=enclave, device=device, **kw)
 
 
-def main_serve(
-    model: str = "resnet18",
-    dataset_shape: str = "cifar",
+def serve_package_source(
+    package: str,
+    keyserver: str,
+    owner_public: str,
+    platform_key: str | None = None,
     *,
-    num_classes: int | None = None,
-    weights: str | None = None,
-    **options: Any,
-) -> int:
-    """``python -m taoism.serve``: serve a zoo model (options of :func:`serve_source`); exit code."""
-    logging.basicConfig(level=logging.WARNING, format="taoism serve: %(levelname)s %(message)s")
-    try:
-        serve_source(
-            zoo_source(model, dataset_shape, num_classes=num_classes, weights=weights), **options
-        )
-    except TaoismError as exc:
-        print(f"taoism serve: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    device: str | None = None,
+    threads: int = 1,
+    enclave_threads: int = 1,
+    **server_options: Any,
+) -> None:
+    """:func:`serve_package` with the CLI's options (``server_options``: ServeConfig fields)."""
+    config = ServeConfig(**server_options)
+    torch.set_num_threads(threads)
+    serve_package(
+        package,
+        keyserver,
+        owner_public=owner_public,
+        platform_key=platform_key,
+        config=config,
+        device=device,
+        enclave=EnclaveConfig(threads=enclave_threads),
+    )
