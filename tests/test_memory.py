@@ -35,7 +35,7 @@ from taoism.enclave.exec import (
     UnaryExecutor,
     run_chunked,
 )
-from taoism.enclave.memory import Accountant
+from taoism.enclave.memory import Accountant, ResidentValues
 from taoism.enclave.sealing import PagedTensor, PageSealer
 from taoism.enclave.server import EnclaveServer
 from taoism.errors import ConfigError, IntegrityError, MemoryBudgetError
@@ -43,6 +43,7 @@ from taoism.placement import PlacementRules, build_plan
 from taoism.placement.memory import format_memory_plan, memory_plan
 from taoism.runtime.lowering import enclave_program
 from taoism.tee import PROFILES, TeeCostModel, cost_table, get_profile, project
+from taoism.zoo import example_input, get_model
 
 MiB = 1 << 20
 _names = itertools.count()
@@ -540,3 +541,36 @@ def test_shield_with_budget_matches_plain_model() -> None:
         mem = sm.stats()["enclave"]["memory"]
         assert mem["tee"] == "sgx1-client" and mem["peak_bytes"] <= int(93.5 * MiB)
         assert not sm.memory_plan.chunked_nodes
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_view_is_charged_once_under_inference_mode(device):
+    """The enclave runs in inference mode, where views record no ``_base``: storages are the key.
+
+    Keyed by ``_base`` (before the fix) the reshape was charged again as a new tensor, and the
+    shield-time simulation of vit_tiny at batch 8 under 1000 KiB stopped with an "internal" error.
+    """
+    acct = Accountant(None)
+    values = ResidentValues(acct)
+    with torch.inference_mode():
+        t = torch.empty(8, 65, 576, device=device)
+        values.add("t", t)
+        assert acct.total == t.nbytes
+        values.add("r", t.reshape(8, 65, 3, 3, 64))  # a view
+        assert acct.total == t.nbytes
+        values.add("c", t.permute(0, 2, 1).reshape(8, -1))  # a real copy
+        assert acct.total == 2 * t.nbytes
+        values.drop("t")
+        assert acct.total == 2 * t.nbytes  # the view still holds the storage
+        values.drop("r")
+        assert acct.total == t.nbytes
+
+
+def test_vit_tiny_over_a_tight_budget_fails_typed_and_says_which_layer():
+    m = get_model("vit_tiny", dataset_shape="cifar")
+    x = example_input("vit_tiny", "cifar", batch=8)
+    with pytest.raises(MemoryBudgetError, match="softmax.*no chunked form") as err:
+        taoism.shield(
+            m, x, {"_default": "ENCLAVE"}, enclave=EnclaveConfig(memory_budget=1000 << 10)
+        )
+    assert "internal" not in str(err.value)

@@ -210,9 +210,19 @@ class _Hold:
         self.acct.free(self.cat, self.n)
 
 
-def _roots(v: Any) -> Iterator[torch.Tensor]:
+def _roots(v: Any) -> Iterator[tuple[int, Any, int]]:
+    """(key, object keeping it alive, bytes) of every storage ``v`` holds; views share their base's.
+
+    Keyed by the storage itself, not ``tensor._base``: under ``torch.inference_mode`` (how the
+    enclave runs) a view records no ``_base``, so a reshape would be charged as a new tensor.
+    """
     if isinstance(v, torch.Tensor):
-        yield v._base if v._base is not None else v
+        try:
+            st = v.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # no plain storage (sparse, nested)
+            yield id(v), v, v.nbytes
+            return
+        yield st._cdata, st, st.nbytes()
     elif isinstance(v, (list, tuple)):
         for x in v:
             yield from _roots(x)
@@ -230,34 +240,32 @@ class ResidentValues:
 
     def __init__(self, acct: Accountant) -> None:
         self.acct = acct
-        self._refs: dict[int, list[Any]] = {}  # id(root) -> [root, bytes, refcount]
+        self._refs: dict[int, list[Any]] = {}  # storage key -> [storage, bytes, refcount]
         self._owned: set[int] = set()
         self._by_value: dict[str, list[int]] = {}
 
     def own_weights(self, tensors: Any) -> None:
         """Mark the storages of ``tensors`` as weights (never charged as activations)."""
-        for r in _roots(tensors):
-            self._owned.add(id(r))
+        for key, _, _ in _roots(tensors):
+            self._owned.add(key)
 
     def disown_weights(self, tensors: Any) -> None:
         """Undo :meth:`own_weights` (the weights were sealed)."""
-        for r in _roots(tensors):
-            self._owned.discard(id(r))
+        for key, _, _ in _roots(tensors):
+            self._owned.discard(key)
 
     def add(self, name: str, value: Any) -> None:
         """Hold ``value`` as ``name``, charging each new storage once."""
         if name in self._by_value:
             self.drop(name)
         ids = []
-        for r in _roots(value):
-            rid = id(r)
+        for rid, keep, n in _roots(value):
             if rid in self._owned:
                 continue
             ent = self._refs.get(rid)
             if ent is None:
-                n = r.nbytes
                 self.acct.alloc("activations", n)
-                self._refs[rid] = [r, n, 1]
+                self._refs[rid] = [keep, n, 1]
             else:
                 ent[2] += 1
             ids.append(rid)
