@@ -11,7 +11,11 @@ and measure what each split costs and leaks.
         print(sm.profile(x, repeats=20))
 """
 
-from taoism.backends import EnclaveBackend, available_backends, get_backend
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from taoism.config import EnclaveConfig
 from taoism.errors import (
     AttestationError,
@@ -41,10 +45,45 @@ from taoism.errors import (
     TaoismError,
     TrustError,
 )
-from taoism.placement import EnclaveMode, PlacementRules, Plan
-from taoism.runtime import Profile, ShieldedModel, shield
-from taoism.runtime.deploy import deploy
-from taoism.runtime.package import Packaged, package
+
+if TYPE_CHECKING:
+    from taoism.backends import EnclaveBackend, available_backends, get_backend
+    from taoism.placement import EnclaveMode, PlacementRules, Plan
+    from taoism.runtime import Profile, ShieldedModel, shield
+    from taoism.runtime.deploy import deploy
+    from taoism.runtime.package import Packaged, package
+
+# The host's API is imported on first use (PEP 562): the enclave process imports this package
+# too (``python -m taoism.enclave.server``) and must not load the host's runtime, backends or
+# placement code with it (tests/test_imports.py checks what it loads).
+_LAZY = {
+    "EnclaveBackend": "taoism.backends",
+    "available_backends": "taoism.backends",
+    "get_backend": "taoism.backends",
+    "EnclaveMode": "taoism.placement",
+    "PlacementRules": "taoism.placement",
+    "Plan": "taoism.placement",
+    "Profile": "taoism.runtime",
+    "ShieldedModel": "taoism.runtime",
+    "shield": "taoism.runtime",
+    "deploy": "taoism.runtime.deploy",
+    "Packaged": "taoism.runtime.package",
+    "package": "taoism.runtime.package",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taoism' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

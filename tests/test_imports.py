@@ -195,3 +195,26 @@ def test_every_rule_catches_a_violation(tmp_path: Path) -> None:
         for what in whats:
             assert any(where in b and what in b for b in bad), (where, what, bad)
     assert len(bad) == sum(len(w) for w in expect.values()), bad
+
+
+def test_the_enclave_process_loads_no_host_code() -> None:
+    """What ``python -m taoism.enclave.server`` imports at start: only the rule-1 modules.
+
+    The package's public API is imported lazily, so importing ``taoism`` for the enclave does
+    not load the host's runtime, backends, placement, CLI or the trust chain's owner/host side.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import taoism.enclave.server; "
+        "print('\\n'.join(m for m in sys.modules if m == 'taoism' or m.startswith('taoism.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
+    packages = ("taoism", "taoism.config", "taoism.trust")  # the package inits, the config types
+    loaded_host = [m for m in out if m not in packages and not _within(m, ENCLAVE_MAY_IMPORT)]
+    assert "taoism.enclave.server" in out
+    assert not loaded_host, f"the enclave process loads host code: {loaded_host}"
+    assert not any(m.startswith(("taoism.runtime", "taoism.backends")) for m in out)
