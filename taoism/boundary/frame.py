@@ -161,7 +161,7 @@ def plan_body(tensors: Sequence[torch.Tensor], blob_len: int) -> BodyPlan:
         infos.append((t, code, shape, t.nbytes))
         desc_len += DESC_FIXED_SIZE + 8 * ndim
     end = desc_len + blob_len
-    entries = []
+    entries: list[Any] = []
     for t, code, shape, nbytes in infos:
         off = (end + ALIGN - 1) & ~(ALIGN - 1)
         entries.append((t, code, shape, nbytes, off))
@@ -236,7 +236,7 @@ def stage_body(
         if nbytes:
             _memmove(addr + base + off, t.data_ptr(), nbytes)
         return end
-    infos = []
+    infos: list[tuple[Any, ...]] = []
     desc_len = 0
     codes = _CODE_DICT
     for t in tensors:

@@ -22,7 +22,7 @@ DEFAULT_KEY = "_default"
 REGEX_PREFIX = "re:"
 TYPE_PREFIX = "type:"
 
-PlacementSpec = Mapping["str | type", "EnclaveMode | str"] | str | os.PathLike | None
+PlacementSpec = Mapping[Any, "EnclaveMode | str"] | str | os.PathLike | None  # keys: str or type
 
 
 def _type_names(cls: type) -> set[str]:

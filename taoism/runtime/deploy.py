@@ -171,9 +171,9 @@ class DeployedModel(ShieldedModel):
         self._source = source
         # the base constructor hands ``source`` to our _build (in place of a model)
         super().__init__(
-            source,
+            source,  # type: ignore[arg-type]
             _input_examples(program, source.path),
-            device=device,  # type: ignore[arg-type]
+            device=device,
             enclave=enclave,
         )
 

@@ -41,7 +41,7 @@ graph (``leaf_modules`` keeps an untraceable submodule whole); ``none``, ``all``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -71,7 +71,7 @@ from taoism.strategies.spec import (
     parse_strategy,
 )
 
-_APPLY = {
+_APPLY: dict[type, Callable[..., tuple[nn.Module, Any]]] = {
     NoShield: apply_none,
     BlackBox: apply_all,
     Deep: apply_layerwise,

@@ -162,7 +162,7 @@ def apply_teeslice(
             "and load its "
             "public backbone with model.load_backbone(...)"
         )
-    m = private_copy(model)
+    m: Any = private_copy(model)  # a TEESlice model: public_modules() / private_modules()
     placement: dict[str, Any] = {"_default": "ENCLAVE"}
     for name in m.public_modules():
         placement[name] = "GPU"

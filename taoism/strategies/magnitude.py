@@ -93,7 +93,7 @@ def _private_part(mod: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
         and mod.bias is not None
         and not bool(masks["bias"].any())
     ):
-        priv.bias = None  # nothing shielded in the bias: do not add a zero vector
+        priv.register_parameter("bias", None)  # nothing shielded in the bias: no zero vector
     return priv.eval()
 
 
@@ -126,7 +126,7 @@ def apply_magnitude(
             )
         insert_after(gm, node, split[path], with_input=True)
     gm = finish(gm)
-    gm.tsdp_info = {
+    gm.tsdp_info = {  # type: ignore[assignment]
         "strategy": s.spec,
         "split": dict(split),
         "shielded": {k: int(v.sum()) for k, v in masks.items()},

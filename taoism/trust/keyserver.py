@@ -129,7 +129,7 @@ class KeyServer(ThreadingHTTPServer):
     def address(self) -> str:
         """``http://host:port`` of the bound socket."""
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
 
 def main_keyserver(

@@ -25,7 +25,7 @@ def tensor_bytes(t: Any, where: str) -> tuple[str, tuple[int, ...], memoryview]:
     if sys.byteorder != "little":  # pragma: no cover - all supported platforms are little-endian
         raise PackageError("packages are little-endian; this platform is not")
     raw = c.reshape(-1).view(torch.uint8).numpy()
-    return DTYPE_NAMES[t.dtype], tuple(c.shape), memoryview(raw).cast("B")
+    return DTYPE_NAMES[t.dtype], tuple(c.shape), raw.data.cast("B")
 
 
 def tensor_from_bytes(

@@ -27,6 +27,10 @@ __all__ = ["GapResNet", "gap_resnet20"]
 class GapResNet(nn.Module):
     """ResNet-(6 * ``blocks`` + 2) with three stages of ``widths`` channels and a GAP head."""
 
+    layer1: nn.Sequential  # set in __init__'s loop
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(
         self,
         num_classes: int = 10,

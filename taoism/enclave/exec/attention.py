@@ -70,7 +70,8 @@ class AttentionExecutor(RegionExecutor):
         return c + attention_scores_bytes(sizes[:-2], sizes[-2], self.S, self.out_itemsize)
 
     def compute(self, region: Region, ctx: ExecContext) -> tuple[torch.Tensor, int]:
-        vals, charged = [], 0
+        vals: list[torch.Tensor | None] = []
+        charged = 0
         try:
             for op, reg in zip((self.q, self.k, self.v, self.mask), self._regions(region)):
                 if op is None or reg is None:
@@ -80,6 +81,7 @@ class AttentionExecutor(RegionExecutor):
                 charged += n
                 vals.append(t)
             q, k, v, m = vals
+            assert q is not None and k is not None and v is not None  # only the mask is optional
             y = self._y(
                 ctx,
                 region,

@@ -40,7 +40,7 @@ class LayerNormExecutor(RegionExecutor):
 
     def compute(self, region: Region, ctx: ExecContext) -> tuple[torch.Tensor, int]:
         x, charged = self.x.read(region, ctx)
-        ps = []
+        ps: list[torch.Tensor | None] = []
         try:
             for p in (self.w, self.b):
                 if p is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -184,7 +185,11 @@ def adaptive_shape(xs: Sequence[int], nd: int, output_size: OutputSize) -> tuple
     """Output shape of an adaptive pool, or None if the input has too few dims."""
     if len(xs) < nd + 1:
         return None
-    osz = as_tuple(output_size, nd)
+    osz = (
+        tuple(output_size)
+        if isinstance(output_size, (tuple, list))
+        else (cast("int | None", output_size),) * nd
+    )
     lead = tuple(xs[: len(xs) - nd])
     return lead + tuple(xs[len(xs) - nd + i] if o is None else int(o) for i, o in enumerate(osz))
 
