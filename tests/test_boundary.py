@@ -1000,3 +1000,25 @@ def test_staging_is_wiped_before_it_is_grown(pair):
     assert enclave.recv(timeout=5).blob == blob
     assert host._staging is not old and host.staging_bytes > len(old)
     assert not any(old) and not any(host._staging)
+
+
+def test_spin_rules_spin_long_only_where_a_core_is_free():
+    from taoism.config import EnclaveConfig
+
+    cfg = EnclaveConfig()
+    # the enclave: 1 host thread + 1 enclave thread on 2 CPUs leaves a core for it
+    assert cfg.enclave_spin(host_threads=1, cpus=2) == 5000
+    assert cfg.enclave_spin(host_threads=2, cpus=2) == cfg.spin_us
+    # the host's one waiting thread + the enclave's threads x sessions
+    assert cfg.host_spin(cpus=2) == 2000
+    assert EnclaveConfig(threads=2).host_spin(cpus=2) == cfg.spin_us
+    assert EnclaveConfig(sessions=2).host_spin(cpus=2) == cfg.spin_us
+    assert EnclaveConfig(sessions=2).host_spin(cpus=4) == 2000
+    # spin_us=0 (block at once) and explicit values win over the rules
+    assert EnclaveConfig(spin_us=0).host_spin(cpus=16) == 0
+    assert EnclaveConfig(spin_us=0).enclave_spin(host_threads=1, cpus=16) == 0
+    assert EnclaveConfig(host_spin_us=7, enclave_spin_us=9).host_spin(cpus=2) == 7
+    assert EnclaveConfig(host_spin_us=7, enclave_spin_us=9).enclave_spin(1, 2) == 9
+    for bad in (dict(host_spin_us=-1), dict(enclave_spin_us=-1)):
+        with pytest.raises(ConfigError, match="spin_us must be >= 0"):
+            EnclaveConfig(**bad)

@@ -166,7 +166,7 @@ class ProcessBackend(EnclaveBackend):
                 host_sock,
                 token,
                 config=ChannelConfig(
-                    spin_us=self.config.spin_us,
+                    spin_us=self.config.host_spin(_usable_cpus()),
                     timeout_s=self.config.timeout_s,
                     handshake_timeout_s=self.config.start_timeout_s,
                     max_frame_bytes=self.config.max_frame_bytes,
