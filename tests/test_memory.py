@@ -36,7 +36,8 @@ from taoism.enclave.exec import (
     run_chunked,
 )
 from taoism.enclave.memory import Accountant, ResidentValues
-from taoism.enclave.sealing import PagedTensor, PageSealer
+from taoism.enclave.paged import PagedTensor
+from taoism.enclave.pages import PageSealer
 from taoism.enclave.server import EnclaveServer
 from taoism.errors import ConfigError, IntegrityError, MemoryBudgetError
 from taoism.placement import PlacementRules, build_plan

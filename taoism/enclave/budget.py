@@ -18,9 +18,10 @@ import torch.nn as nn
 from taoism.enclave.exec.base import ExecContext
 from taoism.enclave.exec.select import is_value
 from taoism.enclave.memory import Accountant, MemoryReport, NodeMemory, ResidentValues, runtime_rss
+from taoism.enclave.paged import PagedTensor
+from taoism.enclave.pages import PageSealer
 from taoism.enclave.program import SegmentProgram
 from taoism.enclave.runner import BudgetedRunner, Value
-from taoism.enclave.sealing import PagedTensor, PageSealer
 from taoism.enclave.weights import WeightStore, choose_sealed_weights
 from taoism.errors import MemoryBudgetError, ProgramError
 from taoism.protocol.schema import MemorySection

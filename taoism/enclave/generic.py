@@ -12,7 +12,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from taoism.enclave.exec.attention import attention_scores_bytes
-from taoism.enclave.sealing import PagedTensor
+from taoism.enclave.paged import PagedTensor
 from taoism.protocol.vocabulary import FUNCTIONS
 
 Args = Any  # a node's evaluated arguments: values, scalars, nested containers (fx.node.Argument)

@@ -31,8 +31,8 @@ from taoism.enclave.generic import (
     paged_inputs,
 )
 from taoism.enclave.memory import NodeMemory, ResidentValues
+from taoism.enclave.paged import PagedTensor
 from taoism.enclave.program import SegmentProgram
-from taoism.enclave.sealing import PagedTensor
 from taoism.enclave.weights import WeightStore
 from taoism.errors import MemoryBudgetError
 

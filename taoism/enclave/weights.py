@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from taoism.enclave.exec.base import ExecContext
 from taoism.enclave.memory import ResidentValues
-from taoism.enclave.sealing import PagedTensor, block_cuts
+from taoism.enclave.paged import PagedTensor, block_cuts
 
 SEALABLE_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 

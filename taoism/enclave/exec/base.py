@@ -3,7 +3,7 @@
 A layer whose working set does not fit what the enclave's budget leaves free runs in chunks
 sized from its own shape and that free space. Chunk sizes come from a search over the layer's
 own dimensions (nothing has to divide anything; the last chunk is simply shorter). Inputs that
-do not fit stay sealed (:mod:`taoism.enclave.sealing`) and are streamed in block by block.
+do not fit stay sealed (:mod:`taoism.enclave.paged`) and are streamed in block by block.
 The same code runs on meta tensors (``meta=True``) to plan memory without computing anything.
 """
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from taoism.enclave.memory import Accountant
-from taoism.enclave.sealing import PagedTensor, PageSealer, even_cuts
+from taoism.enclave.paged import PagedTensor, even_cuts
+from taoism.enclave.pages import PageSealer
 from taoism.errors import MemoryBudgetError
 from taoism.protocol.schema import DEFAULT_PAGE_BYTES
 

@@ -22,7 +22,7 @@ from taoism.enclave.exec.base import (
     read_weight_rows,
     shape_bytes,
 )
-from taoism.enclave.sealing import even_cuts
+from taoism.enclave.paged import even_cuts
 
 
 class ConvExecutor(Executor):

@@ -19,7 +19,7 @@ from taoism.enclave.exec.base import (
     largest_ok,
     read_weight_rows,
 )
-from taoism.enclave.sealing import even_cuts
+from taoism.enclave.paged import even_cuts
 
 
 class LinearExecutor(Executor):

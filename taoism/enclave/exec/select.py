@@ -33,7 +33,7 @@ from taoism.enclave.exec.pooling import (
     pool_shape,
 )
 from taoism.enclave.exec.shape import CatExecutor, FlattenExecutor
-from taoism.enclave.sealing import PagedTensor
+from taoism.enclave.paged import PagedTensor
 
 Value = torch.Tensor | PagedTensor
 WeightLookup = Callable[[str, str], Value | None]  # (module key, tensor name) -> its tensor
