@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from taoism.enclave.pages import PageSealer, PageStore, Region, SealedPage, SealStats
+from taoism.enclave.pages import PageSealer, PageStore, SealedPage, SealStats
 from taoism.errors import IntegrityError
+
+Region = tuple[slice, ...]  # a block or any box of a tensor, one slice per dimension
 
 
 def even_cuts(size: int, chunk: int) -> tuple[int, ...]:

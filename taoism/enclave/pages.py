@@ -32,8 +32,6 @@ _TAG = 16
 _NONCE = struct.Struct(">4sQ")
 _NONCE_PREFIX = b"SEAL"
 
-Region = tuple[slice, ...]
-
 
 @dataclass(frozen=True)
 class SealedPage:

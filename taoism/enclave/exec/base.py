@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import torch
 
 from taoism.enclave.memory import Accountant
-from taoism.enclave.paged import PagedTensor, even_cuts
+from taoism.enclave.paged import PagedTensor, Region, even_cuts
 from taoism.enclave.pages import PageSealer
 from taoism.errors import MemoryBudgetError
 from taoism.protocol.schema import DEFAULT_PAGE_BYTES
 
-Region = tuple[slice, ...]
 IntOrSeq = int | Sequence[int]  # a kernel/stride/padding/dilation argument, as torch takes it
 OutputSize = int | None | Sequence[int | None]  # an adaptive pool's output_size
 CHUNK_PENALTY_BYTES = 256 << 10  # a chunk's fixed overhead (~50 us) expressed as bytes of crypto
