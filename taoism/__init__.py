@@ -13,9 +13,9 @@ and measure what each split costs and leaks.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from taoism._lazy import lazy_exports
 from taoism.config import EnclaveConfig
 from taoism.errors import (
     AttestationError,
@@ -72,17 +72,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'taoism' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports("taoism", globals(), _LAZY)
 
 
 __version__ = "0.1.0"

@@ -8,8 +8,9 @@ the key and decrypts shielded tensors. See docs/package-format.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from taoism._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from taoism.trust.attest import Attestation, attest
@@ -77,17 +78,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'taoism.trust' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports("taoism.trust", globals(), _LAZY)
 
 
 __all__ = [
