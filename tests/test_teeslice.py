@@ -410,3 +410,18 @@ def test_untrained_resnet_slices_deploy_equal(digits_run):
         assert all(
             not str(p).endswith("ENCLAVE") for n, p in placed.items() if n.startswith("backbone")
         )
+
+
+def test_gate_logits_learn_at_their_own_rate():
+    from taoism.teeslice.train import _epochs
+
+    model = _sliced("small_cnn", "digits")
+    cfg = TeeSliceConfig(alpha_lr_scale=10.0, lr_schedule="constant", batch_size=4)
+    seen = []
+
+    def step(idx, opt):
+        seen.append(sorted(g["lr"] for g in opt.param_groups))
+        return {}
+
+    _epochs(model, 8, 1, 0.1, "sgd", cfg, torch.Generator().manual_seed(0), "t", False, step)
+    assert seen and all(lrs == pytest.approx([0.1, 1.0]) for lrs in seen)

@@ -53,6 +53,7 @@ class TeeSliceConfig:
     optimizer: str = "sgd"  #: student optimizer: "sgd" (artifact, with momentum) or "adam"
     lr: float = 0.1  #: student learning rate (artifact: SGD 0.1, cosine)
     momentum: float = 0.9  #: SGD momentum (student and, with "sgd", teacher)
+    alpha_lr_scale: float = 1.0  #: gate logits learn at this x the student's lr (artifact: 1)
     lr_schedule: str = "cosine"  #: "cosine" (annealed to 0 over each phase) or "constant"
     weight_decay: float = 5e-4  #: weight decay of teacher and student (never on the gates)
     batch_size: int = 64  #: minibatch size everywhere (artifact 64)
@@ -87,6 +88,8 @@ class TeeSliceConfig:
         if len(tuple(self.alpha_init)) != 2:
             raise bad(f"alpha_init must be (block, proxy) logits, got {self.alpha_init!r}")
         object.__setattr__(self, "alpha_init", tuple(float(a) for a in self.alpha_init))
+        if self.alpha_lr_scale <= 0:
+            raise bad(f"alpha_lr_scale must be > 0, got {self.alpha_lr_scale}")
         if not 0 <= self.momentum < 1:
             raise bad(f"momentum must be in [0, 1), got {self.momentum}")
         if not 1 <= self.max_proxies <= 3:

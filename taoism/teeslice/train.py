@@ -115,7 +115,11 @@ def _optimizer(
             "params": [p for n, p in named if not n.endswith("alphas")],
             "weight_decay": config.weight_decay,
         },
-        {"params": [p for n, p in named if n.endswith("alphas")], "weight_decay": 0.0},
+        {
+            "params": [p for n, p in named if n.endswith("alphas")],
+            "weight_decay": 0.0,
+            "lr_scale": config.alpha_lr_scale,
+        },
     ]
     groups = [g for g in groups if g["params"]]
     if kind == "sgd":
@@ -144,7 +148,7 @@ def _epochs(
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
         for group in opt.param_groups:
-            group["lr"] = _lr_at(config, lr, epoch, epochs)
+            group["lr"] = _lr_at(config, lr, epoch, epochs) * group.get("lr_scale", 1.0)
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, config.batch_size):
             idx = order[i : i + config.batch_size]
