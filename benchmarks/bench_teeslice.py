@@ -7,9 +7,13 @@ on the private half, with ``--threads`` torch threads. Prints one JSON object pe
 writes them all to ``--json``. Use a fresh ``--cache-dir`` to measure training time (a cache
 hit skips training).
 
-Usage: python benchmarks/bench_teeslice.py --runs small_cnn:digits,resnet18:digits
-       [--epochs 20] [--train-size N] [--threads 2] [--max-prune-steps K] [--latency]
+Usage: python benchmarks/bench_teeslice.py --runs small_cnn:digits,gap_resnet20:digits
+       [--epochs 20] [--train-size N] [--threads 2] [--set FIELD=VALUE ...] [--latency]
        [--cache-dir DIR] [--json OUT]
+
+``--epochs`` sizes the public model's and the victim's training; TEESlice itself runs with the
+TeeSliceConfig defaults (teacher 20, student 40, pruning phase 20 epochs) unless ``--set``
+overrides a field (e.g. ``--set student_epochs=20 --set prune_epochs=10``).
 """
 
 from __future__ import annotations
@@ -77,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the TEESlice training benchmark."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="small_cnn:digits,resnet18:digits")
-    ap.add_argument(
-        "--epochs", type=int, default=20, help="public, victim, teacher and student epochs"
-    )
+    ap.add_argument("--epochs", type=int, default=20, help="public model and victim epochs")
     ap.add_argument("--train-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -89,18 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency", action="store_true", help="also time the strategies (batch 64)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument(
-        "--max-prune-steps", type=int, default=40, help="bound on the 5%% pruning steps"
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a TeeSliceConfig field (repeatable)",
     )
     args = ap.parse_args(argv)
+    from taoism.cli.teeslice import parse_sets
+
+    overrides = parse_sets(None, None, tuple(args.sets))  # type: ignore[arg-type]
     out = []
     for run in args.runs.split(","):
         model, dataset = run.split(":")
-        cfg = TeeSliceConfig(
-            seed=args.seed,
-            teacher_epochs=args.epochs,
-            student_epochs=args.epochs,
-            max_prune_steps=args.max_prune_steps,
-        )
+        cfg = TeeSliceConfig(**{"seed": args.seed, **overrides})
+        load_start = os.getloadavg()
         result, victim, res = run_teeslice(
             model,
             dataset,
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             res["latency"] = latency_rows(victim, result.model, x, repeats=args.repeats, threads=1)
         res["machine"] = {
             "cpus": os.cpu_count(),
+            "load_avg_start": load_start,
             "load_avg": os.getloadavg(),
             "python": sys.version.split()[0],
             "platform": platform.platform(),

@@ -16,7 +16,9 @@ from taoism.teeslice.prune import first_prune, next_prune
 from taoism.teeslice.train import _prune
 from taoism.zoo import get_model, input_shape
 
-TINY = TeeSliceConfig(teacher_epochs=3, student_epochs=3, prune_every=1, batch_size=64)
+TINY = TeeSliceConfig(
+    teacher_epochs=3, student_epochs=3, prune_epochs=3, prune_every=1, batch_size=64
+)
 
 
 def _randomise(model: SlicedNet, seed: int = 0) -> SlicedNet:
@@ -30,6 +32,9 @@ def _randomise(model: SlicedNet, seed: int = 0) -> SlicedNet:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
             elif hasattr(m, "alphas"):
                 m.alphas.copy_(torch.randn(m.alphas.shape, generator=g))
+        for m in model.head.modules():  # a head of unit-scale weights: outputs far from zero
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
     return model.eval()
 
 
@@ -200,24 +205,135 @@ def test_prune_rules_pick_lowest_gates():
     model = _sliced("resnet18", "cifar")
     with torch.no_grad():
         for i, g in enumerate(model.slices.values()):
-            g.alphas.copy_(torch.tensor([3.0] + [-float(i) - j for j in range(len(g.proxies))]))
+            g.alphas.copy_(torch.tensor([1.0] + [1.0 - 0.4 * i - j for j in range(len(g.proxies))]))
     gates = model.proxy_gates()
     low = sorted(gates, key=gates.get)
-    picked = first_prune(model, 0.1, 0.5)
-    assert picked == [p for p in low if gates[p] < 0.1][: len(gates) // 2] and picked
+    below = [p for p in low if gates[p] < 0.1]
+    assert len(gates) // 2 < len(below) < len(gates)
+    assert first_prune(model, 0.1, 0.5) == below  # every gate below the threshold goes
     assert next_prune(model, 0.05) == low[:1]  # 5% of 24 rounds to 1
     assert len(next_prune(model, 0.25)) == 6
 
 
-def test_prune_loop_stops_and_undoes_the_step_that_breaks_the_rule():
+def test_first_prune_drops_at_least_the_fraction_and_at_most_the_cap():
+    """The artifact's first step (``init_prune_proxies_by_thred``): below-threshold proxies and
+    at least 50% of all; 80% when every gate is below the threshold."""
     model = _sliced("resnet18", "cifar")
-    accs = iter([1.0, 0.995, 0.991, 0.98, 0.99])  # base, step 1, step 2, step 3 (breaks), ...
-    cfg = TeeSliceConfig(prune_threshold=0.9)  # equal gates (0.25) are all below it
-    out, history = _prune(model, lambda m, d: None, lambda m: next(accs), cfg)
-    assert [h["kept"] for h in history[1:]] == [True, True, False]
-    assert history[1]["dropped"] == 12 and history[2]["dropped"] == 1  # 50%, then 5% of 12 -> 1
-    assert _n_proxies(out) == 24 - 12 - 1  # the third step was undone
+    with torch.no_grad():
+        for g in model.slices.values():
+            g.alphas.fill_(0.0)  # gates 1/2 .. 1/4: none below 0.1
+    gates = model.proxy_gates()
+    picked = first_prune(model, 0.1, 0.5)
+    assert len(picked) == 12 and all(
+        gates[p] <= min(gates[q] for q in gates if q not in picked) for p in picked
+    )
+    assert len(first_prune(model, 0.9, 0.5, cap=0.8)) == int(0.8 * 24)  # all below 0.9
+
+
+def _fake_fit(epochs: int, every: int = 2):
+    """A pruning-phase ``fit`` that trains nothing and calls the interval hook on schedule."""
+
+    def fit(model, hook):
+        for epoch in range(every, epochs + 1, every):
+            hook(epoch)
+
+    return fit
+
+
+def test_prune_phase_remembers_the_last_model_that_kept_the_rule():
+    model = _sliced("resnet18", "cifar")
+    # base, epoch 2 (ok), 4 (ok), 6 (breaks: no step), 8 (ok again), 10 (final, breaks); final
+    accs = iter([1.0, 0.995, 0.991, 0.98, 0.992, 0.97, 0.97])
+    cfg = TeeSliceConfig(prune_threshold=0.9, prune_epochs=10, prune_every=2)
+    out, history = _prune(model, _fake_fit(10), lambda m: next(accs), cfg)
+    assert [h["kept"] for h in history[1:]] == [True, True, False, True, False]
+    # first step 80% (every gate below 0.9), then 1 at epochs 2, 4 and 8; not at 6
+    assert [h["proxies"] for h in history] == [24, 5, 4, 3, 3, 2]
+    assert _n_proxies(out) == 3  # the model remembered at epoch 8, not the final one
     assert _n_proxies(model) == 24  # the input model is left as it was
+
+
+def test_prune_phase_returns_the_fine_tuned_model_when_it_is_more_accurate():
+    """After the last step the fine-tuning goes on; its result wins when it is more accurate."""
+    model = _sliced("resnet18", "cifar")
+    accs = iter([1.0, 0.995, 0.98, 0.999])  # base, epoch 2 (ok, prunes), epoch 4 (final)
+    cfg = TeeSliceConfig(prune_threshold=0.9, prune_epochs=4, prune_every=2)
+    out, history = _prune(model, _fake_fit(4), lambda m: next(accs), cfg)
+    assert [h["proxies"] for h in history] == [24, 5, 4]
+    assert _n_proxies(out) == 4
+
+
+def test_prune_phase_keeps_the_unpruned_model_if_the_rule_never_holds():
+    model = _sliced("resnet18", "cifar")
+    accs = iter([1.0, 0.9, 0.9, 0.9])
+    cfg = TeeSliceConfig(prune_threshold=0.9, prune_epochs=4, prune_every=2)
+    out, history = _prune(model, _fake_fit(4), lambda m: next(accs), cfg)
+    assert out is model and not any(h["kept"] for h in history[1:])
+
+
+# the artifact's student (defects fixed in session 3) --------------------------------------------
+def test_gates_start_on_the_backbone_and_merges_end_in_relu():
+    """alpha_init (2, -2): the backbone block carries most of the weight at the start, and every
+    merged feature is non-negative (ReLU after the merge), as the artifact's NetTailorBlock."""
+    model = _sliced("resnet18", "cifar").train()
+    for g in model.slices.values():
+        gates = g.gates()
+        assert float(gates[0]) > 0.85 and torch.allclose(gates[1:], gates[1])
+    _, feats = model.features(torch.randn(4, 3, 32, 32))
+    assert all(float(f.min()) >= 0 for f in feats)
+    plain = SlicedNet(
+        get_model("small_cnn", dataset_shape="digits"), (1, 8, 8), 10, merge_relu=False
+    )
+    assert float(plain.features(torch.randn(8, 1, 8, 8))[1][-1].min()) < 0  # the switch works
+
+
+def test_local_feature_loss_trains_only_its_own_block():
+    """feature_detach: the feature loss of the last block reaches only the last block's slice."""
+    model = _randomise(_sliced("gap_resnet20", "digits")).train()
+    x = torch.randn(4, 1, 8, 8)
+    for local, others in ((True, False), (False, True)):
+        model.zero_grad()
+        feats = model.features(x, local=local)[1]
+        feats[-1].square().mean().backward()
+        last = f"slices.block{len(feats) - 1}."
+        hit = {
+            n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+        }
+        assert any(n.startswith(last) for n in hit)
+        assert any(n.startswith("slices.") and not n.startswith(last) for n in hit) == others
+    logits, merged = model.features(x)
+    assert_same(
+        torch.stack([f.sum() for f in merged]),
+        torch.stack([f.sum() for f in model.features(x, local=True)[1]]),
+    )
+
+
+def test_flops_term_is_normalised_by_the_backbone_flops():
+    """The artifact divides the proxies' expected FLOPs by the backbone's FLOPs."""
+    from taoism.capture import capture
+
+    model = _sliced("small_cnn", "digits")
+    plain = get_model("small_cnn", dataset_shape="digits").eval()
+    cap = capture(plain, torch.zeros(2, 1, 8, 8))
+    conv_names = {n for n, m in plain.named_modules() if isinstance(m, nn.Conv2d)}
+    convs = sum(
+        i.flops for i in cap.nodes.values() if i.op == "call_module" and i.target in conv_names
+    )
+    assert len(conv_names) == 2 and convs > 0
+    assert model.backbone_flops == pytest.approx(convs, rel=0.02)
+    assert_same(
+        model.expected_flops("backbone") * model.backbone_flops,
+        model.expected_flops() * model.flops_norm,
+    )
+
+
+def test_cosine_schedule():
+    from taoism.teeslice.train import _lr_at
+
+    cfg = TeeSliceConfig()
+    lrs = [_lr_at(cfg, 0.1, e, 10) for e in range(10)]
+    assert lrs[0] == 0.1 and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.003
+    assert _lr_at(TeeSliceConfig(lr_schedule="constant"), 0.1, 9, 10) == 0.1
 
 
 # training, pruning and deployment on digits ---------------------------------------------------
@@ -247,7 +363,8 @@ def test_smoke_digits_trains_prunes_and_caches(digits_run):
     base = hist[0]["val_accuracy"]
     for h in hist[1:]:
         assert h["kept"] == (h["val_accuracy"] >= 0.99 * base)
-    assert all(h["kept"] for h in hist[1:-1])
+    # the returned model is one that kept the rule (an evaluated, kept structure)
+    assert after["proxies"] in [h["proxies"] for h in hist if h.get("kept", True)]
     assert out["victim_test_accuracy"] > 0.8 and after["test_accuracy"] > 0.5
     assert not out["cached"] and _n_proxies(result.model) == after["proxies"]
     again, _, out2 = run_teeslice("small_cnn", "digits", **kw)  # same inputs: a cache hit
@@ -293,3 +410,18 @@ def test_untrained_resnet_slices_deploy_equal(digits_run):
         assert all(
             not str(p).endswith("ENCLAVE") for n, p in placed.items() if n.startswith("backbone")
         )
+
+
+def test_gate_logits_learn_at_their_own_rate():
+    from taoism.teeslice.train import _epochs
+
+    model = _sliced("small_cnn", "digits")
+    cfg = TeeSliceConfig(alpha_lr_scale=10.0, lr_schedule="constant", batch_size=4)
+    seen = []
+
+    def step(idx, opt):
+        seen.append(sorted(g["lr"] for g in opt.param_groups))
+        return {}
+
+    _epochs(model, 8, 1, 0.1, "sgd", cfg, torch.Generator().manual_seed(0), "t", False, step)
+    assert seen and all(lrs == pytest.approx([0.1, 1.0]) for lrs in seen)

@@ -20,8 +20,18 @@ def _config_fields() -> dict[str, Any]:
 
 
 def _parse_value(field: str, default: Any, text: str) -> Any:
-    """``text`` as the type of ``default`` (bool, int or float); a usage error otherwise."""
+    """``text`` as the type of ``default`` (bool, int, float, str, or a tuple of numbers given
+    as ``a,b``); a usage error otherwise."""
     t = text.strip().lower()
+    if isinstance(default, str):
+        return t
+    if isinstance(default, tuple):
+        try:
+            return tuple(float(v) for v in t.split(","))
+        except ValueError:
+            raise click.BadParameter(
+                f"{field} takes comma-separated numbers, got {text!r}", param_hint="--set"
+            ) from None
     if isinstance(default, bool):
         if t in _TRUE or t in _FALSE:
             return t in _TRUE

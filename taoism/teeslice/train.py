@@ -14,7 +14,9 @@ and public model's weights, the data), so a rerun returns the same model without
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ from taoism.teeslice.student import SlicedNet
 __all__ = ["SliceData", "TeeSliceResult", "sliced_victim", "train"]
 
 #: Bump when a change here changes what a cached sliced model would hold.
-TEESLICE_CACHE_VERSION = 1
+TEESLICE_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -96,22 +98,68 @@ def _plain_features(
     return model.get_submodule(layout.classifier)(torch.flatten(h, 1)), feats
 
 
+def _lr_at(config: TeeSliceConfig, base: float, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` (0-based) of a phase of ``epochs`` (``lr_schedule``)."""
+    if config.lr_schedule == "constant" or epochs <= 1:
+        return base
+    return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def _optimizer(
+    model: nn.Module, kind: str, lr: float, config: TeeSliceConfig
+) -> torch.optim.Optimizer:
+    """``kind`` ("sgd" / "adam") over the trainable parameters; no weight decay on the gates."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {
+            "params": [p for n, p in named if not n.endswith("alphas")],
+            "weight_decay": config.weight_decay,
+        },
+        {
+            "params": [p for n, p in named if n.endswith("alphas")],
+            "weight_decay": 0.0,
+            "lr_scale": config.alpha_lr_scale,
+        },
+    ]
+    groups = [g for g in groups if g["params"]]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+    return torch.optim.Adam(groups, lr=lr)
+
+
 def _epochs(
+    model: nn.Module,
     n: int,
     epochs: int,
-    batch: int,
+    lr: float,
+    kind: str,
+    config: TeeSliceConfig,
     gen: torch.Generator,
     desc: str,
     progress: bool,
-    step: Callable[[torch.Tensor], dict[str, float]],
+    step: Callable[[torch.Tensor, torch.optim.Optimizer], dict[str, float]],
+    on_interval: Callable[[int], bool] | None = None,
 ) -> None:
+    """``epochs`` epochs of minibatch ``step``s over ``n`` samples at the scheduled learning
+    rate; every ``config.prune_every`` epochs ``on_interval(epoch)``, which returns whether it
+    changed the model's parameters (the optimizer is then rebuilt)."""
+    opt = _optimizer(model, kind, lr, config)
+    model.train()
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for _ in bar:
+    for epoch in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(config, lr, epoch, epochs) * group.get("lr_scale", 1.0)
         order = torch.randperm(n, generator=gen)
-        for i in range(0, n, batch):
-            idx = order[i : i + batch]
+        for i in range(0, n, config.batch_size):
+            idx = order[i : i + config.batch_size]
             if len(idx) >= 2:  # a batch of one breaks batch norm
-                bar.set_postfix({k: f"{v:.3f}" for k, v in step(idx).items()})
+                bar.set_postfix({k: f"{v:.3f}" for k, v in step(idx, opt).items()})
+        every = max(config.prune_every, 1)
+        if on_interval is not None and (epoch + 1) % every == 0:
+            if on_interval(epoch + 1):
+                opt = _optimizer(model, kind, lr, config)
+            model.train()
+    model.eval()
 
 
 def _distil_teacher(
@@ -126,12 +174,8 @@ def _distil_teacher(
     """A copy of the public model trained (all layers) to match the victim: KL at temperature T."""
     teacher = copy.deepcopy(public).requires_grad_(True)
     _set_classes(teacher, v_logits.shape[1])
-    opt = torch.optim.Adam(
-        teacher.parameters(), lr=config.teacher_lr, weight_decay=config.weight_decay
-    )
-    teacher.train()
 
-    def step(idx: torch.Tensor) -> dict[str, float]:
+    def step(idx: torch.Tensor, opt: torch.optim.Optimizer) -> dict[str, float]:
         loss = kd_loss(
             _plain_features(teacher, layout, x[idx])[0], v_logits[idx], config.temperature
         )
@@ -141,7 +185,16 @@ def _distil_teacher(
         return {"kd": float(loss.detach())}
 
     _epochs(
-        len(x), config.teacher_epochs, config.batch_size, gen, "teeslice teacher", progress, step
+        teacher,
+        len(x),
+        config.teacher_epochs,
+        config.teacher_lr,
+        config.teacher_optimizer,
+        config,
+        gen,
+        "teeslice teacher",
+        progress,
+        step,
     )
     return teacher.eval().requires_grad_(False)
 
@@ -153,70 +206,106 @@ def _fit(
     x: torch.Tensor,
     y: torch.Tensor,
     epochs: int,
+    lr: float,
+    flops_weight: float,
     config: TeeSliceConfig,
     gen: torch.Generator,
     desc: str,
     progress: bool,
+    on_interval: Callable[[int], bool] | None = None,
 ) -> None:
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    student.train()
+    """Train the student's slices, gates and head against the teacher (the artifact's loss)."""
+    loss_config = dataclasses.replace(config, flops_weight=flops_weight)
 
-    def step(idx: torch.Tensor) -> dict[str, float]:
+    def step(idx: torch.Tensor, opt: torch.optim.Optimizer) -> dict[str, float]:
         with torch.no_grad():
             t_logits, t_feats = _plain_features(teacher, layout, x[idx])
         logits, feats = student.features(x[idx])
+        if config.feature_detach:
+            feats = student.features(x[idx], local=True)[1]
         loss, parts = student_loss(
-            logits, feats, student.expected_flops(), t_logits, t_feats, y[idx], config
+            logits,
+            feats,
+            student.expected_flops(config.flops_norm),
+            t_logits,
+            t_feats,
+            y[idx],
+            loss_config,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return parts
 
-    _epochs(len(x), epochs, config.batch_size, gen, desc, progress, step)
-    student.eval()
+    _epochs(
+        student,
+        len(x),
+        epochs,
+        lr,
+        config.optimizer,
+        config,
+        gen,
+        desc,
+        progress,
+        step,
+        on_interval,
+    )
 
 
 def _prune(
     student: SlicedNet,
-    fit: Callable[[SlicedNet, str], None],
+    fit: Callable[[SlicedNet, Callable[[int], bool]], None],
     val_acc: Callable[[SlicedNet], float],
     config: TeeSliceConfig,
 ) -> tuple[SlicedNet, list[dict[str, Any]]]:
-    """The artifact's iterative pruning; returns the last model that kept the accuracy rule."""
+    """The artifact's iterative pruning (``nettailor_iterative.py``), on a copy of ``student``.
+
+    First prune, then one fine-tuning run (``fit(model, on_interval)``); at each interval the
+    model is evaluated and, if it keeps the rule, remembered and pruned further. Returns the
+    more accurate of the last remembered model and the final one (the unpruned student if the
+    rule never held) and one history entry per evaluation.
+    """
     base = val_acc(student)
     floor = config.keep_accuracy * base
     history: list[dict[str, Any]] = [
-        {"step": 0, "proxies": len(student.proxy_list()), "val_accuracy": base}
+        {"step": 0, "epoch": 0, "proxies": len(student.proxy_list()), "val_accuracy": base}
     ]
-    for step in range(1, config.max_prune_steps + 2):
-        drop = (
-            first_prune(student, config.prune_threshold, config.first_prune_fraction)
-            if step == 1
-            else next_prune(student, config.prune_fraction)
-        )
-        if not student.proxy_list():
-            break
-        trial = copy.deepcopy(student)
-        trial.remove_proxies(drop)
-        if drop:
-            fit(trial, f"teeslice prune step {step}")
-        acc = val_acc(trial)
-        kept = acc >= floor
-        history.append(
-            {
-                "step": step,
-                "dropped": len(drop),
-                "proxies": len(trial.proxy_list()),
-                "val_accuracy": acc,
-                "kept": kept,
-            }
-        )
-        if not kept:
-            break
-        student = trial
-    return student, history
+    model = copy.deepcopy(student)
+    drop = first_prune(
+        model, config.prune_threshold, config.first_prune_fraction, config.first_prune_max
+    )
+    model.remove_proxies(drop)
+    kept: dict[str, Any] = {}  # the last model that kept the rule, and its accuracy
+    steps = [len(drop)]  # proxies dropped by each step so far
+
+    def record(epoch: int, acc: float) -> None:
+        fresh = history[-1]["step"] != len(steps)  # first evaluation since the last step
+        entry = {"step": len(steps), "epoch": epoch, "dropped": steps[-1] if fresh else 0}
+        entry.update({"proxies": len(model.proxy_list()), "val_accuracy": acc})
+        history.append({**entry, "kept": acc >= floor})
+
+    def on_interval(epoch: int) -> bool:
+        acc = val_acc(model)
+        ok = acc >= floor
+        record(epoch, acc)
+        if not ok:
+            return False
+        kept.update(model=copy.deepcopy(model), accuracy=acc)
+        last = epoch >= config.prune_epochs  # no epoch left to fine-tune a new step
+        if last or len(steps) > config.max_prune_steps or not model.proxy_list():
+            return False
+        drop = next_prune(model, config.prune_fraction)
+        model.remove_proxies(drop)
+        steps.append(len(drop))
+        return True
+
+    fit(model, on_interval)
+    final = val_acc(model)
+    if history[-1]["epoch"] != config.prune_epochs or len(history) == 1:
+        record(config.prune_epochs, final)
+    if not kept:
+        return (model if final >= floor else student), history
+    return (model if final >= kept["accuracy"] else kept["model"]), history
 
 
 def _cache_key(victim: nn.Module, public: nn.Module, data: Any, config: TeeSliceConfig) -> str:
@@ -259,7 +348,13 @@ def train(
 
     def fresh() -> SlicedNet:
         return SlicedNet(
-            copy.deepcopy(public_backbone), input_shape, num_classes, config.max_proxies
+            copy.deepcopy(public_backbone),
+            input_shape,
+            num_classes,
+            config.max_proxies,
+            merge_relu=config.merge_relu,
+            alpha_init=config.alpha_init,
+            proxy_pool=config.proxy_pool,
         )
 
     if cache is not None:
@@ -293,6 +388,8 @@ def train(
             xt,
             yt,
             config.student_epochs,
+            config.lr,
+            config.flops_weight,
             config,
             gen,
             "teeslice student",
@@ -308,8 +405,20 @@ def train(
         if config.prune:
             student, history = _prune(
                 student,
-                lambda m, d: _fit(
-                    m, teacher, layout, xt, yt, config.prune_every, config, gen, d, progress
+                lambda m, hook: _fit(
+                    m,
+                    teacher,
+                    layout,
+                    xt,
+                    yt,
+                    config.prune_epochs,
+                    config.prune_lr,
+                    config.prune_flops_weight,
+                    config,
+                    gen,
+                    "teeslice pruning",
+                    progress,
+                    hook,
                 ),
                 lambda m: accuracy(m, x[va], y[va]),
                 config,
