@@ -123,7 +123,7 @@ class AttackConfig:
     Victim: ``victim_epochs``, ``victim_lr``, ``victim_batch``, ``victim_weight_decay``.
     Model stealing: the tuning grid ``ms_lrs`` x ``ms_epochs`` (+ the paper's per-layer rates
     when ``ms_paper_point``), chosen on ``ms_val_fraction`` of the queries, batch ``ms_batch``,
-    each rate's run stopped early when its held-out accuracy drops (``ms_early_stop``) and
+    each rate's run stopped early when its held-out accuracy stops improving (``ms_early_stop``) and
     only the best ``ms_keep`` rates trained past the first epoch count (successive halving;
     see :class:`~taoism.security.tuning.AttackGrid`);
     adversarial transfer: ``pgd_eps`` and ``pgd_alpha`` in pixel units (x 1/std per channel),
@@ -239,7 +239,7 @@ class AttackConfig:
                 eval_samples=5000,
                 # Compute budget, fixed before any result (docs: BENCHMARKS.md, security section):
                 # MIA on 5,000 members + 5,000 non-members (standard error <= 0.5 points),
-                # each tuning run stopped when its held-out accuracy drops, and successive
+                # each tuning run stopped when its held-out accuracy stops improving, and successive
                 # halving of the six rates after the first epoch count (the best 3 go on).
                 mia_samples=5000,
                 ms_early_stop=True,

@@ -35,7 +35,7 @@ class AttackGrid:
     """The attacker's tuning grid; ``paper_point`` adds the per-layer rates as one point.
 
     ``early_stop``: a rate's run stops at the first epoch count of the grid whose held-out
-    accuracy is below the best earlier one of that run (patience: one grid point); its later
+    accuracy is no better than the best earlier one of that run (patience: one grid point); its later
     epoch counts are then not tried (they are missing from the tuning record). ``keep``:
     successive halving (Jamieson & Talwalkar, 2016): after the first epoch count only the
     ``keep`` rates with the best held-out accuracy (then loss) train on (None: all do).
@@ -134,11 +134,11 @@ class _Run:
         self.model.eval()
 
     def check(self, val: tuple[torch.Tensor, torch.Tensor]) -> bool:
-        """Record held-out (accuracy, loss) at the current epoch; whether the accuracy fell
-        below the best earlier record of this run."""
+        """Record held-out (accuracy, loss) at the current epoch; whether the accuracy is no
+        better than the best earlier record of this run (no improvement)."""
         logits = predict_logits(self.model, val[0])
         acc = float((logits.argmax(1) == val[1]).float().mean())
-        worse = bool(self.record) and acc < max(a for a, _ in self.record.values())
+        worse = bool(self.record) and acc <= max(a for a, _ in self.record.values())
         self.record[self.epoch] = (acc, float(F.cross_entropy(logits, val[1])))
         return worse
 
