@@ -584,8 +584,8 @@ def _attack_start(
 ) -> dict[str, Any]:
     """One start's model-stealing and MIA metrics, cached by content.
 
-    Two strategies whose attacker starts hold the same tensors (e.g. ``none`` and ``nonlinear``,
-    which exposes every weight) give the same surrogate, since every strategy of one (seed,
+    Two strategies whose attacker starts hold the same tensors (e.g. ``deep:0`` and ``none``,
+    or ``deep:K`` over every unit and ``all``) give the same surrogate, since every strategy of one (seed,
     queries) shares the queries and the training randomness: the key is the start's state
     digest, its tensor statuses, the oracle's labels and the job without its strategy, so such
     a start is trained once and its metrics reused (``reused_from`` names the first job).

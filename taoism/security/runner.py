@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -84,6 +84,8 @@ def run_all(
     spawned processes, or on Ray."""
     if not calls:
         return []
+    if not ray and jobs > 1:
+        return run_graph(calls, [()] * len(calls), jobs=jobs, desc=desc, progress=progress)
     bar = tqdm(total=len(calls), desc=desc, disable=not progress, dynamic_ncols=True)
     out: list[Any] = [None] * len(calls)
     try:
@@ -96,20 +98,6 @@ def run_all(
                 done, pending = ray_mod.wait(pending, num_returns=1)
                 bar.update(len(done))
             out = ray_mod.get(refs)
-        elif jobs > 1:
-            import multiprocessing
-
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(
-                max_workers=jobs,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init,
-                initargs=(threads,),
-            ) as pool:
-                futs = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(calls)}
-                for fut in as_completed(futs):
-                    out[futs[fut]] = fut.result()
-                    bar.update(1)
         else:
             for i, (fn, args) in enumerate(calls):
                 out[i] = fn(*args)
