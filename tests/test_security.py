@@ -565,6 +565,40 @@ def test_fit_surrogate_chooses_on_held_out_queries_only(digits):
     assert grid_edges({"lr": "paper", "epochs": 6}, grid) == {"lr": False, "epochs": True}
 
 
+def test_fit_surrogate_early_stop_and_halving(digits):
+    """Early stopping and successive halving only cut runs short: every recorded point equals
+    the full grid's, a stopped run's last point is its first non-improvement, and after the first
+    epoch count only ``keep`` rates go on."""
+    net = zoo.get_model(MODEL, dataset_shape="digits", seed=3)
+    x, y = digits.x_train[:200], digits.y_train[:200]
+    kw = dict(lrs=(0.0003, 0.003, 0.03, 0.3), epochs=(1, 2, 4, 8), batch_size=32)
+    _, full = fit_surrogate(net, x, y, {}, AttackGrid(**kw), seed=0)
+    _, cut = fit_surrogate(net, x, y, {}, AttackGrid(**kw, early_stop=True, keep=2), seed=0)
+    went_on = [lr for lr, d in cut["grid"].items() if len(d) > 1]
+    assert len(went_on) <= 2 and all(len(d) >= 1 for d in cut["grid"].values())
+    for lr, d in cut["grid"].items():
+        for ep, v in d.items():
+            assert v == full["grid"][lr][ep]  # the same run, only shorter
+        accs = [d[e]["accuracy"] for e in sorted(d, key=int)]
+        flat = [i for i in range(1, len(accs)) if accs[i] <= max(accs[:i])]
+        assert flat in ([], [len(accs) - 1])  # stopped at its first non-improvement, or never
+    with pytest.raises(ConfigError, match="keep"):
+        AttackGrid(keep=0)
+
+
+def test_run_graph_keeps_call_order_and_checks_deps():
+    import operator
+
+    from taoism.security.runner import run_graph
+
+    calls = [(operator.add, (i, 10)) for i in range(5)]
+    deps = [[], [0], [0], [1, 2], []]
+    assert run_graph(calls, deps, jobs=2, desc="t", progress=False) == [10, 11, 12, 13, 14]
+    assert run_graph(calls, deps, jobs=1, desc="t", progress=False) == [10, 11, 12, 13, 14]
+    with pytest.raises(ConfigError, match="deps"):
+        run_graph(calls, [[], [1], [], [], []], jobs=2, desc="t", progress=False)
+
+
 # -- glyphs: the smoke of the evaluation the paper's effect needs ---------------------------------
 
 GLYPHS = "glyphs"

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taoism.errors import ConfigError
 from taoism.security.training import classifier_head, predict_logits
 from taoism.security.views import Reconstruction, reconstruct_state
 
@@ -24,6 +25,7 @@ __all__ = [
     "confidence_scores",
     "membership_inference",
     "pgd",
+    "shadow_threshold",
     "threshold_attack",
     "transfer_attack",
 ]
@@ -92,7 +94,7 @@ def pgd(
     steps: int,
     lo: torch.Tensor,
     hi: torch.Tensor,
-    batch_size: int = 500,
+    batch_size: int = 256,
 ) -> torch.Tensor:
     """Untargeted L-inf PGD (no random start) against ``model``; ``eps``/``alpha``/``lo``/``hi``
     are per-channel tensors in the input's (normalised) units."""
@@ -133,13 +135,17 @@ def transfer_attack(
     lo: torch.Tensor,
     hi: torch.Tensor,
     max_samples: int | None = None,
+    victim_pred: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """PGD on the surrogate, tested on the victim, over test samples the victim gets right.
 
     Returns ``adv_success`` (fraction the victim misclassifies after the attack) and
     ``adv_surrogate_success`` (the same on the surrogate: the white-box strength).
+    ``victim_pred``: the victim's top-1 labels on ``x`` when the caller already has them.
     """
-    ok = predict_logits(victim, x).argmax(1) == y
+    if victim_pred is None:
+        victim_pred = predict_logits(victim, x).argmax(1)
+    ok = victim_pred == y
     xs, ys = x[ok], y[ok]
     if max_samples is not None:
         xs, ys = xs[:max_samples], ys[:max_samples]
@@ -164,8 +170,22 @@ def transfer_attack(
 
 def confidence_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The softmax probability the model gives each sample's true label."""
-    p = predict_logits(model, x).double().softmax(1)
-    return p.gather(1, y.view(-1, 1)).squeeze(1)
+    return _true_label_confidence(predict_logits(model, x), y)
+
+
+def _true_label_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.double().softmax(1).gather(1, y.view(-1, 1)).squeeze(1)
+
+
+def shadow_threshold(
+    shadow: nn.Module,
+    shadow_in: tuple[torch.Tensor, torch.Tensor],
+    shadow_out: tuple[torch.Tensor, torch.Tensor],
+) -> float:
+    """The confidence threshold calibrated on the attacker's shadow model (members >= it)."""
+    return threshold_attack(
+        confidence_scores(shadow, *shadow_in), confidence_scores(shadow, *shadow_out)
+    )
 
 
 def threshold_attack(members: torch.Tensor, non_members: torch.Tensor) -> float:
@@ -215,9 +235,11 @@ def membership_inference(
     y_in: torch.Tensor,
     x_out: torch.Tensor,
     y_out: torch.Tensor,
-    shadow: nn.Module,
-    shadow_in: tuple[torch.Tensor, torch.Tensor],
-    shadow_out: tuple[torch.Tensor, torch.Tensor],
+    shadow: nn.Module | None,
+    shadow_in: tuple[torch.Tensor, torch.Tensor] | None,
+    shadow_out: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    tau: float | None = None,
 ) -> dict[str, Any]:
     """Confidence-threshold MIA calibrated on the attacker's own ``shadow`` model.
 
@@ -226,21 +248,21 @@ def membership_inference(
     The threshold on true-label confidence that best separates its members (``shadow_in``)
     from its non-members (``shadow_out``) is applied to the surrogate's confidences on the
     target's members (``x_in``) and non-members (``x_out``). Also reports the surrogate's
-    generalisation gap and confidence gap there.
+    generalisation gap and confidence gap there. ``tau``: that threshold when the caller has
+    already calibrated it (:func:`shadow_threshold`; then the shadow arguments may be None).
     """
-    tau = threshold_attack(
-        confidence_scores(shadow, *shadow_in), confidence_scores(shadow, *shadow_out)
-    )
+    if tau is None:
+        if shadow is None or shadow_in is None or shadow_out is None:
+            raise ConfigError("membership_inference needs the shadow model and data, or tau")
+        tau = shadow_threshold(shadow, shadow_in, shadow_out)
     n = min(len(y_in), len(y_out))
     x_in, y_in, x_out, y_out = x_in[:n], y_in[:n], x_out[:n], y_out[:n]
-    s_in, s_out = (
-        confidence_scores(surrogate, x_in, y_in),
-        confidence_scores(surrogate, x_out, y_out),
-    )
+    logit_in, logit_out = predict_logits(surrogate, x_in), predict_logits(surrogate, x_out)
+    s_in, s_out = _true_label_confidence(logit_in, y_in), _true_label_confidence(logit_out, y_out)
     acc_in = float((s_in >= tau).double().mean())
     acc_out = float((s_out < tau).double().mean())
-    tr = float((predict_logits(surrogate, x_in).argmax(1) == y_in).double().mean())
-    te = float((predict_logits(surrogate, x_out).argmax(1) == y_out).double().mean())
+    tr = float((logit_in.argmax(1) == y_in).double().mean())
+    te = float((logit_out.argmax(1) == y_out).double().mean())
     return {
         "mia_accuracy": 0.5 * (acc_in + acc_out),
         "mia_auc": _auc(s_in, s_out),

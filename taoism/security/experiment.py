@@ -30,6 +30,7 @@ randomness (common random numbers), so differences between strategies are not se
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ from taoism.security.attacks import (
     agreement,
     align_output_rows,
     membership_inference,
+    shadow_threshold,
     transfer_attack,
 )
 from taoism.security.cache import Cache, config_hash
@@ -120,7 +122,10 @@ class AttackConfig:
     data is always supervised on it), ``public_epochs``, ``public_lr``.
     Victim: ``victim_epochs``, ``victim_lr``, ``victim_batch``, ``victim_weight_decay``.
     Model stealing: the tuning grid ``ms_lrs`` x ``ms_epochs`` (+ the paper's per-layer rates
-    when ``ms_paper_point``), chosen on ``ms_val_fraction`` of the queries, batch ``ms_batch``;
+    when ``ms_paper_point``), chosen on ``ms_val_fraction`` of the queries, batch ``ms_batch``,
+    each rate's run stopped early when its held-out accuracy stops improving (``ms_early_stop``) and
+    only the best ``ms_keep`` rates trained past the first epoch count (successive halving;
+    see :class:`~taoism.security.tuning.AttackGrid`);
     adversarial transfer: ``pgd_eps`` and ``pgd_alpha`` in pixel units (x 1/std per channel),
     ``pgd_steps``, ``adv_samples``; ``eval_samples`` caps the test samples used for accuracy
     and fidelity. Membership inference: the shadow model is trained like the victim unless
@@ -147,6 +152,8 @@ class AttackConfig:
     ms_paper_point: bool = True
     ms_val_fraction: float = 0.2
     ms_batch: int = 16
+    ms_early_stop: bool = False
+    ms_keep: int | None = None
     pgd_eps: float = 8 / 255
     pgd_alpha: float = 2 / 255
     pgd_steps: int = 10
@@ -230,6 +237,13 @@ class AttackConfig:
                 victim_epochs=15,
                 victim_lr=0.02,
                 eval_samples=5000,
+                # Compute budget, fixed before any result (docs: BENCHMARKS.md, security section):
+                # MIA on 5,000 members + 5,000 non-members (standard error <= 0.5 points),
+                # each tuning run stopped when its held-out accuracy stops improving, and successive
+                # halving of the six rates after the first epoch count (the best 3 go on).
+                mia_samples=5000,
+                ms_early_stop=True,
+                ms_keep=3,
             )
         else:  # cifar
             base = dict(
@@ -264,7 +278,13 @@ class AttackConfig:
     def grid(self) -> AttackGrid:
         """The attacker's tuning grid."""
         return AttackGrid(
-            self.ms_lrs, self.ms_epochs, self.ms_paper_point, self.ms_val_fraction, self.ms_batch
+            self.ms_lrs,
+            self.ms_epochs,
+            self.ms_paper_point,
+            self.ms_val_fraction,
+            self.ms_batch,
+            early_stop=self.ms_early_stop,
+            keep=self.ms_keep,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -446,6 +466,26 @@ def attack_starts(
     )
 
 
+def state_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over a model's state dict (names, dtypes, shapes and bytes), in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}|".encode() + _tensor_digest(t).encode())
+    return h.hexdigest()
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 over a tensor's dtype, shape and bytes."""
+    flat = t.detach().contiguous().cpu().reshape(-1)
+    raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+    return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + raw).hexdigest()
+
+
+def _experiment_key(spec: JobSpec, sliced: bool, queries: int) -> str:
+    """The job key without the strategy: what every start of one (victim, queries) shares."""
+    return dataclasses.replace(spec, strategy="teeslice" if sliced else "*", queries=queries).key()
+
+
 def _steal(
     start: Start,
     victim: torch.nn.Module,
@@ -454,22 +494,16 @@ def _steal(
     yq: torch.Tensor,
     view: dict[str, Any],
     spec: JobSpec,
+    victim_pred: torch.Tensor,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Tune and train one surrogate from ``start``; its model-stealing metrics."""
+    """Tune and train one surrogate from ``start`` (head rows already realigned); its
+    model-stealing metrics. ``victim_pred``: the victim's labels on the evaluation samples."""
     cfg = spec.config
-    head_name, _ = classifier_head(start.model)
-    e = view.get(f"{head_name}.weight")
-    head_perm = (
-        align_output_rows(start.model, xq, yq)
-        if e is not None and e.status == "obfuscated"
-        else None
-    )
     x_eval, y_eval = ds.x_test[: cfg.eval_samples], ds.y_test[: cfg.eval_samples]
     init_acc = accuracy(start.model, x_eval, y_eval)
     surrogate, tuning = fit_surrogate(
         start.model, xq, yq, start.statuses, cfg.grid(), subseed(spec.seed, f"ms:{spec.queries}")
     )
-    victim_pred = predict_logits(victim, x_eval).argmax(1)
     sur_pred = predict_logits(surrogate, x_eval).argmax(1)
     lo, hi = ds.pixel_bounds()
     scale = ds.pixel_scale()
@@ -484,6 +518,7 @@ def _steal(
         lo=lo,
         hi=hi,
         max_samples=cfg.adv_samples,
+        victim_pred=victim_pred,
     )
     return surrogate, {
         "victim_accuracy": float((victim_pred == y_eval).double().mean()),
@@ -492,16 +527,33 @@ def _steal(
         "surrogate_init_accuracy": init_acc,
         **adv,
         "tuning": {**tuning, "at_edge": grid_edges(tuning, cfg.grid())},
-        "head_realigned": head_perm is not None,
     }
 
 
+def _mia_threshold(
+    spec: JobSpec, shadow: torch.nn.Module, ds: ImageDataset, sp: AttackSplits, cache: Cache
+) -> float:
+    """The MIA threshold of the job's shadow model (the same for every job of its victim: cached)."""
+    key = config_hash(
+        {
+            "kind": "mia-threshold",
+            "base": _experiment_key(spec, trains_slices(spec.model, spec.strategy), 0),
+        }
+    )
+    hit = cache.get_json("shadow", key)
+    if hit is not None:
+        return float(hit["tau"])
+    tau = shadow_threshold(
+        shadow,
+        (ds.x_train[sp.shadow_train], ds.y_train[sp.shadow_train]),
+        (ds.x_train[sp.shadow_test], ds.y_train[sp.shadow_test]),
+    )
+    cache.put_json("shadow", key, {"tau": tau})
+    return tau
+
+
 def _mia(
-    surrogate: torch.nn.Module,
-    shadow: torch.nn.Module,
-    ds: ImageDataset,
-    sp: AttackSplits,
-    cfg: AttackConfig,
+    surrogate: torch.nn.Module, tau: float, ds: ImageDataset, sp: AttackSplits, cfg: AttackConfig
 ) -> dict[str, Any]:
     take = (
         (lambda idx: idx[: cfg.mia_samples]) if cfg.mia_samples is not None else (lambda idx: idx)
@@ -512,10 +564,57 @@ def _mia(
         ds.y_train[take(sp.target_train)],
         ds.x_train[take(sp.target_test)],
         ds.y_train[take(sp.target_test)],
-        shadow,
-        (ds.x_train[sp.shadow_train], ds.y_train[sp.shadow_train]),
-        (ds.x_train[sp.shadow_test], ds.y_train[sp.shadow_test]),
+        None,
+        None,
+        None,
+        tau=tau,
     )
+
+
+def _attack_start(
+    start: Start,
+    victim: torch.nn.Module,
+    ds: ImageDataset,
+    xq: torch.Tensor,
+    yq: torch.Tensor,
+    view: dict[str, Any],
+    spec: JobSpec,
+    context: dict[str, Any],
+    cache: Cache,
+) -> dict[str, Any]:
+    """One start's model-stealing and MIA metrics, cached by content.
+
+    Two strategies whose attacker starts hold the same tensors (e.g. ``deep:0`` and ``none``,
+    or ``deep:K`` over every unit and ``all``) give the same surrogate, since every strategy of one (seed,
+    queries) shares the queries and the training randomness: the key is the start's state
+    digest, its tensor statuses, the oracle's labels and the job without its strategy, so such
+    a start is trained once and its metrics reused (``reused_from`` names the first job).
+    """
+    head_name, _ = classifier_head(start.model)
+    e = view.get(f"{head_name}.weight")
+    realigned = (
+        align_output_rows(start.model, xq, yq)
+        if e is not None and e.status == "obfuscated"
+        else None
+    ) is not None
+    key = config_hash(
+        {
+            "kind": "start",
+            "base": context["base"],
+            "state": state_digest(start.model),
+            "statuses": dict(sorted(start.statuses.items())),
+            "oracle": _tensor_digest(yq),
+        }
+    )
+    hit = cache.get_json("starts", key)
+    if hit is not None:
+        return {**hit["metrics"], "head_realigned": realigned, "reused_from": hit["job"]}
+    surrogate, ms = _steal(start, victim, ds, xq, yq, view, spec, context["victim_pred"])
+    metrics = {**ms, **_mia(surrogate, context["tau"], ds, context["splits"], spec.config)}
+    cache.put_json(
+        "starts", key, {"metrics": metrics, "job": {"strategy": spec.strategy, "start": start.name}}
+    )
+    return {**metrics, "head_realigned": realigned}
 
 
 def best_of(per_start: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -557,9 +656,14 @@ def _run_job(spec: JobSpec, cache: Cache, *, progress: bool) -> dict[str, Any]:
     t["deploy"] = time.perf_counter()
     per_start: dict[str, dict[str, Any]] = {}
     starts = attack_starts(spec, ds, view, cache, victim if sliced_info is not None else None)
+    context = {
+        "base": _experiment_key(spec, sliced_info is not None, spec.queries),
+        "victim_pred": predict_logits(victim, ds.x_test[: cfg.eval_samples]).argmax(1),
+        "tau": _mia_threshold(spec, shadow, ds, sp, cache),
+        "splits": sp,
+    }
     for start in starts:
-        surrogate, ms = _steal(start, victim, ds, xq, yq, view, spec)
-        per_start[start.name] = {**ms, **_mia(surrogate, shadow, ds, sp, cfg)}
+        per_start[start.name] = _attack_start(start, victim, ds, xq, yq, view, spec, context, cache)
     t["attacks"] = time.perf_counter()
     rec = starts[0].rec
     out = _result(spec, dep, victim, xq, yq, qidx, per_start, victim_info, rec, t)

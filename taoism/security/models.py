@@ -278,8 +278,8 @@ def _features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     try:
         net.eval()
         with torch.inference_mode():
-            for i in range(0, len(x), 1000):
-                net(x[i : i + 1000])
+            for i in range(0, len(x), 256):  # 256: faster than larger batches on one core
+                net(x[i : i + 256])
     finally:
         hook.remove()
     return torch.cat(feats)

@@ -12,6 +12,7 @@ from typing import Any
 from taoism.errors import ConfigError
 
 __all__ = [
+    "timings",
     "METRICS",
     "RATIO_METRICS",
     "aggregate",
@@ -197,6 +198,31 @@ def csv_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]
                 d[f"{m}_x_bb_std"] = r["x_black_box"][m]["std"]
         out.append(d)
     return cols, out
+
+
+def timings(models: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where a run's time went: each model's wall time and each job's (0 s-ish when cached),
+    with the job totals summed per (strategy, queries)."""
+    jobs = [
+        {
+            "strategy": r["job"]["strategy"],
+            "queries": r["job"]["queries"],
+            "seed": r["job"]["seed"],
+            "cache_hit": bool(r.get("cache_hit")),
+            **r.get("timing_s", {}),
+        }
+        for r in results
+        if "error" not in r
+    ]
+    per: dict[str, float] = {}
+    for j in jobs:
+        if not j["cache_hit"]:
+            k = f"{j['strategy']} @ {j['queries']}"
+            per[k] = per.get(k, 0.0) + float(j.get("total", 0.0))
+    by_kind: dict[str, float] = {}
+    for m in models:
+        by_kind[m["kind"]] = by_kind.get(m["kind"], 0.0) + float(m["wall_s"])
+    return {"models": models, "models_s": by_kind, "jobs": jobs, "jobs_s": per}
 
 
 def write_csv(path: Path, cols: list[str], rows: list[dict[str, Any]]) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -12,10 +13,10 @@ from tqdm.auto import tqdm
 from taoism.errors import ConfigError, TaoismError
 from taoism.security.cache import Cache
 from taoism.security.experiment import AttackConfig, JobSpec, run_job
-from taoism.security.models import dataset_for, prepare_models, shadow_state
+from taoism.security.models import dataset_for, prepare_models, public_state, shadow_state
 from taoism.security.sliced import sliced_model, teeslice_applies, trains_slices
 
-__all__ = ["check_common", "execute", "run_all"]
+__all__ = ["check_common", "execute", "run_all", "run_graph"]
 
 
 def _worker_init(threads: int) -> None:
@@ -24,7 +25,8 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def _prepare_worker(
+def _model_worker(
+    kind: str,
     model: str,
     dataset: str,
     data_root: str | None,
@@ -32,26 +34,22 @@ def _prepare_worker(
     config: AttackConfig,
     cache_root: str,
     progress: bool,
-) -> bool:
+) -> dict[str, Any]:
+    """Train (or read) one of a seed's models: ``public``, ``victim``, ``shadow`` or the TEESlice
+    model of the victim / the shadow (``slices:victim``, ``slices:shadow``); returns its wall
+    time (near 0 when it was cached)."""
+    t0 = time.perf_counter()
     ds = dataset_for(dataset, data_root, cache_root, config.data_options)
-    prepare_models(model, ds, seed, config, Cache(cache_root), progress=progress)
-    shadow_state(model, ds, seed, config, Cache(cache_root), progress=progress)
-    return True
-
-
-def _slices_worker(
-    model: str,
-    dataset: str,
-    data_root: str | None,
-    seed: int,
-    config: AttackConfig,
-    cache_root: str,
-    progress: bool,
-) -> bool:
-    ds = dataset_for(dataset, data_root, cache_root, config.data_options)
-    for role in ("victim", "shadow"):
-        sliced_model(model, ds, seed, config, Cache(cache_root), role=role, progress=progress)
-    return True
+    cache = Cache(cache_root)
+    if kind == "public":
+        public_state(model, ds, seed, config, cache, progress=progress)
+    elif kind == "victim":
+        prepare_models(model, ds, seed, config, cache, progress=progress)
+    elif kind == "shadow":
+        shadow_state(model, ds, seed, config, cache, progress=progress)
+    else:
+        sliced_model(model, ds, seed, config, cache, role=kind.split(":", 1)[1], progress=progress)
+    return {"kind": kind, "seed": seed, "wall_s": time.perf_counter() - t0}
 
 
 def _job_worker(spec: JobSpec, cache_root: str, progress: bool) -> dict[str, Any]:
@@ -86,6 +84,8 @@ def run_all(
     spawned processes, or on Ray."""
     if not calls:
         return []
+    if not ray and jobs > 1:
+        return run_graph(calls, [()] * len(calls), jobs=jobs, desc=desc, progress=progress)
     bar = tqdm(total=len(calls), desc=desc, disable=not progress, dynamic_ncols=True)
     out: list[Any] = [None] * len(calls)
     try:
@@ -98,24 +98,61 @@ def run_all(
                 done, pending = ray_mod.wait(pending, num_returns=1)
                 bar.update(len(done))
             out = ray_mod.get(refs)
-        elif jobs > 1:
-            import multiprocessing
-
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(
-                max_workers=jobs,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init,
-                initargs=(threads,),
-            ) as pool:
-                futs = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(calls)}
-                for fut in as_completed(futs):
-                    out[futs[fut]] = fut.result()
-                    bar.update(1)
         else:
             for i, (fn, args) in enumerate(calls):
                 out[i] = fn(*args)
                 bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
+def run_graph(
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...]]],
+    deps: list[Sequence[int]],
+    *,
+    jobs: int,
+    desc: str,
+    progress: bool,
+) -> list[Any]:
+    """Run ``fn(*args)`` for every call (results in call order) in ``jobs`` spawned processes,
+    each call as soon as the calls it depends on (``deps[i]``: indices of earlier calls) are
+    done, ready calls in list order. So a worker never idles while another seed's models train,
+    and a list ordered longest first leaves a short tail. ``jobs == 1``: in list order here."""
+    if len(deps) != len(calls) or any(d >= i for i, ds in enumerate(deps) for d in ds):
+        raise ConfigError("run_graph: deps[i] must list indices of calls before call i")
+    if jobs <= 1 or len(calls) <= 1:
+        return run_all(calls, jobs=1, ray=None, desc=desc, progress=progress)
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    bar = tqdm(total=len(calls), desc=desc, disable=not progress, dynamic_ncols=True)
+    out: list[Any] = [None] * len(calls)
+    done: set[int] = set()
+    waiting = list(range(len(calls)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    try:
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(threads,),
+        ) as pool:
+            running: dict[Any, int] = {}
+            while waiting or running:
+                while len(running) < jobs:
+                    ready = next((i for i in waiting if set(deps[i]) <= done), None)
+                    if ready is None:
+                        break
+                    waiting.remove(ready)
+                    fn, args = calls[ready]
+                    running[pool.submit(fn, *args)] = ready
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i = running.pop(fut)
+                    out[i] = fut.result()
+                    done.add(i)
+                    bar.update(1)
     finally:
         bar.close()
     return out
@@ -170,9 +207,10 @@ def execute(
     progress: bool,
     data_root: str | None,
     config: AttackConfig,
-) -> tuple[list[dict[str, Any]], dict[str, str], Any]:
-    """Train every seed's models, then run one job per (strategy, queries, seed); returns the
-    job results, the strategies skipped (with the reason) and the data set."""
+) -> tuple[list[dict[str, Any]], dict[str, str], Any, list[dict[str, Any]]]:
+    """Train every seed's models and run one job per (strategy, queries, seed) (locally as one
+    dependency graph, :func:`run_graph`); returns the job results, the strategies skipped (with
+    the reason), the data set and the models' wall times (``{"kind", "seed", "wall_s"}``)."""
     ds = dataset_for(dataset, data_root, cache.root, config.data_options)
     # ``teeslice`` partitions before training: on a plain model M its row deploys the slices
     # taoism.teeslice trains from M's victim over M's public model (taoism.security.sliced);
@@ -187,24 +225,6 @@ def execute(
     use_slices = slices and not why
     root = str(cache.root)
     show = progress and jobs == 1 and not ray
-    # Phase 1: the public model and the victim of every seed (shared by all of that seed's jobs),
-    # then the TEESlice models trained from them (victim's and shadow's).
-    run_all(
-        [(_prepare_worker, (model, dataset, data_root, s, config, root, show)) for s in seeds],
-        jobs=min(jobs, len(seeds)),
-        ray=ray,
-        desc="models",
-        progress=progress,
-    )
-    if use_slices:
-        run_all(
-            [(_slices_worker, (model, dataset, data_root, s, config, root, show)) for s in seeds],
-            jobs=min(jobs, len(seeds)),
-            ray=ray,
-            desc="teeslice",
-            progress=progress,
-        )
-    # Phase 2: one job per (strategy, queries, seed).
     specs = [
         JobSpec(model, ds.name, s, seed, q, config, data_root, ds.fingerprint)
         for s in strategies
@@ -212,16 +232,94 @@ def execute(
         for q in queries
         for seed in seeds
     ]
-    results = run_all(
-        [(_job_worker, (spec, root, False)) for spec in specs],
-        jobs=jobs,
-        ray=ray,
-        desc=f"attacks ({model}, {ds.name})",
-        progress=progress,
-    )
+    if ray:  # in phases: each seed's models (public, then victim and shadow, then slices), jobs
+        phases = [["public"], ["victim", "shadow"]]
+        if use_slices:
+            phases.append(["slices:victim", "slices:shadow"])
+        models: list[dict[str, Any]] = []
+        for kinds in phases:
+            models += run_all(
+                [
+                    (_model_worker, (k, model, dataset, data_root, s, config, root, show))
+                    for k in kinds
+                    for s in seeds
+                ],
+                jobs=1,
+                ray=ray,
+                desc="models",
+                progress=progress,
+            )
+        results = run_all(
+            [(_job_worker, (spec, root, False)) for spec in specs],
+            jobs=1,
+            ray=ray,
+            desc=f"attacks ({model}, {ds.name})",
+            progress=progress,
+        )
+    else:
+        results, models = _execute_graph(
+            specs, model, dataset, data_root, seeds, config, root, jobs, use_slices, progress, show
+        )
     if use_slices:
         _relative_to_plain(results, model, ds)
-    return results, skipped, ds
+    return results, skipped, ds, models
+
+
+def _execute_graph(
+    specs: list[JobSpec],
+    model: str,
+    dataset: str,
+    data_root: str | None,
+    seeds: list[int],
+    config: AttackConfig,
+    root: str,
+    jobs: int,
+    use_slices: bool,
+    progress: bool,
+    show: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every seed's models and every job as one dependency graph on ``jobs`` local processes.
+
+    Order (the scheduler starts the first ready call): public models, victims, shadows, TEESlice
+    models, then the jobs longest first (larger query budgets first, TEESlice's three starts
+    first among them); a job waits only for its own seed's models. Returns the job results (in
+    ``specs`` order) and the models' wall times.
+    """
+    kinds = ["public", "victim", "shadow"] + (
+        ["slices:victim", "slices:shadow"] if use_slices else []
+    )
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+    deps: list[Sequence[int]] = []
+    index: dict[tuple[str, int], int] = {}
+    needs = {
+        "public": (),
+        "victim": ("public",),
+        "shadow": ("public",),
+        "slices:victim": ("victim",),
+        "slices:shadow": ("shadow",),
+    }
+    for kind in kinds:
+        for s in seeds:
+            index[(kind, s)] = len(calls)
+            calls.append((_model_worker, (kind, model, dataset, data_root, s, config, root, show)))
+            deps.append([index[(k, s)] for k in needs[kind]])
+    order = sorted(
+        range(len(specs)),
+        key=lambda i: (-specs[i].queries, not trains_slices(model, specs[i].strategy), i),
+    )
+    first_job = len(calls)
+    for i in order:
+        spec = specs[i]
+        want = ["victim", "shadow"]
+        if trains_slices(model, spec.strategy):
+            want += ["slices:victim", "slices:shadow"]
+        calls.append((_job_worker, (spec, root, False)))
+        deps.append([index[(k, spec.seed)] for k in want])
+    out = run_graph(calls, deps, jobs=jobs, desc=f"models + attacks ({model})", progress=progress)
+    results: list[dict[str, Any]] = [{}] * len(specs)
+    for pos, i in enumerate(order):
+        results[i] = out[first_job + pos]
+    return results, out[:first_job]
 
 
 def _relative_to_plain(results: list[dict[str, Any]], model: str, ds: Any) -> None:

@@ -13,7 +13,15 @@ from taoism.errors import ConfigError, TaoismError
 from taoism.security.cache import Cache
 from taoism.security.experiment import AttackConfig
 from taoism.security.models import dataset_for
-from taoism.security.report import METRICS, aggregate, figure, flops_axes, write_csv, write_json
+from taoism.security.report import (
+    METRICS,
+    aggregate,
+    figure,
+    flops_axes,
+    timings,
+    write_csv,
+    write_json,
+)
 from taoism.security.report import out_dir as report_dir
 from taoism.security.runner import check_common, execute
 from taoism.security.table import resolve_config
@@ -86,7 +94,7 @@ def sweep(
     ds = dataset_for(dataset, root, cache.root, cfg.data_options)
     fams = _families(model, ds, strategies, configs)
     names = list(dict.fromkeys(["all"] + [c for f in fams.values() for c in f]))
-    results, skipped, ds = execute(
+    results, skipped, ds, models = execute(
         model,
         dataset,
         names,
@@ -125,6 +133,7 @@ def sweep(
             "job_hits": hits,
             "job_misses": sum(1 for r in results if "error" not in r) - hits,
         },
+        "timings": timings(models, results),
         "wall_s": time.perf_counter() - t0,
         "files": {},
     }

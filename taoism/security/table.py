@@ -16,6 +16,7 @@ from taoism.security.report import (
     csv_rows,
     plot_table,
     references,
+    timings,
     write_csv,
     write_json,
 )
@@ -104,7 +105,7 @@ def run_attack_table(
         qs = [int(q) * k for q in queries_per_class]
     if not qs or any(q < 1 for q in qs):
         raise ConfigError(f"queries must list positive ints, got {qs!r}")
-    results, skipped, ds = execute(
+    results, skipped, ds, models = execute(
         model,
         dataset,
         names,
@@ -136,6 +137,7 @@ def run_attack_table(
             "job_misses": sum(1 for r in results if "error" not in r) - hits,
         },
         "reference": references(results, qs, ds.num_classes),
+        "timings": timings(models, results),
         "wall_s": time.perf_counter() - t0,
         "files": {},
     }

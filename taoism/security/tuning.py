@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taoism.errors import ConfigError
-from taoism.security.training import accuracy, classifier_head, predict_logits, seeded
+from taoism.security.training import classifier_head, predict_logits, seeded
 
 __all__ = ["PAPER_RATES", "AttackGrid", "fit_surrogate", "grid_edges"]
 
@@ -32,7 +32,14 @@ PAPER = "paper"
 
 @dataclass(frozen=True)
 class AttackGrid:
-    """The attacker's tuning grid; ``paper_point`` adds the per-layer rates as one point."""
+    """The attacker's tuning grid; ``paper_point`` adds the per-layer rates as one point.
+
+    ``early_stop``: a rate's run stops at the first epoch count of the grid whose held-out
+    accuracy is no better than the best earlier one of that run (patience: one grid point); its later
+    epoch counts are then not tried (they are missing from the tuning record). ``keep``:
+    successive halving (Jamieson & Talwalkar, 2016): after the first epoch count only the
+    ``keep`` rates with the best held-out accuracy (then loss) train on (None: all do).
+    """
 
     lrs: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
     epochs: tuple[int, ...] = (5, 10, 20, 40)
@@ -40,6 +47,8 @@ class AttackGrid:
     val_fraction: float = 0.2
     batch_size: int = 16
     momentum: float = 0.9
+    early_stop: bool = False
+    keep: int | None = None
 
     def __post_init__(self) -> None:
         if not self.lrs or any(lr <= 0 for lr in self.lrs) or list(self.lrs) != sorted(self.lrs):
@@ -52,6 +61,10 @@ class AttackGrid:
             raise ConfigError(
                 f"AttackGrid.epochs must be increasing ints >= 1, got {self.epochs!r}"
             )
+        if self.keep is not None and (
+            isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1
+        ):
+            raise ConfigError(f"AttackGrid.keep must be an int >= 1 or None, got {self.keep!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(
                 f"AttackGrid.val_fraction must lie in (0, 1), got {self.val_fraction!r}"
@@ -77,38 +90,84 @@ def _groups(model: nn.Module, lr: float | str, statuses: Mapping[str, str]) -> l
     return [{"params": ps, "lr": r} for r, ps in sorted(by_rate.items())]
 
 
-def _train(
-    model: nn.Module,
+class _Run:
+    """One learning rate's training run, resumable: ``advance(e)`` trains up to epoch ``e``.
+
+    Its shuffling generator and torch's CPU RNG state travel with the run, so a run trained in
+    pieces is the same as one trained in one go (the runs of a grid interleave).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        lr: float | str,
+        grid: AttackGrid,
+        seed: int,
+        statuses: Mapping[str, str],
+    ) -> None:
+        self.model, self.x, self.y, self.grid = model, x, y, grid
+        self.opt = torch.optim.SGD(_groups(model, lr, statuses), momentum=grid.momentum)
+        with seeded(seed) as gen:
+            self.gen, self.rng = gen, torch.get_rng_state()
+        self.epoch = 0
+        self.record: dict[int, tuple[float, float]] = {}
+
+    def advance(self, to: int) -> None:
+        n, bs = len(self.x), min(self.grid.batch_size, max(len(self.x), 1))
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng)
+            for _ in range(self.epoch, to):
+                self.model.train()
+                order = torch.randperm(n, generator=self.gen)
+                for i in range(0, n, bs):
+                    idx = order[i : i + bs]
+                    if len(idx) < 2 and n >= 2:
+                        continue
+                    loss = F.cross_entropy(self.model(self.x[idx]), self.y[idx])
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.opt.step()
+            self.rng = torch.get_rng_state()
+        self.epoch = max(self.epoch, to)
+        self.model.eval()
+
+    def check(self, val: tuple[torch.Tensor, torch.Tensor]) -> bool:
+        """Record held-out (accuracy, loss) at the current epoch; whether the accuracy is no
+        better than the best earlier record of this run (no improvement)."""
+        logits = predict_logits(self.model, val[0])
+        acc = float((logits.argmax(1) == val[1]).float().mean())
+        worse = bool(self.record) and acc <= max(a for a, _ in self.record.values())
+        self.record[self.epoch] = (acc, float(F.cross_entropy(logits, val[1])))
+        return worse
+
+
+def _grid_runs(
+    start: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    lr: float | str,
-    epochs: tuple[int, ...],
+    rates: list[float | str],
     grid: AttackGrid,
     seed: int,
     statuses: Mapping[str, str],
-    val: tuple[torch.Tensor, torch.Tensor] | None,
-) -> dict[int, tuple[float, float]]:
-    """Train up to ``max(epochs)``; held-out (accuracy, loss) after each epoch count in ``epochs``."""
-    opt = torch.optim.SGD(_groups(model, lr, statuses), momentum=grid.momentum)
-    out: dict[int, tuple[float, float]] = {}
-    n, bs = len(x), min(grid.batch_size, max(len(x), 1))
-    with seeded(seed) as gen:
-        for ep in range(1, max(epochs) + 1):
-            model.train()
-            order = torch.randperm(n, generator=gen)
-            for i in range(0, n, bs):
-                idx = order[i : i + bs]
-                if len(idx) < 2 and n >= 2:
-                    continue
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            if ep in epochs and val is not None:
-                logits = predict_logits(model, val[0])
-                out[ep] = (accuracy(model, *val), float(F.cross_entropy(logits, val[1])))
-    model.eval()
-    return out
+    val: tuple[torch.Tensor, torch.Tensor],
+) -> dict[str, dict[int, tuple[float, float]]]:
+    """Every rate's held-out (accuracy, loss) per epoch count of the grid (a copy of ``start``
+    each), with the grid's early stopping and successive halving."""
+    runs = [_Run(copy.deepcopy(start), x, y, lr, grid, seed, statuses) for lr in rates]
+    active = list(range(len(runs)))
+    for k, ep in enumerate(grid.epochs):
+        stopped = set()
+        for i in active:
+            runs[i].advance(ep)
+            if runs[i].check(val) and grid.early_stop:
+                stopped.add(i)
+        if k == 0 and grid.keep is not None:  # successive halving: the best `keep` go on
+            rank = sorted(active, key=lambda i: (-runs[i].record[ep][0], runs[i].record[ep][1], i))
+            stopped |= set(rank[grid.keep :])
+        active = [i for i in active if i not in stopped]
+    return {str(lr): run.record for lr, run in zip(rates, runs, strict=True)}
 
 
 def fit_surrogate(
@@ -135,26 +194,14 @@ def fit_surrogate(
         perm = torch.randperm(n, generator=gen)
     tr, va = perm[n_val:], perm[:n_val]
     rates: list[float | str] = [*grid.lrs, *([PAPER] if grid.paper_point else [])]
-    table: dict[str, dict[int, tuple[float, float]]] = {}
     # (-val accuracy, on an edge, val loss, epochs, rate index): the smallest wins. Rate and
     # epochs trade off along a ridge (rate x steps), so a small held-out set ties many points:
     # among equally accurate points an interior one wins, then the lower held-out loss. A chosen
     # point on an edge therefore means no interior point was as good (widen the grid).
     best: tuple[float, bool, float, int, int] | None = None
+    table = _grid_runs(start, xq[tr], yq[tr], rates, grid, seed, statuses, (xq[va], yq[va]))
     for i, lr in enumerate(rates):
-        res = _train(
-            copy.deepcopy(start),
-            xq[tr],
-            yq[tr],
-            lr,
-            grid.epochs,
-            grid,
-            seed,
-            statuses,
-            (xq[va], yq[va]),
-        )
-        table[str(lr)] = res
-        for ep, (acc, loss) in res.items():
+        for ep, (acc, loss) in table[str(lr)].items():
             edge = any(grid_edges({"lr": lr, "epochs": ep}, grid).values())
             cand = (-acc, edge, loss, ep, i)
             if best is None or cand < best:
@@ -162,7 +209,7 @@ def fit_surrogate(
     assert best is not None
     lr_star, ep_star = rates[best[4]], best[3]
     final = copy.deepcopy(start)
-    _train(final, xq, yq, lr_star, (ep_star,), grid, seed, statuses, None)
+    _Run(final, xq, yq, lr_star, grid, seed, statuses).advance(ep_star)
     return final, {
         "lr": lr_star,
         "epochs": ep_star,
