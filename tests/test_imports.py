@@ -218,3 +218,23 @@ def test_the_enclave_process_loads_no_host_code() -> None:
     assert "taoism.enclave.server" in out
     assert not loaded_host, f"the enclave process loads host code: {loaded_host}"
     assert not any(m.startswith(("taoism.runtime", "taoism.backends")) for m in out)
+
+
+def test_lazy_exports_stay_the_api_after_every_submodule_is_imported() -> None:
+    """A lazily exported name that is also a submodule's name must not turn into the module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, types, taoism, taoism.trust\n"
+        "for pkg in (taoism.trust,):\n"
+        "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+        "        importlib.import_module(pkg.__name__ + '.' + m.name)\n"
+        "bad = [f'{p.__name__}.{n}' for p in (taoism, taoism.trust) for n in p.__all__\n"
+        "       if isinstance(getattr(p, n), types.ModuleType)]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

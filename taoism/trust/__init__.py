@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING
 
 from taoism._lazy import lazy_exports
 
+# ``attest`` is also the name of a submodule: imported here, before anything else can import the
+# submodule and bind the module object to the package's ``attest`` (the enclave needs it anyway).
+from taoism.trust.attest import Attestation, attest
+
 if TYPE_CHECKING:
-    from taoism.trust.attest import Attestation, attest
     from taoism.trust.client import KeyServiceClient
     from taoism.trust.commands import main_inspect, main_keygen, main_measure
     from taoism.trust.keys import (
@@ -43,7 +46,6 @@ if TYPE_CHECKING:
 # Imported on first use (PEP 562), so the enclave, which reads packages and unwraps keys, does
 # not load the owner's writer, the key service or the host's client with them.
 _LAZY = {
-    "Attestation": "taoism.trust.attest",
     "AttestationReport": "taoism.trust.report",
     "Envelope": "taoism.trust.report",
     "KeyServer": "taoism.trust.keyserver",
@@ -59,7 +61,6 @@ _LAZY = {
     "SimQuoteSource": "taoism.trust.quotes",
     "SimQuoteVerifier": "taoism.trust.quotes",
     "VerifierConfig": "taoism.trust.verify",
-    "attest": "taoism.trust.attest",
     "decrypt_shielded": "taoism.trust.shielded",
     "enclave_measurement": "taoism.trust.measurement",
     "keygen": "taoism.trust.keys",
