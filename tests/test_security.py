@@ -541,9 +541,11 @@ def test_sweep_finds_the_sweet_spot(table_run):
 def test_fit_surrogate_chooses_on_held_out_queries_only(digits):
     net = zoo.get_model(MODEL, dataset_shape="digits", seed=3)
     x, y = digits.x_train[:200], digits.y_train[:200]
-    grid = AttackGrid(lrs=(0.001, 0.01, 0.1), epochs=(2, 6), val_fraction=0.2, batch_size=32)
+    grid = AttackGrid(
+        lrs=(0.001, 0.01, 0.1), epochs=(2, 6), val_fraction=0.2, batch_size=32, widen=0
+    )
     sur, tun = fit_surrogate(net, x, y, {}, grid, seed=0)
-    assert set(tun["grid"]) == {"0.001", "0.01", "0.1", "paper"}
+    assert set(tun["grid"]) == {"0.001", "0.01", "0.1", "paper", "start"}
     assert tun["val_samples"] == 40
     best = max(v["accuracy"] for d in tun["grid"].values() for v in d.values())
     assert tun["val_accuracy"] == best
@@ -571,7 +573,7 @@ def test_fit_surrogate_early_stop_and_halving(digits):
     epoch count only ``keep`` rates go on."""
     net = zoo.get_model(MODEL, dataset_shape="digits", seed=3)
     x, y = digits.x_train[:200], digits.y_train[:200]
-    kw = dict(lrs=(0.0003, 0.003, 0.03, 0.3), epochs=(1, 2, 4, 8), batch_size=32)
+    kw = dict(lrs=(0.0003, 0.003, 0.03, 0.3), epochs=(1, 2, 4, 8), batch_size=32, widen=0)
     _, full = fit_surrogate(net, x, y, {}, AttackGrid(**kw), seed=0)
     _, cut = fit_surrogate(net, x, y, {}, AttackGrid(**kw, early_stop=True, keep=2), seed=0)
     went_on = [lr for lr, d in cut["grid"].items() if len(d) > 1]
@@ -584,6 +586,50 @@ def test_fit_surrogate_early_stop_and_halving(digits):
         assert flat in ([], [len(accs) - 1])  # stopped at its first non-improvement, or never
     with pytest.raises(ConfigError, match="keep"):
         AttackGrid(keep=0)
+
+
+def test_fit_surrogate_widens_the_grid_past_an_edge(digits):
+    """Rates far too small and too few epochs put the best point on both edges: the grid grows
+    past them (one more rate, twice the epochs), the original points are unchanged, and the
+    edge guard reads the widened axes."""
+    net = zoo.get_model(MODEL, dataset_shape="digits", seed=3)
+    x, y = digits.x_train[:200], digits.y_train[:200]
+    kw = dict(lrs=(1e-3, 3e-3), epochs=(1, 2), batch_size=32, paper_point=False)
+    _, narrow = fit_surrogate(net, x, y, {}, AttackGrid(**kw, widen=0), seed=0)
+    assert narrow["lr"] == 3e-3 and narrow["epochs"] == 2  # on both edges
+    assert grid_edges(narrow, AttackGrid(**kw)) == {"lr": True, "epochs": True}
+    _, wide = fit_surrogate(net, x, y, {}, AttackGrid(**kw, widen=2), seed=0)
+    assert wide["grid_lrs"][:3] == [1e-3, 3e-3, 0.009] and len(wide["grid_lrs"]) in (3, 4)
+    assert wide["grid_epochs"][:3] == [1, 2, 4] and len(wide["grid_epochs"]) in (3, 4)
+    for lr, d in narrow["grid"].items():
+        for ep, v in d.items():
+            assert wide["grid"][lr][ep] == v  # the same runs, continued
+    assert wide["val_accuracy"] > narrow["val_accuracy"]
+    assert wide["grid"][str(wide["lr"])][str(wide["epochs"])]["accuracy"] == wide["val_accuracy"]
+    assert grid_edges(wide, AttackGrid(**kw)) == grid_edges(
+        {"lr": wide["lr"], "epochs": wide["epochs"]},
+        AttackGrid(**{**kw, "lrs": tuple(wide["grid_lrs"]), "epochs": tuple(wide["grid_epochs"])}),
+    )
+    with pytest.raises(ConfigError, match="widen"):
+        AttackGrid(widen=-1)
+
+
+def test_fit_surrogate_keeps_the_start_when_no_training_helps(digits):
+    """A start that is already good and rates that wreck it: the untrained start is chosen
+    (epochs 0), never on an edge, and returned unchanged."""
+    net = zoo.get_model(MODEL, dataset_shape="digits", seed=3)
+    x, y = digits.x_train[:200], digits.y_train[:200]
+    good, _ = fit_surrogate(
+        net, x, y, {}, AttackGrid(lrs=(0.003, 0.01, 0.03), epochs=(5, 10), widen=0), seed=0
+    )
+    grid = AttackGrid(lrs=(3.0, 10.0), epochs=(2,), paper_point=False, widen=0)
+    sur, tun = fit_surrogate(good, x, y, {}, grid, seed=0)
+    assert tun["lr"] == "start" and tun["epochs"] == 0, tun
+    assert tun["val_accuracy"] > max(v["accuracy"] for v in tun["grid"]["3.0"].values())
+    assert grid_edges(tun, grid) == {"lr": False, "epochs": False}
+    assert all(
+        torch.equal(a, b) for a, b in zip(sur.state_dict().values(), good.state_dict().values())
+    )
 
 
 def test_run_graph_keeps_call_order_and_checks_deps():

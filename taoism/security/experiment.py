@@ -125,8 +125,9 @@ class AttackConfig:
     Model stealing: the tuning grid ``ms_lrs`` x ``ms_epochs`` (+ the paper's per-layer rates
     when ``ms_paper_point``), chosen on ``ms_val_fraction`` of the queries, batch ``ms_batch``,
     each rate's run stopped early when its held-out accuracy stops improving (``ms_early_stop``) and
-    only the best ``ms_keep`` rates trained past the first epoch count (successive halving;
-    see :class:`~taoism.security.tuning.AttackGrid`);
+    only the best ``ms_keep`` rates trained past the first epoch count (successive halving), and
+    the grid widened up to ``ms_widen`` times past an edge the best point lies on (see
+    :class:`~taoism.security.tuning.AttackGrid`);
     adversarial transfer: ``pgd_eps`` and ``pgd_alpha`` in pixel units (x 1/std per channel),
     ``pgd_steps``, ``adv_samples``; ``eval_samples`` caps the test samples used for accuracy
     and fidelity. Membership inference: the shadow model is trained like the victim unless
@@ -155,6 +156,7 @@ class AttackConfig:
     ms_batch: int = 16
     ms_early_stop: bool = False
     ms_keep: int | None = None
+    ms_widen: int = 2
     pgd_eps: float = 8 / 255
     pgd_alpha: float = 2 / 255
     pgd_steps: int = 10
@@ -286,6 +288,7 @@ class AttackConfig:
             self.ms_batch,
             early_stop=self.ms_early_stop,
             keep=self.ms_keep,
+            widen=self.ms_widen,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,11 @@ exposed tensors 0.001) are one more point on the learning-rate axis. The attacke
 ``val_fraction`` of its labelled queries, trains on the rest with each learning rate (SGD with
 momentum, constant rate, so every epoch count of the grid is read off one run), picks the
 (rate, epochs) with the best held-out agreement with the oracle, and retrains from its start on
-all queries with that setting. No test data is ever used to choose.
+all queries with that setting. The untrained start is a candidate too (epochs 0). When the best
+point lies on an edge of the grid, the grid is widened past that edge (one more rate beyond the
+smallest or largest, or twice the largest epoch count) up to ``widen`` times, so a chosen point
+on an edge means the widened grid still found nothing better inside. No test data is ever used
+to choose.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ __all__ = ["PAPER_RATES", "AttackGrid", "fit_surrogate", "grid_edges"]
 #: The paper's per-layer rates: (head, replaced from the public model, exposed by the host).
 PAPER_RATES = (0.1, 0.01, 0.001)
 PAPER = "paper"
+#: The untrained start's "rate" in a tuning record (epochs 0).
+START = "start"
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class AttackGrid:
     epoch counts are then not tried (they are missing from the tuning record). ``keep``:
     successive halving (Jamieson & Talwalkar, 2016): after the first epoch count only the
     ``keep`` rates with the best held-out accuracy (then loss) train on (None: all do).
+    ``widen``: how many times the grid may be widened past an edge the best point lies on (a
+    rate one grid step beyond the smallest / largest, or twice the largest epoch count).
     """
 
     lrs: tuple[float, ...] = (0.0003, 0.001, 0.003, 0.01, 0.03)
@@ -49,6 +57,7 @@ class AttackGrid:
     momentum: float = 0.9
     early_stop: bool = False
     keep: int | None = None
+    widen: int = 2
 
     def __post_init__(self) -> None:
         if not self.lrs or any(lr <= 0 for lr in self.lrs) or list(self.lrs) != sorted(self.lrs):
@@ -65,6 +74,8 @@ class AttackGrid:
             isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1
         ):
             raise ConfigError(f"AttackGrid.keep must be an int >= 1 or None, got {self.keep!r}")
+        if isinstance(self.widen, bool) or not isinstance(self.widen, int) or self.widen < 0:
+            raise ConfigError(f"AttackGrid.widen must be an int >= 0, got {self.widen!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(
                 f"AttackGrid.val_fraction must lie in (0, 1), got {self.val_fraction!r}"
@@ -136,11 +147,18 @@ class _Run:
     def check(self, val: tuple[torch.Tensor, torch.Tensor]) -> bool:
         """Record held-out (accuracy, loss) at the current epoch; whether the accuracy is no
         better than the best earlier record of this run (no improvement)."""
-        logits = predict_logits(self.model, val[0])
-        acc = float((logits.argmax(1) == val[1]).float().mean())
+        acc, loss = _held_out(self.model, val)
         worse = bool(self.record) and acc <= max(a for a, _ in self.record.values())
-        self.record[self.epoch] = (acc, float(F.cross_entropy(logits, val[1])))
+        self.record[self.epoch] = (acc, loss)
         return worse
+
+
+def _held_out(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+    """``model``'s (accuracy, cross-entropy) on the held-out queries."""
+    logits = predict_logits(model, val[0])
+    return float((logits.argmax(1) == val[1]).float().mean()), float(
+        F.cross_entropy(logits, val[1])
+    )
 
 
 def _grid_runs(
@@ -152,9 +170,9 @@ def _grid_runs(
     seed: int,
     statuses: Mapping[str, str],
     val: tuple[torch.Tensor, torch.Tensor],
-) -> dict[str, dict[int, tuple[float, float]]]:
-    """Every rate's held-out (accuracy, loss) per epoch count of the grid (a copy of ``start``
-    each), with the grid's early stopping and successive halving."""
+) -> dict[float | str, _Run]:
+    """Every rate's run (a copy of ``start`` each) with its held-out (accuracy, loss) per epoch
+    count of the grid, with the grid's early stopping and successive halving."""
     runs = [_Run(copy.deepcopy(start), x, y, lr, grid, seed, statuses) for lr in rates]
     active = list(range(len(runs)))
     for k, ep in enumerate(grid.epochs):
@@ -167,7 +185,44 @@ def _grid_runs(
             rank = sorted(active, key=lambda i: (-runs[i].record[ep][0], runs[i].record[ep][1], i))
             stopped |= set(rank[grid.keep :])
         active = [i for i in active if i not in stopped]
-    return {str(lr): run.record for lr, run in zip(rates, runs, strict=True)}
+    return dict(zip(rates, runs, strict=True))
+
+
+def _edges(
+    lr: float | str, epochs: int, lrs: list[float], grid_epochs: list[int]
+) -> dict[str, bool]:
+    return {
+        "lr": lr not in (PAPER, START) and len(lrs) > 1 and float(lr) in (lrs[0], lrs[-1]),
+        "epochs": len(grid_epochs) > 1 and int(epochs) == grid_epochs[-1],
+    }
+
+
+def _choose(
+    runs: Mapping[float | str, _Run],
+    start_record: tuple[float, float],
+    lrs: list[float],
+    epochs: list[int],
+) -> tuple[float | str, int, float, float]:
+    """The best (rate, epochs, accuracy, loss): highest held-out accuracy; among equally accurate
+    points an interior one, then the lower held-out loss, fewer epochs, the earlier rate.
+
+    Rate and epochs trade off along a ridge (rate x steps), so a small held-out set ties many
+    points; a chosen point on an edge therefore means no interior point was as good."""
+    order = [*lrs, *(r for r in runs if r not in lrs)]
+    best = (-start_record[0], False, start_record[1], 0, -1)
+    for i, lr in enumerate(order):
+        for ep, (acc, loss) in runs[lr].record.items():
+            cand = (-acc, any(_edges(lr, ep, lrs, epochs).values()), loss, ep, i)
+            if cand < best:
+                best = cand
+    lr_star = START if best[4] < 0 else order[best[4]]
+    return lr_star, best[3], -best[0], best[2]
+
+
+def _beyond(lrs: list[float], low: bool) -> float:
+    """A rate one grid step past the smallest (``low``) or the largest rate."""
+    ratio = lrs[1] / lrs[0] if low else lrs[-1] / lrs[-2]
+    return float(f"{(lrs[0] / ratio if low else lrs[-1] * ratio):.3g}")
 
 
 def fit_surrogate(
@@ -181,8 +236,9 @@ def fit_surrogate(
     """Choose (rate, epochs) on a held-out part of the queries, then train ``start`` on all of them.
 
     Returns the trained surrogate (a copy; ``start`` is left as is) and the tuning record:
-    ``lr`` (a rate or ``"paper"``), ``epochs``, ``val_accuracy``, ``val_loss`` and the whole
-    ``grid`` (held-out accuracy and loss per rate and epoch count).
+    ``lr`` (a rate, ``"paper"``, or ``"start"`` with ``epochs`` 0 for the untrained start),
+    ``epochs``, ``val_accuracy``, ``val_loss``, the whole ``grid`` (held-out accuracy and loss per
+    rate and epoch count) and the widened grid's axes ``grid_lrs`` / ``grid_epochs``.
     """
     n = len(yq)
     n_val = max(1, int(round(grid.val_fraction * n)))
@@ -193,29 +249,49 @@ def fit_surrogate(
     with seeded(seed) as gen:
         perm = torch.randperm(n, generator=gen)
     tr, va = perm[n_val:], perm[:n_val]
+    val = (xq[va], yq[va])
     rates: list[float | str] = [*grid.lrs, *([PAPER] if grid.paper_point else [])]
-    # (-val accuracy, on an edge, val loss, epochs, rate index): the smallest wins. Rate and
-    # epochs trade off along a ridge (rate x steps), so a small held-out set ties many points:
-    # among equally accurate points an interior one wins, then the lower held-out loss. A chosen
-    # point on an edge therefore means no interior point was as good (widen the grid).
-    best: tuple[float, bool, float, int, int] | None = None
-    table = _grid_runs(start, xq[tr], yq[tr], rates, grid, seed, statuses, (xq[va], yq[va]))
-    for i, lr in enumerate(rates):
-        for ep, (acc, loss) in table[str(lr)].items():
-            edge = any(grid_edges({"lr": lr, "epochs": ep}, grid).values())
-            cand = (-acc, edge, loss, ep, i)
-            if best is None or cand < best:
-                best = cand
-    assert best is not None
-    lr_star, ep_star = rates[best[4]], best[3]
+    runs = _grid_runs(start, xq[tr], yq[tr], rates, grid, seed, statuses, val)
+    start_record = _held_out(start, val)  # the untrained start is a candidate too
+    lrs, epochs = list(grid.lrs), list(grid.epochs)
+    for widened in range(grid.widen + 1):
+        lr_star, ep_star, acc, loss = _choose(runs, start_record, lrs, epochs)
+        edge = _edges(lr_star, ep_star, lrs, epochs)
+        if widened == grid.widen or not any(edge.values()):
+            break
+        if edge["epochs"]:  # every run that reached the largest count trains on to twice it
+            epochs.append(2 * epochs[-1])
+            for run in runs.values():
+                if epochs[-2] in run.record:
+                    run.advance(epochs[-1])
+                    run.check(val)
+        if edge["lr"]:  # one more rate past the edge, over the whole (widened) epoch axis
+            low = float(lr_star) == lrs[0]
+            new = _beyond(lrs, low)
+            if low:
+                lrs.insert(0, new)
+            else:
+                lrs.append(new)
+            run = _Run(copy.deepcopy(start), xq[tr], yq[tr], new, grid, seed, statuses)
+            for ep in epochs:
+                run.advance(ep)
+                if run.check(val) and grid.early_stop:
+                    break
+            runs[new] = run
     final = copy.deepcopy(start)
-    _Run(final, xq, yq, lr_star, grid, seed, statuses).advance(ep_star)
+    if lr_star != START:
+        _Run(final, xq, yq, lr_star, grid, seed, statuses).advance(ep_star)
+    final.eval()
+    table = {str(lr): run.record for lr, run in runs.items()}
+    table[START] = {0: start_record}
     return final, {
         "lr": lr_star,
         "epochs": ep_star,
-        "val_accuracy": -best[0],
-        "val_loss": best[2],
+        "val_accuracy": acc,
+        "val_loss": loss,
         "val_samples": n_val,
+        "grid_lrs": lrs,
+        "grid_epochs": epochs,
         "grid": {
             lr: {str(ep): {"accuracy": a, "loss": b} for ep, (a, b) in res.items()}
             for lr, res in table.items()
@@ -224,13 +300,13 @@ def fit_surrogate(
 
 
 def grid_edges(tuning: Mapping[str, Any], grid: AttackGrid) -> dict[str, bool]:
-    """Whether the chosen setting lies on an edge of the grid (then the grid should be wider).
+    """Whether the chosen setting lies on an edge of the (widened) grid.
 
-    ``lr``: the chosen rate is the smallest or the largest (never for the paper point);
-    ``epochs``: the chosen count is the largest (the smallest is a legitimate early stop).
+    ``lr``: the chosen rate is the smallest or the largest (never for the paper point or the
+    untrained start); ``epochs``: the chosen count is the largest (the smallest is a legitimate
+    early stop). The axes are the record's ``grid_lrs`` / ``grid_epochs`` when it has them (the
+    grid after widening), else ``grid``'s.
     """
-    lr = tuning["lr"]
-    return {
-        "lr": lr != PAPER and len(grid.lrs) > 1 and float(lr) in (grid.lrs[0], grid.lrs[-1]),
-        "epochs": len(grid.epochs) > 1 and int(tuning["epochs"]) == grid.epochs[-1],
-    }
+    lrs = [float(v) for v in tuning.get("grid_lrs", grid.lrs)]
+    epochs = [int(v) for v in tuning.get("grid_epochs", grid.epochs)]
+    return _edges(tuning["lr"], tuning["epochs"], lrs, epochs)
