@@ -30,6 +30,9 @@ class ChannelConfig:
     decryption can at worst make it fail, unless the AES-GCM implementation reads
     a ciphertext block twice (once for GHASH, once for CTR) - the snapshot
     (one extra memcpy) closes that window for deployments that need it.
+    ``compiled``: use the compiled hot path where the install built it (the
+    environment variable ``TAOISM_PURE_BOUNDARY=1`` forces the pure-Python path
+    regardless); both produce the same bytes (docs/boundary.md).
     """
 
     initial_capacity: int = 4 << 20
@@ -40,6 +43,7 @@ class ChannelConfig:
     handshake_timeout_s: float = 10.0
     stream_threshold_bytes: int = 512 << 10
     snapshot_ciphertext: bool = False
+    compiled: bool = True
 
     def __post_init__(self) -> None:
         def positive(name: str, value: object, allow_zero: bool = False) -> None:
@@ -60,6 +64,8 @@ class ChannelConfig:
         positive("stream_threshold_bytes", self.stream_threshold_bytes, allow_zero=True)
         if self.timeout_s is not None:
             positive("timeout_s", self.timeout_s)
+        if not isinstance(self.compiled, bool):
+            raise ConfigError(f"ChannelConfig.compiled={self.compiled!r} must be True or False")
         if self.max_frame_bytes < 4096:
             raise ConfigError(
                 f"ChannelConfig.max_frame_bytes={self.max_frame_bytes} is below the 4096-byte minimum"
