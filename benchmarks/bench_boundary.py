@@ -14,6 +14,10 @@ Measures, after warm-up, over ``--repeats`` repeats:
 * the CPU cost of one send and one recv of a 1 KiB tensor (both ends in one
   process, no waiting): the per-message Python overhead.
 
+Channels use the compiled hot path where it is built (``taoism.boundary._fastpath``); the 1 KiB and
+256 KiB round trips, the per-message CPU cost and the step breakdown also measure the pure-Python
+path (``ChannelConfig(compiled=False)``) in the same run.
+
 Latency needs two otherwise idle cores: on an oversubscribed machine spinning
 cannot help and the spin figures approach the blocking ones.
 
@@ -55,11 +59,12 @@ from taoism.boundary import (
 KIND_ECHO, KIND_STOP = 1, 2
 
 
-def _peer(fd: int, spin_us: float) -> None:
+def _peer(fd: int, spin_us: float, compiled: bool) -> None:
     """Enclave side: echo every message back until STOP."""
     token = bytes.fromhex(sys.stdin.readline().strip())
     sock = socket.socket(fileno=fd)
-    chan = open_enclave_channel(sock, token, config=ChannelConfig(spin_us=spin_us))
+    config = ChannelConfig(spin_us=spin_us, compiled=compiled)
+    chan = open_enclave_channel(sock, token, config=config)
     with chan:
         while True:
             msg = chan.recv()
@@ -71,7 +76,7 @@ def _peer(fd: int, spin_us: float) -> None:
 class _Session:
     """A host channel connected to a freshly spawned echo peer."""
 
-    def __init__(self, spin_us: float) -> None:
+    def __init__(self, spin_us: float, compiled: bool = True) -> None:
         host_sock, peer_sock = socket.socketpair()
         token = new_launch_token()
         self.proc = subprocess.Popen(
@@ -82,6 +87,7 @@ class _Session:
                 str(peer_sock.fileno()),
                 "--spin-us",
                 str(spin_us),
+                *(() if compiled else ("--peer-pure",)),
             ],
             pass_fds=[peer_sock.fileno()],
             stdin=subprocess.PIPE,
@@ -90,7 +96,8 @@ class _Session:
         peer_sock.close()
         self.proc.stdin.write(token.hex() + "\n")
         self.proc.stdin.flush()
-        self.chan = open_host_channel(host_sock, token, config=ChannelConfig(spin_us=spin_us))
+        config = ChannelConfig(spin_us=spin_us, compiled=compiled)
+        self.chan = open_host_channel(host_sock, token, config=config)
 
     def round_trips(self, tensor: torch.Tensor, n: int, gap_s: float = 0.0) -> list[float]:
         send, recv, perf = self.chan.send, self.chan.recv, time.perf_counter
@@ -339,24 +346,27 @@ def _crypto_throughput(nbytes: int, iters: int, repeats: int) -> dict[str, float
     }
 
 
-def _in_process_pair():
+def _in_process_pair(compiled: bool = True):
     """Host and enclave channel ends in this process (the enclave handshake runs in a thread)."""
     import threading
 
     a, b = socket.socketpair()
     token = new_launch_token()
     box: dict = {}
-    thread = threading.Thread(target=lambda: box.setdefault("e", open_enclave_channel(b, token)))
+    config = ChannelConfig(compiled=compiled)
+    thread = threading.Thread(
+        target=lambda: box.setdefault("e", open_enclave_channel(b, token, config=config))
+    )
     thread.start()
-    host = open_host_channel(a, token)
+    host = open_host_channel(a, token, config=config)
     thread.join()
     enclave = box["e"]
     return host, enclave
 
 
-def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
+def _per_op_cost(nbytes: int, iters: int, repeats: int, compiled: bool) -> dict[str, float]:
     """CPU cost of send and of recv for one message, both ends in this process (no waiting)."""
-    host, enclave = _in_process_pair()
+    host, enclave = _in_process_pair(compiled)
     x = torch.randn(nbytes // 4)
     clock = time.thread_time
     send_us, pair_us = [], []
@@ -382,6 +392,7 @@ def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
     send, both = min(send_us), min(pair_us)
     return {
         "bytes": nbytes,
+        "compiled": host.compiled,
         "send_cpu_us": send,
         "recv_cpu_us": both - send,
         "send_plus_recv_cpu_us": both,
@@ -396,6 +407,7 @@ def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
     from taoism.boundary.frame import HEADER, HEADER_SIZE, decode_body_parts, stage_body
 
     host, enclave = _in_process_pair()
+    pure_host, pure_enclave = _in_process_pair(compiled=False)
     x = torch.randn(nbytes // 4)
     region = host._tr.outbound
     data, addr, aead = region.data, region.data_addr, host._sealer.aead
@@ -422,6 +434,8 @@ def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
         "AES-GCM decrypt into private": lambda: aead.decrypt_into(nonce, ct, header, plain),
         "decode descriptors + tensor view": lambda: decode_body_parts(1, 0, body_len, plain),
     }
+    if host.compiled:
+        steps.update(_compiled_steps(host, enclave, x))
     out = {}
     try:
         for name, fn in steps.items():
@@ -432,19 +446,49 @@ def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
                 fn()
             out[name] = (time.thread_time() - t0) / iters * 1e6
         clock = time.thread_time
-        t0 = clock()
-        for _ in range(iters):
-            host.send(1, 0, (x,))
-            enclave.recv()
-            enclave.send(1, 0, (x,))
-            host.recv()
-        out["whole round trip, both ends in one process (2 send + 2 recv)"] = (
-            (clock() - t0) / iters * 1e6
-        )
+        pairs = {"compiled": (host, enclave), "pure": (pure_host, pure_enclave)}
+        for label, (h, e) in pairs.items():
+            if label == "compiled" and not h.compiled:
+                continue
+            for _ in range(iters // 10 + 1):
+                h.send(1, 0, (x,))
+                e.recv()
+                e.send(1, 0, (x,))
+                h.recv()
+            t0 = clock()
+            for _ in range(iters):
+                h.send(1, 0, (x,))
+                e.recv()
+                e.send(1, 0, (x,))
+                h.recv()
+            out[f"whole round trip in one process (2 send + 2 recv), {label} path"] = (
+                (clock() - t0) / iters * 1e6
+            )
     finally:
-        host.close()
-        enclave.close()
+        for chan in (host, enclave, pure_host, pure_enclave):
+            chan.close()
     return out
+
+
+def _compiled_steps(host, enclave, x: torch.Tensor) -> dict:
+    """The compiled path's two calls, timed alone (the slot is rewritten in place, never published)."""
+    from taoism.boundary.frame import views_of
+
+    seal, data = host._fast_sealer.seal, host._tr.outbound.data
+    frame_len = seal(data, 1, 0, 0, 1, (x,), b"")
+    opener, inbox = enclave._fast_opener, bytearray(data[:frame_len]) + bytearray(4096)
+    inbox_mv, max_body = memoryview(inbox), enclave._max_body
+    res = opener.open(inbox_mv, frame_len, max_body, 0, False)
+    body, specs = res[8], res[10]
+    return {
+        "compiled: lay out + encrypt in the slot (one C call)": lambda: seal(
+            data, 1, 0, 0, 1, (x,), b""
+        ),
+        "compiled: header checks + decrypt + descriptors (one C call)": lambda: opener.open(
+            inbox_mv, frame_len, max_body, 0, False
+        ),
+        "compiled: tensor views of the private buffer": lambda: views_of(body, specs),
+    }
 
 
 SIZES = (("1KiB", 1 << 10, 1), ("256KiB", 256 << 10, 10), ("4MiB", 4 << 20, 100))
@@ -506,11 +550,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--spin-us", type=float, default=ChannelConfig().spin_us, help=argparse.SUPPRESS
     )
     parser.add_argument("--peer-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-pure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ref-peer-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ref-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer_fd is not None:
-        _peer(args.peer_fd, args.spin_us)
+        _peer(args.peer_fd, args.spin_us, not args.peer_pure)
         return {}
     if args.ref_peer_fd is not None:
         _ref_peer(args.ref_peer_fd, args.ref_size, args.spin_us)
@@ -531,11 +576,15 @@ def main(argv: list[str] | None = None) -> dict:
     }
     sizes = SIZES[:2] if args.quick else SIZES
     spin = _Session(ChannelConfig().spin_us)
+    pure = _Session(ChannelConfig().spin_us, compiled=False)
+    results["compiled"] = spin.chan.compiled
     ref = _Reference(max(n for _, n, _ in sizes))
     try:
         for label, nbytes, div in sizes:
             x = torch.randn(nbytes // 4)
             contenders = {"taoism": (spin, x), "ref_full": (ref, x), "ref_spin": (ref, None)}
+            if nbytes <= 256 << 10:  # the pure-Python path beside it, in the same run
+                contenders["taoism_pure"] = (pure, x)
             iters = max(10, args.iters // div)
             results[f"rtt_{label}"] = _paired(
                 contenders, iters, args.repeats, warmup=max(5, iters // 4)
@@ -543,6 +592,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["host_stats_spin"] = spin.chan.stats.snapshot().__dict__
     finally:
         spin.close()
+        pure.close()
         ref.close()
     # Between crossings the host computes (every-ReLU ResNet-18: ~1 ms per device segment); the
     # waiting side spins through it (the enclave spin rule's 5 ms, both here and in the reference).
@@ -571,7 +621,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         block.close()
     results["aesgcm_1MiB"] = _crypto_throughput(1 << 20, 50 if args.quick else 200, args.repeats)
-    results["cpu_per_op_1KiB"] = _per_op_cost(1024, max(200, args.iters), args.repeats)
+    results["cpu_per_op_1KiB"] = _per_op_cost(1024, max(200, args.iters), args.repeats, True)
+    results["cpu_per_op_1KiB_pure"] = _per_op_cost(1024, max(200, args.iters), args.repeats, False)
     results["breakdown_1KiB"] = _breakdown(1024, max(500, args.iters))
     results["breakdown_256KiB"] = _breakdown(256 << 10, max(50, args.iters // 10))
     results["machine"]["loadavg_at_end"] = os.getloadavg()
@@ -591,6 +642,7 @@ def _print(results: dict, sizes) -> None:
         f"{'round trip, spin':<22}{'taoism':>11}{'ref: spin':>12}{'ref: +AES+copies':>18}"
         f"{'taoism/ref (range)':>24}"
     )
+    print(f"taoism: {'compiled' if results['compiled'] else 'pure-Python'} path")
     for label, _, _ in sizes:
         r = results[f"rtt_{label}"]
         t = r["taoism"]
@@ -599,6 +651,12 @@ def _print(results: dict, sizes) -> None:
             f"{r['ref_full']['median_us']:>16.1f}us{t['ratio_to_ref_full']:>11.2f}x "
             f"({t['ratio_min']:.2f}-{t['ratio_max']:.2f})"
         )
+        if "taoism_pure" in r:
+            p = r["taoism_pure"]
+            print(
+                f"{'  pure-Python path':<22}{p['median_us']:>9.1f}us{'':>28}"
+                f"{p['ratio_to_ref_full']:>11.2f}x ({p['ratio_min']:.2f}-{p['ratio_max']:.2f})"
+            )
     g = results["rtt_256KiB_gap"]
     t = g["taoism"]
     print(
@@ -617,10 +675,13 @@ def _print(results: dict, sizes) -> None:
     print(
         f"AES-256-GCM 1 MiB, one process: seal {c['seal_GB_per_s']:.2f} GB/s, open {c['open_GB_per_s']:.2f} GB/s"
     )
-    o = results["cpu_per_op_1KiB"]
-    print(
-        f"CPU per message, 1 KiB, one process: send {o['send_cpu_us']:.1f} us, recv {o['recv_cpu_us']:.1f} us"
-    )
+    for key, label in (("cpu_per_op_1KiB", "compiled"), ("cpu_per_op_1KiB_pure", "pure")):
+        o = results[key]
+        label = label if o["compiled"] or label == "pure" else "pure (not built)"
+        print(
+            f"CPU per message, 1 KiB, one process, {label}: send {o['send_cpu_us']:.1f} us, "
+            f"recv {o['recv_cpu_us']:.1f} us"
+        )
     for key in ("breakdown_1KiB", "breakdown_256KiB"):
         print(f"where the CPU goes, {key.split('_')[1]} (per call, one process):")
         for step, us in results[key].items():

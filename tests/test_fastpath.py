@@ -170,6 +170,10 @@ def test_messages_outside_the_common_case_are_left_to_the_python_path(mod):
         slot = bytearray(4096)
         assert sealer.seal(memoryview(slot), 1, 2, 0, 0, tensors, blob) == -1
         assert not any(slot)
+    small = fastpath.new_sealer(mod, KEY, PREFIX, max_body=1024)  # ChannelConfig.compiled_max_body
+    slot = bytearray(4096)
+    assert small.seal(memoryview(slot), 1, 2, 0, 0, [torch.randn(256)], b"") == -1  # 1088 bytes
+    assert small.seal(memoryview(slot), 1, 2, 0, 0, [torch.randn(240)], b"") == 1024 + 64
     slot = bytearray(4096)
     for bad in ((-1, 0), (1 << 16, 0), (0, 1 << 32), (1.0, 0)):  # kind, tag out of range
         assert sealer.seal(memoryview(slot), *bad, 0, 0, [x], b"") == -1

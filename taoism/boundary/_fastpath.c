@@ -6,7 +6,7 @@
  *
  *   Sealer.seal(out, kind, tag, seq, request_id, tensors, blob) -> frame_len, or -1
  *       The common send: every tensor an exact torch.Tensor on the CPU, contiguous, of a wire
- *       dtype, the body fitting the slot. Lays out header + body in `out` (the shared slot) and
+ *       dtype, the body fitting the slot and at most max_body bytes. Lays out header + body in `out` (the shared slot) and
  *       encrypts the body in place, the tag after it: byte for byte what the Python path writes.
  *       -1 means "not handled here" and nothing was written: the caller takes the Python path,
  *       which handles (or refuses, with its own typed error) everything else.
@@ -75,6 +75,7 @@ typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *ctx; /* NULL once closed */
     unsigned char prefix[4];
+    uint64_t max_body;            /* Sealer only: longer bodies are left to the Python path */
     PyObject *tensor_type;        /* Sealer only: torch.Tensor */
     PyObject *dtypes[N_CODES];    /* Sealer only: the torch.dtype of each wire code */
 } Aead;
@@ -84,9 +85,11 @@ static PyObject *s_is_cpu, *s_is_contiguous, *s_dtype, *s_shape, *s_data_ptr; /*
 static int aead_setup(Aead *self, PyObject *args, int encrypt, PyObject **dtypes_out) {
     Py_buffer key, prefix;
     PyObject *tensor_type = NULL, *dtypes = NULL;
+    unsigned long long max_body = 0;
     int ok = 0;
     if (encrypt) {
-        if (!PyArg_ParseTuple(args, "y*y*OO!", &key, &prefix, &tensor_type, &PyTuple_Type, &dtypes))
+        if (!PyArg_ParseTuple(args, "y*y*OO!K", &key, &prefix, &tensor_type, &PyTuple_Type, &dtypes,
+                              &max_body))
             return -1;
     } else if (!PyArg_ParseTuple(args, "y*y*", &key, &prefix)) {
         return -1;
@@ -106,6 +109,7 @@ static int aead_setup(Aead *self, PyObject *args, int encrypt, PyObject **dtypes
         goto done;
     }
     memcpy(self->prefix, prefix.buf, 4);
+    self->max_body = max_body;
     if (encrypt) {
         Py_INCREF(tensor_type);
         self->tensor_type = tensor_type;
@@ -191,12 +195,10 @@ static int attr_true(PyObject *t, PyObject *name, int call) {
     return r;
 }
 
-/* 1: `t` is a tensor this path handles (info filled in); 0: it is not; -1: a Python error. */
-static int tensor_info(Aead *self, PyObject *t, TensorInfo *info) {
-    int r;
+/* 1: `t` is an exact tensor of a wire dtype and non-empty (code, ndim, shape, nbytes filled in);
+   0: it is not; -1: a Python error. */
+static int tensor_meta(Aead *self, PyObject *t, TensorInfo *info) {
     if ((PyObject *)Py_TYPE(t) != self->tensor_type) return 0;
-    if ((r = attr_true(t, s_is_cpu, 0)) != 1) return r;
-    if ((r = attr_true(t, s_is_contiguous, 1)) != 1) return r;
     PyObject *dtype = PyObject_GetAttr(t, s_dtype);
     if (dtype == NULL) return -1;
     int code = 0;
@@ -206,7 +208,7 @@ static int tensor_info(Aead *self, PyObject *t, TensorInfo *info) {
     if (!code) return 0;
     PyObject *shape = PyObject_GetAttr(t, s_shape);
     if (shape == NULL) return -1;
-    r = 0;
+    int r = 0;
     Py_ssize_t ndim = PyTuple_Check(shape) ? PyTuple_GET_SIZE(shape) : MAX_NDIM + 1;
     if (ndim > MAX_NDIM) goto done;
     uint64_t numel = 1;
@@ -218,23 +220,25 @@ static int tensor_info(Aead *self, PyObject *t, TensorInfo *info) {
     /* An empty tensor needs the extent check (and its refusal message): the Python path. */
     if (numel == 0 || overflow || __builtin_mul_overflow(numel, ITEMSIZE[code], &info->nbytes))
         goto done;
-    PyObject *ptr = PyObject_CallMethodNoArgs(t, s_data_ptr);
-    if (ptr == NULL) {
-        r = -1;
-        goto done;
-    }
-    info->data = PyLong_AsVoidPtr(ptr);
-    Py_DECREF(ptr);
-    if (info->data == NULL) {
-        r = PyErr_Occurred() ? -1 : 0;
-        goto done;
-    }
     info->code = (unsigned char)code;
     info->ndim = (unsigned char)ndim;
     r = 1;
 done:
     Py_DECREF(shape);
     return r;
+}
+
+/* 1: `t` is a contiguous CPU tensor (info->data filled in); 0: it is not; -1: a Python error. */
+static int tensor_data(PyObject *t, TensorInfo *info) {
+    int r;
+    if ((r = attr_true(t, s_is_cpu, 0)) != 1) return r;
+    if ((r = attr_true(t, s_is_contiguous, 1)) != 1) return r;
+    PyObject *ptr = PyObject_CallMethodNoArgs(t, s_data_ptr);
+    if (ptr == NULL) return -1;
+    info->data = PyLong_AsVoidPtr(ptr);
+    Py_DECREF(ptr);
+    if (info->data == NULL) return PyErr_Occurred() ? -1 : 0;
+    return 1;
 }
 
 static int encrypt_in_place(EVP_CIPHER_CTX *ctx, const unsigned char nonce[12],
@@ -284,7 +288,7 @@ static PyObject *sealer_seal_tensors(Aead *self, PyObject *const *args, PyObject
     TensorInfo infos[MAX_FAST_TENSORS];
     uint64_t desc_len = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int r = tensor_info(self, PyTuple_GET_ITEM(tensors, i), &infos[i]);
+        int r = tensor_meta(self, PyTuple_GET_ITEM(tensors, i), &infos[i]);
         if (r < 0) return NULL;
         if (r == 0) return PyLong_FromLong(-1);
         desc_len += DESC_FIXED + 8u * infos[i].ndim;
@@ -297,6 +301,12 @@ static PyObject *sealer_seal_tensors(Aead *self, PyObject *const *args, PyObject
             return PyLong_FromLong(-1);
     }
     uint64_t body_len = end;
+    if (body_len > self->max_body) return PyLong_FromLong(-1);
+    for (Py_ssize_t i = 0; i < n; i++) { /* only now the (dearer) device and layout checks */
+        int r = tensor_data(PyTuple_GET_ITEM(tensors, i), &infos[i]);
+        if (r < 0) return NULL;
+        if (r == 0) return PyLong_FromLong(-1);
+    }
     Py_buffer out;
     if (PyObject_GetBuffer(args[0], &out, PyBUF_WRITABLE) < 0) return NULL;
     if (out.len < OVERHEAD || body_len > (uint64_t)out.len - OVERHEAD) {
@@ -546,7 +556,8 @@ static PyTypeObject SealerType = {
     .tp_basicsize = sizeof(Aead),
     .tp_dealloc = (destructor)aead_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Sealer(key, prefix, tensor_type, dtypes): AES-256-GCM, one direction, sending.",
+    .tp_doc = "Sealer(key, prefix, tensor_type, dtypes, max_body): AES-256-GCM, one direction, "
+              "sending.",
     .tp_methods = sealer_methods,
     .tp_init = (initproc)sealer_init,
     .tp_new = PyType_GenericNew,

@@ -44,9 +44,12 @@ def select(compiled: bool) -> ModuleType | None:
     return built()
 
 
-def new_sealer(mod: ModuleType, key: bytes, prefix: bytes) -> Any:
-    """A compiled sealer: one direction's AES-256-GCM context, keyed now (``close()`` wipes it)."""
-    return mod.Sealer(key, prefix, torch.Tensor, _DTYPES)
+def new_sealer(mod: ModuleType, key: bytes, prefix: bytes, max_body: int = 1 << 62) -> Any:
+    """A compiled sealer: one direction's AES-256-GCM context, keyed now (``close()`` wipes it).
+
+    It handles bodies of at most ``max_body`` bytes (``seal`` returns -1 for longer ones).
+    """
+    return mod.Sealer(key, prefix, torch.Tensor, _DTYPES, max_body)
 
 
 def new_opener(mod: ModuleType, key: bytes, prefix: bytes) -> Any:
