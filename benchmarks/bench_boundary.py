@@ -495,6 +495,41 @@ def _compiled_steps(host, enclave, x: torch.Tensor) -> dict:
     }
 
 
+def _compiled_vs_pure(iters: int, repeats: int) -> dict[str, dict[str, float]]:
+    """One-process round trips (2 send + 2 recv, CPU us), compiled and pure, by tensor size.
+
+    Beyond ``ChannelConfig.compiled_max_body`` the compiled channel sends on the pure path too;
+    the sizes around it show why the limit is where it is.
+    """
+    pairs = {"compiled": _in_process_pair(True), "pure": _in_process_pair(False)}
+    clock = time.thread_time
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for kib in (1, 4, 8, 16, 64):
+            x = torch.randn(kib * 256)
+            n = max(50, iters // kib)
+            row = {}
+            for label, (h, e) in pairs.items():
+                best = float("inf")
+                for _ in range(repeats + 1):
+                    t0 = clock()
+                    for _ in range(n):
+                        h.send(1, 0, (x,))
+                        e.recv()
+                        e.send(1, 0, (x,))
+                        h.recv()
+                    best = min(best, (clock() - t0) / n * 1e6)
+                row[f"{label}_us"] = best
+            row["ratio"] = row["compiled_us"] / row["pure_us"]
+            out[f"{kib}KiB"] = row
+    finally:
+        for h, e in pairs.values():
+            h.close()
+            e.close()
+    out["compiled_built"] = {"value": float(pairs["compiled"][0].compiled)}
+    return out
+
+
 SIZES = (("1KiB", 1 << 10, 1), ("256KiB", 256 << 10, 10), ("4MiB", 4 << 20, 100))
 GAP_BYTES, GAP_S = 256 << 10, 1e-3
 
@@ -627,6 +662,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["aesgcm_1MiB"] = _crypto_throughput(1 << 20, 50 if args.quick else 200, args.repeats)
     results["cpu_per_op_1KiB"] = _per_op_cost(1024, max(200, args.iters), args.repeats, True)
     results["cpu_per_op_1KiB_pure"] = _per_op_cost(1024, max(200, args.iters), args.repeats, False)
+    results["compiled_vs_pure"] = _compiled_vs_pure(max(500, args.iters), args.repeats)
     results["breakdown_1KiB"] = _breakdown(1024, max(500, args.iters))
     results["breakdown_256KiB"] = _breakdown(256 << 10, max(50, args.iters // 10))
     results["machine"]["loadavg_at_end"] = os.getloadavg()
@@ -689,6 +725,19 @@ def _print(results: dict, sizes) -> None:
             f"CPU per message, 1 KiB, one process, {label}: send {o['send_cpu_us']:.1f} us, "
             f"recv {o['recv_cpu_us']:.1f} us"
         )
+    cvp = results["compiled_vs_pure"]
+    built = cvp["compiled_built"]["value"]
+    print(
+        "round trip in one process (2 send + 2 recv, CPU), compiled vs pure"
+        + ("" if built else " (NOT BUILT: both pure)")
+        + f"; compiled up to {ChannelConfig().compiled_max_body}-byte bodies:"
+    )
+    for size, row in cvp.items():
+        if size != "compiled_built":
+            print(
+                f"  {size:<8}compiled {row['compiled_us']:>7.2f} us   pure {row['pure_us']:>7.2f} us"
+                f"   {row['ratio']:.2f}x"
+            )
     for key in ("breakdown_1KiB", "breakdown_256KiB"):
         print(f"where the CPU goes, {key.split('_')[1]} (per call, one process):")
         for step, us in results[key].items():
