@@ -82,6 +82,8 @@ typedef struct {
 
 static PyObject *s_is_cpu, *s_is_contiguous, *s_dtype, *s_shape, *s_data_ptr; /* interned names */
 
+static void aead_wipe(Aead *self);
+
 static int aead_setup(Aead *self, PyObject *args, int encrypt, PyObject **dtypes_out) {
     Py_buffer key, prefix;
     PyObject *tensor_type = NULL, *dtypes = NULL;
@@ -94,8 +96,9 @@ static int aead_setup(Aead *self, PyObject *args, int encrypt, PyObject **dtypes
     } else if (!PyArg_ParseTuple(args, "y*y*", &key, &prefix)) {
         return -1;
     }
-    if (key.len != 32 || prefix.len != 4) {
-        PyErr_SetString(PyExc_ValueError, "need a 32-byte key and a 4-byte nonce prefix");
+    if (key.len != 32 || prefix.len != 4 || max_body > MAX_EXTENT) {
+        PyErr_SetString(PyExc_ValueError,
+                        "need a 32-byte key, a 4-byte nonce prefix and max_body <= 2**62");
         goto done;
     }
     if (encrypt && PyTuple_GET_SIZE(dtypes) != N_CODES) {
@@ -106,6 +109,7 @@ static int aead_setup(Aead *self, PyObject *args, int encrypt, PyObject **dtypes
     if (self->ctx == NULL ||
         EVP_CipherInit_ex(self->ctx, EVP_aes_256_gcm(), NULL, key.buf, NULL, encrypt) != 1) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up AES-256-GCM");
+        aead_wipe(self);
         goto done;
     }
     memcpy(self->prefix, prefix.buf, 4);
@@ -295,7 +299,8 @@ static PyObject *sealer_seal_tensors(Aead *self, PyObject *const *args, PyObject
     }
     uint64_t blob_len = (uint64_t)PyBytes_GET_SIZE(blob);
     uint64_t end = desc_len + blob_len;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) { /* end <= max_body <= 2**62 before each step: no wrap */
+        if (end > self->max_body) return PyLong_FromLong(-1);
         infos[i].offset = align_up(end);
         if (__builtin_add_overflow(infos[i].offset, infos[i].nbytes, &end))
             return PyLong_FromLong(-1);
