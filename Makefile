@@ -11,7 +11,9 @@ LINT_FORMAT ?= 1
 
 .PHONY: venv data demo test lint format bench clean
 
-$(STAMP): pyproject.toml Makefile
+# setup.py and the C file: the editable install builds the boundary's compiled hot path in place,
+# so a changed C file must be rebuilt (docs/boundary.md, "The compiled hot path").
+$(STAMP): pyproject.toml setup.py taoism/boundary/_fastpath.c Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test,plot,data,dev]"
