@@ -250,8 +250,11 @@ def test_compiled_and_pure_ends_talk_to_each_other(mod, host_cfg, enclave_cfg):
             reply = host.recv(expect=rid)
             _same(reply.tensors, tensors)
             assert (reply.kind, reply.tag, reply.blob, reply.request_id) == (3, 4, blob, rid)
-        # received tensors are private and writable on both ends
-        reply.tensors[0].zero_() if reply.tensors else None
+        host.send(2, 1, [torch.arange(4.0)])  # within the compiled size
+        got = enclave.recv().tensors[0]
+        got += 1  # a received tensor is private and writable
+        enclave.send(3, 4, [got])
+        assert host.recv().tensors[0].tolist() == [1.0, 2.0, 3.0, 4.0]
     finally:
         host.close()
         enclave.close()
