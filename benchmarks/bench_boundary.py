@@ -45,11 +45,13 @@ import time
 
 import numpy as np
 import torch
+from cryptography.hazmat.backends.openssl import backend as openssl_backend
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from taoism.boundary import (
     ChannelConfig,
     crypto,
+    fastpath,
     frame,
     new_launch_token,
     open_enclave_channel,
@@ -610,6 +612,9 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__,
             "cpus": os.cpu_count(),
             "loadavg_at_start": os.getloadavg(),
+            # the compiled path's AES-GCM, and the pure path's (the cryptography wheel's own)
+            "libcrypto_compiled": getattr(fastpath.built(), "OPENSSL_VERSION", None),
+            "libcrypto_pure": openssl_backend.openssl_version_text(),
         },
         "args": {"repeats": args.repeats, "iters": args.iters, "quick": args.quick},
     }
@@ -678,9 +683,11 @@ def _print(results: dict, sizes) -> None:
         f"load average at start/end: {results['machine']['loadavg_at_start'][0]:.1f} / "
         f"{results['machine']['loadavg_at_end'][0]:.1f} on {results['machine']['cpus']} CPUs"
     )
+    m = results["machine"]
     print(
         f"taoism: the {'compiled' if results['compiled'] else 'pure-Python'} path (compiled: "
-        f"bodies up to {ChannelConfig().compiled_max_body} bytes)"
+        f"bodies up to {ChannelConfig().compiled_max_body} bytes, AES-GCM of "
+        f"{m['libcrypto_compiled']}; pure: {m['libcrypto_pure']})"
     )
     print(
         f"{'round trip, spin':<22}{'taoism':>11}{'ref: spin':>12}{'ref: +AES+copies':>18}"

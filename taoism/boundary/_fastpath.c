@@ -24,6 +24,7 @@
 #include <Python.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/opensslv.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -601,7 +602,8 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyModule_AddIntConstant(m, "OPEN_BAD_HEADER", OPEN_BAD_HEADER) < 0 ||
         PyModule_AddIntConstant(m, "OPEN_BAD_SEQ", OPEN_BAD_SEQ) < 0 ||
         PyModule_AddIntConstant(m, "OPEN_BAD_TAG", OPEN_BAD_TAG) < 0 ||
-        PyModule_AddIntConstant(m, "OPEN_BAD_BODY", OPEN_BAD_BODY) < 0) {
+        PyModule_AddIntConstant(m, "OPEN_BAD_BODY", OPEN_BAD_BODY) < 0 ||
+        PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -390,10 +390,10 @@ class Channel:
         sealer.next_seq = seq + 1  # taken before encrypting (under the send lock)
         t0 = _perf()
         frame_len = self._fast_sealer.seal(region.data, kind, tag, seq, rid, tensors, blob)
-        t1 = _perf()
         if frame_len < 0:
             sealer.next_seq = seq  # never used as a nonce: the Python path takes it
             return -1
+        t1 = _perf()
         if self._is_host:
             self._next_rid = rid + 1
         try:
