@@ -28,8 +28,13 @@ data:
 demo: $(STAMP) data
 	$(VENV)/bin/taoism demo
 
+# The suite runs the boundary's compiled hot path where it is built; the boundary tests run again
+# on the pure-Python path (TAOISM_PURE_BOUNDARY=1), which must stay byte-identical.
+BOUNDARY_TESTS := tests/test_boundary.py tests/test_fuzz_boundary.py tests/test_fastpath.py
+
 test: $(STAMP) data
 	$(PY) -m pytest -q
+	TAOISM_PURE_BOUNDARY=1 $(PY) -m pytest -q $(BOUNDARY_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
