@@ -11,7 +11,9 @@ LINT_FORMAT ?= 1
 
 .PHONY: venv data demo test lint format bench clean
 
-$(STAMP): pyproject.toml Makefile
+# setup.py and the C file: the editable install builds the boundary's compiled hot path in place,
+# so a changed C file must be rebuilt (docs/boundary.md, "The compiled hot path").
+$(STAMP): pyproject.toml setup.py taoism/boundary/_fastpath.c Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test,plot,data,dev]"
@@ -26,8 +28,13 @@ data:
 demo: $(STAMP) data
 	$(VENV)/bin/taoism demo
 
+# The suite runs the boundary's compiled hot path where it is built; the boundary tests run again
+# on the pure-Python path (TAOISM_PURE_BOUNDARY=1), which must stay byte-identical.
+BOUNDARY_TESTS := tests/test_boundary.py tests/test_fuzz_boundary.py tests/test_fastpath.py
+
 test: $(STAMP) data
 	$(PY) -m pytest -q
+	TAOISM_PURE_BOUNDARY=1 $(PY) -m pytest -q $(BOUNDARY_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)

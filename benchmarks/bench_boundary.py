@@ -14,6 +14,10 @@ Measures, after warm-up, over ``--repeats`` repeats:
 * the CPU cost of one send and one recv of a 1 KiB tensor (both ends in one
   process, no waiting): the per-message Python overhead.
 
+Channels use the compiled hot path where it is built (``taoism.boundary._fastpath``); the 1 KiB and
+256 KiB round trips, the per-message CPU cost and the step breakdown also measure the pure-Python
+path (``ChannelConfig(compiled=False)``) in the same run.
+
 Latency needs two otherwise idle cores: on an oversubscribed machine spinning
 cannot help and the spin figures approach the blocking ones.
 
@@ -41,11 +45,13 @@ import time
 
 import numpy as np
 import torch
+from cryptography.hazmat.backends.openssl import backend as openssl_backend
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from taoism.boundary import (
     ChannelConfig,
     crypto,
+    fastpath,
     frame,
     new_launch_token,
     open_enclave_channel,
@@ -55,11 +61,12 @@ from taoism.boundary import (
 KIND_ECHO, KIND_STOP = 1, 2
 
 
-def _peer(fd: int, spin_us: float) -> None:
+def _peer(fd: int, spin_us: float, compiled: bool) -> None:
     """Enclave side: echo every message back until STOP."""
     token = bytes.fromhex(sys.stdin.readline().strip())
     sock = socket.socket(fileno=fd)
-    chan = open_enclave_channel(sock, token, config=ChannelConfig(spin_us=spin_us))
+    config = ChannelConfig(spin_us=spin_us, compiled=compiled)
+    chan = open_enclave_channel(sock, token, config=config)
     with chan:
         while True:
             msg = chan.recv()
@@ -71,7 +78,7 @@ def _peer(fd: int, spin_us: float) -> None:
 class _Session:
     """A host channel connected to a freshly spawned echo peer."""
 
-    def __init__(self, spin_us: float) -> None:
+    def __init__(self, spin_us: float, compiled: bool = True) -> None:
         host_sock, peer_sock = socket.socketpair()
         token = new_launch_token()
         self.proc = subprocess.Popen(
@@ -82,6 +89,7 @@ class _Session:
                 str(peer_sock.fileno()),
                 "--spin-us",
                 str(spin_us),
+                *(() if compiled else ("--peer-pure",)),
             ],
             pass_fds=[peer_sock.fileno()],
             stdin=subprocess.PIPE,
@@ -90,7 +98,8 @@ class _Session:
         peer_sock.close()
         self.proc.stdin.write(token.hex() + "\n")
         self.proc.stdin.flush()
-        self.chan = open_host_channel(host_sock, token, config=ChannelConfig(spin_us=spin_us))
+        config = ChannelConfig(spin_us=spin_us, compiled=compiled)
+        self.chan = open_host_channel(host_sock, token, config=config)
 
     def round_trips(self, tensor: torch.Tensor, n: int, gap_s: float = 0.0) -> list[float]:
         send, recv, perf = self.chan.send, self.chan.recv, time.perf_counter
@@ -339,24 +348,27 @@ def _crypto_throughput(nbytes: int, iters: int, repeats: int) -> dict[str, float
     }
 
 
-def _in_process_pair():
+def _in_process_pair(compiled: bool = True):
     """Host and enclave channel ends in this process (the enclave handshake runs in a thread)."""
     import threading
 
     a, b = socket.socketpair()
     token = new_launch_token()
     box: dict = {}
-    thread = threading.Thread(target=lambda: box.setdefault("e", open_enclave_channel(b, token)))
+    config = ChannelConfig(compiled=compiled)
+    thread = threading.Thread(
+        target=lambda: box.setdefault("e", open_enclave_channel(b, token, config=config))
+    )
     thread.start()
-    host = open_host_channel(a, token)
+    host = open_host_channel(a, token, config=config)
     thread.join()
     enclave = box["e"]
     return host, enclave
 
 
-def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
+def _per_op_cost(nbytes: int, iters: int, repeats: int, compiled: bool) -> dict[str, float]:
     """CPU cost of send and of recv for one message, both ends in this process (no waiting)."""
-    host, enclave = _in_process_pair()
+    host, enclave = _in_process_pair(compiled)
     x = torch.randn(nbytes // 4)
     clock = time.thread_time
     send_us, pair_us = [], []
@@ -382,6 +394,7 @@ def _per_op_cost(nbytes: int, iters: int, repeats: int) -> dict[str, float]:
     send, both = min(send_us), min(pair_us)
     return {
         "bytes": nbytes,
+        "compiled": host.compiled,
         "send_cpu_us": send,
         "recv_cpu_us": both - send,
         "send_plus_recv_cpu_us": both,
@@ -396,6 +409,7 @@ def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
     from taoism.boundary.frame import HEADER, HEADER_SIZE, decode_body_parts, stage_body
 
     host, enclave = _in_process_pair()
+    pure_host, pure_enclave = _in_process_pair(compiled=False)
     x = torch.randn(nbytes // 4)
     region = host._tr.outbound
     data, addr, aead = region.data, region.data_addr, host._sealer.aead
@@ -422,6 +436,8 @@ def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
         "AES-GCM decrypt into private": lambda: aead.decrypt_into(nonce, ct, header, plain),
         "decode descriptors + tensor view": lambda: decode_body_parts(1, 0, body_len, plain),
     }
+    if host.compiled:
+        steps.update(_compiled_steps(host, enclave, x))
     out = {}
     try:
         for name, fn in steps.items():
@@ -432,18 +448,87 @@ def _breakdown(nbytes: int, iters: int) -> dict[str, float]:
                 fn()
             out[name] = (time.thread_time() - t0) / iters * 1e6
         clock = time.thread_time
-        t0 = clock()
-        for _ in range(iters):
-            host.send(1, 0, (x,))
-            enclave.recv()
-            enclave.send(1, 0, (x,))
-            host.recv()
-        out["whole round trip, both ends in one process (2 send + 2 recv)"] = (
-            (clock() - t0) / iters * 1e6
-        )
+        pairs = {"compiled": (host, enclave), "pure": (pure_host, pure_enclave)}
+        for label, (h, e) in pairs.items():
+            if label == "compiled" and (
+                not h.compiled or nbytes > ChannelConfig().compiled_max_body
+            ):
+                continue
+            for _ in range(iters // 10 + 1):
+                h.send(1, 0, (x,))
+                e.recv()
+                e.send(1, 0, (x,))
+                h.recv()
+            t0 = clock()
+            for _ in range(iters):
+                h.send(1, 0, (x,))
+                e.recv()
+                e.send(1, 0, (x,))
+                h.recv()
+            out[f"whole round trip in one process (2 send + 2 recv), {label} path"] = (
+                (clock() - t0) / iters * 1e6
+            )
     finally:
-        host.close()
-        enclave.close()
+        for chan in (host, enclave, pure_host, pure_enclave):
+            chan.close()
+    return out
+
+
+def _compiled_steps(host, enclave, x: torch.Tensor) -> dict:
+    """The compiled path's two calls, timed alone (the slot is rewritten in place, never published)."""
+    from taoism.boundary.frame import views_of
+
+    seal, data = host._fast_sealer.seal, host._tr.outbound.data
+    frame_len = seal(data, 1, 0, 0, 1, (x,), b"")
+    if frame_len < 0:  # longer than ChannelConfig.compiled_max_body: the pure path sends it
+        return {}
+    opener, inbox = enclave._fast_opener, bytearray(data[:frame_len]) + bytearray(4096)
+    inbox_mv, max_body = memoryview(inbox), enclave._max_body
+    res = opener.open(inbox_mv, frame_len, max_body, 0, False)
+    body, specs = res[8], res[10]
+    return {
+        "compiled: lay out + encrypt in the slot (one C call)": lambda: seal(
+            data, 1, 0, 0, 1, (x,), b""
+        ),
+        "compiled: header checks + decrypt + descriptors (one C call)": lambda: opener.open(
+            inbox_mv, frame_len, max_body, 0, False
+        ),
+        "compiled: tensor views of the private buffer": lambda: views_of(body, specs),
+    }
+
+
+def _compiled_vs_pure(iters: int, repeats: int) -> dict[str, dict[str, float]]:
+    """One-process round trips (2 send + 2 recv, CPU us), compiled and pure, by tensor size.
+
+    Beyond ``ChannelConfig.compiled_max_body`` the compiled channel sends on the pure path too;
+    the sizes around it show why the limit is where it is.
+    """
+    pairs = {"compiled": _in_process_pair(True), "pure": _in_process_pair(False)}
+    clock = time.thread_time
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for kib in (1, 4, 8, 16, 64):
+            x = torch.randn(kib * 256)
+            n = max(50, iters // kib)
+            row = {}
+            for label, (h, e) in pairs.items():
+                best = float("inf")
+                for _ in range(repeats + 1):
+                    t0 = clock()
+                    for _ in range(n):
+                        h.send(1, 0, (x,))
+                        e.recv()
+                        e.send(1, 0, (x,))
+                        h.recv()
+                    best = min(best, (clock() - t0) / n * 1e6)
+                row[f"{label}_us"] = best
+            row["ratio"] = row["compiled_us"] / row["pure_us"]
+            out[f"{kib}KiB"] = row
+    finally:
+        for h, e in pairs.values():
+            h.close()
+            e.close()
+    out["compiled_built"] = {"value": float(pairs["compiled"][0].compiled)}
     return out
 
 
@@ -506,11 +591,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--spin-us", type=float, default=ChannelConfig().spin_us, help=argparse.SUPPRESS
     )
     parser.add_argument("--peer-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-pure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ref-peer-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ref-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer_fd is not None:
-        _peer(args.peer_fd, args.spin_us)
+        _peer(args.peer_fd, args.spin_us, not args.peer_pure)
         return {}
     if args.ref_peer_fd is not None:
         _ref_peer(args.ref_peer_fd, args.ref_size, args.spin_us)
@@ -526,16 +612,23 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__,
             "cpus": os.cpu_count(),
             "loadavg_at_start": os.getloadavg(),
+            # the compiled path's AES-GCM, and the pure path's (the cryptography wheel's own)
+            "libcrypto_compiled": getattr(fastpath.built(), "OPENSSL_VERSION", None),
+            "libcrypto_pure": openssl_backend.openssl_version_text(),
         },
         "args": {"repeats": args.repeats, "iters": args.iters, "quick": args.quick},
     }
     sizes = SIZES[:2] if args.quick else SIZES
     spin = _Session(ChannelConfig().spin_us)
+    pure = _Session(ChannelConfig().spin_us, compiled=False)
+    results["compiled"] = spin.chan.compiled
     ref = _Reference(max(n for _, n, _ in sizes))
     try:
         for label, nbytes, div in sizes:
             x = torch.randn(nbytes // 4)
             contenders = {"taoism": (spin, x), "ref_full": (ref, x), "ref_spin": (ref, None)}
+            if nbytes <= 256 << 10:  # the pure-Python path beside it, in the same run
+                contenders["taoism_pure"] = (pure, x)
             iters = max(10, args.iters // div)
             results[f"rtt_{label}"] = _paired(
                 contenders, iters, args.repeats, warmup=max(5, iters // 4)
@@ -543,6 +636,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["host_stats_spin"] = spin.chan.stats.snapshot().__dict__
     finally:
         spin.close()
+        pure.close()
         ref.close()
     # Between crossings the host computes (every-ReLU ResNet-18: ~1 ms per device segment); the
     # waiting side spins through it (the enclave spin rule's 5 ms, both here and in the reference).
@@ -571,7 +665,9 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         block.close()
     results["aesgcm_1MiB"] = _crypto_throughput(1 << 20, 50 if args.quick else 200, args.repeats)
-    results["cpu_per_op_1KiB"] = _per_op_cost(1024, max(200, args.iters), args.repeats)
+    results["cpu_per_op_1KiB"] = _per_op_cost(1024, max(200, args.iters), args.repeats, True)
+    results["cpu_per_op_1KiB_pure"] = _per_op_cost(1024, max(200, args.iters), args.repeats, False)
+    results["compiled_vs_pure"] = _compiled_vs_pure(max(500, args.iters), args.repeats)
     results["breakdown_1KiB"] = _breakdown(1024, max(500, args.iters))
     results["breakdown_256KiB"] = _breakdown(256 << 10, max(50, args.iters // 10))
     results["machine"]["loadavg_at_end"] = os.getloadavg()
@@ -587,6 +683,12 @@ def _print(results: dict, sizes) -> None:
         f"load average at start/end: {results['machine']['loadavg_at_start'][0]:.1f} / "
         f"{results['machine']['loadavg_at_end'][0]:.1f} on {results['machine']['cpus']} CPUs"
     )
+    m = results["machine"]
+    print(
+        f"taoism: the {'compiled' if results['compiled'] else 'pure-Python'} path (compiled: "
+        f"bodies up to {ChannelConfig().compiled_max_body} bytes, AES-GCM of "
+        f"{m['libcrypto_compiled']}; pure: {m['libcrypto_pure']})"
+    )
     print(
         f"{'round trip, spin':<22}{'taoism':>11}{'ref: spin':>12}{'ref: +AES+copies':>18}"
         f"{'taoism/ref (range)':>24}"
@@ -599,6 +701,12 @@ def _print(results: dict, sizes) -> None:
             f"{r['ref_full']['median_us']:>16.1f}us{t['ratio_to_ref_full']:>11.2f}x "
             f"({t['ratio_min']:.2f}-{t['ratio_max']:.2f})"
         )
+        if "taoism_pure" in r:
+            p = r["taoism_pure"]
+            print(
+                f"{'  pure-Python path':<22}{p['median_us']:>9.1f}us{'':>28}"
+                f"{p['ratio_to_ref_full']:>11.2f}x ({p['ratio_min']:.2f}-{p['ratio_max']:.2f})"
+            )
     g = results["rtt_256KiB_gap"]
     t = g["taoism"]
     print(
@@ -617,10 +725,26 @@ def _print(results: dict, sizes) -> None:
     print(
         f"AES-256-GCM 1 MiB, one process: seal {c['seal_GB_per_s']:.2f} GB/s, open {c['open_GB_per_s']:.2f} GB/s"
     )
-    o = results["cpu_per_op_1KiB"]
+    for key, label in (("cpu_per_op_1KiB", "compiled"), ("cpu_per_op_1KiB_pure", "pure")):
+        o = results[key]
+        label = label if o["compiled"] or label == "pure" else "pure (not built)"
+        print(
+            f"CPU per message, 1 KiB, one process, {label}: send {o['send_cpu_us']:.1f} us, "
+            f"recv {o['recv_cpu_us']:.1f} us"
+        )
+    cvp = results["compiled_vs_pure"]
+    built = cvp["compiled_built"]["value"]
     print(
-        f"CPU per message, 1 KiB, one process: send {o['send_cpu_us']:.1f} us, recv {o['recv_cpu_us']:.1f} us"
+        "round trip in one process (2 send + 2 recv, CPU), compiled vs pure"
+        + ("" if built else " (NOT BUILT: both pure)")
+        + f"; compiled up to {ChannelConfig().compiled_max_body}-byte bodies:"
     )
+    for size, row in cvp.items():
+        if size != "compiled_built":
+            print(
+                f"  {size:<8}compiled {row['compiled_us']:>7.2f} us   pure {row['pure_us']:>7.2f} us"
+                f"   {row['ratio']:.2f}x"
+            )
     for key in ("breakdown_1KiB", "breakdown_256KiB"):
         print(f"where the CPU goes, {key.split('_')[1]} (per call, one process):")
         for step, us in results[key].items():

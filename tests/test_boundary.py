@@ -976,18 +976,27 @@ class _FailingAead:
 
 
 @pytest.mark.parametrize("wipe", [True, False])
-def test_a_send_failing_before_encryption_leaves_no_plaintext(pair, monkeypatch, wipe):
-    """With the wipe: no run found; without it (control): the scan finds every run, so it can fail."""
+def test_a_send_failing_before_encryption_leaves_no_plaintext(monkeypatch, wipe):
+    """With the wipe: no run found; without it (control): the scan finds every run, so it can fail.
+
+    The pure-Python path (whose AEAD ``_FailingAead`` replaces); the compiled one lays out and
+    encrypts in one C call, which wipes the body itself if OpenSSL fails.
+    """
     from taoism.boundary import channel as channel_mod
 
     if not wipe:
         monkeypatch.setattr(channel_mod, "_memset", lambda *a: None)
-    host, enclave = pair
-    host._sealer.aead = _FailingAead()
-    weights = torch.randn(5120)
-    with pytest.raises(RuntimeError, match="encryption failed"):
-        host.send(1, 0, [weights])
-    assert _runs_found(weights, _host_buffers(host)) == (0 if wipe else 320)
+    pure = ChannelConfig(timeout_s=5.0, compiled=False)
+    host, enclave, _ = _pair(pure, pure)
+    try:
+        host._sealer.aead = _FailingAead()
+        weights = torch.randn(5120)
+        with pytest.raises(RuntimeError, match="encryption failed"):
+            host.send(1, 0, [weights])
+        assert _runs_found(weights, _host_buffers(host)) == (0 if wipe else 320)
+    finally:
+        host.close()
+        enclave.close()
 
 
 def test_staging_is_wiped_before_it_is_grown(pair):

@@ -9,12 +9,13 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from cryptography.exceptions import InvalidTag
 
-from taoism.boundary import crypto, frame
+from taoism.boundary import crypto, fastpath, frame
 from taoism.boundary.frame import HEADER_SIZE
 from taoism.boundary.messages import (
     ChannelConfig,
@@ -48,10 +49,12 @@ _MAGIC, _VERSION, _MAX_TENSORS, _DESC = (
 )
 _stage_body = frame.stage_body
 _decode_body = frame.decode_body_parts
+_views_of = frame.views_of
 _np_empty = np.empty
 _NONCE_PACK = crypto.NONCE.pack
 _uint8 = np.uint8
 _memset = ctypes.memset
+_OPEN_BAD_HEADER, _OPEN_BAD_SEQ, _OPEN_BAD_TAG = 1, 2, 3  # statuses of the compiled opener
 
 
 def _address_of(buf: bytearray) -> int:
@@ -91,10 +94,14 @@ class Channel:
         stats: ChannelStats,
         peer_closed_error: type[Exception],
         is_host: bool = True,
+        fast: tuple[Any, Any] | None = None,
     ) -> None:
         self._tr = transport
         self._sealer = sealer
         self._opener = opener
+        # The compiled sealer and opener (fastpath.py), or None: the pure-Python path.
+        self._fast_sealer, self._fast_opener = fast if fast is not None else (None, None)
+        self._compiled_max_frame = config.compiled_max_body + _OVERHEAD
         self._config = config
         self.stats = stats
         self._peer_closed_error = peer_closed_error
@@ -164,6 +171,8 @@ class Channel:
                     f"another thread held the channel's receiver for {timeout:g} s"
                 )
         try:
+            if self._fast_opener is not None:
+                return self._recv_compiled(timeout, expect)
             return self._recv(timeout, expect)
         finally:
             lock.release()
@@ -199,6 +208,11 @@ class Channel:
                 raise
 
     @property
+    def compiled(self) -> bool:
+        """Whether this channel runs the compiled hot path (``fastpath``) for common messages."""
+        return self._fast_sealer is not None
+
+    @property
     def staging_bytes(self) -> int:
         """Bytes of this end's private staging buffer (for memory accounting)."""
         return self._staging_len
@@ -221,6 +235,10 @@ class Channel:
     ) -> int:
         if self._unusable is not None:
             self._raise_unusable()
+        if self._fast_sealer is not None and not secret:
+            rid = self._send_compiled(kind, tag, tensors, blob, reply_to)
+            if rid >= 0:
+                return rid
         t_start = _perf()
         if type(blob) is not bytes:
             blob = _as_blob(blob)
@@ -345,6 +363,113 @@ class Channel:
         stats.copy_s += t_copied - t_start
         return rid
 
+    def _send_compiled(
+        self,
+        kind: int,
+        tag: int,
+        tensors: Sequence[torch.Tensor],
+        blob: bytes,
+        reply_to: int | None,
+    ) -> int:
+        """``_send`` in one C call: returns the request id, or -1 if the message is not the common case.
+
+        The common case: exact CPU contiguous tensors of wire dtypes, ``blob`` bytes, the body
+        fitting the slot and at most ``ChannelConfig.compiled_max_body`` bytes. Otherwise nothing
+        was written and no sequence number consumed: the caller's Python path sends (or refuses)
+        the message.
+        """
+        tr = self._tr
+        region = tr.outbound
+        if region is None or region.ctl[_CONSUMED] != tr._out_pub:  # not free yet: wait
+            region = self._writable()
+        sealer = self._sealer
+        rid = (
+            self._next_rid if self._is_host else (self._last_rid if reply_to is None else reply_to)
+        )
+        seq = sealer.next_seq
+        sealer.next_seq = seq + 1  # taken before encrypting (under the send lock)
+        t0 = _perf()
+        frame_len = self._fast_sealer.seal(region.data, kind, tag, seq, rid, tensors, blob)
+        if frame_len < 0:
+            sealer.next_seq = seq  # never used as a nonce: the Python path takes it
+            return -1
+        t1 = _perf()
+        if self._is_host:
+            self._next_rid = rid + 1
+        try:
+            tr.publish(frame_len)
+        except TaoismError as exc:
+            self._unusable = exc
+            raise
+        if self._is_host:
+            self._pending.append(rid)
+        stats = self.stats
+        stats.frames_sent += 1
+        stats.bytes_sent += frame_len
+        stats.crypto_s += t1 - t0  # on this path: layout, copies and encryption in one call
+        return rid
+
+    def _recv_compiled(self, timeout: float | None, expect: int | None) -> Message:
+        """``_recv`` with the header checks, decryption and descriptor checks in one C call.
+
+        A refused frame raises the same typed error as the pure path, from the same code.
+        """
+        if self._unusable is not None:
+            self._raise_unusable()
+        tr = self._tr
+        try:
+            frame_len = tr.wait_frame(timeout)
+        except BoundaryTimeout:
+            raise
+        except TaoismError as exc:
+            self._unusable = exc
+            raise
+        if frame_len > self._compiled_max_frame:  # long: the pure path's AES-GCM is faster
+            return self._recv_frame(frame_len, expect)
+        seq = -1
+        try:
+            opener = self._opener
+            t0 = _perf()
+            status, kind, tag, seq, request_id, n, blob_len, body_len, body, blob, specs = (
+                self._fast_opener.open(
+                    tr.inbound.data, frame_len, self._max_body, opener.next_seq, self._snapshot
+                )
+            )
+            t1 = _perf()
+            if status:
+                if status == _OPEN_BAD_HEADER:
+                    self._bad_header(body, frame_len)  # raises
+                if status == _OPEN_BAD_SEQ:
+                    opener.check_seq(seq)  # raises
+                if status == _OPEN_BAD_TAG:
+                    raise crypto.auth_failure(seq)
+            opener.next_seq = seq + 1
+            tr.release()
+            if self._is_host:
+                self._check_reply(request_id, expect, kind, tag)
+            else:
+                self._last_rid = request_id
+            if status:  # malformed descriptors: the pure decoder says why, from the same body
+                _decode_body(n, blob_len, body_len, body)
+                raise FrameError(
+                    f"frame seq={seq}: the compiled decoder refused a body the Python decoder "
+                    "accepts (a bug; set TAOISM_PURE_BOUNDARY=1 to work around it)"
+                )
+            tensors = _views_of(body, specs)
+        except TaoismError as exc:
+            self._unusable = exc
+            raise
+        except Exception as exc:  # a decoder bug must still fail closed and typed, never untyped
+            self._unusable = FrameError(
+                f"malformed frame seq={seq} rejected by the decoder ({type(exc).__name__}: {exc})"
+            )
+            raise self._unusable from exc
+        stats = self.stats
+        stats.frames_recv += 1
+        stats.bytes_recv += frame_len
+        stats.crypto_s += t1 - t0  # on this path: header and descriptor checks too
+        return _new_message(kind, tag, tensors, blob, request_id)
+
     def _writable(self):
         """The outbound region once its slot is free (BoundaryTimeout keeps the channel usable)."""
         try:
@@ -366,6 +491,11 @@ class Channel:
         except TaoismError as exc:
             self._unusable = exc
             raise
+        return self._recv_frame(frame_len, expect)
+
+    def _recv_frame(self, frame_len: int, expect: int | None) -> Message:
+        """Authenticate and decode the frame of ``frame_len`` bytes waiting in the inbound slot."""
+        tr = self._tr
         region = tr.inbound
         seq = -1
         try:
@@ -438,6 +568,9 @@ class Channel:
         if not isinstance(self._unusable, _Closed):
             self._unusable = _Closed("the channel is closed; open a new session")
             self._tr.close()
+            if self._fast_sealer is not None:  # frees both AES contexts (the keys are wiped)
+                self._fast_sealer.close()
+                self._fast_opener.close()
 
     def __enter__(self) -> Channel:
         return self
@@ -553,14 +686,22 @@ def _open(
     try:
         if is_host:
             keys = crypto.host_handshake(sock, launch_token, config.handshake_timeout_s)
-            sealer = crypto.Sealer(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
-            opener = crypto.Opener(keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST)
+            out_key, out_prefix = keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE
+            in_key, in_prefix = keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST
             peer_closed: type[Exception] = EnclaveCrashed
         else:
             keys = crypto.enclave_handshake(sock, launch_token, config.handshake_timeout_s)
-            sealer = crypto.Sealer(keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST)
-            opener = crypto.Opener(keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE)
+            out_key, out_prefix = keys.enclave_to_host, crypto.PREFIX_ENCLAVE_TO_HOST
+            in_key, in_prefix = keys.host_to_enclave, crypto.PREFIX_HOST_TO_ENCLAVE
             peer_closed = BoundaryError
+        sealer, opener = crypto.Sealer(out_key, out_prefix), crypto.Opener(in_key, in_prefix)
+        mod = fastpath.select(config.compiled)
+        fast = None
+        if mod is not None:  # the same keys and prefixes, in OpenSSL contexts of their own
+            fast = (
+                fastpath.new_sealer(mod, out_key, out_prefix, config.compiled_max_body),
+                fastpath.new_opener(mod, in_key, in_prefix),
+            )
         transport = ShmTransport(
             sock,
             initial_capacity=config.initial_capacity,
@@ -578,7 +719,7 @@ def _open(
         else:
             sock.close()
         raise
-    return Channel(transport, sealer, opener, config, stats, peer_closed, is_host)
+    return Channel(transport, sealer, opener, config, stats, peer_closed, is_host, fast)
 
 
 def open_host_channel(

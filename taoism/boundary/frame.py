@@ -33,7 +33,7 @@ import struct
 from collections.abc import Sequence
 from math import prod
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -464,6 +464,29 @@ def decode_body_parts(
     return tensors, blob
 
 
+def views_of(
+    body: Any, specs: Sequence[tuple[int, tuple[int, ...], int, int]]
+) -> list[torch.Tensor]:
+    """Tensors of validated ``(code, shape, offset, non_empty)`` specs as zero-copy views of ``body``.
+
+    The compiled decoder's counterpart of the end of ``decode_body_parts`` (the same views).
+    """
+    tensors = []
+    for code, shape, off, non_empty in specs:
+        np_dtype = _NP_BY_CODE[code]
+        if not non_empty:
+            t = torch.empty(shape, dtype=_DTYPE_BY_CODE[code])
+        elif np_dtype is not None:
+            t = _from_numpy(_ndarray(shape, np_dtype, body, off))
+        else:  # bfloat16 has no numpy dtype
+            dtype = cast(torch.dtype, _DTYPE_BY_CODE[code])  # known: the specs are validated
+            t = _frombuffer(body, dtype=dtype, count=prod(shape), offset=off)
+            if len(shape) != 1:
+                t = t.view(*shape) if shape else t.reshape(())
+        tensors.append(t)
+    return tensors
+
+
 def check_extent(shape: Sequence[int], itemsize: int, where: str) -> None:
     """FrameError unless ``prod(max(d, 1)) * itemsize <= MAX_EXTENT_BYTES`` (sizes and strides fit int64)."""
     extent = itemsize
@@ -548,6 +571,7 @@ __all__ = [
     "prepare_tensor",
     "stage_body",
     "tensor_bytes",
+    "views_of",
     "write_body",
     "write_head",
 ]
