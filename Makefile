@@ -14,6 +14,7 @@ LINT_FORMAT ?= 1
 # setup.py and the C file: the editable install builds the boundary's compiled hot path in place,
 # so a changed C file must be rebuilt (docs/boundary.md, "The compiled hot path").
 $(STAMP): pyproject.toml setup.py taoism/boundary/_fastpath.c Makefile
+	@bash scripts/system-data.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test,plot,data,dev]"

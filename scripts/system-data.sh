@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System data for taoism's offline data sets and the fonts of the glyphs data set: Debian packages, checked and,
+# System packages: the data of taoism's offline data sets and the fonts of the glyphs data set, and the
+# build tools of the optional compiled hot path; Debian packages, checked and,
 # where this runs as root with apt-get, installed. Elsewhere it prints what to install and
 # carries on: code that needs a missing package says so, with the same hint, when it runs.
 # `make data` runs this; `make test` and `make demo` run `make data` first.
@@ -19,6 +20,9 @@ PACKAGES=(
   fonts-noto-core
   fonts-noto-mono
   fonts-crosextra-carlito
+  # not data: the build of the boundary's compiled hot path (setup.py; optional, see docs/boundary.md)
+  gcc
+  libssl-dev
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
