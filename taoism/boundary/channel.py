@@ -443,12 +443,7 @@ class Channel:
                     opener.check_seq(seq)  # raises
                 if status == _OPEN_BAD_TAG:
                     raise crypto.auth_failure(seq)
-            opener.next_seq = seq + 1
-            tr.release()
-            if self._is_host:
-                self._check_reply(request_id, expect, kind, tag)
-            else:
-                self._last_rid = request_id
+            self._accept(seq, request_id, expect, kind, tag)
             if status:  # malformed descriptors: the pure decoder says why, from the same body
                 _decode_body(n, blob_len, body_len, body)
                 raise FrameError(
@@ -460,10 +455,7 @@ class Channel:
             self._unusable = exc
             raise
         except Exception as exc:  # a decoder bug must still fail closed and typed, never untyped
-            self._unusable = FrameError(
-                f"malformed frame seq={seq} rejected by the decoder ({type(exc).__name__}: {exc})"
-            )
-            raise self._unusable from exc
+            raise self._decoder_bug(seq, exc) from exc
         stats = self.stats
         stats.frames_recv += 1
         stats.bytes_recv += frame_len
@@ -523,26 +515,35 @@ class Channel:
             except InvalidTag:
                 raise crypto.auth_failure(seq) from None
             t1 = _perf()
-            opener.next_seq = seq + 1
-            tr.release()
-            if self._is_host:
-                self._check_reply(request_id, expect, kind, tag)
-            else:
-                self._last_rid = request_id
+            self._accept(seq, request_id, expect, kind, tag)
             tensors, blob = _decode_body(n, blob_len, body_len, body)
         except TaoismError as exc:
             self._unusable = exc
             raise
         except Exception as exc:  # a decoder bug must still fail closed and typed, never untyped
-            self._unusable = FrameError(
-                f"malformed frame seq={seq} rejected by the decoder ({type(exc).__name__}: {exc})"
-            )
-            raise self._unusable from exc
+            raise self._decoder_bug(seq, exc) from exc
         stats = self.stats
         stats.frames_recv += 1
         stats.bytes_recv += frame_len
         stats.crypto_s += t1 - t0
         return _new_message(kind, tag, tensors, blob, request_id)
+
+    def _accept(self, seq: int, request_id: int, expect: int | None, kind: int, tag: int) -> None:
+        """Take an authenticated frame: advance the sequence, free the slot, pair the reply."""
+        self._opener.next_seq = seq + 1
+        self._tr.release()
+        if self._is_host:
+            self._check_reply(request_id, expect, kind, tag)
+        else:
+            self._last_rid = request_id
+
+    def _decoder_bug(self, seq: int, exc: Exception) -> FrameError:
+        """Make the channel unusable after an untyped decoder failure; the typed error to raise."""
+        err = FrameError(
+            f"malformed frame seq={seq} rejected by the decoder ({type(exc).__name__}: {exc})"
+        )
+        self._unusable = err
+        return err
 
     def _check_reply(self, request_id: int, expect: int | None, kind: int, tag: int) -> None:
         pending = self._pending
