@@ -349,8 +349,14 @@ class Channel:
                 _memset(region.data_addr + HEADER_SIZE, 0, plain)
             if staged:  # no plaintext stays behind in the staging buffer
                 _memset(self._staging_addr, 0, staged)
+        self._publish(rid, frame_len, t_end - t_crypto)
+        self.stats.copy_s += t_copied - t_start
+        return rid
+
+    def _publish(self, rid: int, frame_len: int, crypto_s: float) -> None:
+        """Publish the sealed frame in the slot and count it (a failure makes the channel unusable)."""
         try:
-            tr.publish(frame_len)
+            self._tr.publish(frame_len)
         except TaoismError as exc:
             self._unusable = exc
             raise
@@ -359,9 +365,7 @@ class Channel:
         stats = self.stats
         stats.frames_sent += 1
         stats.bytes_sent += frame_len
-        stats.crypto_s += t_end - t_crypto
-        stats.copy_s += t_copied - t_start
-        return rid
+        stats.crypto_s += crypto_s
 
     def _send_compiled(
         self,
@@ -396,17 +400,7 @@ class Channel:
         t1 = _perf()
         if self._is_host:
             self._next_rid = rid + 1
-        try:
-            tr.publish(frame_len)
-        except TaoismError as exc:
-            self._unusable = exc
-            raise
-        if self._is_host:
-            self._pending.append(rid)
-        stats = self.stats
-        stats.frames_sent += 1
-        stats.bytes_sent += frame_len
-        stats.crypto_s += t1 - t0  # on this path: layout, copies and encryption in one call
+        self._publish(rid, frame_len, t1 - t0)  # crypto_s here: layout, copies and encryption
         return rid
 
     def _recv_compiled(self, timeout: float | None, expect: int | None) -> Message:
@@ -414,16 +408,8 @@ class Channel:
 
         A refused frame raises the same typed error as the pure path, from the same code.
         """
-        if self._unusable is not None:
-            self._raise_unusable()
+        frame_len = self._wait_frame(timeout)
         tr = self._tr
-        try:
-            frame_len = tr.wait_frame(timeout)
-        except BoundaryTimeout:
-            raise
-        except TaoismError as exc:
-            self._unusable = exc
-            raise
         if frame_len > self._compiled_max_frame:  # long: the pure path's AES-GCM is faster
             return self._recv_frame(frame_len, expect)
         seq = -1
@@ -473,17 +459,20 @@ class Channel:
             raise
 
     def _recv(self, timeout: float | None, expect: int | None) -> Message:
+        return self._recv_frame(self._wait_frame(timeout), expect)
+
+    def _wait_frame(self, timeout: float | None) -> int:
+        """The length of the next frame once it is in the inbound slot (a timeout keeps the channel
+        usable; any other failure does not)."""
         if self._unusable is not None:
             self._raise_unusable()
-        tr = self._tr
         try:
-            frame_len = tr.wait_frame(timeout)
+            return self._tr.wait_frame(timeout)
         except BoundaryTimeout:
             raise
         except TaoismError as exc:
             self._unusable = exc
             raise
-        return self._recv_frame(frame_len, expect)
 
     def _recv_frame(self, frame_len: int, expect: int | None) -> Message:
         """Authenticate and decode the frame of ``frame_len`` bytes waiting in the inbound slot."""
