@@ -425,3 +425,30 @@ def test_gate_logits_learn_at_their_own_rate():
 
     _epochs(model, 8, 1, 0.1, "sgd", cfg, torch.Generator().manual_seed(0), "t", False, step)
     assert seen and all(lrs == pytest.approx([0.1, 1.0]) for lrs in seen)
+
+
+@pytest.mark.parametrize("bn", ["public", "private"])
+def test_backbone_bn_statistics_follow_the_private_data_only_when_asked(bn):
+    """``backbone_bn="public"`` leaves every backbone tensor as the public model's; "private"
+    (the artifact's model.train()) changes only the backbone's BN statistics, never a weight."""
+    from taoism.teeslice import train
+
+    torch.manual_seed(0)
+    public = get_model("gap_resnet20", dataset_shape="digits", seed=1)
+    victim = get_model("gap_resnet20", dataset_shape="digits", seed=2)
+    x, y = torch.randn(96, 1, 8, 8), torch.randint(0, 10, (96,))
+    data = taoism.teeslice.SliceData(x, y, x[:32], y[:32])
+    cfg = TeeSliceConfig(
+        teacher_epochs=1, student_epochs=1, prune=False, batch_size=32, backbone_bn=bn
+    )
+    model = train(victim, public, data, cfg, use_cache=False, progress=False).model
+    ref = public.state_dict()
+    changed = {k for k, v in model.backbone.state_dict().items() if not torch.equal(v, ref[k])}
+    if bn == "public":
+        assert not changed
+    else:
+        assert changed and all(
+            k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed
+        )
+    with pytest.raises(ConfigError, match="backbone_bn"):
+        TeeSliceConfig(backbone_bn="shared")

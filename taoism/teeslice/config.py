@@ -46,6 +46,11 @@ class TeeSliceConfig:
     merge_relu: bool = True  #: ReLU after each block's gated merge (the artifact's)
     alpha_init: tuple[float, float] = (2.0, -2.0)  #: initial gate logits: (block, each proxy)
     proxy_pool: str = "max"  #: proxy downsampling: "max" (artifact: max pool) or "stride"
+    #: the frozen backbone's batch-norm statistics while the student trains: "public" (kept:
+    #: the device-side backbone stays the public model) or "private" (the artifact's
+    #: ``model.train()``: they follow the student's features on the private data, and the
+    #: deployed backbone then carries statistics of the private data outside the enclave)
+    backbone_bn: str = "public"
     teacher_epochs: int = 20  #: epochs distilling the public model into the teacher (artifact 20)
     teacher_lr: float = 5e-3  #: Adam learning rate of the teacher (1e-3 left it 4 points short)
     teacher_optimizer: str = "adam"  #: "adam" or "sgd" (artifact: SGD 0.01, momentum 0.5)
@@ -81,6 +86,7 @@ class TeeSliceConfig:
             ("teacher_optimizer", ("sgd", "adam")),
             ("lr_schedule", ("cosine", "constant")),
             ("proxy_pool", ("max", "stride")),
+            ("backbone_bn", ("public", "private")),
             ("flops_norm", ("backbone", "proxies")),
         ):
             if getattr(self, name) not in allowed:

@@ -179,6 +179,8 @@ class SlicedNet(_SlicedModel):
         for name in filter(None, (layout.pool, layout.classifier)):
             delattr(backbone, name)
         self.backbone = backbone.requires_grad_(False).eval()
+        #: whether ``train()`` also puts the backbone's batch norms in training mode
+        self.backbone_bn_train = False
         self.head = nn.Sequential(
             OrderedDict(pool=pool, flatten=nn.Flatten(), classifier=classifier)
         )
@@ -251,7 +253,9 @@ class SlicedNet(_SlicedModel):
 
     def train(self, mode: bool = True) -> SlicedNet:
         super().train(mode)
-        self.backbone.eval()
+        # The frozen backbone's batch norms keep the public statistics unless the trainer lets
+        # them follow the private data (TeeSliceConfig.backbone_bn = "private").
+        self.backbone.train(mode and self.backbone_bn_train)
         return self
 
     def features(

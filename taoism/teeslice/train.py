@@ -347,7 +347,7 @@ def train(
     num_classes = int(v_logits.shape[1])
 
     def fresh() -> SlicedNet:
-        return SlicedNet(
+        net = SlicedNet(
             copy.deepcopy(public_backbone),
             input_shape,
             num_classes,
@@ -356,6 +356,8 @@ def train(
             alpha_init=config.alpha_init,
             proxy_pool=config.proxy_pool,
         )
+        net.backbone_bn_train = config.backbone_bn == "private"
+        return net
 
     if cache is not None:
         sd, info = cache.get_tensors("teeslice", key), cache.get_json("teeslice", key)
