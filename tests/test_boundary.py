@@ -563,6 +563,43 @@ def test_doorbell_wakes_a_blocked_reader_at_once():
         enclave.close()
 
 
+def test_nudge_wakes_a_blocked_reader_which_spins_again_then_sleeps():
+    """``nudge`` rings only for a peer that is blocked; the woken peer polls (flag cleared) for
+    its spin time, blocks again, and still takes the next frame."""
+    host_cfg = ChannelConfig(spin_us=0, timeout_s=10.0)
+    enc_cfg = ChannelConfig(spin_us=100_000, timeout_s=10.0, block_slice_s=5.0)
+    host, enclave, result = _pair(host_cfg, enc_cfg)
+    assert host is not None and enclave is not None, result
+    sleeping = lambda: host._tr.outbound.ctl[16] == 1  # noqa: E731  (the reader_sleeping flag)
+
+    def until(cond, limit: float) -> bool:
+        end = time.perf_counter() + limit
+        while not cond():
+            if time.perf_counter() > end:
+                return False
+            time.sleep(0.001)
+        return True
+
+    got: list[Message] = []
+    thread = threading.Thread(target=lambda: got.append(enclave.recv()))
+    try:
+        assert host.nudge() is False  # nobody waits yet
+        thread.start()
+        assert until(sleeping, 5.0), "the enclave never blocked"
+        assert host.nudge() is True
+        assert until(lambda: not sleeping(), 2.0), "the nudge did not wake the enclave"
+        assert host.nudge() is False  # awake and spinning: no doorbell
+        assert until(sleeping, 5.0), "the woken enclave never blocked again"
+        assert not got  # woken without a frame: it kept waiting
+        host.send(1, 7, [torch.arange(5)])
+        thread.join(timeout=10)
+        assert got and got[0].tag == 7
+        _assert_same(got[0].tensors, [torch.arange(5)])
+    finally:
+        host.close()
+        enclave.close()
+
+
 def test_missed_doorbell_costs_one_slice_and_never_hangs():
     cfg = ChannelConfig(spin_us=0, timeout_s=5.0, block_slice_s=0.01)
     host, enclave, result = _pair(cfg, cfg)

@@ -184,6 +184,20 @@ def test_residual_crosses_once(resnet):
         assert_same(sm(x), model(x))
 
 
+def test_inference_starting_on_the_device_wakes_the_enclave_first(resnet):
+    """An inference whose first segment runs on the device tells the backend first (prepare:
+    an idle enclave is woken while that segment runs); one starting in the enclave does not."""
+    model, x = resnet
+    for placement, want in (({"relu": "ENCLAVE", "_default": "GPU"}, 2), ({"_default": "ENCLAVE"}, 0)):
+        with taoism.shield(model, x, placement) as sm:
+            calls: list[int] = []
+            real = sm._backend.prepare
+            sm._backend.prepare = lambda: (calls.append(1), real())[1]
+            assert_same(sm(x), model(x))
+            assert_same(sm(x), model(x))
+            assert len(calls) == want, placement
+
+
 def test_values_kept_in_enclave_are_not_resent(resnet):
     """The stem ReLU output stays in the enclave for the residual add two segments later."""
     model, x = resnet

@@ -66,6 +66,10 @@ class EnclaveBackend(abc.ABC):
     def close(self) -> None:
         """Stop the enclave; idempotent."""
 
+    def prepare(self) -> None:
+        """A hint that a run request follows soon (an inference starts with host work): a backend
+        may wake an idle enclave now. Never raises; the default does nothing."""
+
     def abort(self, reason: str) -> None:
         """Stop the enclave at once, without a goodbye (the session is out of step); idempotent."""
         self.close()

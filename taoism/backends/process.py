@@ -237,6 +237,11 @@ class ProcessBackend(EnclaveBackend):
             memory=dict(meta.memory) if meta.memory is not None else None,
         )
 
+    def prepare(self) -> None:
+        chan = self._chan
+        if chan is not None and self._dead_reason is None:
+            chan.nudge()
+
     def stats(self) -> dict[str, Any]:
         reply = self._request(Kind.STATS, 0, (), b"", what="stats")
         remote = json.loads(reply.blob or b"{}")

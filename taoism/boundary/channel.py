@@ -207,6 +207,19 @@ class Channel:
                     )
                 raise
 
+    def nudge(self) -> bool:
+        """Wake the peer if it sleeps waiting for our next message, so that it is polling when the
+        message comes (one doorbell; nothing is sent when it is awake or another thread is
+        sending). For a host about to send a request after some work of its own."""
+        if self._unusable is not None or not self._send_lock.acquire(False):
+            return False
+        try:
+            return self._tr.nudge()
+        except TaoismError:
+            return False  # a closed peer shows up on the next send, with its proper error
+        finally:
+            self._send_lock.release()
+
     @property
     def compiled(self) -> bool:
         """Whether this channel runs the compiled hot path (``fastpath``) for common messages."""

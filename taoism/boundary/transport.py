@@ -265,13 +265,13 @@ class ShmTransport:
             )
         return min(self._slice, remaining)
 
-    def _pump(self, wait_s: float) -> None:
-        """Block up to ``wait_s`` for socket records and process all that arrived."""
+    def _pump(self, wait_s: float) -> bool:
+        """Block up to ``wait_s`` for socket records and process all that arrived; whether any did."""
         if self._eof:
             time.sleep(wait_s)
-            return
+            return False
         if not self._poll.poll(wait_s * 1000.0):
-            return
+            return False
         while True:
             try:
                 data, fds = self._recv_records()
@@ -300,6 +300,7 @@ class ShmTransport:
                 f"unknown socket record type {rtype:#x} from the peer: protocol violation"
             )
         del inbox[:n]
+        return True
 
     def _recv_records(self) -> tuple[bytes, list[int]]:
         """One non-blocking recvmsg; returns data and any received fds (close-on-exec)."""
@@ -332,35 +333,46 @@ class ShmTransport:
     def _block_until(
         self, ctl: memoryview, index: int, value: int, flag: int, deadline: float | None, what: str
     ) -> None:
-        """Spin then block until ``ctl[index] != value``."""
+        """Spin then block until ``ctl[index] != value``; a doorbell without a change (a
+        :meth:`nudge`) starts a new spin, so a woken peer is polling when the frame comes."""
         perf = time.perf_counter
         t0 = perf()
-        spin_end = t0 + self.spin_s
-        spins = 0
-        while ctl[index] == value:
-            now = perf()
-            if now >= spin_end:
-                break
-            spins += 1
-            if not spins & _YIELD_EVERY:
-                # Let a peer sharing this CPU run (matters when cores are oversubscribed).
-                os.sched_yield()
-        else:
-            if self._stats is not None:
-                self._stats.wait_s += time.perf_counter() - t0
-            return
         try:
             while True:
-                ctl[flag] = 1
-                if ctl[index] != value:
+                spin_end = perf() + self.spin_s
+                spins = 0
+                while ctl[index] == value:
+                    if perf() >= spin_end:
+                        break
+                    spins += 1
+                    if not spins & _YIELD_EVERY:
+                        # Let a peer sharing this CPU run (matters when cores are oversubscribed).
+                        os.sched_yield()
+                else:
                     return
-                if self._eof:
-                    raise self._closed_error(f"waiting for {what}")
-                self._pump(self._remaining(deadline, what))
+                ctl[flag] = 1
+                while ctl[index] == value:
+                    if self._eof:
+                        raise self._closed_error(f"waiting for {what}")
+                    woke = self._pump(self._remaining(deadline, what))
+                    if woke and ctl[index] == value and not self._eof:
+                        break  # woken without a change: spin again (the flag is cleared first)
+                else:
+                    return
+                ctl[flag] = 0
         finally:
             ctl[flag] = 0
             if self._stats is not None:
-                self._stats.wait_s += time.perf_counter() - t0
+                self._stats.wait_s += perf() - t0
+
+    def nudge(self) -> bool:
+        """Wake the peer if it is blocked waiting for our next frame (it then spins for a while);
+        whether a doorbell was sent. For a writer that knows a frame will follow soon."""
+        out = self.outbound
+        if out is None or not out.ctl[_RSLEEP]:
+            return False
+        self._ring()
+        return True
 
     # ------------------------------------------------------------------ writer
 

@@ -287,6 +287,8 @@ class ShieldedModel:
             observer.start()
         sent = in_run = False  # an enclave segment was sent / a reply is awaited
         seg = plan.segments[0]
+        if backend is not None and seg.side is EnclaveMode.GPU and plan.enclave_segments:
+            backend.prepare()  # wake an idle enclave while the first device segment runs
         try:
             for seg in plan.segments:
                 if observer is not None:
