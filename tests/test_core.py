@@ -188,7 +188,10 @@ def test_inference_starting_on_the_device_wakes_the_enclave_first(resnet):
     """An inference whose first segment runs on the device tells the backend first (prepare:
     an idle enclave is woken while that segment runs); one starting in the enclave does not."""
     model, x = resnet
-    for placement, want in (({"relu": "ENCLAVE", "_default": "GPU"}, 2), ({"_default": "ENCLAVE"}, 0)):
+    for placement, want in (
+        ({"relu": "ENCLAVE", "_default": "GPU"}, 2),
+        ({"_default": "ENCLAVE"}, 0),
+    ):
         with taoism.shield(model, x, placement) as sm:
             calls: list[int] = []
             real = sm._backend.prepare

@@ -69,6 +69,7 @@ class EnclaveBackend(abc.ABC):
     def prepare(self) -> None:
         """A hint that a run request follows soon (an inference starts with host work): a backend
         may wake an idle enclave now. Never raises; the default does nothing."""
+        return None
 
     def abort(self, reason: str) -> None:
         """Stop the enclave at once, without a goodbye (the session is out of step); idempotent."""
