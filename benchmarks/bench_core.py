@@ -9,7 +9,12 @@ One run measures, side by side, on the same machine and thread counts:
   end-to-end latency vs the sum of the parts measured alone (device segments, enclave compute)
   plus their encryption time, and the per-crossing overhead.
 
-Usage: python benchmarks/bench_core.py [--repeats 20] [--batches 1,64] [--device cpu] [--json OUT]
+``--enclave-spin-us N`` overrides the enclave's spin (EnclaveConfig.enclave_spin_us): with N
+longer than a plain run (e.g. 40000), the enclave never blocks between two shielded runs, which
+separates the per-crossing cost from the cold start after a pause.
+
+Usage: python benchmarks/bench_core.py [--repeats 20] [--batches 1,64] [--device cpu]
+       [--enclave-spin-us N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -64,8 +69,16 @@ def _interleaved(sm, model, x, device: str, repeats: int, warmup: int) -> dict:
     }
 
 
-def run(batches: list[int], repeats: int, warmup: int, device: str, threads: int) -> dict:
+def run(
+    batches: list[int],
+    repeats: int,
+    warmup: int,
+    device: str,
+    threads: int,
+    enclave_spin_us: int | None = None,
+) -> dict:
     torch.set_num_threads(threads)
+    enclave = taoism.EnclaveConfig(threads=1, enclave_spin_us=enclave_spin_us)
     model = get_model("resnet18", dataset_shape="cifar")
     results: dict = {
         "machine": platform.platform(),
@@ -74,6 +87,7 @@ def run(batches: list[int], repeats: int, warmup: int, device: str, threads: int
         "device": device,
         "host_threads": threads,
         "enclave_threads": 1,
+        "enclave_spin_us": enclave_spin_us,
         "repeats": repeats,
         "warmup": warmup,
         "rows": [],
@@ -93,7 +107,7 @@ def run(batches: list[int], repeats: int, warmup: int, device: str, threads: int
             ).to_json()
         print(f"batch {batch}: plain PyTorch CPU {plain_cpu.ms()}", flush=True)
         for label, placement in placements.items():
-            with taoism.shield(model, x, placement, device=device, threads=1) as sm:
+            with taoism.shield(model, x, placement, device=device, enclave=enclave) as sm:
                 torch.testing.assert_close(sm(x), model(x).to(sm(x).device), rtol=1e-4, atol=1e-5)
                 paired = _interleaved(sm, model, x, device, repeats, warmup)
                 prof = sm.profile(x, repeats=repeats, warmup=warmup)
@@ -133,6 +147,7 @@ def main() -> int:
     p.add_argument("--batches", default="1,64")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--enclave-spin-us", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     t0 = time.time()
@@ -142,6 +157,7 @@ def main() -> int:
         args.warmup,
         args.device,
         args.threads,
+        args.enclave_spin_us,
     )
     res["wall_s"] = time.time() - t0
     if args.json:

@@ -106,6 +106,13 @@ def test_unsupported_backbones_are_typed_errors():
         backbone_layout(nn.Linear(3, 3))
 
 
+def test_backbone_too_deep_for_the_images_is_a_typed_error(tmp_path):
+    """VGG16-BN halves 8x8 digits to nothing: refused before any training, saying why."""
+    with pytest.raises(ConfigError, match=r"vgg16_bn cannot run on the digits images \(1, 8, 8\)"):
+        run_teeslice("vgg16_bn", "digits", cache_dir=tmp_path, progress=False)
+    assert not any(tmp_path.rglob("*.pt"))  # nothing was trained or cached
+
+
 def test_config_validates():
     with pytest.raises(ConfigError, match="max_proxies"):
         TeeSliceConfig(max_proxies=4)

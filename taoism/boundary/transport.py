@@ -19,7 +19,8 @@ Waiting is spin-then-block: spin on the counter for ``spin_s`` (calling
 ``sched_yield`` every ~128 polls, so a peer sharing an oversubscribed CPU still
 gets to run), then set the sleeping flag, re-check, and block in ``poll()`` on
 the socket (``select`` semantics, without its fd-number limit) for a doorbell
-record the other side sends only when it sees the flag. Blocks last at most
+record the other side sends only when it sees the flag (a doorbell that brings no
+frame, from ``nudge``, clears the flag and starts a new spin). Blocks last at most
 ``block_slice_s`` and re-check the counter, so a doorbell lost to store/load
 reordering costs one slice and never hangs. The protocol relies on x86-64 total
 store order (stores become visible in program order); a port to a weaker memory

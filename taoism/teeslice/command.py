@@ -43,6 +43,24 @@ def build_backbone(model: str, shape: str, channels: int, num_classes: int, seed
         return builders[key](num_classes, "cifar", in_channels=channels)
 
 
+def _check_backbone(model: str, ds: Any) -> None:
+    """ConfigError unless ``model`` takes ``ds``'s images and TEESlice can place proxies in it."""
+    from taoism.teeslice.layout import backbone_layout
+
+    net = build_backbone(model, ds.shape, ds.channels, ds.num_classes, 0).eval()
+    try:
+        with torch.no_grad():
+            net(ds.x_train[:1])
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"teeslice: {model} cannot run on the {ds.name} images "
+            f"{tuple(ds.x_train.shape[1:])}: {exc}. Use a data set with larger images "
+            "(e.g. glyphs or cifar10) or a backbone with fewer down-sampling stages "
+            "(resnet18, alexnet, gap_resnet20)"
+        ) from None
+    backbone_layout(net)
+
+
 def _trained(
     model: str,
     ds: Any,
@@ -126,14 +144,11 @@ def run_teeslice(
     Returns the TEESlice result, the victim and the figures (JSON-able)."""
     from taoism.data import load_dataset
     from taoism.security.experiment import torch_threads
-    from taoism.teeslice.layout import backbone_layout
 
     config = config or TeeSliceConfig(seed=seed)
     cache = Cache(cache_dir)
     ds = load_dataset(dataset, data_root)
-    backbone_layout(
-        build_backbone(model, ds.shape, ds.channels, ds.num_classes, seed)
-    )  # fail early
+    _check_backbone(model, ds)  # fail early, with a typed error
     with torch_threads(threads):
         start = time.perf_counter()
         with seeded(seed) as gen:
