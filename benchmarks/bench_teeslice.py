@@ -8,7 +8,7 @@ writes them all to ``--json``. Use a fresh ``--cache-dir`` to measure training t
 hit skips training).
 
 Usage: python benchmarks/bench_teeslice.py --runs small_cnn:digits,gap_resnet20:digits
-       [--epochs 20] [--train-size N] [--threads 2] [--set FIELD=VALUE ...] [--latency]
+       [--epochs 20] [--lr 0.05] [--train-size N] [--threads 2] [--set FIELD=VALUE ...] [--latency]
        [--cache-dir DIR] [--json OUT]
 
 ``--epochs`` sizes the public model's and the victim's training; TEESlice itself runs with the
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="small_cnn:digits,resnet18:digits")
     ap.add_argument("--epochs", type=int, default=20, help="public model and victim epochs")
     ap.add_argument("--train-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=0.05, help="public model and victim learning rate")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None)
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             train_size=args.train_size,
             public_epochs=args.epochs,
             victim_epochs=args.epochs,
+            lr=args.lr,
             config=cfg,
             threads=args.threads,
             cache_dir=args.cache_dir,

@@ -113,6 +113,25 @@ def test_backbone_too_deep_for_the_images_is_a_typed_error(tmp_path):
     assert not any(tmp_path.rglob("*.pt"))  # nothing was trained or cached
 
 
+def test_a_victim_that_did_not_learn_is_refused_before_slicing(tmp_path):
+    """AlexNet (no batch norm) at lr 0.05 stays at chance on digits: refused, saying how to fix."""
+    with pytest.raises(
+        ConfigError, match=r"alexnet victim did not learn .* lower the learning rate"
+    ):
+        run_teeslice(
+            "alexnet",
+            "digits",
+            train_size=300,
+            public_epochs=1,
+            victim_epochs=1,
+            lr=0.05,
+            cache_dir=tmp_path,
+            progress=False,
+        )
+    assert (tmp_path / "teeslice-victim").is_dir()  # the victim was trained ...
+    assert not (tmp_path / "teeslice").exists()  # ... and no TEESlice training started
+
+
 def test_config_validates():
     with pytest.raises(ConfigError, match="max_proxies"):
         TeeSliceConfig(max_proxies=4)

@@ -14,7 +14,13 @@ from torch import nn
 
 from taoism.errors import ConfigError
 from taoism.security.cache import Cache, config_hash
-from taoism.security.training import pretrain_rotation, reset_head, seeded, train_classifier
+from taoism.security.training import (
+    accuracy,
+    pretrain_rotation,
+    reset_head,
+    seeded,
+    train_classifier,
+)
 from taoism.teeslice.config import TeeSliceConfig
 from taoism.teeslice.train import SliceData, TeeSliceResult, train
 
@@ -59,6 +65,20 @@ def _check_backbone(model: str, ds: Any) -> None:
             "(resnet18, alexnet, gap_resnet20)"
         ) from None
     backbone_layout(net)
+
+
+def _check_learned(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, model: str, ds: Any, lr: float, epochs: int
+) -> None:
+    """ConfigError if the victim did not learn its own training set (under twice chance): every
+    TEESlice figure would then compare against a broken model."""
+    acc, chance = accuracy(net, x, y), 1.0 / ds.num_classes
+    if not acc >= 2 * chance:  # also NaN
+        raise ConfigError(
+            f"teeslice: the {model} victim did not learn {ds.name}: {acc:.1%} on its own "
+            f"training images (chance {chance:.1%}) after {epochs} epochs at lr={lr:g}; lower "
+            "the learning rate (--lr) or train longer (--epochs) before slicing it"
+        )
 
 
 def _trained(
@@ -181,6 +201,7 @@ def run_teeslice(
             cache,
             progress,
         )
+        _check_learned(victim, ds.x_train[priv], ds.y_train[priv], model, ds, lr, victim_epochs)
         t0 = time.perf_counter()
         data = SliceData(ds.x_train[priv], ds.y_train[priv], ds.x_test, ds.y_test)
         result = train(victim, public, data, config, cache_dir=str(cache.root), progress=progress)
