@@ -116,7 +116,7 @@ def test_backbone_too_deep_for_the_images_is_a_typed_error(tmp_path):
 def test_a_victim_that_did_not_learn_is_refused_before_slicing(tmp_path):
     """AlexNet (no batch norm) at lr 0.05 stays at chance on digits: refused, saying how to fix."""
     with pytest.raises(
-        ConfigError, match=r"alexnet victim did not learn .* lower the learning rate"
+        ConfigError, match=r"alexnet victim did not learn .* change the learning rate"
     ):
         run_teeslice(
             "alexnet",

@@ -76,8 +76,9 @@ def _check_learned(
     if not acc >= 2 * chance:  # also NaN
         raise ConfigError(
             f"teeslice: the {model} victim did not learn {ds.name}: {acc:.1%} on its own "
-            f"training images (chance {chance:.1%}) after {epochs} epochs at lr={lr:g}; lower "
-            "the learning rate (--lr) or train longer (--epochs) before slicing it"
+            f"training images (chance {chance:.1%}) after {epochs} epochs at lr={lr:g}; change "
+            "the learning rate (--lr), train longer (--epochs) or pick a backbone with batch "
+            "norm before slicing it"
         )
 
 
