@@ -93,6 +93,8 @@ CASES = {
     # name: (zoo model, placement or strategy)
     "small": ("small_cnn", {"strategy": "deep:1"}),
     "large": ("resnet18", {"placement": {"_default": "ENCLAVE", "conv1": "GPU", "bn1": "GPU"}}),
+    # TEESlice (issue 14): public backbone on the device; proxies, gates and fc sealed
+    "slices": ("teeslice_small_cnn", {"strategy": "teeslice"}),
 }
 
 
@@ -125,13 +127,11 @@ def owner(out_dir: str, owner_key: str) -> None:
             (Path(out_dir) / f"{name}.y{i}").write_bytes(bytes(raw_view(y.contiguous())))
         sd = model.state_dict()
         desc = pkg_program(done.path, Path(owner_key).with_suffix(".pub"))
-        enclave_paths = {spec["path"] for spec in desc["enclave"]["modules"].values()}
         device_paths = {spec["path"] for spec in desc["device"]["modules"].values()}
-        shielded = [
-            t
-            for k, t in sd.items()
-            if k.rsplit(".", 1)[0] in enclave_paths and t.dtype == torch.float32
-        ]
+        # every tensor the device does not run is the enclave's: its modules' weights, and the
+        # constants it reads directly (TEESlice's gate logits)
+        in_enclave = [k for k in sd if k.rsplit(".", 1)[0] not in device_paths]
+        shielded = [sd[k] for k in in_enclave if sd[k].dtype == torch.float32]
         device = [
             t
             for k, t in sd.items()
@@ -142,9 +142,7 @@ def owner(out_dir: str, owner_key: str) -> None:
             "device": run_keys(device, 4),
             "y_shape": list(ys[0].shape),
             "shielded_sections": done.shielded_tensors,
-            "shielded_elements": sum(
-                t.numel() for k, t in sd.items() if k.rsplit(".", 1)[0] in enclave_paths
-            ),
+            "shielded_elements": sum(sd[k].numel() for k in in_enclave),
         }
     (Path(out_dir) / "meta.json").write_text(json.dumps(meta))
 

@@ -110,6 +110,7 @@ def servers(owner, measurement):
     made = {
         "small": _key_server(owner, "small", [measurement]),
         "large": _key_server(owner, "large", [measurement]),
+        "slices": _key_server(owner, "slices", [measurement]),
         "wrong": _key_server(owner, "small", ["ab" * 32]),
         "short": _key_server(owner, "small", [measurement], "--nonce-ttl", "1"),
     }
@@ -140,7 +141,7 @@ def _refs(owner: Path, name: str, meta: dict) -> list[tuple[torch.Tensor, torch.
 # ------------------------------------------------------------------------------ deploy works, host stays clean
 
 
-@pytest.mark.parametrize("name", ["small", "large"])
+@pytest.mark.parametrize("name", ["small", "large", "slices"])
 def test_deploy_equals_plain_and_host_holds_no_shielded_weight(owner, meta, servers, name):
     with _deploy(owner, servers[name], name) as sm:
         assert isinstance(sm, taoism.ShieldedModel)
@@ -152,8 +153,13 @@ def test_deploy_equals_plain_and_host_holds_no_shielded_weight(owner, meta, serv
             and sm.stats()["enclave"]["weight_elements"] == meta[name]["shielded_elements"]
         )
         held = sm.host_state_dict()
-        assert {"small": "features.0.weight", "large": "conv1.weight"}[name] in held
-        assert not any(k.startswith("fc.") for k in held)
+        host_key = {
+            "small": "features.0.weight",
+            "large": "conv1.weight",
+            "slices": "backbone.features.0.weight",  # the public backbone
+        }[name]
+        assert host_key in held
+        assert not any(k.startswith(("fc.", "slices.")) for k in held)
         found = scan(meta[name]["shielded"])
         control = scan(meta[name]["device"])
     assert found == 0, (
