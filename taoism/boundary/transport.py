@@ -351,18 +351,19 @@ class ShmTransport:
                         os.sched_yield()
                 else:
                     return
-                ctl[flag] = 1
-                while ctl[index] == value:
-                    if self._eof:
-                        raise self._closed_error(f"waiting for {what}")
-                    woke = self._pump(self._remaining(deadline, what))
-                    if woke and ctl[index] == value and not self._eof:
-                        break  # woken without a change: spin again (the flag is cleared first)
-                else:
-                    return
-                ctl[flag] = 0
+                ctl[flag] = 1  # set only here, so the hot path above never writes the line
+                try:
+                    while ctl[index] == value:
+                        if self._eof:
+                            raise self._closed_error(f"waiting for {what}")
+                        woke = self._pump(self._remaining(deadline, what))
+                        if woke and ctl[index] == value and not self._eof:
+                            break  # woken without a change: clear the flag, spin again
+                    else:
+                        return
+                finally:
+                    ctl[flag] = 0
         finally:
-            ctl[flag] = 0
             if self._stats is not None:
                 self._stats.wait_s += perf() - t0
 
