@@ -215,7 +215,7 @@ class Channel:
             return False
         try:
             return self._tr.nudge()
-        except TaoismError:
+        except (TaoismError, OSError):
             return False  # a closed peer shows up on the next send, with its proper error
         finally:
             self._send_lock.release()
