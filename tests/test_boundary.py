@@ -566,11 +566,13 @@ def test_doorbell_wakes_a_blocked_reader_at_once():
 def test_nudge_wakes_a_blocked_reader_which_spins_again_then_sleeps():
     """``nudge`` rings only for a peer that is blocked; the woken peer polls (flag cleared) for
     its spin time, blocks again, and still takes the next frame."""
+    from taoism.boundary.transport import _RSLEEP  # the peer's reader_sleeping flag
+
     host_cfg = ChannelConfig(spin_us=0, timeout_s=10.0)
     enc_cfg = ChannelConfig(spin_us=100_000, timeout_s=10.0, block_slice_s=5.0)
     host, enclave, result = _pair(host_cfg, enc_cfg)
     assert host is not None and enclave is not None, result
-    sleeping = lambda: host._tr.outbound.ctl[16] == 1  # noqa: E731  (the reader_sleeping flag)
+    sleeping = lambda: host._tr.outbound.ctl[_RSLEEP] == 1  # noqa: E731
 
     def until(cond, limit: float) -> bool:
         end = time.perf_counter() + limit

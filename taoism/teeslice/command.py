@@ -62,7 +62,7 @@ def _check_backbone(model: str, ds: Any) -> None:
             f"teeslice: {model} cannot run on the {ds.name} images "
             f"{tuple(ds.x_train.shape[1:])}: {exc}. Use a data set with larger images "
             "(e.g. glyphs or cifar10) or a backbone with fewer down-sampling stages "
-            "(resnet18, alexnet, gap_resnet20)"
+            "(resnet18, gap_resnet20)"
         ) from None
     backbone_layout(net)
 
