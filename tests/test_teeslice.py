@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from conftest import assert_same
@@ -332,6 +334,55 @@ def test_local_feature_loss_trains_only_its_own_block():
         torch.stack([f.sum() for f in merged]),
         torch.stack([f.sum() for f in model.features(x, local=True)[1]]),
     )
+
+
+def test_one_student_pass_gives_the_two_pass_loss_and_gradients():
+    """The training step takes logits and block-local features from one ``features(x,
+    local=True)`` pass; loss and every gradient equal the two-pass form (logits from a plain
+    pass, features from a local one)."""
+    model = _randomise(_sliced("gap_resnet20", "digits")).train()
+    x = torch.randn(16, 1, 8, 8)
+    t_logits = torch.randn(16, 10) * 3
+    t_feats = [torch.randn_like(f) for f in model.features(x)[1]]
+    y = torch.randint(0, 10, (16,))
+    grads = []
+    for one_pass in (True, False):
+        model.zero_grad()
+        torch.manual_seed(0)
+        if one_pass:
+            logits, feats = model.features(x, local=True)
+        else:
+            logits = model.features(x)[0]
+            feats = model.features(x, local=True)[1]
+        loss, parts = student_loss(
+            logits, feats, model.expected_flops(), t_logits, t_feats, y, TeeSliceConfig()
+        )
+        loss.backward()
+        assert parts["kd"] > 0.1 and parts["feature"] > 0.1
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
+
+
+def test_teacher_outputs_are_computed_once_and_equal_per_batch_ones(monkeypatch):
+    """The fixed teacher's logits and block outputs, precomputed over the training data, equal
+    a per-batch forward of the same rows; above the memory bound each step computes its own."""
+    train_module = importlib.import_module("taoism.teeslice.train")  # the package's train is
+    # the function
+    teacher = get_model("gap_resnet20", dataset_shape="digits", num_classes=10, seed=3).eval()
+    layout = backbone_layout(teacher)
+    x = torch.randn(300, 1, 8, 8)
+    logits, feats = train_module._teacher_outputs(teacher, layout, x, batch=128)
+    idx = torch.tensor([5, 299, 0, 140])
+    with torch.no_grad():
+        ref_logits, ref_feats = train_module._plain_features(teacher, layout, x[idx])
+    assert float(ref_logits.std()) > 0.05
+    torch.testing.assert_close(logits[idx], ref_logits, rtol=1e-5, atol=1e-6)
+    for f, r in zip(feats, ref_feats, strict=True):
+        torch.testing.assert_close(f[idx], r, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(train_module, "TEACHER_CACHE_BYTES", 1000)
+    assert train_module._teacher_outputs(teacher, layout, x) is None
 
 
 def test_flops_term_is_normalised_by_the_backbone_flops():

@@ -266,7 +266,8 @@ class SlicedNet(_SlicedModel):
         ``local=True`` returns each block's feature recomputed from *detached* inputs (as the
         artifact's feature loss does): a block's feature loss then trains only that block's
         slice. The frozen backbone block is not rerun (its output, detached, is the same value
-        and has no trainable parameter behind it); only the slice is.
+        and has no trainable parameter behind it); only the slice is. The logits are those of
+        the full graph either way, so one pass gives both terms of the student's loss.
         """
         window = [x]  # h_{i-max_proxies} .. h_{i-1}
         feats = []

@@ -39,7 +39,7 @@ from taoism.teeslice.student import SlicedNet
 __all__ = ["SliceData", "TeeSliceResult", "sliced_victim", "train"]
 
 #: Bump when a change here changes what a cached sliced model would hold.
-TEESLICE_CACHE_VERSION = 2
+TEESLICE_CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,27 @@ def _plain_features(
     if layout.pool:
         h = model.get_submodule(layout.pool)(h)
     return model.get_submodule(layout.classifier)(torch.flatten(h, 1)), feats
+
+
+#: The teacher's logits and block outputs over the training data are computed once per phase
+#: when they take at most this many bytes (the teacher is fixed while the student trains).
+TEACHER_CACHE_BYTES = 1 << 30
+
+
+def _teacher_outputs(
+    teacher: nn.Module, layout: BackboneLayout, x: torch.Tensor, batch: int = 256
+) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """The fixed teacher's logits and block outputs for every row of ``x`` (eval mode), or None
+    when they would exceed :data:`TEACHER_CACHE_BYTES` (then each step computes its own)."""
+    with torch.no_grad():
+        logits, feats = _plain_features(teacher, layout, x[:2])
+        per_row = (logits[0].numel() + sum(f[0].numel() for f in feats)) * logits.element_size()
+        if per_row * len(x) > TEACHER_CACHE_BYTES:
+            return None
+        parts = [_plain_features(teacher, layout, x[i : i + batch]) for i in range(0, len(x), batch)]
+    return torch.cat([p[0] for p in parts]), [
+        torch.cat([p[1][b] for p in parts]) for b in range(len(feats))
+    ]
 
 
 def _lr_at(config: TeeSliceConfig, base: float, epoch: int, epochs: int) -> float:
@@ -213,16 +234,22 @@ def _fit(
     desc: str,
     progress: bool,
     on_interval: Callable[[int], bool] | None = None,
+    fixed: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
 ) -> None:
-    """Train the student's slices, gates and head against the teacher (the artifact's loss)."""
+    """Train the student's slices, gates and head against the teacher (the artifact's loss).
+
+    One student pass per step: with ``feature_detach`` the block-local features come from the
+    same pass as the logits (:meth:`SlicedNet.features` with ``local=True`` returns both).
+    ``fixed``: the teacher's outputs on every row of ``x`` (:func:`_teacher_outputs`), if known."""
     loss_config = dataclasses.replace(config, flops_weight=flops_weight)
 
     def step(idx: torch.Tensor, opt: torch.optim.Optimizer) -> dict[str, float]:
-        with torch.no_grad():
-            t_logits, t_feats = _plain_features(teacher, layout, x[idx])
-        logits, feats = student.features(x[idx])
-        if config.feature_detach:
-            feats = student.features(x[idx], local=True)[1]
+        if fixed is not None:
+            t_logits, t_feats = fixed[0][idx], [f[idx] for f in fixed[1]]
+        else:
+            with torch.no_grad():
+                t_logits, t_feats = _plain_features(teacher, layout, x[idx])
+        logits, feats = student.features(x[idx], local=config.feature_detach)
         loss, parts = student_loss(
             logits,
             feats,
@@ -380,6 +407,11 @@ def train(
         times["teacher_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         student = fresh()
+        fixed = (
+            _teacher_outputs(teacher, layout, xt)
+            if config.student_epochs or (config.prune and config.prune_epochs)
+            else None
+        )
         student.head.classifier.load_state_dict(
             teacher.get_submodule(layout.classifier).state_dict()
         )
@@ -396,6 +428,7 @@ def train(
             gen,
             "teeslice student",
             progress,
+            fixed=fixed,
         )
         times["student_s"] = time.perf_counter() - t0
         before = {
@@ -421,6 +454,7 @@ def train(
                     "teeslice pruning",
                     progress,
                     hook,
+                    fixed,
                 ),
                 lambda m: accuracy(m, x[va], y[va]),
                 config,
