@@ -113,7 +113,9 @@ def _teacher_outputs(
         per_row = (logits[0].numel() + sum(f[0].numel() for f in feats)) * logits.element_size()
         if per_row * len(x) > TEACHER_CACHE_BYTES:
             return None
-        parts = [_plain_features(teacher, layout, x[i : i + batch]) for i in range(0, len(x), batch)]
+        parts = [
+            _plain_features(teacher, layout, x[i : i + batch]) for i in range(0, len(x), batch)
+        ]
     return torch.cat([p[0] for p in parts]), [
         torch.cat([p[1][b] for p in parts]) for b in range(len(feats))
     ]
