@@ -112,17 +112,6 @@ SMOKE_TEESLICE = (
     ("batch_size", 32),
 )
 
-#: The glyphs preset's TEESlice training, for time (the 30-minute budget of the 3-seed table,
-#: fixed before this schedule's table was run): 6 teacher + 12 student + 6 pruning epochs (3
-#: pruning checks) instead of 20 + 40 + 20. Each glyphs slicing trains on ~17,900 members (280
-#: steps an epoch); six slicings per table (victim and shadow, 3 seeds). BENCHMARKS.md
-#: compares the sliced model's accuracy with the full schedule's (session 4).
-GLYPHS_TEESLICE = (
-    ("teacher_epochs", 6),
-    ("student_epochs", 12),
-    ("prune_epochs", 6),
-)
-
 
 @dataclass(frozen=True)
 class AttackConfig:
@@ -258,7 +247,6 @@ class AttackConfig:
                 mia_samples=5000,
                 ms_early_stop=True,
                 ms_keep=3,
-                teeslice_options=GLYPHS_TEESLICE,
             )
         else:  # cifar
             base = dict(
