@@ -98,7 +98,7 @@ def _plain_features(
     return model.get_submodule(layout.classifier)(torch.flatten(h, 1)), feats
 
 
-#: The teacher's logits and block outputs over the training data are computed once per phase
+#: The teacher's logits and block outputs over the training data are computed once per run
 #: when they take at most this many bytes (the teacher is fixed while the student trains).
 TEACHER_CACHE_BYTES = 1 << 30
 
