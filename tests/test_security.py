@@ -347,6 +347,35 @@ def test_table_white_box_vs_black_box(table_run):
     assert "MS acc" in format_table(res)
 
 
+def test_table_rows_also_try_the_black_box_start(table_run):
+    """Every row that exposes something is attacked from the view and from the black-box start,
+    and reports the best; the black-box start is the "all" row's own start, trained identically."""
+    res, _, _, _ = table_run
+    jobs = {j["job"]["strategy"]: j for j in res["jobs"]}
+    assert set(jobs["all"]["starts"]) == {"view"}
+    bb = jobs["all"]["starts"]["view"]
+    for s in ("none", "deep:1", "shallow:1", "magnitude:0.01", "intermediate:0.8", "nonlinear"):
+        starts = jobs[s]["starts"]
+        assert set(starts) == {"view", "black_box"}, s
+        for k in ("ms_accuracy", "fidelity", "mia_accuracy"):
+            assert starts["black_box"][k] == bb[k], (s, k)
+        row = _row(res, s)
+        assert row["metrics"]["ms_accuracy"]["mean"] == max(
+            v["ms_accuracy"] for v in starts.values()
+        )
+        assert row["metrics"]["mia_accuracy"]["mean"] == max(
+            v["mia_accuracy"] for v in starts.values()
+        )
+        assert row["x_black_box"]["ms_accuracy"]["mean"] >= 1.0 - 1e-12, s
+    # the switch is part of the job key, and off it attacks the view alone
+    off = AttackConfig.preset(DATASET, smoke=True, black_box_start=False)
+    on = AttackConfig.preset(DATASET, smoke=True)
+    assert (
+        JobSpec(MODEL, DATASET, "deep:1", 0, 50, off).key()
+        != JobSpec(MODEL, DATASET, "deep:1", 0, 50, on).key()
+    )
+
+
 def test_table_teeslice_row_is_measured_on_the_sliced_model(table_run):
     res, _, _, _ = table_run
     assert "teeslice" not in res["skipped"]
@@ -722,7 +751,11 @@ def test_glyphs_attacker_start_never_holds_victim_values(glyph_run):
             for name, t in sd.items():
                 if not t.is_floating_point():
                     continue
-                vname = name if start.name in ("view", "sliced_unfrozen") else f"backbone.{name}"
+                vname = (
+                    name
+                    if start.name in ("view", "black_box", "sliced_unfrozen")
+                    else f"backbone.{name}"
+                )
                 exposed = view.get(vname) is not None and view[vname].status == "plaintext"
                 if exposed or vname not in victim_sd or victim_sd[vname].shape != t.shape:
                     continue

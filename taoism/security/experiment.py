@@ -136,6 +136,9 @@ class AttackConfig:
     ``latency_repeats``. ``threads``: torch intra-op threads while a job runs (None = leave).
     TEESlice row: ``teeslice_options`` are :class:`~taoism.teeslice.TeeSliceConfig` fields
     (default: the artifact's) for the slices :func:`taoism.teeslice.sliced_victim` trains.
+    ``black_box_start``: every other row's attacker also tries the black-box start (the public
+    weights, nothing from the host) beside the exposed view, and the row reports the best, as
+    the TEESlice row does: an attacker can always ignore what the host exposes.
     """
 
     split_size: int | None = None
@@ -170,6 +173,7 @@ class AttackConfig:
     latency_repeats: int = 3
     threads: int | None = 1
     teeslice_options: tuple[tuple[str, Any], ...] = ()
+    black_box_start: bool = True
 
     def __post_init__(self) -> None:
         if self.public_task not in ("rotation", "supervised"):
@@ -458,7 +462,12 @@ def attack_starts(
             public_sd,
         )
     if not is_sliced(fresh):
-        return [view_start(fresh, view, public_sd)]
+        starts = [view_start(fresh, view, public_sd)]
+        # (a view that exposes nothing is the black-box start already)
+        if cfg.black_box_start and any(v != "absent" for v in starts[0].statuses.values()):
+            bb = build(spec.model, ds, subseed(spec.seed, "attacker-init"))
+            starts.append(view_start(bb, {}, public_sd, "black_box"))
+        return starts
     plain = plain_backbone(spec.model)
     plain_sd = public_state(plain, ds, spec.seed, cfg, cache)
     return teeslice_starts(
@@ -595,10 +604,10 @@ def _attack_start(
     a start is trained once and its metrics reused (``reused_from`` names the first job).
     """
     head_name, _ = classifier_head(start.model)
-    e = view.get(f"{head_name}.weight")
+    # realign the head only where this start holds the obfuscated head (not the black-box start)
     realigned = (
         align_output_rows(start.model, xq, yq)
-        if e is not None and e.status == "obfuscated"
+        if start.statuses.get(f"{head_name}.weight") == "obfuscated"
         else None
     ) is not None
     key = config_hash(
