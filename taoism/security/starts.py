@@ -5,7 +5,9 @@ victim's), loaded with the reconstructed view (:func:`taoism.security.views.reco
 where the host holds something and with the public model elsewhere. So no tensor of a start
 can come from the victim unless the deployment exposed it.
 
-For TEESlice (:func:`teeslice_starts`) the attacker tries three starts, and the row reports the
+Every other row's attacker tries the view and, when the view exposes anything, the black-box
+start (``view_start`` with an empty view; ``AttackConfig.black_box_start``), and the row reports
+the better. For TEESlice (:func:`teeslice_starts`) the attacker tries three starts, and the row reports the
 best: the sliced model with its backbone unfrozen; the plain architecture with the exposed
 backbone and a new head; the plain architecture from its public weights (the black-box start).
 ``teeslice_starts`` is the one place that knows how a TEESlice deployment is attacked; the table's
