@@ -120,6 +120,8 @@ def test_attack_config_validates():
         AttackConfig(ms_epochs=-1)
     with pytest.raises(ConfigError):
         AttackConfig(threads=0)
+    with pytest.raises(ConfigError, match="black_box_start must be True or False"):
+        AttackConfig(black_box_start="no")  # a truthy string must not turn the start on
     with pytest.raises(ConfigError):
         AttackConfig(ms_lrs=(0.1, 0.01))  # the grid's rates must increase
     assert AttackConfig(ms_epochs=7).grid().epochs == (7,)

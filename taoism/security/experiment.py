@@ -184,6 +184,10 @@ class AttackConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"AttackConfig.{name} must be an int >= 0, got {v!r}")
+        if not isinstance(self.black_box_start, bool):
+            raise ConfigError(
+                f"AttackConfig.black_box_start must be True or False, got {self.black_box_start!r}"
+            )
         if self.latency_repeats < 1:
             raise ConfigError("AttackConfig.latency_repeats must be >= 1")
         if self.threads is not None and (
@@ -505,7 +509,6 @@ def _steal(
     ds: ImageDataset,
     xq: torch.Tensor,
     yq: torch.Tensor,
-    view: dict[str, Any],
     spec: JobSpec,
     victim_pred: torch.Tensor,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -590,7 +593,6 @@ def _attack_start(
     ds: ImageDataset,
     xq: torch.Tensor,
     yq: torch.Tensor,
-    view: dict[str, Any],
     spec: JobSpec,
     context: dict[str, Any],
     cache: Cache,
@@ -622,7 +624,7 @@ def _attack_start(
     hit = cache.get_json("starts", key)
     if hit is not None:
         return {**hit["metrics"], "head_realigned": realigned, "reused_from": hit["job"]}
-    surrogate, ms = _steal(start, victim, ds, xq, yq, view, spec, context["victim_pred"])
+    surrogate, ms = _steal(start, victim, ds, xq, yq, spec, context["victim_pred"])
     metrics = {**ms, **_mia(surrogate, context["tau"], ds, context["splits"], spec.config)}
     cache.put_json(
         "starts", key, {"metrics": metrics, "job": {"strategy": spec.strategy, "start": start.name}}
@@ -676,7 +678,7 @@ def _run_job(spec: JobSpec, cache: Cache, *, progress: bool) -> dict[str, Any]:
         "splits": sp,
     }
     for start in starts:
-        per_start[start.name] = _attack_start(start, victim, ds, xq, yq, view, spec, context, cache)
+        per_start[start.name] = _attack_start(start, victim, ds, xq, yq, spec, context, cache)
     t["attacks"] = time.perf_counter()
     rec = starts[0].rec
     out = _result(spec, dep, victim, xq, yq, qidx, per_start, victim_info, rec, t)
