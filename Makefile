@@ -34,7 +34,7 @@ demo: $(STAMP) data
 BOUNDARY_TESTS := tests/test_boundary.py tests/test_fuzz_boundary.py tests/test_fastpath.py
 
 test: $(STAMP) data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 	TAOISM_PURE_BOUNDARY=1 $(PY) -m pytest -q $(BOUNDARY_TESTS)
 
 lint: $(STAMP)
