@@ -204,11 +204,11 @@ def test_flops_term_is_gate_weighted_and_normalised():
             g.alphas.fill_(0.0)
     # equal gates: every proxy weighs 1 / (n_proxies + 1) of its block
     expected = sum(p.flops / (len(g.proxies) + 1) for g in model.slices.values() for p in g.proxies)
-    assert float(model.expected_flops()) == pytest.approx(expected / model.flops_norm, rel=1e-6)
+    assert model.expected_flops().item() == pytest.approx(expected / model.flops_norm, rel=1e-6)
     with torch.no_grad():
         for g in model.slices.values():
             g.alphas[0] = 50.0  # all weight on the public block
-    assert float(model.expected_flops()) < 1e-12
+    assert model.expected_flops().item() < 1e-12
 
 
 # pruning ----------------------------------------------------------------------------------------
