@@ -380,6 +380,26 @@ def test_backend_registry():
         )
 
 
+def test_gramine_refuses_with_the_transport_gap_and_what_the_machine_lacks(tmp_path, monkeypatch):
+    from taoism.backends import gramine
+
+    with pytest.raises(taoism.BackendUnavailable) as info:
+        taoism.get_backend("gramine")
+    msg = str(info.value)
+    assert "SCM_RIGHTS" in msg and "untrusted_shm" in msg and "backend='sim'" in msg
+    assert "also lacks" in msg and "SGX device" in msg and "gramine-sgx" in msg
+    # a machine with SGX, Gramine and a manifest still gets the transport refusal, and only it
+    manifest = tmp_path / "taoism.manifest.sgx"
+    manifest.write_bytes(b"signed")
+    monkeypatch.setattr(gramine.os.path, "exists", lambda p: p == gramine.SGX_DEVICES[0])
+    monkeypatch.setattr(gramine.shutil, "which", lambda cmd: f"/usr/bin/{cmd}")
+    config = taoism.EnclaveConfig(backend="gramine", gramine_manifest=str(manifest))
+    assert gramine.GramineBackend.platform_gaps(config) == []
+    with pytest.raises(taoism.BackendUnavailable) as info:
+        taoism.get_backend("gramine", config)
+    assert str(info.value) == gramine.TRANSPORT_GAP
+
+
 # -- no shielded weight on the host ---------------------------------------------------------
 
 
