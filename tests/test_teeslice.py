@@ -306,13 +306,13 @@ def test_gates_start_on_the_backbone_and_merges_end_in_relu():
     model = _sliced("resnet18", "cifar").train()
     for g in model.slices.values():
         gates = g.gates()
-        assert float(gates[0]) > 0.85 and torch.allclose(gates[1:], gates[1])
+        assert gates[0].item() > 0.85 and torch.allclose(gates[1:], gates[1])
     _, feats = model.features(torch.randn(4, 3, 32, 32))
-    assert all(float(f.min()) >= 0 for f in feats)
+    assert all(f.min().item() >= 0 for f in feats)
     plain = SlicedNet(
         get_model("small_cnn", dataset_shape="digits"), (1, 8, 8), 10, merge_relu=False
     )
-    assert float(plain.features(torch.randn(8, 1, 8, 8))[1][-1].min()) < 0  # the switch works
+    assert plain.features(torch.randn(8, 1, 8, 8))[1][-1].min().item() < 0  # the switch works
 
 
 def test_local_feature_loss_trains_only_its_own_block():
