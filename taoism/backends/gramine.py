@@ -63,6 +63,7 @@ class GramineBackend(ProcessBackend):
         raise BackendUnavailable(TRANSPORT_GAP + also)
 
     def command(self, sock_fd: int) -> list[str]:
+        """The ``gramine-sgx`` launch line (reached once a Gramine transport exists)."""
         manifest = Path(str(self.config.gramine_manifest))
         args = super().command(sock_fd)[1:]  # drop sys.executable; gramine runs its own python
         return ["gramine-sgx", str(manifest.with_suffix("").with_suffix("")), *args]
