@@ -42,7 +42,7 @@ from taoism.enclave.server import EnclaveServer
 from taoism.errors import ConfigError, IntegrityError, MemoryBudgetError
 from taoism.placement import PlacementRules, build_plan
 from taoism.placement.memory import format_memory_plan, memory_plan
-from taoism.runtime.lowering import enclave_program
+from taoism.runtime.lowering import device_segment, enclave_program
 from taoism.tee import PROFILES, TeeCostModel, cost_table, get_profile, project
 from taoism.zoo import example_input, get_model
 
@@ -575,3 +575,65 @@ def test_vit_tiny_over_a_tight_budget_fails_typed_and_says_which_layer():
             m, x, {"_default": "ENCLAVE"}, enclave=EnclaveConfig(memory_budget=1000 << 10)
         )
     assert "internal" not in str(err.value)
+
+
+class _KeepAndStateless(nn.Module):
+    """ReLU segments that keep nothing, and one whose output the enclave keeps for a later add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu0, self.relu1, self.relu2 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.relu1(self.conv1(self.relu0(self.conv0(x))))
+        return self.relu2(self.conv2(r)) + r
+
+
+def _run_split(model: nn.Module, x: torch.Tensor, lean: bool, runs: int = 3):
+    cap = capture(model, x)
+    plan = build_plan(
+        cap, PlacementRules.from_spec({"re:relu.*|add": "ENCLAVE", "_default": "GPU"})
+    )
+    desc, tensors = enclave_program(cap, plan)
+    srv = EnclaveServer()
+    srv.load(json.dumps(desc).encode(), list(tensors))
+    if not lean:
+        for p in srv.programs.values():
+            p.stateless = False
+    gms = {s.index: s for s in plan.segments}
+    outs, envs = [], []
+    with torch.inference_mode():
+        for _ in range(runs):
+            env = dict(zip(plan.input_names, [x]))
+            for seg in plan.segments:
+                if seg.index in srv.programs:
+                    got, _ = srv.run(seg.index, [env[v] for v in seg.send_in], False)
+                    env.update(zip(seg.returns, got))
+                    envs.append(sorted(srv.memory.env))
+                else:
+                    sub = device_segment(cap, gms[seg.index], torch.device("cpu"))
+                    env.update(zip(seg.outputs, sub(*[env[v] for v in seg.inputs])))
+            outs.append(env[plan.output_names[0]])
+    stats = srv.memory.stats()
+    stats.pop("runtime_not_counted")
+    return srv, outs, envs, stats
+
+
+def test_lean_replay_of_stateless_segments_accounts_like_the_full_replay() -> None:
+    torch.manual_seed(3)
+    model = _KeepAndStateless().eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.inference_mode():
+        ref = model(x)
+    lean, outs, envs, stats = _run_split(model, x, lean=True)
+    _, outs_full, envs_full, stats_full = _run_split(model, x, lean=False)
+    kinds = sorted(p.stateless for p in lean.programs.values())
+    assert kinds[0] is False and kinds[-1] is True  # both kinds of segment are exercised
+    for got, full in zip(outs, outs_full):
+        assert_same(got, ref)
+        assert torch.equal(got, full)
+    assert envs == envs_full  # the enclave holds the same values after every segment
+    assert stats == stats_full and stats["fast_runs"] > 0  # same peaks, counters and reports

@@ -166,25 +166,29 @@ class EnclaveMemory:
             self._rebase()
             self.last_inference = self.inference
             self.inference = InferenceStats()
-        missing = [v for v in prog.inputs if v not in prog.send_in and v not in self.env]
-        if missing:
-            raise ProgramError(
-                f"segment {prog.index} needs value {missing[0]!r}, which the enclave does "
-                "not hold (segments must run in plan order)"
-            )
+        if not prog.stateless:
+            missing = [v for v in prog.inputs if v not in prog.send_in and v not in self.env]
+            if missing:
+                raise ProgramError(
+                    f"segment {prog.index} needs value {missing[0]!r}, which the enclave does "
+                    "not hold (segments must run in plan order)"
+                )
         acct.reset_peak()
         sig = None
         if self.weights.all_resident:
+            env = self.env
             sig = (
                 prog.index,
-                tuple((tuple(t.shape), t.dtype) for t in tensors),
+                tuple([(t.shape, t.dtype) for t in tensors]),
                 tuple(
                     sorted(
                         (k, tuple(v.shape), isinstance(v, PagedTensor))
-                        for k, v in self.env.items()
+                        for k, v in env.items()
                         if is_value(v)
                     )
-                ),
+                )
+                if env
+                else (),
             )
             fast = self._fast.get(sig)
             if fast is not None:
@@ -226,20 +230,30 @@ class EnclaveMemory:
         self, prog: SegmentProgram, tensors: Sequence[torch.Tensor], fast: _FastEntry, profile: bool
     ) -> tuple[list[torch.Tensor], list[float]]:
         runner = self.runner
-        for v, t in zip(prog.send_in, tensors):
-            runner.bind(v, t, strict=False)
-        args = [self.env[v] for v in prog.inputs]
+        if prog.stateless:
+            # Binding the inputs and unbinding them after nets out: the enclave's values end as
+            # they were, and the recorded peak below already covers the run (issue 9).
+            if prog.inputs == prog.send_in:
+                args = list(tensors)
+            else:
+                named = dict(zip(prog.send_in, tensors))
+                args = [named[v] for v in prog.inputs]
+        else:
+            for v, t in zip(prog.send_in, tensors):
+                runner.bind(v, t, strict=False)
+            args = [self.env[v] for v in prog.inputs]
         times: list[float] = []
         if profile:
             outs, times = prog.run_timed(args)
         else:
             outs = prog.run(args)
         n_ret = len(prog.returns)
-        for v, t in zip(prog.keep, outs[n_ret:]):
-            runner.bind(v, t, strict=False)
-        for v in prog.free:
-            if v not in prog.keep:
-                runner.unbind(v)
+        if not prog.stateless:
+            for v, t in zip(prog.keep, outs[n_ret:]):
+                runner.bind(v, t, strict=False)
+            for v in prog.free:
+                if v not in prog.keep:
+                    runner.unbind(v)
         self.fast_runs += 1
         self.acct.peak = max(self.acct.peak, fast.peak)
         if fast.peak >= self.acct.peak:

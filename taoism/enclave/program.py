@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +28,17 @@ class SegmentProgram:
     free: tuple[str, ...]  # enclave values dropped after this segment
     gm: fx.GraphModule
     node_names: tuple[str, ...]
+    stateless: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Stateless: reads only what the host sends, keeps nothing and drops what it was sent, so
+        # a replayed run leaves the enclave's values exactly as it found them (issue 9's lean
+        # replay in EnclaveMemory skips binding them).
+        self.stateless = (
+            not self.keep
+            and set(self.inputs) <= set(self.send_in)
+            and set(self.send_in) <= set(self.free)
+        )
 
     def run(self, args: Sequence[torch.Tensor]) -> tuple[Any, ...]:
         """Run the compiled segment (its returns, then its kept values).
