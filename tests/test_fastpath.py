@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from test_boundary import DTYPES, _expect_failure, _pair, _sample  # noqa: E402
 from test_fuzz_boundary import CORPUS, SEED, _budget, _seed_frames, mutate  # noqa: E402
 
@@ -62,18 +63,28 @@ def _pure_frame(kind, tag, seq, tensors, blob=b"", rid=0, key=KEY, prefix=PREFIX
     return bytes(out)
 
 
-def _c_frame(mod, kind, tag, seq, tensors, blob=b"", rid=0, capacity=1 << 16) -> bytes | None:
+def _ext(ext: bool) -> dict:
+    """Constructor arguments: ``ext`` sends every non-empty body through the session's AESGCM
+    (the long-body route, as a channel's over ``compiled_max_body``), else the C path's libcrypto."""
+    return {"max_body": 0, "aead": AESGCM(KEY)} if ext else {}
+
+
+def _c_frame(
+    mod, kind, tag, seq, tensors, blob=b"", rid=0, capacity=1 << 16, ext=False
+) -> bytes | None:
     slot = bytearray(capacity)
-    n = fastpath.new_sealer(mod, KEY, PREFIX).seal(
+    n = fastpath.new_sealer(mod, KEY, PREFIX, **_ext(ext)).seal(
         memoryview(slot), kind, tag, seq, rid, tensors, blob
     )
     return None if n < 0 else bytes(slot[:n])
 
 
-def _c_open(mod, raw: bytes, expect_seq: int = 0, snapshot: bool = False, max_body=MAX_BODY):
+def _c_open(
+    mod, raw: bytes, expect_seq: int = 0, snapshot: bool = False, max_body=MAX_BODY, ext=False
+):
     slot = bytearray(max(len(raw), 4096))
     slot[: len(raw)] = raw
-    return fastpath.new_opener(mod, KEY, PREFIX).open(
+    return fastpath.new_opener(mod, KEY, PREFIX, **_ext(ext)).open(
         memoryview(slot), len(raw), max_body, expect_seq, snapshot
     )
 
@@ -123,12 +134,13 @@ def test_channels_select_the_compiled_path_unless_told_not_to(mod, monkeypatch):
 # ----------------------------------------------------------------------------- byte identity
 
 
+@pytest.mark.parametrize("ext", [False, True], ids=["libcrypto", "aesgcm"])
 @pytest.mark.parametrize("case", range(len(_messages())))
-def test_compiled_frames_are_byte_identical_to_the_pure_path(mod, case):
+def test_compiled_frames_are_byte_identical_to_the_pure_path(mod, case, ext):
     tensors, blob = _messages()[case]
     for seq, rid in ((0, 0), (5, 9), ((1 << 64) - 1, (1 << 64) - 1)):
         want = _pure_frame(3, 77, seq, tensors, blob, rid)
-        got = _c_frame(mod, 3, 77, seq, tensors, blob, rid, capacity=len(want) + 4096)
+        got = _c_frame(mod, 3, 77, seq, tensors, blob, rid, capacity=len(want) + 4096, ext=ext)
         assert got == want, (case, seq)
 
 
@@ -196,6 +208,83 @@ def test_zero_element_tensors_still_cross_a_compiled_channel(mod):
         enclave.close()
 
 
+class _CountingAead:
+    """The session's AESGCM, counting the calls the C path makes to it (or failing them)."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.real, self.fail, self.calls = AESGCM(KEY), fail, []
+
+    def encrypt_into(self, nonce, data, aad, out):
+        self.calls.append(("encrypt", len(data)))
+        if self.fail is not None:
+            raise self.fail
+        return self.real.encrypt_into(nonce, data, aad, out)
+
+    def decrypt_into(self, nonce, data, aad, out):
+        self.calls.append(("decrypt", len(data)))
+        if self.fail is not None:
+            raise self.fail
+        return self.real.decrypt_into(nonce, data, aad, out)
+
+
+def test_long_bodies_go_to_the_sessions_aesgcm_and_short_ones_do_not(mod):
+    aead = _CountingAead()
+    sealer = fastpath.new_sealer(mod, KEY, PREFIX, max_body=1024, aead=aead)
+    opener = fastpath.new_opener(mod, KEY, PREFIX, max_body=1024, aead=aead)
+    for numel, route in ((240, []), (4096, ["encrypt"])):  # 1024-byte body: libcrypto
+        x = torch.randn(numel)
+        slot = bytearray(1 << 16)
+        n = sealer.seal(memoryview(slot), 1, 2, 7, 0, [x], b"")
+        assert bytes(slot[:n]) == _pure_frame(1, 2, 7, [x])
+        assert [c[0] for c in aead.calls] == route
+        aead.calls.clear()
+        status, *_, body, _, specs = opener.open(memoryview(slot), n, MAX_BODY, 7, False)
+        assert status == 0 and torch.equal(frame.views_of(body, specs)[0], x)
+        assert aead.calls == ([("decrypt", n - HEADER_SIZE)] if route else [])
+        aead.calls.clear()
+
+
+def test_a_failing_aesgcm_leaves_no_plaintext_and_its_error_is_not_a_tag_failure(mod):
+    x = torch.arange(1.0, 4097.0)
+    slot = bytearray(1 << 16)
+    bad = _CountingAead(fail=RuntimeError("no"))
+    sealer = fastpath.new_sealer(mod, KEY, PREFIX, max_body=0, aead=bad)
+    with pytest.raises(RuntimeError, match="no"):
+        sealer.seal(memoryview(slot), 1, 2, 0, 0, [x], b"")
+    assert bad.calls and not any(slot[HEADER_SIZE:])  # the laid-out body was wiped
+    raw = _pure_frame(1, 2, 0, [x])
+    with pytest.raises(RuntimeError, match="no"):  # not reported as tampering
+        fastpath.new_opener(mod, KEY, PREFIX, max_body=0, aead=bad).open(
+            memoryview(bytearray(raw)), len(raw), MAX_BODY, 0, False
+        )
+    with pytest.raises(ValueError, match="InvalidTag"):
+        mod.Opener(KEY, PREFIX, 0, AESGCM(KEY), None)
+
+
+def test_a_compiled_channel_carries_long_bodies_on_the_compiled_path(
+    compiled_channels, monkeypatch
+):
+    host, enclave, _ = _pair(COMPILED, COMPILED)
+    try:
+        assert host._fast_sealer is not None and enclave._fast_opener is not None
+
+        def pure(*_a, **_k):
+            raise AssertionError("a long common message took the pure path")
+
+        monkeypatch.setattr(host, "_recv_frame", pure)
+        monkeypatch.setattr(enclave, "_recv_frame", pure)
+        x = torch.randn(65536)  # 256 KiB, over compiled_max_body
+        rid = host.send(2, 1, [x], b"m")
+        msg = enclave.recv()
+        assert torch.equal(msg.tensors[0], x) and msg.blob == b"m"
+        enclave.send(3, 1, [torch.relu(msg.tensors[0])])
+        assert torch.equal(host.recv(expect=rid).tensors[0], torch.relu(x))
+        assert host.stats.copy_s == 0.0  # the C path's layout: no Python staging copy
+    finally:
+        host.close()
+        enclave.close()
+
+
 # ----------------------------------------------------------------------------- cross-decryption
 
 
@@ -207,12 +296,13 @@ def _same(got, want) -> None:
         assert torch.equal(g.reshape(-1).view(torch.uint8), w.reshape(-1).view(torch.uint8))
 
 
+@pytest.mark.parametrize("ext", [False, True], ids=["libcrypto", "aesgcm"])
 @pytest.mark.parametrize("snapshot", [False, True])
-def test_c_opener_decodes_pure_frames_and_pure_decodes_c_frames(mod, snapshot):
+def test_c_opener_decodes_pure_frames_and_pure_decodes_c_frames(mod, snapshot, ext):
     for seq, (tensors, blob) in enumerate(_messages()):
         raw = _pure_frame(5, 6, seq, tensors, blob, rid=seq + 1)
         status, kind, tag, got_seq, rid, n, blob_len, body_len, body, got_blob, specs = _c_open(
-            mod, raw, seq, snapshot, max_body=1 << 20
+            mod, raw, seq, snapshot, max_body=1 << 20, ext=ext
         )
         assert (status, kind, tag, got_seq, rid, n, got_blob) == (
             0,
@@ -224,7 +314,7 @@ def test_c_opener_decodes_pure_frames_and_pure_decodes_c_frames(mod, snapshot):
             blob,
         )
         _same(frame.views_of(body, specs), tensors)
-        c_raw = _c_frame(mod, 5, 6, seq, tensors, blob, seq + 1, capacity=len(raw) + 4096)
+        c_raw = _c_frame(mod, 5, 6, seq, tensors, blob, seq + 1, capacity=len(raw) + 4096, ext=ext)
         plain = np.empty(len(c_raw) - HEADER_SIZE - TAG, np.uint8)
         crypto.Opener(KEY, PREFIX).aead.decrypt_into(
             crypto.NONCE.pack(PREFIX, seq), c_raw[HEADER_SIZE:], c_raw[:HEADER_SIZE], plain
@@ -263,17 +353,20 @@ def test_compiled_and_pure_ends_talk_to_each_other(mod, host_cfg, enclave_cfg):
 # ----------------------------------------------------------------------------- refusals
 
 
-def test_c_opener_refuses_tampering_replay_truncation_with_a_status(mod):
+@pytest.mark.parametrize("snapshot", [False, True])
+@pytest.mark.parametrize("ext", [False, True], ids=["libcrypto", "aesgcm"])
+def test_c_opener_refuses_tampering_replay_truncation_with_a_status(mod, ext, snapshot):
     raw = bytearray(_pure_frame(1, 2, 3, [torch.randn(16)], b"blob"))
-    assert _c_open(mod, bytes(raw), 3)[0] == mod.OPEN_OK
-    assert _c_open(mod, bytes(raw), 4)[0] == mod.OPEN_BAD_SEQ  # replayed
-    assert _c_open(mod, bytes(raw), 2)[0] == mod.OPEN_BAD_SEQ  # skipped
+    kw = {"ext": ext, "snapshot": snapshot}
+    assert _c_open(mod, bytes(raw), 3, **kw)[0] == mod.OPEN_OK
+    assert _c_open(mod, bytes(raw), 4, **kw)[0] == mod.OPEN_BAD_SEQ  # replayed
+    assert _c_open(mod, bytes(raw), 2, **kw)[0] == mod.OPEN_BAD_SEQ  # skipped
     for pos in (HEADER_SIZE + 70, len(raw) - 1, 8, 40):  # body, tag, header tag, request id
         bad = bytearray(raw)
         bad[pos] ^= 1
-        status, *_rest, body, blob, specs = _c_open(mod, bytes(bad), 3)
+        status, *_rest, body, blob, specs = _c_open(mod, bytes(bad), 3, **kw)
         assert status == mod.OPEN_BAD_TAG and body is None and blob is None
-    status, *_rest, body, _, _ = _c_open(mod, bytes(raw[:-3]), 3)  # truncated
+    status, *_rest, body, _, _ = _c_open(mod, bytes(raw[:-3]), 3, **kw)  # truncated
     assert status == mod.OPEN_BAD_HEADER and body == bytes(raw[:HEADER_SIZE])
 
 
@@ -331,14 +424,16 @@ def _pure_outcome(plain: bytes) -> tuple:
     return ("ok", kind, tag, rid, tensors, blob)
 
 
-def _c_outcome(mod, plain: bytes) -> tuple:
+def _c_outcome(mod, plain: bytes, ext: bool = False) -> tuple:
     header = bytes(plain[:HEADER_SIZE])
     out = bytearray(len(plain) + TAG)
     out[:HEADER_SIZE] = header
     crypto.Sealer(KEY, PREFIX).seal_into(
         0, header, bytes(plain[HEADER_SIZE:]), memoryview(out)[HEADER_SIZE:]
     )
-    status, kind, tag, seq, rid, n, blob_len, body_len, body, blob, specs = _c_open(mod, bytes(out))
+    status, kind, tag, seq, rid, n, blob_len, body_len, body, blob, specs = _c_open(
+        mod, bytes(out), ext=ext
+    )
     if status == mod.OPEN_BAD_HEADER:
         return ("header",)
     assert status != mod.OPEN_BAD_TAG and status != mod.OPEN_BAD_SEQ
@@ -363,7 +458,7 @@ def test_differential_fuzz_c_opener_agrees_with_the_pure_decoder(mod):
         if rng.random() < 0.5 and len(plain) >= HEADER_SIZE:  # often make the length check pass
             struct.pack_into("<Q", plain, 32, len(plain) - HEADER_SIZE)
         plain = bytes(plain)
-        want, got = _pure_outcome(plain), _c_outcome(mod, plain)
+        want, got = _pure_outcome(plain), _c_outcome(mod, plain, ext=cases % 2 == 1)
         assert got[0] == want[0], (SEED + 2, cases, plain.hex(), want, got)
         if want[0] == "ok":
             decoded += 1

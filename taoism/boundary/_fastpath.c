@@ -6,7 +6,7 @@
  *
  *   Sealer.seal(out, kind, tag, seq, request_id, tensors, blob) -> frame_len, or -1
  *       The common send: every tensor an exact torch.Tensor on the CPU, contiguous, of a wire
- *       dtype, the body fitting the slot and at most max_body bytes. Lays out header + body in `out` (the shared slot) and
+ *       dtype, the body fitting the slot. Lays out header + body in `out` (the shared slot) and
  *       encrypts the body in place, the tag after it: byte for byte what the Python path writes.
  *       -1 means "not handled here" and nothing was written: the caller takes the Python path,
  *       which handles (or refuses, with its own typed error) everything else.
@@ -16,6 +16,12 @@
  *       validates the descriptors there as frame.decode_body_parts does. It raises nothing for a
  *       bad frame: it returns a status, and the Python side raises the typed error (the same
  *       code, hence the same message, as the pure path).
+ *
+ * Bodies of at most `evp_max` bytes (the constructors' max_body) are encrypted and decrypted
+ * here with the system libcrypto; longer ones, where that libcrypto may be slower per byte than
+ * the `cryptography` package's own OpenSSL, call the same session's `AESGCM` object
+ * (`encrypt_into` / `decrypt_into`, the pure path's very calls) on the same buffers. Without that
+ * object (`aead` None) the sealer declines longer bodies (-1) and the opener decrypts them here.
  *
  * An attacker controls `src`: every field is read once from a private copy, and nothing in shared
  * memory is read again after it was validated; all size arithmetic is checked for overflow.
@@ -76,30 +82,38 @@ typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *ctx; /* NULL once closed */
     unsigned char prefix[4];
-    uint64_t max_body;            /* Sealer only: longer bodies are left to the Python path */
+    uint64_t max_body;            /* longer bodies: `aead` (or, for a sealer without it, -1) */
+    PyObject *aead;               /* the session's cryptography AESGCM of this direction, or NULL */
+    PyObject *invalid_tag;        /* Opener only: cryptography.exceptions.InvalidTag */
     PyObject *tensor_type;        /* Sealer only: torch.Tensor */
     PyObject *dtypes[N_CODES];    /* Sealer only: the torch.dtype of each wire code */
 } Aead;
 
 static PyObject *s_is_cpu, *s_is_contiguous, *s_dtype, *s_shape, *s_data_ptr; /* interned names */
+static PyObject *s_encrypt_into, *s_decrypt_into;
 
 static void aead_wipe(Aead *self);
 
 static int aead_setup(Aead *self, PyObject *args, int encrypt, PyObject **dtypes_out) {
     Py_buffer key, prefix;
-    PyObject *tensor_type = NULL, *dtypes = NULL;
-    unsigned long long max_body = 0;
+    PyObject *tensor_type = NULL, *dtypes = NULL, *aead = Py_None, *invalid_tag = Py_None;
+    unsigned long long max_body = MAX_EXTENT;
     int ok = 0;
     if (encrypt) {
-        if (!PyArg_ParseTuple(args, "y*y*OO!K", &key, &prefix, &tensor_type, &PyTuple_Type, &dtypes,
-                              &max_body))
+        if (!PyArg_ParseTuple(args, "y*y*OO!K|O", &key, &prefix, &tensor_type, &PyTuple_Type,
+                              &dtypes, &max_body, &aead))
             return -1;
-    } else if (!PyArg_ParseTuple(args, "y*y*", &key, &prefix)) {
+    } else if (!PyArg_ParseTuple(args, "y*y*|KOO", &key, &prefix, &max_body, &aead,
+                                 &invalid_tag)) {
         return -1;
     }
     if (key.len != 32 || prefix.len != 4 || max_body > MAX_EXTENT) {
         PyErr_SetString(PyExc_ValueError,
                         "need a 32-byte key, a 4-byte nonce prefix and max_body <= 2**62");
+        goto done;
+    }
+    if (!encrypt && aead != Py_None && !PyType_Check(invalid_tag)) {
+        PyErr_SetString(PyExc_ValueError, "an opener with an aead needs its InvalidTag class");
         goto done;
     }
     if (encrypt && PyTuple_GET_SIZE(dtypes) != N_CODES) {
@@ -115,6 +129,10 @@ static int aead_setup(Aead *self, PyObject *args, int encrypt, PyObject **dtypes
     }
     memcpy(self->prefix, prefix.buf, 4);
     self->max_body = max_body;
+    if (aead != Py_None) {
+        self->aead = Py_NewRef(aead);
+        if (!encrypt) self->invalid_tag = Py_NewRef(invalid_tag);
+    }
     if (encrypt) {
         Py_INCREF(tensor_type);
         self->tensor_type = tensor_type;
@@ -132,11 +150,33 @@ static void aead_wipe(Aead *self) {
         EVP_CIPHER_CTX_free(self->ctx); /* OpenSSL cleanses the key schedule as it frees it */
         self->ctx = NULL;
     }
+    Py_CLEAR(self->aead); /* closed: no longer a way to this session's key */
+}
+
+/* aead.<method>(nonce, data, header, out) on raw buffers (data: `in_len` bytes at `in`, out:
+   `out_len` bytes at `out`; they may be the same memory); 0, or -1 with the Python error set. */
+static int aead_call(Aead *self, PyObject *method, const unsigned char nonce[12],
+                     const unsigned char *aad, const unsigned char *in, uint64_t in_len,
+                     PyObject *out_obj) {
+    PyObject *n = PyBytes_FromStringAndSize((const char *)nonce, 12);
+    PyObject *a = PyBytes_FromStringAndSize((const char *)aad, HEADER_SIZE);
+    PyObject *d = PyMemoryView_FromMemory((char *)in, (Py_ssize_t)in_len, PyBUF_READ);
+    PyObject *r = NULL;
+    if (n != NULL && a != NULL && d != NULL)
+        r = PyObject_CallMethodObjArgs(self->aead, method, n, d, a, out_obj, NULL);
+    Py_XDECREF(n);
+    Py_XDECREF(a);
+    Py_XDECREF(d);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
 static void aead_dealloc(Aead *self) {
     aead_wipe(self);
     Py_XDECREF(self->tensor_type);
+    Py_XDECREF(self->aead);
+    Py_XDECREF(self->invalid_tag);
     for (int i = 0; i < N_CODES; i++) Py_XDECREF(self->dtypes[i]);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -300,14 +340,15 @@ static PyObject *sealer_seal_tensors(Aead *self, PyObject *const *args, PyObject
     }
     uint64_t blob_len = (uint64_t)PyBytes_GET_SIZE(blob);
     uint64_t end = desc_len + blob_len;
-    for (Py_ssize_t i = 0; i < n; i++) { /* end <= max_body <= 2**62 before each step: no wrap */
-        if (end > self->max_body) return PyLong_FromLong(-1);
+    uint64_t limit = self->aead != NULL ? MAX_EXTENT : self->max_body;
+    for (Py_ssize_t i = 0; i < n; i++) { /* end <= limit <= 2**62 before each step: no wrap */
+        if (end > limit) return PyLong_FromLong(-1);
         infos[i].offset = align_up(end);
         if (__builtin_add_overflow(infos[i].offset, infos[i].nbytes, &end))
             return PyLong_FromLong(-1);
     }
     uint64_t body_len = end;
-    if (body_len > self->max_body) return PyLong_FromLong(-1);
+    if (body_len > limit) return PyLong_FromLong(-1);
     for (Py_ssize_t i = 0; i < n; i++) { /* only now the (dearer) device and layout checks */
         int r = tensor_data(PyTuple_GET_ITEM(tensors, i), &infos[i]);
         if (r < 0) return NULL;
@@ -351,11 +392,20 @@ static PyObject *sealer_seal_tensors(Aead *self, PyObject *const *args, PyObject
     }
     unsigned char nonce[12];
     make_nonce(nonce, self->prefix, seq);
-    int failed = encrypt_in_place(self->ctx, nonce, header, body, body_len);
+    int failed, ext = body_len > self->max_body;
+    if (ext) { /* the session's AESGCM, in place in the slot, as the pure path calls it */
+        PyObject *dst_view =
+            PyMemoryView_FromMemory((char *)body, (Py_ssize_t)(body_len + TAG_SIZE), PyBUF_WRITE);
+        failed = dst_view == NULL ||
+                 aead_call(self, s_encrypt_into, nonce, header, body, body_len, dst_view) < 0;
+        Py_XDECREF(dst_view);
+    } else {
+        failed = encrypt_in_place(self->ctx, nonce, header, body, body_len);
+    }
     if (failed) OPENSSL_cleanse(body, body_len); /* no plaintext stays in shared memory */
     PyBuffer_Release(&out);
     if (failed) {
-        PyErr_SetString(PyExc_RuntimeError, "AES-GCM encryption failed (OpenSSL)");
+        if (!ext) PyErr_SetString(PyExc_RuntimeError, "AES-GCM encryption failed (OpenSSL)");
         return NULL;
     }
     return PyLong_FromUnsignedLongLong(body_len + OVERHEAD);
@@ -505,18 +555,38 @@ static PyObject *opener_open(Aead *self, PyObject *const *args, Py_ssize_t nargs
     if (body == NULL) goto done;
     unsigned char *plain = (unsigned char *)PyByteArray_AS_STRING(body);
     const unsigned char *cipher = (const unsigned char *)src.buf + HEADER_SIZE;
-    memcpy(tag_bytes, cipher + body_len, TAG_SIZE);
-    if (snapshot) { /* copy the ciphertext out of shared memory first, then decrypt in place */
-        memcpy(plain, cipher, body_len);
-        cipher = plain;
-    }
     unsigned char nonce[12];
     make_nonce(nonce, self->prefix, seq);
-    if (decrypt(self->ctx, nonce, header, cipher, plain, body_len, tag_bytes) < 0) {
-        OPENSSL_cleanse(plain, body_len);
-        Py_CLEAR(body);
-        status = OPEN_BAD_TAG;
-        goto build;
+    if (body_len > self->max_body && self->aead != NULL) {
+        /* the session's AESGCM, as the pure path calls it: ciphertext + tag in, body out */
+        PyObject *snap = NULL;
+        if (snapshot) { /* a private copy of ciphertext and tag first */
+            snap = PyBytes_FromStringAndSize((const char *)cipher, (Py_ssize_t)(body_len + TAG_SIZE));
+            if (snap == NULL) goto done;
+            cipher = (const unsigned char *)PyBytes_AS_STRING(snap);
+        }
+        int failed = aead_call(self, s_decrypt_into, nonce, header, cipher, body_len + TAG_SIZE, body);
+        Py_XDECREF(snap);
+        if (failed) {
+            OPENSSL_cleanse(plain, body_len);
+            Py_CLEAR(body);
+            if (!PyErr_ExceptionMatches(self->invalid_tag)) goto done;
+            PyErr_Clear();
+            status = OPEN_BAD_TAG;
+            goto build;
+        }
+    } else {
+        memcpy(tag_bytes, cipher + body_len, TAG_SIZE);
+        if (snapshot) { /* copy the ciphertext out of shared memory first, then decrypt in place */
+            memcpy(plain, cipher, body_len);
+            cipher = plain;
+        }
+        if (decrypt(self->ctx, nonce, header, cipher, plain, body_len, tag_bytes) < 0) {
+            OPENSSL_cleanse(plain, body_len);
+            Py_CLEAR(body);
+            status = OPEN_BAD_TAG;
+            goto build;
+        }
     }
     int bad = 0;
     uint64_t blob_pos = 0;
@@ -562,8 +632,8 @@ static PyTypeObject SealerType = {
     .tp_basicsize = sizeof(Aead),
     .tp_dealloc = (destructor)aead_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Sealer(key, prefix, tensor_type, dtypes, max_body): AES-256-GCM, one direction, "
-              "sending.",
+    .tp_doc = "Sealer(key, prefix, tensor_type, dtypes, max_body, aead=None): AES-256-GCM, one "
+              "direction, sending (bodies over max_body: aead.encrypt_into, or -1 without it).",
     .tp_methods = sealer_methods,
     .tp_init = (initproc)sealer_init,
     .tp_new = PyType_GenericNew,
@@ -574,7 +644,8 @@ static PyTypeObject OpenerType = {
     .tp_basicsize = sizeof(Aead),
     .tp_dealloc = (destructor)aead_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Opener(key, prefix): AES-256-GCM, one direction, receiving.",
+    .tp_doc = "Opener(key, prefix, max_body=2**62, aead=None, invalid_tag=None): AES-256-GCM, one "
+              "direction, receiving (bodies over max_body: aead.decrypt_into where given).",
     .tp_methods = opener_methods,
     .tp_init = (initproc)opener_init,
     .tp_new = PyType_GenericNew,
@@ -590,7 +661,9 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         !(s_is_contiguous = PyUnicode_InternFromString("is_contiguous")) ||
         !(s_dtype = PyUnicode_InternFromString("dtype")) ||
         !(s_shape = PyUnicode_InternFromString("shape")) ||
-        !(s_data_ptr = PyUnicode_InternFromString("data_ptr")))
+        !(s_data_ptr = PyUnicode_InternFromString("data_ptr")) ||
+        !(s_encrypt_into = PyUnicode_InternFromString("encrypt_into")) ||
+        !(s_decrypt_into = PyUnicode_InternFromString("decrypt_into")))
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (m == NULL) return NULL;

@@ -101,7 +101,6 @@ class Channel:
         self._opener = opener
         # The compiled sealer and opener (fastpath.py), or None: the pure-Python path.
         self._fast_sealer, self._fast_opener = fast if fast is not None else (None, None)
-        self._compiled_max_frame = config.compiled_max_body + _OVERHEAD
         self._config = config
         self.stats = stats
         self._peer_closed_error = peer_closed_error
@@ -391,7 +390,8 @@ class Channel:
         """``_send`` in one C call: returns the request id, or -1 if the message is not the common case.
 
         The common case: exact CPU contiguous tensors of wire dtypes, ``blob`` bytes, the body
-        fitting the slot and at most ``ChannelConfig.compiled_max_body`` bytes. Otherwise nothing
+        fitting the slot (bodies over ``ChannelConfig.compiled_max_body`` bytes are encrypted
+        with the session's ``AESGCM``, called from C). Otherwise nothing
         was written and no sequence number consumed: the caller's Python path sends (or refuses)
         the message.
         """
@@ -423,8 +423,6 @@ class Channel:
         """
         frame_len = self._wait_frame(timeout)
         tr = self._tr
-        if frame_len > self._compiled_max_frame:  # long: the pure path's AES-GCM is faster
-            return self._recv_frame(frame_len, expect)
         seq = -1
         try:
             opener = self._opener
@@ -702,8 +700,10 @@ def _open(
         fast = None
         if mod is not None:  # the same keys and prefixes, in OpenSSL contexts of their own
             fast = (
-                fastpath.new_sealer(mod, out_key, out_prefix, config.compiled_max_body),
-                fastpath.new_opener(mod, in_key, in_prefix),
+                fastpath.new_sealer(
+                    mod, out_key, out_prefix, config.compiled_max_body, sealer.aead
+                ),
+                fastpath.new_opener(mod, in_key, in_prefix, config.compiled_max_body, opener.aead),
             )
         transport = ShmTransport(
             sock,

@@ -1,7 +1,8 @@
 """Selection of the boundary's compiled hot path (``_fastpath``, built by the ordinary install).
 
-The compiled path lays out, encrypts and decrypts a frame in one C call each (OpenSSL
-AES-256-GCM); the pure-Python path in ``channel`` does the same with ``struct``, ``ctypes`` and the
+The compiled path lays out, encrypts and decrypts a frame in one C call each (AES-256-GCM from
+the system libcrypto for short bodies, from the ``cryptography`` package's ``AESGCM`` called
+from C for long ones); the pure-Python path in ``channel`` does the same with ``struct``, ``ctypes`` and the
 ``cryptography`` package, byte for byte (``tests/test_fastpath.py``). ``TAOISM_PURE_BOUNDARY=1``
 or ``ChannelConfig(compiled=False)`` forces the pure path; so does an install that could not
 build the extension (no C compiler or OpenSSL headers).
@@ -15,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from cryptography.exceptions import InvalidTag
 
 from taoism.boundary.frame import CODE_DTYPES
 
@@ -44,17 +46,26 @@ def select(compiled: bool) -> ModuleType | None:
     return built()
 
 
-def new_sealer(mod: ModuleType, key: bytes, prefix: bytes, max_body: int = 1 << 62) -> Any:
+def new_sealer(
+    mod: ModuleType, key: bytes, prefix: bytes, max_body: int = 1 << 62, aead: Any = None
+) -> Any:
     """A compiled sealer: one direction's AES-256-GCM context, keyed now (``close()`` wipes it).
 
-    It handles bodies of at most ``max_body`` bytes (``seal`` returns -1 for longer ones).
+    Bodies of at most ``max_body`` bytes are encrypted with the extension's libcrypto; longer ones
+    with ``aead`` (the session's ``AESGCM`` of this direction, the pure path's own object), or,
+    without it, declined (``seal`` returns -1).
     """
-    return mod.Sealer(key, prefix, torch.Tensor, _DTYPES, max_body)
+    return mod.Sealer(key, prefix, torch.Tensor, _DTYPES, max_body, aead)
 
 
-def new_opener(mod: ModuleType, key: bytes, prefix: bytes) -> Any:
-    """A compiled opener: one direction's AES-256-GCM context, keyed now (``close()`` wipes it)."""
-    return mod.Opener(key, prefix)
+def new_opener(
+    mod: ModuleType, key: bytes, prefix: bytes, max_body: int = 1 << 62, aead: Any = None
+) -> Any:
+    """A compiled opener: one direction's AES-256-GCM context, keyed now (``close()`` wipes it).
+
+    Bodies longer than ``max_body`` are decrypted with ``aead`` where it is given.
+    """
+    return mod.Opener(key, prefix, max_body, aead, InvalidTag)
 
 
 __all__ = ["ENV_PURE", "built", "forced_pure", "new_opener", "new_sealer", "select"]

@@ -33,11 +33,12 @@ class ChannelConfig:
     ``compiled``: use the compiled hot path where the install built it (the
     environment variable ``TAOISM_PURE_BOUNDARY=1`` forces the pure-Python path
     regardless); both produce the same bytes (docs/boundary.md).
-    ``compiled_max_body``: the longest body the compiled path handles; longer
-    ones take the pure path, whose AES-GCM (the ``cryptography`` package's own
-    OpenSSL) can be faster per byte than the system's libcrypto that the
-    compiled path links (OpenSSL 3.0 on the project's machines: about 4.6 GB/s
-    against 17 GB/s, so the compiled path wins below about 12 KiB).
+    ``compiled_max_body``: the longest body the compiled path encrypts with the
+    system libcrypto it links; longer bodies are still laid out, checked and
+    decoded in C, but encrypted with the session's ``AESGCM`` (the
+    ``cryptography`` package's own OpenSSL, the pure path's very object),
+    which can be faster per byte (OpenSSL 3.0 on the project's machines: about
+    4.6 GB/s against 17 GB/s, so libcrypto wins below about 12 KiB).
     """
 
     initial_capacity: int = 4 << 20
