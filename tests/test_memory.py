@@ -637,3 +637,38 @@ def test_lean_replay_of_stateless_segments_accounts_like_the_full_replay() -> No
         assert torch.equal(got, full)
     assert envs == envs_full  # the enclave holds the same values after every segment
     assert stats == stats_full and stats["fast_runs"] > 0  # same peaks, counters and reports
+    assert lean.memory is not None and lean.memory._lanes  # the flattened replay was taken
+
+
+class _Activations(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.acts = nn.Sequential(
+            nn.ReLU(inplace=True), nn.Sigmoid(), nn.Tanh(), nn.GELU("tanh"), nn.MaxPool2d(2)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.acts(self.conv(x) * 3)
+
+
+def test_replay_makes_the_modules_torch_calls_itself_with_identical_results() -> None:
+    torch.manual_seed(4)
+    model = _Activations().eval()
+    x = torch.randn(2, 3, 8, 8)
+    cap = capture(model, x)
+    plan = build_plan(cap, PlacementRules.from_spec({"re:acts.*": "ENCLAVE", "_default": "GPU"}))
+    desc, tensors = enclave_program(cap, plan)
+    srv = EnclaveServer()
+    srv.load(json.dumps(desc).encode(), list(tensors))
+    (prog,) = srv.programs.values()
+    code = prog.replay.code
+    for call in ("torch.relu(", "torch.sigmoid(", "torch.tanh(", "approximate = 'tanh'"):
+        assert call in code, code
+    assert code.count(".forward(") == 1  # the pool: its module's forward, not a lowering
+    with torch.inference_mode():
+        h = model.conv(x) * 3
+        assert h.abs().max() > 3 and h.std() > 0.5  # not a near-constant input
+        want = prog.gm.forward(h.clone())
+        got = prog.replay.forward(h.clone())
+        assert torch.equal(got[0], want[0]) and torch.equal(got[0], model.acts(h.clone()))
