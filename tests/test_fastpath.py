@@ -216,12 +216,14 @@ class _CountingAead:
 
     def encrypt_into(self, nonce, data, aad, out):
         self.calls.append(("encrypt", len(data)))
+        self.views = (data, out)
         if self.fail is not None:
             raise self.fail
         return self.real.encrypt_into(nonce, data, aad, out)
 
     def decrypt_into(self, nonce, data, aad, out):
         self.calls.append(("decrypt", len(data)))
+        self.views = (data,)
         if self.fail is not None:
             raise self.fail
         return self.real.decrypt_into(nonce, data, aad, out)
@@ -237,6 +239,10 @@ def test_long_bodies_go_to_the_sessions_aesgcm_and_short_ones_do_not(mod):
         n = sealer.seal(memoryview(slot), 1, 2, 7, 0, [x], b"")
         assert bytes(slot[:n]) == _pure_frame(1, 2, 7, [x])
         assert [c[0] for c in aead.calls] == route
+        if route:  # the views of the slot it was given are released: no way back into the slot
+            for view in aead.views:
+                with pytest.raises(ValueError, match="released"):
+                    bytes(view)
         aead.calls.clear()
         status, *_, body, _, specs = opener.open(memoryview(slot), n, MAX_BODY, 7, False)
         assert status == 0 and torch.equal(frame.views_of(body, specs)[0], x)

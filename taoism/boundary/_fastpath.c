@@ -153,6 +153,19 @@ static void aead_wipe(Aead *self) {
     Py_CLEAR(self->aead); /* closed: no longer a way to this session's key */
 }
 
+/* Release and drop a memoryview over raw memory, so that no reference kept to it can reach that
+   memory later (the slot may be remapped); keeps a pending Python error as it was. */
+static void release_view(PyObject *view) {
+    if (view == NULL) return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *r = PyObject_CallMethod(view, "release", NULL);
+    if (r == NULL) PyErr_Clear(); /* still exported elsewhere: nothing more to do here */
+    Py_XDECREF(r);
+    Py_DECREF(view);
+    PyErr_Restore(type, value, tb);
+}
+
 /* aead.<method>(nonce, data, header, out) on raw buffers (data: `in_len` bytes at `in`, out:
    `out_len` bytes at `out`; they may be the same memory); 0, or -1 with the Python error set. */
 static int aead_call(Aead *self, PyObject *method, const unsigned char nonce[12],
@@ -166,7 +179,7 @@ static int aead_call(Aead *self, PyObject *method, const unsigned char nonce[12]
         r = PyObject_CallMethodObjArgs(self->aead, method, n, d, a, out_obj, NULL);
     Py_XDECREF(n);
     Py_XDECREF(a);
-    Py_XDECREF(d);
+    release_view(d);
     if (r == NULL) return -1;
     Py_DECREF(r);
     return 0;
@@ -398,7 +411,7 @@ static PyObject *sealer_seal_tensors(Aead *self, PyObject *const *args, PyObject
             PyMemoryView_FromMemory((char *)body, (Py_ssize_t)(body_len + TAG_SIZE), PyBUF_WRITE);
         failed = dst_view == NULL ||
                  aead_call(self, s_encrypt_into, nonce, header, body, body_len, dst_view) < 0;
-        Py_XDECREF(dst_view);
+        release_view(dst_view);
     } else {
         failed = encrypt_in_place(self->ctx, nonce, header, body, body_len);
     }
