@@ -336,6 +336,7 @@ def test_reply_meta_round_trips_in_both_forms_and_rejects_junk_typed():
     plain = ReplyMeta(0.00125, 3.5e-5)
     blob = plain.encode()
     assert len(blob) == 17 and ReplyMeta.decode(blob) == plain  # the per-crossing binary form
+    assert ReplyMeta.pack_times(0.00125, 3.5e-5) == blob  # what the enclave's hot path sends
     profiled = ReplyMeta(0.5, 0.25, (0.1, 0.2), {"peak_bytes": 7})
     assert profiled.encode()[:1] == b"{" and ReplyMeta.decode(profiled.encode()) == profiled
     rng = random.Random(SEED)

@@ -257,10 +257,11 @@ class ProcessBackend(EnclaveBackend):
     def _request(
         self, kind: Kind, tag: int, tensors: Sequence[torch.Tensor], blob: bytes, *, what: str
     ) -> Any:
-        if not self.alive:
-            raise self._crash_error(what)
         chan = self._chan
-        assert chan is not None
+        # Not `alive` (a waitpid per request): an enclave that died since the last check shows up
+        # on this request's channel (its socket hangs up), and is reported the same way below.
+        if self._dead_reason is not None or chan is None or self._proc is None:
+            raise self._crash_error(what)
         try:
             # request(): the reply must echo this request's id; LOAD weights are streamed, never staged
             reply = chan.request(

@@ -148,13 +148,18 @@ class ReplyMeta:
     def encode(self) -> bytes:
         """The reply blob: 17 bytes (a zero byte, two little-endian doubles) unprofiled, else JSON."""
         if self.node_times is None and self.memory is None:
-            return _TIMES.pack(0, self.compute_s, self.crypto_s)  # the per-crossing hot path
+            return self.pack_times(self.compute_s, self.crypto_s)
         out: dict[str, Any] = {"compute_s": self.compute_s, "crypto_s": self.crypto_s}
         if self.node_times is not None:
             out["node_times"] = list(self.node_times)
         if self.memory is not None:
             out["memory"] = dict(self.memory)
         return json.dumps(out).encode()
+
+    @staticmethod
+    def pack_times(compute_s: float, crypto_s: float) -> bytes:
+        """The unprofiled blob (what :meth:`encode` writes without node times and memory)."""
+        return _TIMES.pack(0, compute_s, crypto_s)  # the per-crossing hot path
 
     @classmethod
     def decode(cls, blob: bytes) -> ReplyMeta:
