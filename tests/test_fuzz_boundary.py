@@ -337,14 +337,22 @@ def test_reply_meta_round_trips_in_both_forms_and_rejects_junk_typed():
     blob = plain.encode()
     assert len(blob) == 17 and ReplyMeta.decode(blob) == plain  # the per-crossing binary form
     assert ReplyMeta.pack_times(0.00125, 3.5e-5) == blob  # what the enclave's hot path sends
+    assert ReplyMeta.unpack_times(blob) == (0.00125, 3.5e-5)  # and what the host's reads
     profiled = ReplyMeta(0.5, 0.25, (0.1, 0.2), {"peak_bytes": 7})
+    assert ReplyMeta.unpack_times(profiled.encode()) is None
+    assert ReplyMeta.unpack_times(blob[:-1]) is None and ReplyMeta.unpack_times(b"") is None
     assert profiled.encode()[:1] == b"{" and ReplyMeta.decode(profiled.encode()) == profiled
     rng = random.Random(SEED)
     seeds = [blob, profiled.encode(), b"{}", b""]
     for _ in range(3000):
         raw = bytes(mutate(bytearray(rng.choice(seeds)), rng))
+        fast = ReplyMeta.unpack_times(raw)  # never raises; where it answers, decode agrees
         try:
             got = ReplyMeta.decode(raw)
         except ProgramError:
+            assert fast is None
             continue
         assert isinstance(got, ReplyMeta) and isinstance(got.compute_s, float)
+        if fast is not None:
+            assert got.node_times is None and got.memory is None
+            assert struct.pack("<dd", *fast) == struct.pack("<dd", got.compute_s, got.crypto_s)

@@ -161,6 +161,14 @@ class ReplyMeta:
         """The unprofiled blob (what :meth:`encode` writes without node times and memory)."""
         return _TIMES.pack(0, compute_s, crypto_s)  # the per-crossing hot path
 
+    @staticmethod
+    def unpack_times(blob: bytes) -> tuple[float, float] | None:
+        """(compute_s, crypto_s) of an unprofiled blob; None for any other (ask :meth:`decode`)."""
+        if len(blob) != _TIMES.size or blob[:1] != b"\x00":
+            return None
+        _, compute_s, crypto_s = _TIMES.unpack(blob)
+        return compute_s, crypto_s
+
     @classmethod
     def decode(cls, blob: bytes) -> ReplyMeta:
         """Parse a reply blob; ProgramError if it is not one."""

@@ -166,7 +166,13 @@ class ShieldedModel:
             for b in pool:
                 self._free.put(b)
         self._failed = None
-        self._shapes = {l.info.name: l.info.out_shapes for l in plan.layers}
+        shapes = {l.info.name: l.info.out_shapes for l in plan.layers}
+        # per enclave segment, each returned value's (ndim, shape past the batch), when known
+        self._reply_specs = {
+            seg.index: tuple((v, _row_spec(shapes.get(v))) for v in seg.returns)
+            for seg in plan.segments
+            if seg.side is not EnclaveMode.GPU
+        }
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         """Zero tensors shaped like the inputs this model was shielded for."""
@@ -332,19 +338,13 @@ class ShieldedModel:
     def _check_reply(self, seg: Any, tensors: Sequence[torch.Tensor]) -> None:
         """Refuse (SessionFailed) a reply whose tensor count or per-row shapes do not fit ``seg``."""
         problem = None
-        if len(tensors) != len(seg.returns):
-            problem = f"{len(tensors)} tensor(s), expected {len(seg.returns)}"
+        specs = self._reply_specs[seg.index]
+        if len(tensors) != len(specs):
+            problem = f"{len(tensors)} tensor(s), expected {len(specs)}"
         else:
-            for v, t in zip(seg.returns, tensors):
-                shapes = self._shapes.get(v)
-                if (
-                    shapes
-                    and len(shapes) == 1
-                    and (t.dim() != len(shapes[0]) or tuple(t.shape[1:]) != tuple(shapes[0][1:]))
-                ):
-                    problem = (
-                        f"{v!r} shaped {tuple(t.shape)}, expected (batch, *{tuple(shapes[0][1:])})"
-                    )
+            for (v, spec), t in zip(specs, tensors):
+                if spec is not None and (t.dim() != spec[0] or t.shape[1:] != spec[1]):
+                    problem = f"{v!r} shaped {tuple(t.shape)}, expected (batch, *{spec[1]})"
                     break
         if problem is not None:
             raise self._fail_session(f"the enclave's reply to segment {seg.index} has {problem}")
@@ -539,3 +539,10 @@ def shield(
         leaf_modules=leaf_modules,
         capture=capture,
     )
+
+
+def _row_spec(shapes: Any) -> tuple[int, tuple[int, ...]] | None:
+    """(ndim, shape past the batch) of a value with one known output shape, else None."""
+    if not shapes or len(shapes) != 1:
+        return None
+    return len(shapes[0]), tuple(shapes[0][1:])
