@@ -17,7 +17,7 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from test_boundary import DTYPES, _expect_failure, _pair, _sample  # noqa: E402
-from test_fuzz_boundary import CORPUS, SEED, _budget, _seed_frames, mutate  # noqa: E402
+from test_fuzz_boundary import CORPUS, FUZZ_TIMEOUT, SEED, _budget, _seed_frames, mutate  # noqa: E402
 
 from taoism.boundary import ChannelConfig, crypto, fastpath, frame
 from taoism.boundary.frame import HEADER, HEADER_SIZE
@@ -450,6 +450,7 @@ def _c_outcome(mod, plain: bytes, ext: bool = False) -> tuple:
     return ("ok", kind, tag, rid, frame.views_of(body, specs), blob)
 
 
+@FUZZ_TIMEOUT
 def test_differential_fuzz_c_opener_agrees_with_the_pure_decoder(mod):
     """Authenticated, mutated frames (the attacker holds the key): the same verdict, the same result."""
     rng = random.Random(SEED + 2)
