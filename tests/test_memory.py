@@ -409,16 +409,21 @@ def test_sealed_pages_reject_tamper_swap_stale_and_foreign() -> None:
 # -- whole models: the enclave server in-process, and shield() -------------------------------
 
 
-def _program(model: nn.Module, x: torch.Tensor):
+def _program(model: nn.Module, x: torch.Tensor, placement: dict | None = None):
     cap = capture(model, x)
-    plan = build_plan(cap, PlacementRules.from_spec({"_default": "ENCLAVE"}))
+    plan = build_plan(cap, PlacementRules.from_spec(placement or {"_default": "ENCLAVE"}))
     desc, tensors = enclave_program(cap, plan)
     return cap, plan, desc, tensors
 
 
-def _serve(desc, tensors, plan, inputs, runs: int = 2):
+def _loaded(desc, tensors) -> EnclaveServer:
     srv = EnclaveServer()
     srv.load(json.dumps(desc).encode(), list(tensors))
+    return srv
+
+
+def _serve(desc, tensors, plan, inputs, runs: int = 2):
+    srv = _loaded(desc, tensors)
     for _ in range(runs):
         env = dict(zip(plan.input_names, inputs))
         for seg in plan.segments:
@@ -593,13 +598,8 @@ class _KeepAndStateless(nn.Module):
 
 
 def _run_split(model: nn.Module, x: torch.Tensor, lean: bool, runs: int = 3):
-    cap = capture(model, x)
-    plan = build_plan(
-        cap, PlacementRules.from_spec({"re:relu.*|add": "ENCLAVE", "_default": "GPU"})
-    )
-    desc, tensors = enclave_program(cap, plan)
-    srv = EnclaveServer()
-    srv.load(json.dumps(desc).encode(), list(tensors))
+    cap, plan, desc, tensors = _program(model, x, {"re:relu.*|add": "ENCLAVE", "_default": "GPU"})
+    srv = _loaded(desc, tensors)
     if not lean:
         for p in srv.programs.values():
             p.stateless = False
@@ -656,12 +656,8 @@ def test_replay_makes_the_modules_torch_calls_itself_with_identical_results() ->
     torch.manual_seed(4)
     model = _Activations().eval()
     x = torch.randn(2, 3, 8, 8)
-    cap = capture(model, x)
-    plan = build_plan(cap, PlacementRules.from_spec({"re:acts.*": "ENCLAVE", "_default": "GPU"}))
-    desc, tensors = enclave_program(cap, plan)
-    srv = EnclaveServer()
-    srv.load(json.dumps(desc).encode(), list(tensors))
-    (prog,) = srv.programs.values()
+    _, _, desc, tensors = _program(model, x, {"re:acts.*": "ENCLAVE", "_default": "GPU"})
+    (prog,) = _loaded(desc, tensors).programs.values()
     code = prog.replay.code
     for call in ("torch.relu(", "torch.sigmoid(", "torch.tanh(", "approximate = 'tanh'"):
         assert call in code, code
@@ -672,3 +668,18 @@ def test_replay_makes_the_modules_torch_calls_itself_with_identical_results() ->
         want = prog.gm.forward(h.clone())
         got = prog.replay.forward(h.clone())
         assert torch.equal(got[0], want[0]) and torch.equal(got[0], model.acts(h.clone()))
+
+
+def test_stateless_args_follow_the_call_order_not_the_send_order() -> None:
+    from taoism.enclave.program import SegmentProgram
+
+    graph = torch.fx.Graph()
+    a, b = graph.placeholder("a"), graph.placeholder("b")
+    graph.output((graph.call_function(torch.sub, (a, b)),))
+    gm = torch.fx.GraphModule(nn.Module(), graph)
+    prog = SegmentProgram(1, ("a", "b"), ("b", "a"), ("sub",), (), ("a", "b"), gm, ("sub",))
+    assert prog.stateless and prog.input_order == (1, 0)
+    x, y = torch.tensor([5.0]), torch.tensor([2.0])
+    assert prog.run(prog.stateless_args([y, x]))[0].item() == 3.0  # sent as (b, a)
+    kept = SegmentProgram(2, ("a",), ("a",), ("a",), ("a",), (), gm, ("sub",))
+    assert not kept.stateless and kept.input_order is None

@@ -43,7 +43,6 @@ class _Lane:
     specs: tuple[tuple[torch.Size, torch.dtype], ...]  # the inputs' shapes and dtypes
     fast: _FastEntry
     forward: Any  # the segment's replay forward
-    order: tuple[int, ...] | None  # send_in positions of its inputs, None if the same order
     n_ret: int
 
 
@@ -213,11 +212,8 @@ class EnclaveMemory:
             fast = self._fast.get(sig)
             if fast is not None:
                 if prog.stateless and not sig[2] and not profile:
-                    order = None
-                    if prog.inputs != prog.send_in:
-                        order = tuple(prog.send_in.index(v) for v in prog.inputs)
                     self._lanes[prog.index] = _Lane(
-                        sig[1], fast, prog.replay.forward, order, len(prog.returns)
+                        sig[1], fast, prog.replay.forward, len(prog.returns)
                     )
                 return self._run_fast(prog, tensors, fast, profile)
         nodes: list[NodeMemory] = []
@@ -260,11 +256,7 @@ class EnclaveMemory:
         if prog.stateless:
             # Binding the inputs and unbinding them after nets out: the enclave's values end as
             # they were, and the recorded peak below already covers the run (issue 9).
-            if prog.inputs == prog.send_in:
-                args = list(tensors)
-            else:
-                named = dict(zip(prog.send_in, tensors))
-                args = [named[v] for v in prog.inputs]
+            args = prog.stateless_args(tensors)
         else:
             for v, t in zip(prog.send_in, tensors):
                 runner.bind(v, t, strict=False)
@@ -302,10 +294,7 @@ class EnclaveMemory:
             self._rebase()  # runner.clear() has nothing to drop: the enclave holds nothing
             self.last_inference = self.inference
             self.inference = InferenceStats()
-        if lane.order is None:
-            outs = lane.forward(*tensors)
-        else:
-            outs = lane.forward(*[tensors[i] for i in lane.order])
+        outs = lane.forward(*prog.stateless_args(tensors))
         fast = lane.fast
         if fast.peak >= acct.total:
             acct.peak, acct.peak_breakdown = fast.peak, dict(fast.peak_breakdown)

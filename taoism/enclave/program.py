@@ -30,6 +30,8 @@ class SegmentProgram:
     gm: fx.GraphModule
     node_names: tuple[str, ...]
     stateless: bool = field(init=False)
+    # stateless, inputs not in send_in order: the send_in position of each input
+    input_order: tuple[int, ...] | None = field(init=False)
     replay: fx.GraphModule = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -41,7 +43,16 @@ class SegmentProgram:
             and set(self.inputs) <= set(self.send_in)
             and set(self.send_in) <= set(self.free)
         )
+        self.input_order = None
+        if self.stateless and self.inputs != self.send_in:
+            self.input_order = tuple(self.send_in.index(v) for v in self.inputs)
         self.replay = _direct_calls(self.gm)
+
+    def stateless_args(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """A stateless segment's arguments, in call order, from the tensors the host sent."""
+        if self.input_order is None:
+            return list(tensors)
+        return [tensors[i] for i in self.input_order]
 
     def run(self, args: Sequence[torch.Tensor]) -> tuple[Any, ...]:
         """Run the compiled segment (its returns, then its kept values).
