@@ -40,7 +40,10 @@ from taoism.errors import (
 from taoism.protocol.kinds import Kind
 from taoism.protocol.schema import ReplyMeta
 
-_REPLY_KIND = {Kind.RUN: Kind.RESULT, Kind.RUN_PROFILE: Kind.RESULT}  # else OK
+# Plain ints: compared on every crossing (an enum's == and hash cost more).
+_LOAD, _OK, _RESULT, _ERROR = int(Kind.LOAD), int(Kind.OK), int(Kind.RESULT), int(Kind.ERROR)
+_REPLY_KIND = {int(Kind.RUN): _RESULT, int(Kind.RUN_PROFILE): _RESULT}  # else OK
+_unpack_times = ReplyMeta.unpack_times
 
 
 def _stop_process(proc: subprocess.Popen, sock: socket.socket, log: Any) -> None:
@@ -229,10 +232,10 @@ class ProcessBackend(EnclaveBackend):
         self, segment: int, tensors: Sequence[torch.Tensor], *, profile: bool = False
     ) -> RunReply:
         kind = Kind.RUN_PROFILE if profile else Kind.RUN
-        reply = self._request(kind, segment, tensors, b"", what=f"segment {segment}")
-        times = None if profile else ReplyMeta.unpack_times(reply.blob)
+        reply = self._request(kind, segment, tensors, b"")
+        times = None if profile else _unpack_times(reply.blob)
         if times is not None:  # the per-crossing hot path
-            return RunReply(list(reply.tensors), times[0], times[1])
+            return RunReply(reply.tensors, times[0], times[1])
         meta = ReplyMeta.decode(reply.blob)
         return RunReply(
             tensors=list(reply.tensors),
@@ -260,57 +263,72 @@ class ProcessBackend(EnclaveBackend):
         return self._chan.stats.snapshot()
 
     def _request(
-        self, kind: Kind, tag: int, tensors: Sequence[torch.Tensor], blob: bytes, *, what: str
+        self,
+        kind: Kind,
+        tag: int,
+        tensors: Sequence[torch.Tensor],
+        blob: bytes,
+        *,
+        what: str | None = None,
     ) -> Any:
+        """Send one request and return its checked reply (``what`` names it in errors; default:
+        the segment ``tag``). Every crossing takes this path, so its common case is a few tests."""
         chan = self._chan
         # Not `alive` (a waitpid per request): an enclave that died since the last check shows up
         # on this request's channel (its socket hangs up), and is reported the same way below.
         if self._dead_reason is not None or chan is None or self._proc is None:
-            raise self._crash_error(what)
+            raise self._crash_error(what or f"segment {tag}")
         try:
             # request(): the reply must echo this request's id; LOAD weights are streamed, never staged
             reply = chan.request(
-                kind, tag, tensors, blob, timeout=self.config.timeout_s, secret=kind == Kind.LOAD
+                kind, tag, tensors, blob, timeout=self.config.timeout_s, secret=kind == _LOAD
             )
-        except BoundaryTimeout as exc:
+        except BaseException as exc:
+            raise self._request_failed(exc, what or f"segment {tag}") from exc
+        want = _REPLY_KIND.get(kind, _OK)
+        if reply.kind != want or (
+            want == _RESULT
+            and (
+                reply.tag != tag or len(reply.tensors) != self._returns.get(tag, len(reply.tensors))
+            )
+        ):
+            self._refuse(reply, kind, tag, what or f"segment {tag}")  # an ERROR reply: raises too
+        return reply
+
+    def _request_failed(self, exc: BaseException, what: str) -> BaseException:
+        """The error to raise for a request that got no usable reply (the enclave is stopped)."""
+        if isinstance(exc, BoundaryTimeout):
             self._fail(f"no answer to {what} within {self.config.timeout_s:g} s")
-            raise BoundaryTimeout(
+            return BoundaryTimeout(
                 f"the enclave did not answer {what} within {self.config.timeout_s:g} s and was "
                 "stopped; raise EnclaveConfig(timeout_s=...) for very large models or batches"
-            ) from exc
-        except (EnclaveCrashed, BoundaryError, OSError) as exc:
+            )
+        if isinstance(exc, (EnclaveCrashed, BoundaryError, OSError)):
             self._fail(str(exc))
-            raise self._crash_error(what) from exc
-        except BaseException as exc:  # an interrupt or a decode error between send and reply
-            self._fail(f"{type(exc).__name__} while waiting for the reply to {what}")
-            raise
-        self._check_reply(reply, kind, tag, what)
-        if reply.kind == Kind.ERROR:
+            return self._crash_error(what)
+        # an interrupt or a decode error between send and reply: re-raised as it is
+        self._fail(f"{type(exc).__name__} while waiting for the reply to {what}")
+        return exc
+
+    def _refuse(self, reply: Any, kind: Kind, tag: int, what: str) -> None:
+        """Raise for a reply that is not the one asked for: the enclave's own error (typed, the
+        session stays in step), or (SessionFailed, enclave stopped) the wrong kind, tag or count."""
+        want = _REPLY_KIND.get(kind, _OK)
+        if reply.kind not in (want, _ERROR) or (want == _RESULT and reply.tag != tag):
+            problem = f"kind {reply.kind} tag {reply.tag}, expected kind {want} tag {tag}"
+        elif reply.kind == _ERROR:
             info = json.loads(reply.blob or b"{}")
             cls = getattr(_errors, str(info.get("type", "")), None)
             if not (isinstance(cls, type) and issubclass(cls, TaoismError)):
                 cls = EnclaveRemoteError
             raise cls(f"enclave, {what}: {info.get('message', 'unknown error')}")
-        return reply
-
-    def _check_reply(self, reply: Any, kind: Kind, tag: int, what: str) -> None:
-        """Refuse (SessionFailed, enclave stopped) a reply of the wrong kind, tag or tensor count."""
-        want = _REPLY_KIND.get(kind, Kind.OK)
-        problem = None
-        if reply.kind not in (want, Kind.ERROR) or (want == Kind.RESULT and reply.tag != tag):
-            problem = f"kind {reply.kind} tag {reply.tag}, expected kind {int(want)} tag {tag}"
-        elif (
-            reply.kind == Kind.RESULT
-            and tag in self._returns
-            and len(reply.tensors) != self._returns[tag]
-        ):
+        else:
             problem = f"{len(reply.tensors)} tensor(s), expected {self._returns[tag]}"
-        if problem is not None:
-            self._fail(f"a reply that does not match {what}")
-            raise SessionFailed(
-                f"the enclave's reply to {what} has {problem}: the session is out of "
-                "step and was stopped; call ShieldedModel.reload(model)"
-            )
+        self._fail(f"a reply that does not match {what}")
+        raise SessionFailed(
+            f"the enclave's reply to {what} has {problem}: the session is out of "
+            "step and was stopped; call ShieldedModel.reload(model)"
+        )
 
     # -- failure reporting -------------------------------------------------------------------
     def _fail(self, reason: str) -> None:
