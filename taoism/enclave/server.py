@@ -31,6 +31,8 @@ from taoism.protocol.kinds import Kind
 from taoism.protocol.schema import ReplyMeta, parse_program
 
 _PR_SET_PDEATHSIG = 1
+# Plain ints for the per-crossing tests (an IntEnum member's lookup costs more than the compare).
+_RUN, _RUN_PROFILE, _RESULT = int(Kind.RUN), int(Kind.RUN_PROFILE), int(Kind.RESULT)
 _PR_SET_DUMPABLE = 4
 
 
@@ -127,16 +129,17 @@ def _serve_loop(chan: Any, server: EnclaveServer, provisioner: Provisioner | Non
             )
             return 3
         try:
-            if msg.kind in (Kind.RUN, Kind.RUN_PROFILE):
-                c0 = chan.stats.crypto_s
-                if server.memory is not None:
-                    server.memory.set_boundary_bytes(chan.staging_bytes)
-                profile = msg.kind == Kind.RUN_PROFILE
+            kind = msg.kind
+            if kind == _RUN or kind == _RUN_PROFILE:
+                stats = chan.stats
+                c0 = stats.crypto_s
+                memory = server.memory
+                if memory is not None and memory.boundary_bytes != chan.staging_bytes:
+                    memory.set_boundary_bytes(chan.staging_bytes)
+                profile = kind == _RUN_PROFILE
                 outs, times = server.run(msg.tag, msg.tensors, profile)
-                report = (
-                    server.memory.last_report if profile and server.memory is not None else None
-                )
-                crypto_s = chan.stats.crypto_s - c0
+                report = memory.last_report if profile and memory is not None else None
+                crypto_s = stats.crypto_s - c0
                 if profile:
                     meta = ReplyMeta(
                         compute_s=times[0],
@@ -146,7 +149,7 @@ def _serve_loop(chan: Any, server: EnclaveServer, provisioner: Provisioner | Non
                     ).encode()
                 else:  # the per-crossing hot path: the 17-byte binary form, no object
                     meta = ReplyMeta.pack_times(times[0], crypto_s)
-                chan.send(Kind.RESULT, msg.tag, outs, meta)
+                chan.send(_RESULT, msg.tag, outs, meta)
             elif msg.kind == Kind.LOAD:
                 if provisioner is not None:
                     raise ProgramError(
