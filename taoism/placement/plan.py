@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,9 @@ class Plan:
     duplicated: tuple[str, ...] = ()  # shape nodes computed a second time, in the enclave
 
     # -- summaries -------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def enclave_segments(self) -> tuple[Segment, ...]:
+        """The segments that run in the enclave, in plan order (computed once: read per inference)."""
         return tuple(s for s in self.segments if s.side is ENCLAVE)
 
     def crossings(self) -> int:
