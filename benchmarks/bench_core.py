@@ -13,8 +13,13 @@ One run measures, side by side, on the same machine and thread counts:
 longer than a plain run (e.g. 40000), the enclave never blocks between two shielded runs, which
 separates the per-crossing cost from the cold start after a pause.
 
+Both this process and the enclave keep the memory they free (``taoism.enclave.heap``), so that
+plain PyTorch and the shielded runs are timed under the same allocator: with glibc's default a
+run's page faults depend on what ran before it (ResNet-18 batch 64: plain 510 ms back to back,
+390 ms interleaved with shielded runs). ``--system-heap`` leaves malloc as glibc sets it.
+
 Usage: python benchmarks/bench_core.py [--repeats 20] [--batches 1,64] [--device cpu]
-       [--enclave-spin-us N] [--json OUT]
+       [--enclave-spin-us N] [--system-heap] [--json OUT]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 import taoism
 from taoism.bench import time_plain
 from taoism.cli import default_split
+from taoism.enclave.heap import retain_heap
 from taoism.zoo import example_input, get_model
 
 
@@ -76,9 +82,13 @@ def run(
     device: str,
     threads: int,
     enclave_spin_us: int | None = None,
+    system_heap: bool = False,
 ) -> dict:
     torch.set_num_threads(threads)
-    enclave = taoism.EnclaveConfig(threads=1, enclave_spin_us=enclave_spin_us)
+    host_heap = "system" if system_heap or not retain_heap() else "retained"
+    enclave = taoism.EnclaveConfig(
+        threads=1, enclave_spin_us=enclave_spin_us, retain_heap=not system_heap
+    )
     model = get_model("resnet18", dataset_shape="cifar")
     results: dict = {
         "machine": platform.platform(),
@@ -88,6 +98,8 @@ def run(
         "host_threads": threads,
         "enclave_threads": 1,
         "enclave_spin_us": enclave_spin_us,
+        "host_heap": host_heap,
+        "enclave_heap": "system" if system_heap else "retained",
         "repeats": repeats,
         "warmup": warmup,
         "rows": [],
@@ -148,6 +160,12 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--enclave-spin-us", type=int, default=None)
+    p.add_argument(
+        "--system-heap",
+        action="store_true",
+        help="leave malloc as glibc sets it, here and in the enclave (default: both keep their "
+        "heap, taoism.enclave.heap)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
     t0 = time.time()
@@ -158,6 +176,7 @@ def main() -> int:
         args.device,
         args.threads,
         args.enclave_spin_us,
+        args.system_heap,
     )
     res["wall_s"] = time.time() - t0
     if args.json:

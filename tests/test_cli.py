@@ -118,6 +118,21 @@ def test_installed_script_exit_codes():
     assert ok.returncode == 0 and ok.stdout.startswith(f"taoism {taoism.__version__}")
 
 
+def test_bench_keeps_both_heaps_by_default(tmp_path):
+    """``taoism bench`` times plain and shielded runs under the same allocator: its own process
+    and the enclave keep their heap (a real subprocess: the policy is process-wide)."""
+    out = subprocess.run(
+        [taoism_script(), "bench", *SMALL, "--strategies", "deep:1", *FAST, "--quiet"]
+        + ["--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((tmp_path / "b.json").read_text())["meta"]
+    assert (meta["host_heap"], meta["enclave_heap"]) == ("retained", "retained")
+
+
 def test_main_returns_the_exit_code(capsys):
     assert main(["--version"]) == 0
     assert main(["no-such-command"]) == 2
@@ -280,9 +295,11 @@ def test_bench_writes_its_files(tmp_path):
         "--json",
         str(tmp_path / "b.json"),
         "--quiet",
+        "--system-heap",  # in-process: leave the test process's malloc alone
     )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "b.json").read_text())
+    assert (data["meta"]["host_heap"], data["meta"]["enclave_heap"]) == ("system", "system")
     assert [r["name"] for r in data["rows"]] == [
         "plain-device",
         "plain-cpu",

@@ -92,6 +92,7 @@ class ProcessBackend(EnclaveBackend):
             str(self.config.enclave_spin(torch.get_num_threads(), _usable_cpus())),
             "--max-frame-bytes",
             str(self.config.max_frame_bytes),
+            "--retain-heap" if self.config.retain_heap else "--no-retain-heap",
             *self.launch_args,
         ]
 

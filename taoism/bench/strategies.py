@@ -199,13 +199,16 @@ def run_strategy_bench(
     progress: bool = True,
     device: str | None = None,
     backend: str | None = None,
+    retain_heap: bool = True,
 ) -> dict[str, Any]:
     """Measure the baselines and every strategy on zoo model ``model_name``, in one run.
 
     ``strategies``: a list of strategy strings, a comma-separated string, or ``"all"`` (the six
     reference configurations plus ``none`` and ``all``). ``none`` and ``all`` are always
-    measured. ``threads``: torch threads on the host and in the enclave. Returns a JSON-able
-    dict: ``meta`` and ``rows`` (see the module docstring).
+    measured. ``threads``: torch threads on the host and in the enclave. ``retain_heap``: the
+    enclave's heap policy (``EnclaveConfig.retain_heap``); the calling process's own is left as
+    it is (``taoism bench`` sets it). Returns a JSON-able dict: ``meta`` and ``rows`` (see the
+    module docstring).
     """
     from taoism import zoo
     from taoism.runtime import default_device
@@ -223,7 +226,7 @@ def run_strategy_bench(
     model = zoo.get_model(model_name, dataset_shape=dataset_shape)
     x = zoo.example_input(model_name, dataset_shape, batch)
     dev = torch.device(device) if device is not None else default_device()
-    enclave = EnclaveConfig(threads=threads, backend=backend or "sim")
+    enclave = EnclaveConfig(threads=threads, backend=backend or "sim", retain_heap=retain_heap)
     steps = ["plain-device", "plain-cpu", *specs]
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -303,6 +306,7 @@ def run_strategy_bench(
         "threads": threads,
         "device": str(dev),
         "backend": enclave.backend,
+        "enclave_heap": "retained" if retain_heap else "system",
         "strategies": specs,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -339,7 +343,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
         f"{m['model']} {m['dataset_shape']} batch {m['batch']}, {m['repeats']} repeats "
         f"(+{m['warmup']} warm-up), {m['threads']} thread(s), device {m['device']}, "
-        f"backend {m['backend']}, torch {m['torch']}; ratio = end-to-end / sum of parts "
+        f"backend {m['backend']}, torch {m['torch']}, heap kept: enclave "
+        f"{m.get('enclave_heap') == 'retained'}, host {m.get('host_heap') == 'retained'}; "
+        "ratio = end-to-end / sum of parts "
         f"('!' above {m['ratio_flag_above']}); %par/%FLOP in the TEE, of the plain model"
     )
     return "\n".join(lines)

@@ -27,6 +27,13 @@ from taoism.cli._options import Output, output_options, repeats_options, str_lis
 @click.option(
     "--device", default=None, help="Untrusted device  [default: cuda if present, else cpu]"
 )
+@click.option(
+    "--system-heap",
+    is_flag=True,
+    help="Leave malloc as the C library sets it, in this process and in the enclave [default: "
+    "both keep the memory they free (taoism.enclave.heap), so that plain PyTorch and the "
+    "shielded runs are timed under the same allocator, without page-fault churn]",
+)
 @output_options(
     out_default=Path("results/bench"),
     out_help="Write strategies.json, strategies.csv and the PNG plots into DIR.",
@@ -40,12 +47,15 @@ def bench(
     warmup: int,
     threads: int,
     device: str | None,
+    system_heap: bool,
     out: Output,
 ) -> None:
     """Time the baselines and every TSDP strategy on one zoo model, in one run."""
     from taoism.bench.strategies import format_table, run_strategy_bench, write_outputs
+    from taoism.enclave.heap import retain_heap
 
     set_host_threads(threads)
+    host_heap = "system" if system_heap or not retain_heap() else "retained"
     result = run_strategy_bench(
         model,
         dataset_shape,
@@ -55,8 +65,10 @@ def bench(
         warmup=warmup,
         threads=threads,
         progress=out.progress,
+        retain_heap=not system_heap,
         **({"device": device} if device else {}),
     )
+    result["meta"]["host_heap"] = host_heap
     click.echo(format_table(result))
     out.emit(result, "strategies", lambda d: write_outputs(result, d))
 

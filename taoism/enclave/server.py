@@ -24,6 +24,7 @@ import torch
 
 from taoism.boundary import ChannelConfig, open_enclave_channel
 from taoism.enclave.budget import EnclaveMemory
+from taoism.enclave.heap import retain_heap
 from taoism.enclave.program import SegmentProgram, build_modules, build_program
 from taoism.enclave.provision import Provisioner, quote_source
 from taoism.errors import BoundaryError, EnclaveCrashed, FrameError, ProgramError, TaoismError
@@ -65,6 +66,7 @@ class EnclaveServer:
         # (without a budget it only accounts, and replays compiled segments once they are known
         # to fit whole)
         self.memory: EnclaveMemory | None = None
+        self.heap_retained = False  # whether the process keeps its heap (taoism.enclave.heap)
 
     def load(self, blob: bytes, tensors: list[torch.Tensor]) -> dict[str, Any]:
         """Rebuild the program a LOAD request describes; returns what was loaded (JSON-ready)."""
@@ -106,11 +108,20 @@ class EnclaveServer:
 
 
 def serve(
-    sock: socket.socket, token: bytes, config: ChannelConfig, provisioner: Provisioner | None = None
+    sock: socket.socket,
+    token: bytes,
+    config: ChannelConfig,
+    provisioner: Provisioner | None = None,
+    *,
+    heap_retained: bool = False,
 ) -> int:
-    """Open the session on ``sock`` and answer requests until CLOSE; returns the exit status."""
+    """Open the session on ``sock`` and answer requests until CLOSE; returns the exit status.
+
+    ``heap_retained``: whether this process applied :func:`~taoism.enclave.heap.retain_heap`
+    (reported by STATS)."""
     chan = open_enclave_channel(sock, token, config=config)
     server = EnclaveServer()
+    server.heap_retained = heap_retained
     with torch.inference_mode():  # nothing in the enclave needs autograd; entered once, not per run
         return _serve_loop(chan, server, provisioner)
 
@@ -184,6 +195,7 @@ def _serve_loop(chan: Any, server: EnclaveServer, provisioner: Provisioner | Non
                     "segments": len(server.programs),
                     "weight_elements": server.params,
                     "threads": torch.get_num_threads(),
+                    "heap_retained": server.heap_retained,
                     "channel": dataclasses.asdict(chan.stats.snapshot()),
                 }
                 if server.memory is not None:
@@ -220,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spin-us", type=int, default=200)
     parser.add_argument("--max-frame-bytes", type=int, default=1 << 30)
     parser.add_argument(
+        "--retain-heap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed memory in the heap, as an SGX enclave's committed heap (default)",
+    )
+    parser.add_argument(
         "--package", default=None, help="package mode: the owner-signed model package"
     )
     parser.add_argument(
@@ -239,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print("taoism enclave: prctl(PR_SET_DUMPABLE, 0) failed; refusing to run", file=sys.stderr)
         return 2
     _die_with_parent()
+    heap_retained = retain_heap() if args.retain_heap else False
     provisioner = None
     if args.package is not None or args.owner_public is not None:
         if not (args.package and args.owner_public):
@@ -268,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 spin_us=args.spin_us, timeout_s=None, max_frame_bytes=args.max_frame_bytes
             ),
             provisioner,
+            heap_retained=heap_retained,
         )
     except (
         BoundaryError
