@@ -32,9 +32,9 @@ from taoism.protocol.kinds import Kind
 from taoism.protocol.schema import ReplyMeta, parse_program
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 # Plain ints for the per-crossing tests (an IntEnum member's lookup costs more than the compare).
 _RUN, _RUN_PROFILE, _RESULT = int(Kind.RUN), int(Kind.RUN_PROFILE), int(Kind.RESULT)
-_PR_SET_DUMPABLE = 4
 
 
 def _die_with_parent() -> None:
