@@ -9,6 +9,7 @@ model makes a 37 MiB activation every inference, with the policy (the default) a
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -90,15 +91,19 @@ def test_the_enclave_keeps_its_heap_by_default(retain):
         for _ in range(2):
             assert_same(sm(x), model(x))
         pid = sm.backend.pid
-        f0 = _minor_faults(pid)
-        for _ in range(3):
+        faults = []
+        for _ in range(6):
+            f0 = _minor_faults(pid)
             sm(x)
-        faults = _minor_faults(pid) - f0
-    pages = 3 * (64 * 384 * 384 * 4) // 4096  # the activation of three inferences, in pages
+            faults.append(_minor_faults(pid) - f0)
+    # Per inference, the median: a kept heap may still grow once to its high-water mark (seen at
+    # the 3rd or 6th inference here, as the order of frees varies), never every time.
+    per_inference = statistics.median(faults)
+    pages = (64 * 384 * 384 * 4) // 4096  # the activation, in pages
     if retain:
-        assert faults < 0.1 * pages, f"{faults} page faults in three inferences"
+        assert per_inference < 0.1 * pages, f"page faults per inference: {faults}"
     else:  # the control: without the policy the activation is faulted in every time
-        assert faults >= 0.9 * pages, f"only {faults} page faults in three inferences"
+        assert per_inference >= 0.9 * pages, f"page faults per inference: {faults}"
 
 
 def test_retain_heap_must_be_a_bool():
