@@ -422,8 +422,8 @@ class Channel:
 
         A refused frame raises the same typed error as the pure path, from the same code.
         """
-        tr = self._tr
         frame_len = self._wait_frame(timeout)
+        tr = self._tr
         seq = -1
         try:
             opener = self._opener
@@ -441,18 +441,7 @@ class Channel:
                     opener.check_seq(seq)  # raises
                 if status == _OPEN_BAD_TAG:
                     raise crypto.auth_failure(seq)
-            pending = self._pending
-            if (
-                self._is_host
-                and pending
-                and pending[0] == request_id
-                and (expect is None or expect == request_id)
-            ):  # _accept's common case, inline: the reply to the oldest request
-                opener.next_seq = seq + 1
-                tr.release()
-                pending.popleft()
-            else:
-                self._accept(seq, request_id, expect, kind, tag)
+            self._accept(seq, request_id, expect, kind, tag)
             if status:  # malformed descriptors: the pure decoder says why, from the same body
                 _decode_body(n, blob_len, body_len, body)
                 raise FrameError(
@@ -559,6 +548,9 @@ class Channel:
 
     def _check_reply(self, request_id: int, expect: int | None, kind: int, tag: int) -> None:
         pending = self._pending
+        if pending and pending[0] == request_id and (expect is None or expect == request_id):
+            pending.popleft()  # the common case: the reply to the oldest request
+            return
         want = pending[0] if pending else None
         if request_id != want or (expect is not None and expect != want):
             if want is None:

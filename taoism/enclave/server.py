@@ -145,8 +145,8 @@ def _serve_loop(chan: Any, server: EnclaveServer, provisioner: Provisioner | Non
                 stats = chan.stats
                 c0 = stats.crypto_s
                 memory = server.memory
-                if memory is not None and memory.boundary_bytes != chan.staging_bytes:
-                    memory.set_boundary_bytes(chan.staging_bytes)
+                if memory is not None:
+                    memory.set_boundary_bytes(chan.staging_bytes)  # a no-op unless it grew
                 profile = kind == _RUN_PROFILE
                 outs, times = server.run(msg.tag, msg.tensors, profile)
                 report = memory.last_report if profile and memory is not None else None
